@@ -1,0 +1,52 @@
+# Quick start: `make run` (SQLite, everything in one terminal) and `make test` (PostgreSQL + RabbitMQ).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/bookworm_scheduler
+TEST_RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672/%2F
+
+.PHONY: run test services migrate bench-scheduler bench-relay clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+migrate: $(VENV)/.installed
+	DEBUG=1 $(BIN)/python manage.py migrate --noinput
+
+run: migrate
+	@echo
+	@echo "  Dashboard: http://127.0.0.1:8000/tickerq/"
+	@echo "  Create a login: DEBUG=1 $(BIN)/python manage.py createsuperuser"
+	@echo "  Embedded SQLite: one scheduler at a time, the relay polls (no LISTEN/NOTIFY)."
+	@echo
+	DEBUG=1 $(BIN)/honcho --procfile Procfile.dev start
+
+# Start PostgreSQL and RabbitMQ when they are installed but stopped.
+services:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || { \
+		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -1) main start && \
+		for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; }
+	@pg_isready -h 127.0.0.1 -p 5432
+	@rabbitmqctl -q await_startup --timeout 5 >/dev/null 2>&1 || { \
+		rabbitmq-server -detached; rabbitmqctl -q await_startup --timeout 120; }
+	@rabbitmqctl -q status >/dev/null && echo "rabbitmq: running"
+
+test: $(VENV)/.installed services
+	DATABASE_URL=$(TEST_DATABASE_URL) RABBITMQ_URL=$(TEST_RABBITMQ_URL) DEBUG=1 \
+		$(BIN)/python manage.py makemigrations --check --dry-run
+	DATABASE_URL=$(TEST_DATABASE_URL) RABBITMQ_URL=$(TEST_RABBITMQ_URL) DEBUG=1 \
+		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench-scheduler: $(VENV)/.installed services
+	DATABASE_URL=$(TEST_DATABASE_URL) DEBUG=1 $(BIN)/python bench/scheduler_throughput.py
+
+bench-relay: $(VENV)/.installed services
+	DATABASE_URL=$(TEST_DATABASE_URL) RABBITMQ_URL=$(TEST_RABBITMQ_URL) DEBUG=1 $(BIN)/python bench/relay_throughput.py
+
+clean:
+	rm -rf $(VENV) db.sqlite3 db.sqlite3-wal db.sqlite3-shm

@@ -1,0 +1,198 @@
+"""Job policies, occurrences, attempts and scheduler instances.
+
+Job definitions themselves are django-celery-beat's PeriodicTask rows (with a crontab,
+interval or clocked schedule); JobPolicy adds what a scheduler needs beyond them.
+"""
+
+import uuid
+from datetime import timedelta
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import F, Q
+from django_celery_beat.models import PeriodicTask
+
+
+class Priority(models.IntegerChoices):
+    """As in TickerQ. LongRunning jobs run outside the concurrency limit."""
+
+    LOW = 0, "Low"
+    NORMAL = 1, "Normal"
+    HIGH = 2, "High"
+    LONG_RUNNING = 3, "LongRunning"
+
+    @property
+    def cli_name(self) -> str:
+        return self.name.lower()
+
+
+class MisfirePolicy(models.TextChoices):
+    """What happens to instants that fell due while no scheduler was running."""
+
+    SKIP = "skip", "Skip: record every missed instant as missed"
+    RUN_ONCE = "run_once", "Run once: run the latest missed instant, record the rest as missed"
+    RUN_ALL = "run_all", "Run all: run every missed instant"
+
+
+class JobPolicy(models.Model):
+    """How the scheduler runs one job definition: priority, retries, timeout, misfires."""
+
+    task = models.OneToOneField(PeriodicTask, primary_key=True, on_delete=models.CASCADE, related_name="policy")
+    priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
+    misfire_policy = models.CharField(max_length=16, choices=MisfirePolicy.choices, default=MisfirePolicy.RUN_ONCE)
+    max_retries = models.PositiveSmallIntegerField(default=0, help_text="Attempts after the first one.")
+    retry_intervals = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Seconds to wait before each retry, e.g. [30, 60, 300]; the last one repeats. Empty: retry at once.",
+    )
+    timeout_seconds = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: no timeout.")
+    # Read by the scheduler to notice changes made in the admin (see jobs.definitions).
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+
+    class Meta:
+        verbose_name_plural = "job policies"
+        constraints = [
+            models.CheckConstraint(condition=Q(priority__gte=0, priority__lte=3), name="job_policy_priority_valid"),
+            models.CheckConstraint(
+                condition=Q(misfire_policy__in=["skip", "run_once", "run_all"]), name="job_policy_misfire_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(timeout_seconds__isnull=True) | Q(timeout_seconds__gt=0), name="job_policy_timeout_positive"
+            ),
+        ]
+
+    def __str__(self):
+        return f"policy of {self.task_id}"
+
+    def clean(self):
+        intervals = self.retry_intervals
+        if not isinstance(intervals, list) or not all(
+            isinstance(i, (int, float)) and not isinstance(i, bool) and i >= 0 for i in intervals
+        ):
+            raise ValidationError({"retry_intervals": "A list of non-negative numbers of seconds, e.g. [30, 60]."})
+
+
+class Occurrence(models.Model):
+    """One run of a job: a scheduled instant, or a manual trigger.
+
+    The database makes a second occurrence of the same (job, instant) impossible; a scheduler
+    claims it with SELECT ... FOR UPDATE SKIP LOCKED, so exactly one instance runs it.
+    """
+
+    class Status(models.TextChoices):
+        SCHEDULED = "scheduled"  # waiting for run_after (a first run or a pending retry)
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        SKIPPED = "skipped"
+        MISSED = "missed"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.SKIPPED, Status.MISSED)
+
+    task = models.ForeignKey(
+        PeriodicTask, null=True, blank=True, on_delete=models.SET_NULL, related_name="occurrences"
+    )
+    # The definition's name when planned, so history outlives a deleted definition.
+    job_name = models.CharField(max_length=200)
+    scheduled_for = models.DateTimeField()
+    manual = models.BooleanField(default=False)
+    priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.SCHEDULED)
+    # Not claimed before this instant: scheduled_for, then the time of a pending retry.
+    run_after = models.DateTimeField()
+    attempts = models.PositiveSmallIntegerField(default=0)
+    # The instance id of the scheduler that claimed it last, and that process's session.
+    instance = models.CharField(max_length=200, blank=True)
+    claimed_by = models.UUIDField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)  # start of the current attempt
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # The last error, or why it was skipped or missed.
+    detail = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-scheduled_for", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["task", "scheduled_for"], condition=Q(manual=False), name="occurrence_once_per_instant"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=["scheduled", "running", "succeeded", "failed", "skipped", "missed"]),
+                name="occurrence_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="running") | Q(claimed_by__isnull=False, lease_expires_at__isnull=False),
+                name="occurrence_running_has_lease",
+            ),
+            models.CheckConstraint(condition=Q(run_after__gte=F("scheduled_for")), name="occurrence_runs_after_due"),
+        ]
+        indexes = [
+            # Scheduler.claim: the ready rows, highest priority and oldest first.
+            models.Index(F("priority").desc(), "run_after", "id", condition=Q(status="scheduled"), name="occ_ready"),
+            # Scheduler.reap_expired_leases and lease renewal.
+            models.Index(fields=["lease_expires_at"], condition=Q(status="running"), name="occ_running_lease"),
+            # History of one job, newest first (admin, `jobs history --job`, `jobs list` last status).
+            models.Index(fields=["task", "-scheduled_for"], name="occ_task_recent"),
+            # History of all jobs, newest first.
+            models.Index(fields=["-scheduled_for", "-id"], name="occ_recent"),
+        ]
+
+    def __str__(self):
+        return f"{self.job_name} @ {self.scheduled_for.isoformat()}"
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
+
+class Attempt(models.Model):
+    """One execution of an occurrence, with its outcome."""
+
+    class Status(models.TextChoices):
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    occurrence = models.ForeignKey(Occurrence, on_delete=models.CASCADE, related_name="attempt_set")
+    number = models.PositiveSmallIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices)
+    instance = models.CharField(max_length=200)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField()
+    duration = models.DurationField()
+    error = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["occurrence", "number"], name="attempt_number_unique"),
+            models.CheckConstraint(condition=Q(status__in=["succeeded", "failed"]), name="attempt_status_valid"),
+            models.CheckConstraint(condition=Q(finished_at__gte=F("started_at")), name="attempt_finishes_after_start"),
+        ]
+
+    def __str__(self):
+        return f"attempt {self.number} of {self.occurrence_id}"
+
+
+class SchedulerInstance(models.Model):
+    """The heartbeat of one runscheduler process."""
+
+    session = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    instance_id = models.CharField(max_length=200)
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    version = models.CharField(max_length=40)
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField(db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-last_seen"]
+
+    def __str__(self):
+        return f"{self.instance_id} (pid {self.pid})"

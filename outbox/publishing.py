@@ -1,0 +1,60 @@
+"""Publishing an event: one outbox row written inside the caller's transaction."""
+
+import uuid
+from datetime import timedelta
+
+import uuid6
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, transaction
+from django.utils import timezone
+
+from .events import IntegrationEvent
+from .models import OutboxMessage, PublishedKey
+
+NOTIFY_CHANNEL = "outbox"
+
+
+class TransactionRequired(RuntimeError):
+    """publish() was called outside transaction.atomic()."""
+
+
+def publish(
+    event: IntegrationEvent,
+    *,
+    message_id: uuid.UUID | None = None,
+    idempotency_key: str | None = None,
+    correlation_id: uuid.UUID | None = None,
+    headers: dict | None = None,
+    using: str = DEFAULT_DB_ALIAS,
+) -> OutboxMessage | None:
+    """Write event to the outbox as part of the current transaction.
+
+    The row commits or rolls back with the caller's work, so the event exists if and only if
+    that work committed. A publish whose idempotency key (default: the message id, when one is
+    given) was already published within OUTBOX_DUPLICATE_WINDOW_SECONDS is a no-op and returns
+    None. The relay is woken by NOTIFY when the transaction commits (PostgreSQL only).
+    """
+    connection = transaction.get_connection(using)
+    if not connection.in_atomic_block:
+        raise TransactionRequired("publish() must be called inside transaction.atomic()")
+    now = timezone.now()
+    key = idempotency_key or (str(message_id) if message_id else None)
+    if key is not None:
+        window = timedelta(seconds=settings.OUTBOX_DUPLICATE_WINDOW_SECONDS)
+        if not PublishedKey.claim(key, now, window, using):
+            return None
+    message = OutboxMessage.objects.using(using).create(
+        message_id=message_id or uuid6.uuid7(),
+        correlation_id=correlation_id,
+        message_types=event.message_types(),
+        exchange=event.exchange(),
+        body=event.to_message(),
+        headers=headers or {},
+        created_at=now,
+        available_at=now,
+    )
+    if connection.vendor == "postgresql":
+        # Queued with the transaction and delivered at commit; identical notifications fold.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [NOTIFY_CHANNEL])
+    return message

@@ -15,11 +15,4 @@ def check_scheduler_settings(app_configs, **kwargs):
                 id="jobs.E001",
             )
         )
-    if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-        errors.append(
-            checks.Info(
-                "SQLite: run one scheduler at a time; use PostgreSQL for several instances.",
-                id="jobs.I001",
-            )
-        )
     return errors

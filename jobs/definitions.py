@@ -21,7 +21,6 @@ from .schedules import (
     InvalidSchedule,
     clocked_instants,
     cron_instants,
-    get_zone,
     interval_instants,
     validate_cron,
 )
@@ -105,6 +104,7 @@ class Definition:
     expires: datetime | None
     expire_seconds: int | None
     changed_at: datetime
+    last_run_at: datetime | None
     policy: Policy
 
     @classmethod
@@ -142,6 +142,7 @@ class Definition:
             expires=task.expires,
             expire_seconds=task.expire_seconds,
             changed_at=task.date_changed,
+            last_run_at=task.last_run_at,
             policy=policy_of(task),
         )
 
@@ -155,22 +156,20 @@ class Definition:
             return interval_instants(self.interval, self.anchor, after)
         return clocked_instants(self.clocked_time, after)
 
-    def planned_through(self, last_run_at: datetime | None) -> datetime:
-        """The instant after which nothing is planned yet.
+    def next_instant(self) -> datetime | None:
+        """The first instant not yet planned when this snapshot was taken.
 
-        The cursor is PeriodicTask.last_run_at: the last instant planned. django-celery-beat
-        clears it when a task is disabled, so a task that was never planned, or is enabled
-        again, starts from its last change, not from old instants.
+        The cursor is PeriodicTask.last_run_at, the last instant planned. django-celery-beat
+        clears it when a task is disabled, so a task never planned, or enabled again, starts
+        from its last change instead of from old instants.
         """
-        return last_run_at if last_run_at is not None else self.changed_at
+        after = self.last_run_at if self.last_run_at is not None else self.changed_at
+        return next(self.instants_after(after), None)
 
     def expired(self, scheduled_for: datetime, now: datetime) -> bool:
         if self.expires is not None and now > self.expires:
             return True
         return self.expire_seconds is not None and now > scheduled_for + timedelta(seconds=self.expire_seconds)
-
-    def zone_info(self):
-        return get_zone(self.zone)
 
 
 def definitions_queryset():

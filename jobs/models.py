@@ -8,7 +8,7 @@ import uuid
 from datetime import timedelta
 
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import connections, models, router, transaction
 from django.db.models import F, Q
 from django_celery_beat.models import PeriodicTask
 
@@ -71,6 +71,10 @@ class JobPolicy(models.Model):
             isinstance(i, (int, float)) and not isinstance(i, bool) and i >= 0 for i in intervals
         ):
             raise ValidationError({"retry_intervals": "A list of non-negative numbers of seconds, e.g. [30, 60]."})
+
+
+class LeaseLost(Exception):
+    """The occurrence is no longer claimed by this session: its lease expired and was reaped."""
 
 
 class Occurrence(models.Model):
@@ -148,6 +152,114 @@ class Occurrence(models.Model):
         if self.started_at and self.finished_at:
             return self.finished_at - self.started_at
         return None
+
+    @classmethod
+    def trigger(cls, task: PeriodicTask, now, priority: int) -> "Occurrence":
+        """A manual run of task, due now; a running scheduler picks it up within a second."""
+        return cls.objects.create(
+            task=task, job_name=task.name, scheduled_for=now, run_after=now, manual=True, priority=priority
+        )
+
+    @classmethod
+    def claim_next(cls, *, now, session, instance: str, lease: timedelta, long_running: bool, limit: int = 1):
+        """Claim up to `limit` ready occurrences, highest priority and oldest first.
+
+        One statement: the inner SELECT takes the rows with FOR UPDATE SKIP LOCKED (on
+        PostgreSQL), so concurrent schedulers never claim the same row; the UPDATE moves them
+        to running with a lease. Uses the partial index occ_ready.
+        """
+        using = router.db_for_write(cls)
+        connection = connections[using]
+        table = connection.ops.quote_name(cls._meta.db_table)
+        lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
+        kind = "=" if long_running else "<>"
+        sql = (
+            f"UPDATE {table} SET status = %s, attempts = attempts + 1, instance = %s, claimed_by = %s, "
+            f"claimed_at = %s, lease_expires_at = %s, started_at = COALESCE(started_at, %s) "
+            f"WHERE id IN (SELECT id FROM {table} WHERE status = %s AND run_after <= %s AND priority {kind} %s "
+            f"ORDER BY priority DESC, run_after, id LIMIT %s{lock}) RETURNING *"
+        )
+        def value(field, v):
+            return cls._meta.get_field(field).get_db_prep_value(v, connection)
+
+        params = [
+            cls.Status.RUNNING,
+            instance,
+            value("claimed_by", session),
+            value("claimed_at", now),
+            value("lease_expires_at", now + lease),
+            value("started_at", now),
+            cls.Status.SCHEDULED,
+            value("run_after", now),
+            Priority.LONG_RUNNING,
+            limit,
+        ]
+        with transaction.atomic(using=using):
+            return sorted(cls.objects.raw(sql, params), key=lambda o: (-o.priority, o.run_after, o.id))
+
+    @classmethod
+    def renew_leases(cls, ids, *, session, now, lease: timedelta) -> int:
+        """Extend the leases of this session's running occurrences (the heartbeat)."""
+        if not ids:
+            return 0
+        return cls.objects.filter(id__in=ids, status=cls.Status.RUNNING, claimed_by=session).update(
+            lease_expires_at=now + lease
+        )
+
+    @classmethod
+    def expired_leases(cls, now, limit: int = 100):
+        """Running occurrences whose claimer stopped renewing; call inside a transaction.
+
+        Rows locked by a live transaction are skipped. Uses the partial index occ_running_lease.
+        """
+        return list(
+            cls.objects.select_for_update(skip_locked=True).filter(
+                status=cls.Status.RUNNING, lease_expires_at__lt=now
+            )[:limit]
+        )
+
+    def _transition(self, *, claimer, **fields) -> None:
+        """Compare-and-set from running (claimed by `claimer`, this attempt) to `fields`."""
+        updated = Occurrence.objects.filter(
+            pk=self.pk, status=self.Status.RUNNING, claimed_by=claimer, attempts=self.attempts
+        ).update(lease_expires_at=None, **fields)
+        if updated != 1:
+            raise LeaseLost(f"occurrence {self.pk} attempt {self.attempts} is no longer claimed by {claimer}")
+        for name, value in fields.items():
+            setattr(self, name, value)
+        self.lease_expires_at = None
+
+    def record_attempt(self, *, claimer, started_at, now, error: str = "", traceback: str = "", retry_at=None):
+        """Record how the current attempt ended: success when error is empty, else failure.
+
+        A failure with retry_at goes back to scheduled for that instant (the pending retry is a
+        row, so it survives restarts); without it, the occurrence has failed. Raises LeaseLost
+        if another scheduler reaped the claim meanwhile, so the caller's transaction (the job's
+        own work included) rolls back.
+        """
+        if not error:
+            self._transition(claimer=claimer, status=self.Status.SUCCEEDED, finished_at=now, detail="")
+        elif retry_at is not None:
+            self._transition(claimer=claimer, status=self.Status.SCHEDULED, run_after=retry_at, detail=error)
+        else:
+            self._transition(claimer=claimer, status=self.Status.FAILED, finished_at=now, detail=error)
+        return Attempt.objects.create(
+            occurrence=self,
+            number=self.attempts,
+            status=Attempt.Status.FAILED if error else Attempt.Status.SUCCEEDED,
+            instance=self.instance,
+            started_at=started_at,
+            finished_at=now,
+            duration=now - started_at,
+            error=error,
+            traceback=traceback,
+        )
+
+    def skip(self, *, claimer, now, reason: str) -> None:
+        """Finish without running (definition disabled, deleted or expired); no attempt is counted."""
+        self._transition(
+            claimer=claimer, status=self.Status.SKIPPED, finished_at=now, detail=reason, attempts=self.attempts - 1
+        )
 
 
 class Attempt(models.Model):

@@ -1,0 +1,144 @@
+"""manage.py jobs: list definitions, show history, trigger a run, preview a cron expression."""
+
+import json
+import time
+from datetime import datetime
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db.models import OuterRef, Subquery
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django_celery_beat.models import PeriodicTask
+
+from jobs.definitions import Definition, definitions_queryset, describe_schedule, policy_of, schedule_zone
+from jobs.models import Occurrence
+from jobs.schedules import InvalidSchedule, cron_instants, get_zone, next_instants
+
+USAGE_ERROR = 2
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+class Command(BaseCommand):
+    help = "Inspect and drive the job definitions."
+
+    def add_arguments(self, parser):
+        actions = parser.add_subparsers(dest="action", required=True)
+
+        listing = actions.add_parser("list", help="Each definition with its schedule, next run and last status.")
+        listing.add_argument("--json", action="store_true")
+
+        history = actions.add_parser("history", help="Occurrences, newest first.")
+        history.add_argument("--job", help="Only this definition's occurrences.")
+        history.add_argument("--limit", type=int, default=20)
+        history.add_argument("--json", action="store_true")
+
+        trigger = actions.add_parser("trigger", help="Run a job now through the scheduler, recorded as manual.")
+        trigger.add_argument("name")
+        trigger.add_argument(
+            "--wait", type=float, metavar="SECONDS", help="Wait up to SECONDS for the run to finish."
+        )
+
+        preview = actions.add_parser("preview", help="The next fire instants of a cron expression.")
+        preview.add_argument("expression")
+        preview.add_argument("--tz", default="UTC")
+        preview.add_argument("--after", help="ISO-8601 instant (default: now).")
+        preview.add_argument("--count", type=int, default=5)
+
+    def handle(self, *args, **options):
+        getattr(self, f"handle_{options['action']}")(**options)
+
+    def emit(self, rows: list[dict], as_json: bool, columns: list[str]) -> None:
+        if as_json:
+            self.stdout.write(json.dumps(rows, indent=2))
+            return
+        table = [columns] + [["" if row[c] is None else str(row[c]) for c in columns] for row in rows]
+        widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+        for line in table:
+            self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+
+    def handle_list(self, **options):
+        last_status = Occurrence.objects.filter(task=OuterRef("pk")).order_by("-scheduled_for", "-id")
+        tasks = definitions_queryset().annotate(last_status=Subquery(last_status.values("status")[:1])).order_by("name")
+        rows = []
+        for task in tasks:
+            next_run = None
+            if task.enabled:
+                try:
+                    next_run = Definition.from_task(task).next_instant()
+                except InvalidSchedule:
+                    next_run = None
+            rows.append(
+                {
+                    "name": task.name,
+                    "job": task.task,
+                    "schedule": describe_schedule(task),
+                    "timezone": schedule_zone(task),
+                    "priority": policy_of(task).priority.cli_name,
+                    "enabled": task.enabled,
+                    "next_run": iso(next_run),
+                    "last_status": task.last_status,
+                }
+            )
+        self.emit(rows, options["json"], ["name", "schedule", "timezone", "priority", "enabled", "next_run", "last_status"])
+
+    def handle_history(self, job=None, limit=20, **options):
+        if limit < 1:
+            raise CommandError("--limit must be at least 1", returncode=USAGE_ERROR)
+        occurrences = Occurrence.objects.order_by("-scheduled_for", "-id")
+        if job:
+            occurrences = occurrences.filter(job_name=job)
+        rows = [
+            {
+                "job": o.job_name,
+                "scheduled_for": iso(o.scheduled_for),
+                "status": o.status,
+                "attempt": o.attempts,
+                "instance": o.instance or None,
+                "started_at": iso(o.started_at),
+                "finished_at": iso(o.finished_at),
+                "manual": o.manual,
+                "error": o.detail or None,
+            }
+            for o in occurrences[:limit]
+        ]
+        self.emit(rows, options["json"], ["job", "scheduled_for", "status", "attempt", "instance", "manual", "error"])
+
+    def handle_trigger(self, name, wait=None, **options):
+        task = PeriodicTask.objects.select_related("policy").filter(name=name).first()
+        if task is None:
+            raise CommandError(f"no such job definition: {name}", returncode=USAGE_ERROR)
+        occurrence = Occurrence.trigger(task, timezone.now(), priority=policy_of(task).priority)
+        self.stdout.write(f"triggered {name}: occurrence {occurrence.id}")
+        if wait is None:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            occurrence.refresh_from_db()
+            if occurrence.status in Occurrence.FINISHED:
+                self.stdout.write(f"{occurrence.status}{': ' + occurrence.detail if occurrence.detail else ''}")
+                if occurrence.status != Occurrence.Status.SUCCEEDED:
+                    raise CommandError(f"{name} {occurrence.status}", returncode=1)
+                return
+            time.sleep(0.1)
+        raise CommandError(f"{name} did not finish within {wait} s (status {occurrence.status})", returncode=1)
+
+    def handle_preview(self, expression, tz="UTC", after=None, count=5, **options):
+        if count < 1:
+            raise CommandError("--count must be at least 1", returncode=USAGE_ERROR)
+        try:
+            zone = get_zone(tz)
+            start = timezone.now()
+            if after:
+                start = parse_datetime(after)
+                if start is None:
+                    raise InvalidSchedule(f"--after is not an ISO-8601 instant: {after}")
+                if timezone.is_naive(start):
+                    start = start.replace(tzinfo=zone)  # a local time in --tz
+            instants = next_instants(cron_instants(expression, zone, start), count)
+        except (InvalidSchedule, ValueError) as exc:
+            raise CommandError(str(exc), returncode=USAGE_ERROR) from None
+        for instant in instants:
+            self.stdout.write(instant.astimezone(zone).isoformat())

@@ -78,6 +78,13 @@ OUTBOX_POLL_SECONDS = _positive("float", "OUTBOX_POLL_SECONDS", 1.0)
 OUTBOX_BATCH_SIZE = _positive("int", "OUTBOX_BATCH_SIZE", 500)
 OUTBOX_MAX_ATTEMPTS = _positive("int", "OUTBOX_MAX_ATTEMPTS", 10)
 OUTBOX_RETENTION_DAYS = _positive("int", "OUTBOX_RETENTION_DAYS", 7)
+# The relay (outbox/relay.py): how long a batch may wait for the broker's confirms before the
+# connection is treated as lost, the cap of the retry backoff, how often old rows are purged,
+# and how long a connection blocked by a broker resource alarm may stay blocked.
+OUTBOX_CONFIRM_TIMEOUT_SECONDS = _positive("float", "OUTBOX_CONFIRM_TIMEOUT_SECONDS", 30.0)
+OUTBOX_RETRY_MAX_SECONDS = _positive("int", "OUTBOX_RETRY_MAX_SECONDS", 300)
+OUTBOX_RETENTION_INTERVAL_SECONDS = _positive("int", "OUTBOX_RETENTION_INTERVAL_SECONDS", 300)
+OUTBOX_BLOCKED_TIMEOUT_SECONDS = _positive("int", "OUTBOX_BLOCKED_TIMEOUT_SECONDS", 60)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -2,8 +2,61 @@ import uuid6
 from datetime import timedelta
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import Count, Min, Q
 from django.utils import timezone
+
+
+class OutboxQuerySet(models.QuerySet):
+    """The relay's and the CLI's operations on many rows, each one statement."""
+
+    def claim_batch(self, now, limit: int) -> list["OutboxMessage"]:
+        """Lock up to limit rows ready at now, in write order, skipping rows another relay holds.
+
+        Call inside transaction.atomic(): the locks last until the caller commits the outcomes,
+        so two relays never hold the same row. Served by the partial index outbox_pending.
+        """
+        return list(
+            self.filter(status=OutboxMessage.Status.PENDING, available_at__lte=now)
+            .order_by("id")
+            .select_for_update(skip_locked=True)
+            .defer("last_error", "delivered_at", "created_at", "available_at")[:limit]
+        )
+
+    def mark_delivered(self, ids, now) -> int:
+        """Compare-and-set: only rows still pending become delivered."""
+        return self.filter(id__in=ids, status=OutboxMessage.Status.PENDING).update(
+            status=OutboxMessage.Status.DELIVERED, delivered_at=now, last_error=""
+        )
+
+    def mark_unroutable(self, ids, reason: str) -> int:
+        """The broker returned them: no queue is bound. Kept, visible and requeue-able."""
+        return self.filter(id__in=ids, status=OutboxMessage.Status.PENDING).update(
+            status=OutboxMessage.Status.UNROUTABLE, last_error=reason
+        )
+
+    def requeue(self, now) -> int:
+        """Send dead and unroutable rows again, with their message ids unchanged."""
+        return self.filter(
+            status__in=[OutboxMessage.Status.DEAD, OutboxMessage.Status.UNROUTABLE]
+        ).update(status=OutboxMessage.Status.PENDING, attempts=0, available_at=now, last_error="")
+
+    def delete_delivered_before(self, cutoff, limit: int) -> int:
+        """Delete at most limit delivered rows delivered before cutoff (index outbox_delivered).
+
+        Bounded so that a large backlog is purged in short transactions that do not hold
+        up the relay or bloat one giant delete.
+        """
+        ids = self.filter(status=OutboxMessage.Status.DELIVERED, delivered_at__lt=cutoff).values("id")[:limit]
+        deleted, _ = self.filter(id__in=list(ids)).delete()
+        return deleted
+
+    def status_counts(self, now) -> dict:
+        """Rows per status and the age of the oldest pending row, for `outbox status`."""
+        counts = {status: 0 for status in OutboxMessage.Status.values}
+        counts.update(dict(self.values_list("status").annotate(n=Count("id")).order_by()))
+        oldest = self.filter(status=OutboxMessage.Status.PENDING).aggregate(at=Min("created_at"))["at"]
+        counts["oldest_pending_age_seconds"] = (now - oldest).total_seconds() if oldest else 0.0
+        return counts
 
 
 class OutboxMessage(models.Model):
@@ -37,6 +90,8 @@ class OutboxMessage(models.Model):
     last_error = models.TextField(blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
 
+    objects = OutboxQuerySet.as_manager()
+
     class Meta:
         ordering = ["-id"]
         constraints = [
@@ -61,6 +116,24 @@ class OutboxMessage(models.Model):
     def __str__(self):
         return f"{self.exchange} {self.message_id}"
 
+    def record_failure(self, error: str, now, max_attempts: int, max_delay_seconds: int) -> None:
+        """Count a failed send: retry after a doubling delay, or give up as dead.
+
+        Only sets the fields; the relay saves a batch of failures with one bulk_update.
+        """
+        self.attempts += 1
+        self.last_error = error
+        if self.attempts >= max_attempts:
+            self.status = self.Status.DEAD
+        else:
+            delay = min(2 ** (self.attempts - 1), max_delay_seconds)
+            self.available_at = now + timedelta(seconds=delay)
+
+    @classmethod
+    def save_failures(cls, messages: list["OutboxMessage"], using: str) -> None:
+        """Write what record_failure set, for many rows in one statement."""
+        cls.objects.using(using).bulk_update(messages, ["attempts", "last_error", "status", "available_at"])
+
 
 class PublishedKey(models.Model):
     """Idempotency keys published within the duplicate-detection window."""
@@ -70,6 +143,12 @@ class PublishedKey(models.Model):
 
     def __str__(self):
         return self.idempotency_key
+
+    @classmethod
+    def purge(cls, before, using: str) -> int:
+        """Forget keys published before the duplicate-detection window began."""
+        deleted, _ = cls.objects.using(using).filter(published_at__lt=before).delete()
+        return deleted
 
     @classmethod
     def claim(cls, key: str, now, window: timedelta, using: str) -> bool:

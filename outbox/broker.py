@@ -1,0 +1,326 @@
+"""One RabbitMQ connection that publishes batches with a window of asynchronous confirms.
+
+pika's BlockingChannel waits for each confirm in basic_publish, one round trip per message.
+Here a SelectConnection's I/O loop is stepped by hand instead: a whole batch is written, then
+the loop runs until the broker has acked, nacked or returned every message of it. The caller
+stays synchronous (it holds a database transaction around the batch) and pays one round trip
+per batch.
+
+Publishes use MassTransit's publish topology: a durable fanout exchange per message type, each
+derived type's exchange bound to its base type's, declared once per connection. They are
+mandatory, so a message that no queue receives comes back as a return instead of vanishing.
+"""
+
+import logging
+import ssl
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pika
+import pika.exceptions
+from pika.adapters.select_connection import SelectConnection
+
+logger = logging.getLogger(__name__)
+
+# How many messages are written between two non-blocking turns of the I/O loop: the socket
+# drains and confirms come in while the rest of the batch is serialised.
+PUMP_EVERY = 128
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not be reached, or the connection was lost or stalled."""
+
+
+def connection_parameters(url: str, *, blocked_timeout: float) -> pika.URLParameters:
+    """pika parameters for url; amqps:// verifies the broker's certificate against its host name."""
+    parameters = pika.URLParameters(url)
+    if parameters.ssl_options is not None and parameters.ssl_options.server_hostname is None:
+        parameters.ssl_options = pika.SSLOptions(parameters.ssl_options.context, parameters.host)
+    # A broker under a resource alarm blocks publishers; give up on the connection after this
+    # long rather than hold the batch's row locks forever.
+    parameters.blocked_connection_timeout = blocked_timeout
+    parameters.connection_attempts = 1
+    return parameters
+
+
+@dataclass
+class Outgoing:
+    """One message to publish. key is the caller's handle for it, echoed in the Outcome."""
+
+    key: Any
+    exchanges: list[str]  # the publish exchange first, then its base types' exchanges
+    body: bytes
+    properties: pika.BasicProperties
+
+
+@dataclass
+class Outcome:
+    """What became of a batch. A message in none of the three has no outcome (lost is set)."""
+
+    delivered: list = field(default_factory=list)
+    unroutable: dict = field(default_factory=dict)  # key -> the broker's reply
+    failed: dict = field(default_factory=dict)  # key -> error, for a retry
+    lost: BrokerUnavailable | None = None
+
+
+def describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+class Broker:
+    """A publisher-confirms channel on one connection; connect() again after it is lost."""
+
+    def __init__(self, parameters: pika.ConnectionParameters, *, confirm_timeout: float):
+        self.parameters = parameters
+        self.confirm_timeout = confirm_timeout
+        self._connection: SelectConnection | None = None
+        self._lost: BaseException | None = None
+        self._channel = None
+        self._channel_error: BaseException | None = None
+        self._declared: set = set()
+        self._next_tag = 1
+        self._unconfirmed: dict[int, Outgoing] = {}
+        self._returned: dict[str, list[str]] = defaultdict(list)
+        self._outcome: Outcome | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._connection is not None and self._lost is None and self._channel is not None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.parameters.host}:{self.parameters.port}"
+
+    def connect(self) -> None:
+        """Open the connection and a confirm-mode channel, or raise BrokerUnavailable."""
+        self.close()
+        opened: list = []
+        self._lost = None
+        self._declared = set()
+        self._connection = SelectConnection(
+            self.parameters,
+            on_open_callback=lambda connection: opened.append(True),
+            on_open_error_callback=self._on_connection_closed,
+            on_close_callback=self._on_connection_closed,
+        )
+        # IOLoop.start() would do this; the loop is stepped by _run_until instead.
+        self._connection.ioloop.activate_poller()
+        timeout = (self.parameters.socket_timeout or 10) + (self.parameters.stack_timeout or 15)
+        self._run_until(lambda: opened or self._lost, timeout)
+        if not opened:
+            error = self._lost or TimeoutError(f"no answer within {timeout:.0f}s")
+            self.close()
+            raise BrokerUnavailable(f"cannot reach the broker at {self.endpoint}: {describe(error)}")
+        self._open_channel()
+
+    def close(self) -> None:
+        """Close the connection, if any, and release its I/O loop."""
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is None:
+            return
+        if connection.is_open:
+            connection.close()
+            expired: list = []
+            timer = connection.ioloop.call_later(2, lambda: expired.append(True))
+            while not connection.is_closed and not expired:
+                connection.ioloop.poll()
+                connection.ioloop.process_timeouts()
+            connection.ioloop.remove_timeout(timer)
+        connection.ioloop.close()
+
+    def service(self, seconds: float) -> bool:
+        """Process I/O (heartbeats) for up to seconds; False if the connection is gone."""
+        if not self.is_open:
+            return False
+        self._run_until(lambda: self._lost, seconds)
+        return self.is_open
+
+    def publish_batch(self, batch: list[Outgoing]) -> Outcome:
+        """Publish batch in order and wait for the broker's verdict on every message.
+
+        A message is delivered when the broker acked it, unroutable when it was returned then
+        acked, failed when it was nacked, its channel closed before the ack, or its exchanges
+        could not be declared. If the connection is lost or confirms stall for
+        confirm_timeout, outcome.lost is set and the rest of the batch has no outcome.
+        """
+        outcome = self._outcome = Outcome()
+        try:
+            ready = self._declare_topology(batch, outcome)
+            self._publish(ready, outcome)
+        except BrokerUnavailable as error:
+            outcome.lost = error
+            self.close()
+        finally:
+            self._outcome = None
+            self._unconfirmed = {}
+            self._returned.clear()
+        return outcome
+
+    # Topology.
+
+    def _declare_topology(self, batch: list[Outgoing], outcome: Outcome) -> list[Outgoing]:
+        """Declare each message's exchanges and bindings; return the messages that can go."""
+        errors: dict[tuple, str | None] = {}
+        ready = []
+        for message in batch:
+            chain = tuple(message.exchanges)
+            if chain not in errors:
+                errors[chain] = self._declare_chain(chain)
+            if errors[chain] is None:
+                ready.append(message)
+            else:
+                outcome.failed[message.key] = errors[chain]
+        return ready
+
+    def _declare_chain(self, chain: tuple[str, ...]) -> str | None:
+        """Declare the fanout exchanges of chain, each bound to the next; the error, if any."""
+        for name in chain:
+            if name not in self._declared:
+                error = self._rpc(
+                    lambda done, name=name: self._channel.exchange_declare(
+                        name, exchange_type="fanout", durable=True, callback=done
+                    )
+                )
+                if error:
+                    return f"declaring exchange {name!r}: {error}"
+                self._declared.add(name)
+        for source, destination in zip(chain, chain[1:]):
+            if (source, destination) not in self._declared:
+                # MassTransit: messages published to the derived type's exchange flow on to the
+                # exchange of its base type, where consumers of the base type are bound.
+                error = self._rpc(
+                    lambda done, s=source, d=destination: self._channel.exchange_bind(
+                        destination=d, source=s, callback=done
+                    )
+                )
+                if error:
+                    return f"binding exchange {source!r} to {destination!r}: {error}"
+                self._declared.add((source, destination))
+        return None
+
+    def _rpc(self, start: Callable[[Callable], None]) -> str | None:
+        """Run one synchronous channel method; the broker's error if it closed the channel."""
+        done: list = []
+        channel = self._channel
+        start(lambda frame: done.append(frame))
+        self._run_until(lambda: done or self._channel is not channel or self._lost, self.confirm_timeout)
+        self._raise_if_lost()
+        if done:
+            return None
+        if self._channel is not channel:
+            error = describe(self._channel_error)
+            self._open_channel()
+            return error
+        raise self._stalled()
+
+    # Publishing.
+
+    def _publish(self, ready: list[Outgoing], outcome: Outcome) -> None:
+        channel = self._channel
+        for index, message in enumerate(ready):
+            if self._channel is not channel:
+                # The channel closed under us: what was not written fails like what was.
+                outcome.failed[message.key] = describe(self._channel_error)
+                continue
+            self._unconfirmed[self._next_tag] = message
+            self._next_tag += 1
+            try:
+                channel.basic_publish(
+                    message.exchanges[0], "", message.body, message.properties, mandatory=True
+                )
+            except pika.exceptions.AMQPError as error:
+                raise BrokerUnavailable(describe(error)) from error
+            if index % PUMP_EVERY == PUMP_EVERY - 1:
+                self._run_until(lambda: self._lost, 0)
+                self._raise_if_lost()
+        self._run_until(
+            lambda: not self._unconfirmed or self._channel is not channel or self._lost,
+            self.confirm_timeout,
+        )
+        self._raise_if_lost()
+        if self._channel is not channel:
+            self._open_channel()
+        elif self._unconfirmed:
+            raise self._stalled()
+
+    def _on_confirm(self, frame) -> None:
+        method = frame.method
+        if method.multiple:
+            tags = [tag for tag in self._unconfirmed if tag <= method.delivery_tag]
+        else:
+            tags = [method.delivery_tag] if method.delivery_tag in self._unconfirmed else []
+        acked = isinstance(method, pika.spec.Basic.Ack)
+        for tag in tags:
+            message = self._unconfirmed.pop(tag)
+            returns = self._returned.get(message.properties.message_id)
+            if not acked:
+                self._outcome.failed[message.key] = "nacked by the broker"
+            elif returns:
+                self._outcome.unroutable[message.key] = returns.pop(0)
+            else:
+                self._outcome.delivered.append(message.key)
+
+    def _on_return(self, channel, method, properties, body) -> None:
+        # The broker sends basic.return before the basic.ack of the same message.
+        self._returned[properties.message_id].append(f"{method.reply_code} {method.reply_text}")
+
+    # Connection and channel.
+
+    def _open_channel(self) -> None:
+        """Open a confirm-mode channel; unconfirmed messages of a closed one have failed."""
+        if self._outcome is not None:
+            for message in self._unconfirmed.values():
+                self._outcome.failed[message.key] = describe(self._channel_error)
+        self._unconfirmed = {}
+        self._channel = None
+        opened: list = []
+        self._connection.channel(on_open_callback=opened.append)
+        self._run_until(lambda: opened or self._lost, self.confirm_timeout)
+        self._raise_if_lost()
+        if not opened:
+            raise self._stalled()
+        channel = opened[0]
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        selected: list = []
+        channel.confirm_delivery(self._on_confirm, callback=selected.append)
+        self._run_until(lambda: selected or self._lost, self.confirm_timeout)
+        self._raise_if_lost()
+        if not selected:
+            raise self._stalled()
+        self._channel = channel
+        self._next_tag = 1
+
+    def _on_channel_closed(self, channel, reason) -> None:
+        if channel is self._channel:
+            logger.warning(
+                "broker closed the channel: %s",
+                describe(reason),
+                extra={"action": "outbox_channel_closed", "error": describe(reason)},
+            )
+            self._channel_error = reason
+            self._channel = None
+
+    def _on_connection_closed(self, connection, reason) -> None:
+        if connection is self._connection:
+            self._lost = reason
+
+    def _raise_if_lost(self) -> None:
+        if self._lost is not None:
+            raise BrokerUnavailable(f"lost the connection to {self.endpoint}: {describe(self._lost)}")
+
+    def _stalled(self) -> BrokerUnavailable:
+        return BrokerUnavailable(f"no answer from {self.endpoint} within {self.confirm_timeout:g}s")
+
+    def _run_until(self, done: Callable[[], Any], seconds: float) -> None:
+        """Step the I/O loop until done() is true or seconds have passed (0: one turn)."""
+        ioloop = self._connection.ioloop
+        expired: list = []
+        timer = ioloop.call_later(seconds, lambda: expired.append(True))
+        try:
+            while not done() and not expired:
+                ioloop.poll()
+                ioloop.process_timeouts()
+        finally:
+            ioloop.remove_timeout(timer)

@@ -1,0 +1,47 @@
+"""`manage.py outbox status|requeue`: look at the outbox and send failed messages again."""
+
+import json
+
+from django.core.management.base import BaseCommand
+from django.utils import timezone
+
+from outbox.models import OutboxMessage
+
+
+class Command(BaseCommand):
+    help = "Inspect the outbox, or requeue dead and unroutable messages (their message ids are kept)."
+
+    def add_arguments(self, parser):
+        commands = parser.add_subparsers(dest="command", required=True)
+        status = commands.add_parser("status", help="messages per status and the oldest pending age")
+        status.add_argument("--json", action="store_true", help="one JSON object instead of lines")
+        requeue = commands.add_parser("requeue", help="send dead and unroutable messages again")
+        requeue.add_argument("--id", type=int, nargs="+", dest="ids", help="only these rows")
+        requeue.add_argument(
+            "--status",
+            choices=[OutboxMessage.Status.DEAD, OutboxMessage.Status.UNROUTABLE],
+            help="only rows in this status",
+        )
+
+    def handle(self, *args, command: str, **options):
+        if command == "status":
+            self.status(as_json=options["json"])
+        else:
+            self.requeue(ids=options["ids"], status=options["status"])
+
+    def status(self, *, as_json: bool) -> None:
+        counts = OutboxMessage.objects.status_counts(timezone.now())
+        if as_json:
+            self.stdout.write(json.dumps(counts))
+        else:
+            for name, value in counts.items():
+                self.stdout.write(f"{name}: {value:g}" if isinstance(value, float) else f"{name}: {value}")
+
+    def requeue(self, *, ids: list[int] | None, status: str | None) -> None:
+        rows = OutboxMessage.objects.all()
+        if ids:
+            rows = rows.filter(id__in=ids)
+        if status:
+            rows = rows.filter(status=status)
+        count = rows.requeue(timezone.now())
+        self.stdout.write(f"requeued {count} message{'s' if count != 1 else ''}")

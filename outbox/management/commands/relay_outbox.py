@@ -1,0 +1,68 @@
+"""`manage.py relay_outbox [--once]`: send committed outbox rows to RabbitMQ."""
+
+import signal
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from outbox.broker import Broker, BrokerUnavailable, connection_parameters
+from outbox.envelope import EnvelopeWriter, broker_address
+from outbox.relay import Relay, Waker, run
+
+
+class Command(BaseCommand):
+    help = (
+        "Send committed outbox messages to RabbitMQ and mark them delivered once confirmed. "
+        "Runs until SIGTERM/SIGINT, which let the batch in flight finish."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--once",
+            action="store_true",
+            help="deliver what is pending, then exit; fail at once if the broker cannot be reached",
+        )
+
+    def handle(self, *args, once: bool, **options):
+        stop_requests = []
+
+        def request_stop(signum, frame):
+            stop_requests.append(signum)
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+
+        parameters = connection_parameters(
+            settings.RABBITMQ_URL, blocked_timeout=settings.OUTBOX_BLOCKED_TIMEOUT_SECONDS
+        )
+        broker = Broker(parameters, confirm_timeout=settings.OUTBOX_CONFIRM_TIMEOUT_SECONDS)
+        writer = EnvelopeWriter(
+            broker_address(
+                parameters.host, parameters.port, parameters.virtual_host, parameters.ssl_options is not None
+            )
+        )
+        relay = Relay(
+            broker,
+            writer,
+            batch_size=settings.OUTBOX_BATCH_SIZE,
+            max_attempts=settings.OUTBOX_MAX_ATTEMPTS,
+            retry_max_seconds=settings.OUTBOX_RETRY_MAX_SECONDS,
+        )
+        waker = Waker()
+        try:
+            run(
+                relay,
+                waker,
+                poll_seconds=settings.OUTBOX_POLL_SECONDS,
+                purge_every=settings.OUTBOX_RETENTION_INTERVAL_SECONDS,
+                retention=timedelta(days=settings.OUTBOX_RETENTION_DAYS),
+                duplicate_window=timedelta(seconds=settings.OUTBOX_DUPLICATE_WINDOW_SECONDS),
+                stopping=lambda: bool(stop_requests),
+                once=once,
+            )
+        except BrokerUnavailable as error:
+            raise CommandError(str(error)) from None
+        finally:
+            broker.close()
+            waker.close()

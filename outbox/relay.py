@@ -1,0 +1,297 @@
+"""The relay: committed outbox rows to RabbitMQ, marked delivered once the broker confirmed them.
+
+Relay.deliver_batch(now) is one pass: claim a batch of ready rows (FOR UPDATE SKIP LOCKED),
+publish it with a window of confirms, record the outcomes and commit, all in one transaction,
+so that several relays share the work without sending a row twice. run() is the thin loop
+around it that `manage.py relay_outbox` starts: reconnect with backoff, sleep until NOTIFY or
+the poll interval, purge old rows now and then.
+"""
+
+import logging
+import time
+from datetime import timedelta
+from typing import Callable
+
+import psycopg
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    DatabaseError,
+    InterfaceError,
+    close_old_connections,
+    connections,
+    transaction,
+)
+from django.utils import timezone
+
+from .broker import Broker, BrokerUnavailable, Outgoing
+from .envelope import EnvelopeWriter, exchange_chain
+from .models import OutboxMessage, PublishedKey
+from .publishing import NOTIFY_CHANNEL
+
+logger = logging.getLogger(__name__)
+
+PURGE_BATCH = 5000
+
+
+class Backoff:
+    """Delays that double from first to ceiling; reset() after a success."""
+
+    def __init__(self, first: float = 1.0, ceiling: float = 30.0):
+        self.first, self.ceiling = first, ceiling
+        self.reset()
+
+    def reset(self) -> None:
+        self.current = self.first
+
+    def next(self) -> float:
+        delay, self.current = self.current, min(self.current * 2, self.ceiling)
+        return delay
+
+
+class Relay:
+    """Delivers outbox rows of one database through one Broker."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        writer: EnvelopeWriter,
+        *,
+        batch_size: int,
+        max_attempts: int,
+        retry_max_seconds: int,
+        using: str = DEFAULT_DB_ALIAS,
+    ):
+        self.broker = broker
+        self.writer = writer
+        self.batch_size = batch_size
+        self.max_attempts = max_attempts
+        self.retry_max_seconds = retry_max_seconds
+        self.using = using
+
+    def deliver_batch(self, now) -> int:
+        """Send one batch of rows ready at now; the number of rows handled (0: nothing to do).
+
+        Raises BrokerUnavailable if the broker is not connected or the connection was lost
+        mid-batch; what was confirmed by then is recorded, the rest stays pending untouched.
+        """
+        if not self.broker.is_open:
+            raise BrokerUnavailable("not connected")
+        with transaction.atomic(using=self.using):
+            messages = OutboxMessage.objects.using(self.using).claim_batch(now, self.batch_size)
+            if not messages:
+                return 0
+            sent_at = timezone.now()
+            outcome = self.broker.publish_batch(
+                [
+                    Outgoing(
+                        key=message,
+                        exchanges=exchange_chain(message),
+                        body=self.writer.body(message, sent_at),
+                        properties=self.writer.properties(message),
+                    )
+                    for message in messages
+                ]
+            )
+            self._record(outcome, timezone.now())
+        if outcome.lost:
+            raise outcome.lost
+        return len(messages)
+
+    def _record(self, outcome, now) -> None:
+        rows = OutboxMessage.objects.using(self.using)
+        if outcome.delivered:
+            rows.mark_delivered([message.id for message in outcome.delivered], now)
+        by_reason: dict[str, list[int]] = {}
+        for message, reason in outcome.unroutable.items():
+            by_reason.setdefault(reason, []).append(message.id)
+        for reason, ids in by_reason.items():
+            rows.mark_unroutable(ids, reason)
+        for message, error in outcome.failed.items():
+            message.record_failure(error, now, self.max_attempts, self.retry_max_seconds)
+        if outcome.failed:
+            OutboxMessage.save_failures(list(outcome.failed), self.using)
+        self._log(outcome)
+
+    @staticmethod
+    def _log(outcome) -> None:
+        if outcome.delivered:
+            logger.debug(
+                "delivered %d messages",
+                len(outcome.delivered),
+                extra={"action": "outbox_delivered", "count": len(outcome.delivered)},
+            )
+        for message, reason in outcome.unroutable.items():
+            logger.warning(
+                "message %s to %s is unroutable: %s",
+                message.message_id,
+                message.exchange,
+                reason,
+                extra={"action": "outbox_unroutable", "message_id": str(message.message_id), "error": reason},
+            )
+        for message, error in outcome.failed.items():
+            action = "outbox_dead" if message.status == OutboxMessage.Status.DEAD else "outbox_retry"
+            logger.warning(
+                "message %s to %s failed (attempt %d): %s",
+                message.message_id,
+                message.exchange,
+                message.attempts,
+                error,
+                extra={"action": action, "message_id": str(message.message_id), "error": error},
+            )
+
+    def purge(self, now, retention: timedelta, duplicate_window: timedelta) -> int:
+        """Delete delivered rows older than retention and expired idempotency keys.
+
+        One bounded batch of outbox rows per call; the count deleted, so callers repeat while
+        it is PURGE_BATCH.
+        """
+        with transaction.atomic(using=self.using):
+            deleted = OutboxMessage.objects.using(self.using).delete_delivered_before(now - retention, PURGE_BATCH)
+            keys = PublishedKey.purge(now - duplicate_window, self.using)
+        if deleted or keys:
+            logger.info(
+                "purged %d delivered messages and %d idempotency keys",
+                deleted,
+                keys,
+                extra={"action": "outbox_purged", "count": deleted, "keys": keys},
+            )
+        return deleted
+
+
+class Waker:
+    """Sleeps until an outbox row commits (LISTEN on PostgreSQL) or the timeout passes.
+
+    A dedicated autocommit connection listens: Django's own connection runs transactions and
+    is closed between passes. On SQLite there is nothing to listen to and this just sleeps.
+    """
+
+    SLICE = 1.0  # longest uninterrupted wait: how soon a stop request or a heartbeat is seen
+
+    def __init__(self, using: str = DEFAULT_DB_ALIAS):
+        self.using = using
+        self._listener: psycopg.Connection | None = None
+
+    @property
+    def can_listen(self) -> bool:
+        return connections[self.using].vendor == "postgresql"
+
+    def wait(self, seconds: float, tick: Callable[[], None], stopping: Callable[[], bool]) -> bool:
+        """Wait for a notification (True), for seconds or until stopping(); tick() between slices."""
+        deadline = time.monotonic() + seconds
+        while not stopping():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self._notified(min(remaining, self.SLICE)):
+                return True
+            tick()
+        return False
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def _notified(self, seconds: float) -> bool:
+        if not self.can_listen:
+            time.sleep(seconds)
+            return False
+        try:
+            listener = self._listen()
+            received = any(True for _ in listener.notifies(timeout=seconds, stop_after=1))
+            if received:
+                # Notifications that arrived together fold into this one wake-up.
+                for _ in listener.notifies(timeout=0):
+                    pass
+            return received
+        except psycopg.Error as error:
+            logger.warning(
+                "cannot listen for outbox notifications, polling: %s",
+                error,
+                extra={"action": "outbox_listen_failed", "error": str(error)},
+            )
+            self.close()
+            time.sleep(seconds)
+            return False
+
+    def _listen(self) -> psycopg.Connection:
+        if self._listener is None:
+            params = connections[self.using].get_connection_params()
+            listener = psycopg.connect(**params, autocommit=True)
+            listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            self._listener = listener
+        return self._listener
+
+
+def run(
+    relay: Relay,
+    waker: Waker,
+    *,
+    poll_seconds: float,
+    purge_every: float,
+    retention: timedelta,
+    duplicate_window: timedelta,
+    stopping: Callable[[], bool],
+    once: bool = False,
+) -> None:
+    """Deliver until stopping() (or, once, until nothing is pending); the batch in flight finishes.
+
+    With once, an unreachable broker raises BrokerUnavailable instead of being retried.
+    """
+    broker_backoff, database_backoff = Backoff(), Backoff()
+    next_purge = time.monotonic()
+    while not stopping():
+        try:
+            if not relay.broker.is_open:
+                relay.broker.connect()
+                logger.info(
+                    "connected to the broker at %s",
+                    relay.broker.endpoint,
+                    extra={"action": "outbox_broker_connected"},
+                )
+            broker_backoff.reset()
+            handled = relay.deliver_batch(timezone.now())
+            if time.monotonic() >= next_purge:
+                while relay.purge(timezone.now(), retention, duplicate_window) == PURGE_BATCH and not stopping():
+                    pass
+                next_purge = time.monotonic() + purge_every
+            database_backoff.reset()
+        except BrokerUnavailable as error:
+            if once:
+                raise
+            delay = broker_backoff.next()
+            logger.error(
+                "broker unavailable, retrying in %gs: %s",
+                delay,
+                error,
+                extra={"action": "outbox_broker_unavailable", "error": str(error), "retry_in": delay},
+            )
+            _sleep(delay, stopping)
+            continue
+        except (DatabaseError, InterfaceError) as error:
+            delay = database_backoff.next()
+            logger.error(
+                "database unavailable, retrying in %gs: %s",
+                delay,
+                error,
+                extra={"action": "outbox_database_unavailable", "error": str(error), "retry_in": delay},
+            )
+            connections[relay.using].close()
+            waker.close()
+            _sleep(delay, stopping)
+            continue
+        if handled == relay.batch_size:
+            continue
+        if once:
+            if handled == 0:
+                return
+            continue
+        if handled == 0:
+            close_old_connections()
+            waker.wait(poll_seconds, tick=lambda: relay.broker.service(0), stopping=stopping)
+
+
+def _sleep(seconds: float, stopping: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + seconds
+    while not stopping() and (remaining := deadline - time.monotonic()) > 0:
+        time.sleep(min(remaining, 0.2))

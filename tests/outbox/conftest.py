@@ -1,0 +1,150 @@
+"""Fixtures for the relay tests: a real RabbitMQ, queues of their own, relays built from settings."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pika
+import pytest
+from django.conf import settings
+
+from outbox.broker import Broker, connection_parameters
+from outbox.envelope import EnvelopeWriter, broker_address
+from outbox.events import IntegrationEvent
+from outbox.relay import Relay
+
+MANAGE = Path(__file__).resolve().parents[2] / "manage.py"
+
+
+def make_event_type(name: str = "ProbeIntegrationEvent") -> type[IntegrationEvent]:
+    """An event type of a namespace of its own, so its exchange is this test's alone."""
+    namespace = f"BookWorm.Tests.T{uuid.uuid4().hex[:12]}"
+    return dataclasses.dataclass(frozen=True)(type(name, (IntegrationEvent,), {"message_namespace": namespace}))
+
+
+class Rabbit:
+    """A test's own view of the broker; deletes what it declared when the test ends."""
+
+    def __init__(self):
+        self.connection = pika.BlockingConnection(pika.URLParameters(settings.RABBITMQ_URL))
+        self.channel = self.connection.channel()
+        self.queues: list[str] = []
+        self.exchanges: list[str] = []
+
+    def exchange(self, name: str) -> str:
+        self.channel.exchange_declare(name, exchange_type="fanout", durable=True)
+        self.exchanges.append(name)
+        return name
+
+    def bind_queue(self, source_exchange: str, queue: str | None = None) -> str:
+        """A durable queue fed, as MassTransit feeds an endpoint, by a fanout exchange of its name."""
+        queue = queue or f"test-relay-{uuid.uuid4().hex[:12]}"
+        self.channel.exchange_declare(source_exchange, exchange_type="fanout", durable=True)
+        self.exchange(queue)
+        self.channel.queue_declare(queue, durable=True)
+        self.queues.append(queue)
+        self.channel.queue_purge(queue)
+        self.channel.exchange_bind(destination=queue, source=source_exchange)
+        self.channel.queue_bind(queue, queue)
+        return queue
+
+    def receive(self, queue: str, count: int, timeout: float = 30.0) -> list[tuple]:
+        """Up to count messages (properties, envelope) from queue, waiting at most timeout."""
+        received = []
+        deadline = time.monotonic() + timeout
+        while len(received) < count and time.monotonic() < deadline:
+            method, properties, body = self.channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                self.connection.sleep(0.05)
+                continue
+            received.append((properties, json.loads(body)))
+        return received
+
+    def close(self):
+        if self.connection.is_closed:
+            self.connection = pika.BlockingConnection(pika.URLParameters(settings.RABBITMQ_URL))
+            self.channel = self.connection.channel()
+        for queue in self.queues:
+            self.channel.queue_delete(queue)
+        for exchange in self.exchanges:
+            self.channel.exchange_delete(exchange)
+        self.connection.close()
+
+
+@pytest.fixture
+def rabbit():
+    rabbit = Rabbit()
+    yield rabbit
+    rabbit.close()
+
+
+@pytest.fixture
+def event_type(rabbit):
+    """A fresh event type whose exchange is deleted after the test."""
+    event_type = make_event_type()
+    rabbit.exchanges.append(event_type.exchange())
+    return event_type
+
+
+def build_relay(*, batch_size=None, max_attempts=None) -> Relay:
+    parameters = connection_parameters(settings.RABBITMQ_URL, blocked_timeout=10)
+    broker = Broker(parameters, confirm_timeout=10)
+    writer = EnvelopeWriter(broker_address(parameters.host, parameters.port, parameters.virtual_host, False))
+    return Relay(
+        broker,
+        writer,
+        batch_size=batch_size or settings.OUTBOX_BATCH_SIZE,
+        max_attempts=max_attempts or settings.OUTBOX_MAX_ATTEMPTS,
+        retry_max_seconds=settings.OUTBOX_RETRY_MAX_SECONDS,
+    )
+
+
+@pytest.fixture
+def relay():
+    """A relay connected to the broker, in this process."""
+    relay = build_relay()
+    relay.broker.connect()
+    yield relay
+    relay.broker.close()
+
+
+@pytest.fixture
+def start_relay(subprocess_env):
+    """Start `manage.py relay_outbox` subprocesses; any still running are killed at the end."""
+    processes = []
+
+    def start(*args, **env):
+        process = subprocess.Popen(
+            [sys.executable, str(MANAGE), "relay_outbox", *args],
+            env={**subprocess_env, "OUTBOX_POLL_SECONDS": "0.2", **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def run_command(subprocess_env, *args, timeout=60, **env):
+    return subprocess.run(
+        [sys.executable, str(MANAGE), *args],
+        env={**subprocess_env, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def rabbitmqctl(*args):
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)

@@ -46,7 +46,7 @@ class OutboxQuerySet(models.QuerySet):
         Bounded so that a large backlog is purged in short transactions that do not hold
         up the relay or bloat one giant delete.
         """
-        ids = self.filter(status=OutboxMessage.Status.DELIVERED, delivered_at__lt=cutoff).values("id")[:limit]
+        ids = self.filter(status=OutboxMessage.Status.DELIVERED, delivered_at__lt=cutoff).values_list("id", flat=True)[:limit]
         deleted, _ = self.filter(id__in=list(ids)).delete()
         return deleted
 

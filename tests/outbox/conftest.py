@@ -31,10 +31,14 @@ class Rabbit:
     """A test's own view of the broker; deletes what it declared when the test ends."""
 
     def __init__(self):
-        self.connection = pika.BlockingConnection(pika.URLParameters(settings.RABBITMQ_URL))
-        self.channel = self.connection.channel()
         self.queues: list[str] = []
         self.exchanges: list[str] = []
+        self.connect()
+
+    def connect(self):
+        """Open the test's connection (again, after the broker was restarted)."""
+        self.connection = pika.BlockingConnection(pika.URLParameters(settings.RABBITMQ_URL))
+        self.channel = self.connection.channel()
 
     def exchange(self, name: str) -> str:
         self.channel.exchange_declare(name, exchange_type="fanout", durable=True)
@@ -65,10 +69,18 @@ class Rabbit:
             received.append((properties, json.loads(body)))
         return received
 
+    def drain(self, queue: str) -> list[tuple]:
+        """Every message now in queue: for when the broker has confirmed all there is to get."""
+        received = []
+        while True:
+            method, properties, body = self.channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return received
+            received.append((properties, json.loads(body)))
+
     def close(self):
-        if self.connection.is_closed:
-            self.connection = pika.BlockingConnection(pika.URLParameters(settings.RABBITMQ_URL))
-            self.channel = self.connection.channel()
+        if self.connection.is_closed or self.channel.is_closed:
+            self.connect()
         for queue in self.queues:
             self.channel.queue_delete(queue)
         for exchange in self.exchanges:

@@ -1,0 +1,120 @@
+"""`manage.py relay_outbox` as a process: broker outages, crashes, signals, several relays."""
+
+import json
+import signal
+import time
+from collections import defaultdict
+
+import pytest
+from django.db import transaction
+
+from outbox.models import OutboxMessage
+from outbox.publishing import publish
+
+from .conftest import rabbitmqctl, run_command
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def publish_events(event_type, count):
+    with transaction.atomic():
+        return [publish(event_type()) for _ in range(count)]
+
+
+def wait_for_line(stream, text, timeout=30):
+    """Read stream until a line containing text; False if the process ended or time ran out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            return False
+        if text in line:
+            return True
+    return False
+
+
+def stop(process, signum=signal.SIGTERM):
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=30)
+    return process.returncode, stderr
+
+
+def message_ids_by_event(received):
+    ids = defaultdict(set)
+    for properties, envelope in received:
+        ids[envelope["message"]["id"]].add(envelope["messageId"])
+    return ids
+
+
+def test_events_written_while_the_broker_is_down_all_arrive_when_it_is_back(rabbit, event_type, start_relay):
+    queue = rabbit.bind_queue(event_type.exchange())
+    rabbit.connection.close()
+    rows = []
+    try:
+        rabbitmqctl("stop_app")
+        rows = publish_events(event_type, 50)
+        relay = start_relay()
+        assert wait_for_line(relay.stderr, "broker unavailable")
+    finally:
+        rabbitmqctl("start_app")
+    rabbitmqctl("await_startup")
+    rabbit.connect()
+
+    received = rabbit.receive(queue, len(rows), timeout=90)
+
+    assert sorted(envelope["messageId"] for _, envelope in received) == sorted(str(row.message_id) for row in rows)
+    returncode, _ = stop(relay)
+    assert returncode == 0
+    assert OutboxMessage.objects.filter(status="delivered").count() == len(rows)
+
+
+def test_a_relay_killed_mid_batch_and_restarted_sends_every_event_with_a_stable_message_id(
+    rabbit, event_type, start_relay, subprocess_env
+):
+    queue = rabbit.bind_queue(event_type.exchange())
+    rows = publish_events(event_type, 3000)
+    relay = start_relay(OUTBOX_BATCH_SIZE="50")
+    first = rabbit.receive(queue, 1, timeout=30)
+    relay.kill()
+    relay.wait()
+    assert OutboxMessage.objects.filter(status="pending").exists()
+
+    finished = run_command(subprocess_env, "relay_outbox", "--once")
+
+    assert finished.returncode == 0, finished.stderr
+    received = first + rabbit.drain(queue)
+    assert len(received) >= len(rows)
+    assert message_ids_by_event(received) == {row.body["id"]: {str(row.message_id)} for row in rows}
+    assert OutboxMessage.objects.exclude(status="delivered").count() == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_ends_the_relay_with_exit_status_zero(start_relay, signum):
+    relay = start_relay()
+    assert wait_for_line(relay.stderr, "connected to the broker")
+
+    returncode, _ = stop(relay, signum)
+
+    assert returncode == 0
+
+
+def test_once_exits_with_one_clear_line_when_the_broker_cannot_be_reached(subprocess_env):
+    result = run_command(subprocess_env, "relay_outbox", "--once", RABBITMQ_URL="amqp://guest:guest@127.0.0.1:1/%2F")
+
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("CommandError: cannot reach the broker at 127.0.0.1:1")
+
+
+def test_two_relays_at_once_deliver_every_message_exactly_once(rabbit, event_type, start_relay, subprocess_env):
+    queue = rabbit.bind_queue(event_type.exchange())
+    rows = publish_events(event_type, 2000)
+    relays = [start_relay(OUTBOX_BATCH_SIZE="20") for _ in range(2)]
+
+    received = rabbit.receive(queue, len(rows), timeout=90)
+    status = run_command(subprocess_env, "outbox", "status", "--json")
+    for relay in relays:
+        assert stop(relay)[0] == 0
+    received += rabbit.receive(queue, 1, timeout=0.5)
+
+    assert json.loads(status.stdout)["delivered"] == len(rows)
+    assert sorted(envelope["messageId"] for _, envelope in received) == sorted(str(row.message_id) for row in rows)

@@ -1,1 +1,134 @@
-from django.contrib import admin  # noqa: F401
+"""The dashboard's job pages: definitions with their policy, occurrences, attempts, instances.
+
+Definitions are django-celery-beat's admin, extended: cron expressions and time zones are
+checked the way the scheduler evaluates them, solar schedules are refused, and "Run now"
+writes a manual occurrence for the scheduler instead of sending anything to a broker.
+"""
+
+from django import forms
+from django.contrib import admin, messages
+from django.utils import timezone
+from django_celery_beat.admin import CrontabScheduleAdmin as BeatCrontabScheduleAdmin
+from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
+from django_celery_beat.admin import PeriodicTaskForm as BeatPeriodicTaskForm
+from django_celery_beat.models import CrontabSchedule, PeriodicTask, SolarSchedule
+
+from .definitions import cron_expression, policy_of
+from .models import Attempt, JobPolicy, Occurrence, SchedulerInstance
+from .registry import registered_jobs
+from .schedules import InvalidSchedule, validate_cron
+
+
+class CrontabScheduleForm(forms.ModelForm):
+    class Meta:
+        model = CrontabSchedule
+        fields = "__all__"
+
+    def clean(self):
+        data = super().clean()
+        fields = ["minute", "hour", "day_of_month", "month_of_year", "day_of_week"]
+        if not self.errors and all(data.get(f) for f in fields):
+            try:
+                validate_cron(cron_expression(CrontabSchedule(**{f: data[f] for f in fields})), data.get("timezone"))
+            except InvalidSchedule as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return data
+
+
+class PeriodicTaskForm(BeatPeriodicTaskForm):
+    def clean(self):
+        data = super().clean()
+        if data.get("solar"):
+            self.add_error("solar", "Solar schedules are not supported: use a crontab in the place's time zone.")
+        return data
+
+
+class JobPolicyInline(admin.StackedInline):
+    model = JobPolicy
+    can_delete = False
+    fields = ["priority", "misfire_policy", "max_retries", "retry_intervals", "timeout_seconds"]
+
+
+admin.site.unregister(PeriodicTask)
+admin.site.unregister(CrontabSchedule)
+admin.site.unregister(SolarSchedule)
+
+
+@admin.register(CrontabSchedule)
+class CrontabScheduleAdmin(BeatCrontabScheduleAdmin):
+    form = CrontabScheduleForm
+
+
+@admin.register(PeriodicTask)
+class JobDefinitionAdmin(BeatPeriodicTaskAdmin):
+    form = PeriodicTaskForm
+    inlines = [JobPolicyInline]
+    list_display = ["name", "task", "schedule", "enabled", "last_run_at"]
+    list_select_related = ["crontab", "interval", "clocked", "solar"]
+    actions = ["enable_tasks", "disable_tasks", "toggle_tasks", "run_now"]
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        # The registered jobs, not Celery's task list.
+        form.base_fields["regtask"].widget.choices = [("", "")] + [(j.name, j.name) for j in registered_jobs()]
+        return form
+
+    @admin.display(description="Schedule")
+    def schedule(self, task):
+        return str(task.crontab or task.interval or task.clocked or task.solar or "")
+
+    @admin.action(description="Run selected jobs now")
+    def run_now(self, request, queryset):
+        now = timezone.now()
+        tasks = list(queryset.select_related("policy"))
+        for task in tasks:
+            Occurrence.trigger(task, now, priority=policy_of(task).priority)
+        self.message_user(
+            request, f"Triggered {len(tasks)} job(s); the scheduler runs them within a second.", messages.SUCCESS
+        )
+
+
+class AttemptInline(admin.TabularInline):
+    model = Attempt
+    extra = 0
+    can_delete = False
+    fields = ["number", "status", "instance", "started_at", "duration", "error", "traceback"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Occurrence)
+class OccurrenceAdmin(admin.ModelAdmin):
+    list_display = ["job_name", "scheduled_for", "status", "attempts", "manual", "instance", "started_at", "finished_at"]
+    list_filter = ["status", "manual"]
+    search_fields = ["job_name"]
+    show_full_result_count = False
+    inlines = [AttemptInline]
+    actions = ["retry_now"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Run selected failed, missed or skipped occurrences again")
+    def retry_now(self, request, queryset):
+        now = timezone.now()
+        count = 0
+        for occurrence in queryset.exclude(status__in=["scheduled", "running", "succeeded"]).select_related("task"):
+            if occurrence.task is not None:
+                Occurrence.trigger(occurrence.task, now, priority=occurrence.priority)
+                count += 1
+        self.message_user(request, f"Triggered {count} manual run(s).", messages.SUCCESS)
+
+
+@admin.register(SchedulerInstance)
+class SchedulerInstanceAdmin(admin.ModelAdmin):
+    list_display = ["instance_id", "host", "pid", "version", "started_at", "last_seen", "stopped_at"]
+    readonly_fields = ["session", "instance_id", "host", "pid", "version", "started_at", "last_seen", "stopped_at"]
+
+    def has_add_permission(self, request):
+        return False

@@ -6,11 +6,12 @@ registered jobs that have none.
 """
 
 import dataclasses
+import json
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
-from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
 from django.db.models import Max
 from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTasks
 
@@ -63,6 +64,15 @@ def policy_of(task: PeriodicTask) -> Policy:
     return Policy()
 
 
+def kwargs_of(task: PeriodicTask) -> dict:
+    """The definition's kwargs, passed to the job; the admin form checks they are JSON."""
+    try:
+        value = json.loads(task.kwargs or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def cron_expression(crontab: CrontabSchedule) -> str:
     return " ".join(
         [crontab.minute, crontab.hour, crontab.day_of_month, crontab.month_of_year, crontab.day_of_week]
@@ -106,6 +116,7 @@ class Definition:
     changed_at: datetime
     last_run_at: datetime | None
     policy: Policy
+    kwargs: dict
 
     @classmethod
     def from_task(cls, task: PeriodicTask) -> "Definition":
@@ -144,6 +155,7 @@ class Definition:
             changed_at=task.date_changed,
             last_run_at=task.last_run_at,
             policy=policy_of(task),
+            kwargs=kwargs_of(task),
         )
 
     def instants_after(self, after: datetime) -> Iterator[datetime]:
@@ -207,30 +219,38 @@ def create_missing_definitions(using: str = DEFAULT_DB_ALIAS) -> list[str]:
     """
     created = []
     for spec in registered_jobs():
-        with transaction.atomic(using=using):
-            task = PeriodicTask.objects.using(using).filter(name=spec.name).first()
-            if task is None:
-                minute, hour, dom, month, dow = spec.cron.split()
-                crontab, _ = CrontabSchedule.objects.using(using).get_or_create(
-                    minute=minute,
-                    hour=hour,
-                    day_of_month=dom,
-                    month_of_year=month,
-                    day_of_week=dow,
-                    timezone=spec.timezone,
-                )
-                task = PeriodicTask.objects.using(using).create(
-                    name=spec.name, task=spec.name, crontab=crontab, description=spec.description
-                )
-                created.append(spec.name)
-                logger.info("created definition %s", spec.name, extra={"action": "definition_created", "job": spec.name})
-            if not JobPolicy.objects.using(using).filter(task=task).exists() and task.task == spec.name:
-                JobPolicy.objects.using(using).create(
-                    task=task,
-                    priority=spec.priority,
-                    misfire_policy=spec.misfire,
-                    max_retries=spec.retries,
-                    retry_intervals=list(spec.retry_intervals),
-                    timeout_seconds=spec.timeout,
-                )
+        if spec.cron is None:
+            continue
+        try:
+            with transaction.atomic(using=using):
+                if _create_definition(spec, using):
+                    created.append(spec.name)
+        except IntegrityError:
+            pass  # another process created it at the same moment
+    return created
+
+
+def _create_definition(spec, using: str) -> bool:
+    task = PeriodicTask.objects.using(using).filter(name=spec.name).first()
+    created = task is None
+    if created:
+        minute, hour, dom, month, dow = spec.cron.split()
+        fields = dict(
+            minute=minute, hour=hour, day_of_month=dom, month_of_year=month, day_of_week=dow, timezone=spec.timezone
+        )
+        schedules = CrontabSchedule.objects.using(using)
+        crontab = schedules.filter(**fields).first() or schedules.create(**fields)
+        task = PeriodicTask.objects.using(using).create(
+            name=spec.name, task=spec.name, crontab=crontab, description=spec.description
+        )
+        logger.info("created definition %s", spec.name, extra={"action": "definition_created", "job": spec.name})
+    if task.task == spec.name and not JobPolicy.objects.using(using).filter(task=task).exists():
+        JobPolicy.objects.using(using).create(
+            task=task,
+            priority=spec.priority,
+            misfire_policy=spec.misfire,
+            max_retries=spec.retries,
+            retry_intervals=list(spec.retry_intervals),
+            timeout_seconds=spec.timeout,
+        )
     return created

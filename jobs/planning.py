@@ -72,6 +72,8 @@ def plan_due(
             instants, more_left = instants_between(definition.instants_after(after), now, MAX_INSTANTS_PER_PASS)
             if not instants:
                 continue
+            if definition.one_off:
+                instants, more_left = instants[:1], False
             policy = definition.policy
             for planned in apply_misfire_policy(
                 instants, more_left=more_left, now=now, grace=grace, policy=policy.misfire

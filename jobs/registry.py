@@ -20,13 +20,14 @@ class JobContext:
     scheduled_for: datetime
     attempt: int
     manual: bool
+    kwargs: dict = dataclasses.field(default_factory=dict)  # the definition's kwargs (JSON)
 
 
 @dataclasses.dataclass(frozen=True)
 class JobSpec:
     name: str
     func: Callable[[JobContext], object]
-    cron: str
+    cron: str | None
     timezone: str = "UTC"
     priority: Priority = Priority.NORMAL
     retries: int = 0
@@ -46,7 +47,7 @@ class DuplicateJob(ValueError):
 def job(
     name: str,
     *,
-    cron: str,
+    cron: str | None = None,
     timezone: str = "UTC",
     priority: Priority = Priority.NORMAL,
     retries: int = 0,
@@ -56,13 +57,17 @@ def job(
 ):
     """Register the decorated function as the job `name` with its default schedule and policy.
 
+    With a cron expression, `migrate` (and scheduler start-up) creates a definition of that
+    name when none exists; without one, the job runs only where a definition names it.
+
     The function receives a JobContext and runs inside one database transaction together with
     the recording of its result: whatever it writes, outbox messages included, commits only
     if it returns.
     """
     from .schedules import validate_cron
 
-    validate_cron(cron, timezone)
+    if cron is not None:
+        validate_cron(cron, timezone)
 
     def register(func):
         spec = JobSpec(

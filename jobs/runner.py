@@ -9,7 +9,7 @@ from datetime import datetime
 from django.db import connection, transaction
 from django_celery_beat.models import PeriodicTask
 
-from .definitions import Definition, Policy, policy_of
+from .definitions import Definition, Policy, kwargs_of, policy_of
 from .models import LeaseLost, Occurrence
 from .registry import JobContext, get_job
 from .timeouts import JobTimeout, Watchdog
@@ -24,19 +24,20 @@ class Target:
     job: str
     enabled: bool
     policy: Policy
+    kwargs: dict
     definition: Definition | None = None
 
     @classmethod
     def of(cls, occurrence: Occurrence, definition: Definition | None) -> "Target | None":
         """From the scheduler's cached definition, else from the database (a disabled one)."""
         if definition is not None:
-            return cls(job=definition.job, enabled=definition.enabled, policy=definition.policy, definition=definition)
+            return cls(definition.job, definition.enabled, definition.policy, definition.kwargs, definition)
         if occurrence.task_id is None:
             return None
         task = PeriodicTask.objects.select_related("policy").filter(id=occurrence.task_id).first()
         if task is None:
             return None
-        return cls(job=task.task, enabled=task.enabled, policy=policy_of(task))
+        return cls(task.task, task.enabled, policy_of(task), kwargs_of(task))
 
 
 def skip_reason(occurrence: Occurrence, target: Target | None, now: datetime) -> str:
@@ -78,6 +79,7 @@ def run_occurrence(
         scheduled_for=occurrence.scheduled_for,
         attempt=occurrence.attempts,
         manual=occurrence.manual,
+        kwargs=target.kwargs,
     )
     timeout = target.policy.timeout
     try:

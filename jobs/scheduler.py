@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection, transaction
 from django.db.models import Min
 from django.utils import timezone
 
@@ -284,7 +284,7 @@ class Scheduler:
             except DatabaseError as exc:
                 failures += 1
                 delay = min(MAX_DB_BACKOFF, 2 ** (failures - 1))
-                log_database_error(exc, delay, thread="worker")
+                log_database_error(exc, delay, where="worker")
                 connection.close()
                 seen = -1
                 self._stopping.wait(delay)
@@ -311,16 +311,20 @@ class Scheduler:
         try:
             self._run(occurrence)
         except DatabaseError as exc:
-            log_database_error(exc, None, thread="long-running")
+            log_database_error(exc, None, where="long-running")
         finally:
             connection.close()
 
 
-def log_database_error(exc: Exception, delay: float | None, **extra) -> None:
+def log_database_error(exc: Exception, delay: float | None, *, where: str) -> None:
+    """One line per failure: the database is unreachable (or the statement failed)."""
     first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    unavailable = isinstance(exc, (OperationalError, InterfaceError))
     logger.error(
-        "database unavailable: %s%s",
+        "%s in the %s thread: %s%s",
+        "database unavailable" if unavailable else f"database error ({type(exc).__name__})",
+        where,
         first_line,
         f"; retrying in {delay:.0f} s" if delay is not None else "",
-        extra={"action": "database_unavailable", "retry_in": delay, **extra},
+        extra={"action": "database_unavailable" if unavailable else "database_error", "retry_in": delay},
     )

@@ -62,7 +62,7 @@ class Command(BaseCommand):
             except DatabaseError as exc:
                 failures += 1
                 delay = min(MAX_DB_BACKOFF, 2 ** (failures - 1))
-                log_database_error(exc, delay, thread="main")
+                log_database_error(exc, delay, where="main")
                 connection.close()
                 scheduler.sleep(delay)
         scheduler.shutdown(shutdown_timeout)

@@ -1,0 +1,125 @@
+"""Helpers shared by the job tests."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+
+from django.conf import settings
+from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
+
+from jobs.models import JobPolicy
+from jobs.scheduler import Scheduler
+
+UTC = timezone.utc
+MANAGE = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+
+
+def start_of_future_hour() -> datetime:
+    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+    def set(self, now: datetime) -> datetime:
+        self.now = now
+        return now
+
+
+def make_definition(
+    name,
+    job="test.publish",
+    *,
+    cron=None,
+    tz="UTC",
+    every=None,
+    period=IntervalSchedule.SECONDS,
+    start_time=None,
+    last_run_at=None,
+    kwargs=None,
+    enabled=True,
+    **policy,
+) -> PeriodicTask:
+    """A definition with a crontab (cron="m h dom mon dow") or an interval (every=N)."""
+    schedule = {}
+    if cron is not None:
+        minute, hour, dom, month, dow = cron.split()
+        schedule["crontab"], _ = CrontabSchedule.objects.get_or_create(
+            minute=minute, hour=hour, day_of_month=dom, month_of_year=month, day_of_week=dow, timezone=tz
+        )
+    else:
+        schedule["interval"], _ = IntervalSchedule.objects.get_or_create(every=every, period=period)
+    task = PeriodicTask.objects.create(
+        name=name,
+        task=job,
+        start_time=start_time,
+        kwargs=json.dumps(kwargs or {}),
+        enabled=enabled,
+        **schedule,
+    )
+    if last_run_at is not None:
+        PeriodicTask.objects.filter(id=task.id).update(last_run_at=last_run_at)
+        task.refresh_from_db()
+    if policy:
+        JobPolicy.objects.create(task=task, **policy)
+    return task
+
+
+def make_scheduler(clock, *, instance_id="test", concurrency=2, lease=60, grace=60) -> Scheduler:
+    return Scheduler(
+        instance_id=instance_id,
+        concurrency=concurrency,
+        lease=timedelta(seconds=lease),
+        grace=timedelta(seconds=grace),
+        clock=clock,
+    )
+
+
+class SchedulerProcess:
+    """A real `manage.py runscheduler` subprocess."""
+
+    def __init__(self, env, *args, instance_id="proc"):
+        self.process = subprocess.Popen(
+            [*MANAGE, "runscheduler", "--instance-id", instance_id, *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def terminate(self, timeout=30) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+    def output(self) -> str:
+        return self.process.stdout.read() if self.process.stdout else ""
+
+
+def wait_for(predicate, timeout=20.0, interval=0.1):
+    """Poll predicate until it returns a truthy value; fail the test after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+

@@ -1,0 +1,163 @@
+from datetime import timedelta
+
+import pytest
+
+from jobs.models import Attempt, Occurrence, Priority
+from outbox.models import OutboxMessage
+from tests.jobs.helpers import make_definition, make_scheduler
+
+pytestmark = pytest.mark.django_db
+
+
+def trigger(task, clock, priority=Priority.NORMAL):
+    return Occurrence.trigger(task, clock.now, priority=priority)
+
+
+def events_of(occurrence):
+    return OutboxMessage.objects.filter(body__occurrence=occurrence.id)
+
+
+def test_a_successful_run_commits_its_event_and_its_attempt_together(clock, no_seed_definitions):
+    occurrence = trigger(make_definition("publisher", every=60), clock)
+    scheduler = make_scheduler(clock)
+    scheduler.refresh_definitions()
+    assert scheduler.run_ready(clock.now) == 1
+    occurrence.refresh_from_db()
+    assert occurrence.status == "succeeded" and occurrence.attempts == 1 and occurrence.manual
+    assert occurrence.instance == "test" and occurrence.finished_at == clock.now
+    attempt = Attempt.objects.get(occurrence=occurrence)
+    assert (attempt.number, attempt.status, attempt.error) == (1, "succeeded", "")
+    event = events_of(occurrence).get()
+    assert event.message_types[0] == "urn:message:BookWorm.Tests:SampleRanEvent"
+
+
+def test_a_job_that_raises_is_a_recorded_failure_and_its_event_rolls_back(clock, no_seed_definitions):
+    occurrence = trigger(make_definition("failing", "test.fail", every=60), clock)
+    scheduler = make_scheduler(clock)
+    scheduler.refresh_definitions()
+    scheduler.run_ready(clock.now)
+    occurrence.refresh_from_db()
+    assert occurrence.status == "failed"
+    assert occurrence.detail == "RuntimeError: the sample job failed on purpose"
+    attempt = Attempt.objects.get(occurrence=occurrence)
+    assert attempt.status == "failed" and "Traceback" in attempt.traceback and "on purpose" in attempt.traceback
+    assert not events_of(occurrence).exists()
+
+
+def test_the_scheduler_goes_on_after_a_failure(clock, no_seed_definitions):
+    failing = trigger(make_definition("failing", "test.fail", every=60), clock)
+    working = trigger(make_definition("working", every=60), clock)
+    scheduler = make_scheduler(clock)
+    scheduler.refresh_definitions()
+    assert scheduler.run_ready(clock.now) == 2
+    assert Occurrence.objects.get(id=failing.id).status == "failed"
+    assert Occurrence.objects.get(id=working.id).status == "succeeded"
+
+
+def test_a_failed_attempt_is_retried_after_its_interval_even_across_a_restart(clock, no_seed_definitions):
+    task = make_definition(
+        "flaky", "test.fail_until", every=3600, kwargs={"succeed_on": 3}, max_retries=3, retry_intervals=[60, 120]
+    )
+    occurrence = trigger(task, clock)
+    first = make_scheduler(clock, instance_id="first")
+    first.refresh_definitions()
+    first.run_ready(clock.now)
+    occurrence.refresh_from_db()
+    assert occurrence.status == "scheduled" and occurrence.attempts == 1
+    assert occurrence.run_after == clock.now + timedelta(seconds=60)
+
+    # A new process (the restart) finds the pending retry in the database.
+    second = make_scheduler(clock, instance_id="second")
+    second.refresh_definitions()
+    assert second.run_ready(clock.advance(seconds=30)) == 0
+    assert second.run_ready(clock.advance(seconds=31)) == 1
+    occurrence.refresh_from_db()
+    assert occurrence.status == "scheduled" and occurrence.attempts == 2
+    assert occurrence.run_after == clock.now + timedelta(seconds=120)
+    second.run_ready(clock.advance(seconds=120))
+    occurrence.refresh_from_db()
+    assert occurrence.status == "succeeded" and occurrence.attempts == 3
+    attempts = list(Attempt.objects.filter(occurrence=occurrence).order_by("number"))
+    assert [(a.number, a.status, a.instance) for a in attempts] == [
+        (1, "failed", "first"),
+        (2, "failed", "second"),
+        (3, "succeeded", "second"),
+    ]
+    assert events_of(occurrence).count() == 1
+
+
+def test_retries_run_out_and_the_occurrence_fails(clock, no_seed_definitions):
+    task = make_definition("hopeless", "test.fail", every=3600, max_retries=1)
+    occurrence = trigger(task, clock)
+    scheduler = make_scheduler(clock)
+    scheduler.refresh_definitions()
+    scheduler.run_ready(clock.now)
+    scheduler.run_ready(clock.now)
+    occurrence.refresh_from_db()
+    assert (occurrence.status, occurrence.attempts) == ("failed", 2)
+
+
+def test_a_definition_naming_no_registered_job_fails_with_a_clear_error(clock, no_seed_definitions):
+    unknown = trigger(make_definition("ghost", "no.such.job", every=60), clock)
+    fine = trigger(make_definition("fine", every=60), clock)
+    scheduler = make_scheduler(clock)
+    scheduler.refresh_definitions()
+    scheduler.run_ready(clock.now)
+    unknown.refresh_from_db()
+    assert (unknown.status, unknown.detail) == ("failed", "no such job: no.such.job")
+    assert Occurrence.objects.get(id=fine.id).status == "succeeded"
+    assert OutboxMessage.objects.count() == 1
+
+
+def test_a_job_past_its_timeout_is_a_failed_attempt(clock, no_seed_definitions):
+    task = make_definition("slow", "test.sleep", every=3600, kwargs={"seconds": 30}, timeout_seconds=1)
+    occurrence = trigger(task, clock)
+    scheduler = make_scheduler(clock)
+    scheduler.refresh_definitions()
+    scheduler.run_ready(clock.now)
+    occurrence.refresh_from_db()
+    assert (occurrence.status, occurrence.detail) == ("failed", "timed out after 1 s")
+    assert not events_of(occurrence).exists()
+
+
+def test_an_occurrence_of_a_disabled_definition_is_skipped(clock, no_seed_definitions):
+    task = make_definition("paused", cron="* * * * *", last_run_at=clock.now)
+    scheduler = make_scheduler(clock)
+    scheduler.refresh_definitions()
+    scheduler.plan(clock.advance(minutes=1))
+    task.enabled = False
+    task.save()
+    scheduler.refresh_definitions()
+    scheduler.run_ready(clock.now)
+    occurrence = Occurrence.objects.get(task=task)
+    assert occurrence.status == "skipped" and occurrence.detail == "skipped: the definition is disabled"
+    assert occurrence.attempts == 0 and not Attempt.objects.exists()
+
+
+def test_a_manual_run_of_a_disabled_definition_runs(clock, no_seed_definitions):
+    task = make_definition("paused", every=60, enabled=False)
+    occurrence = trigger(task, clock)
+    scheduler = make_scheduler(clock)
+    scheduler.refresh_definitions()
+    scheduler.run_ready(clock.now)
+    occurrence.refresh_from_db()
+    assert occurrence.status == "succeeded"
+
+
+def test_a_result_is_not_recorded_when_the_claim_was_reaped_meanwhile(clock, no_seed_definitions):
+    occurrence = trigger(make_definition("publisher", every=60), clock)
+    scheduler = make_scheduler(clock)
+    scheduler.refresh_definitions()
+    [claimed] = Occurrence.claim_next(
+        now=clock.now, session=scheduler.session, instance="test", lease=timedelta(seconds=1), long_running=False
+    )
+    # Another scheduler decides this one is dead and reaps the claim.
+    reaper = make_scheduler(clock, instance_id="reaper")
+    reaper.refresh_definitions()
+    assert reaper.reap(clock.advance(seconds=5)) == 1
+    from jobs.runner import run_occurrence
+
+    run_occurrence(claimed, scheduler.definitions.get(claimed.task_id), session=scheduler.session, clock=clock)
+    occurrence.refresh_from_db()
+    assert occurrence.status == "failed" and "presumed dead" in occurrence.detail
+    assert not events_of(occurrence).exists()  # the late run's work rolled back

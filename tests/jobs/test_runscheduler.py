@@ -1,0 +1,90 @@
+"""runscheduler as a real subprocess: end to end, kill -9, SIGTERM."""
+
+import time
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+
+from jobs.models import Attempt, Occurrence, Priority
+from outbox.models import OutboxMessage
+from tests.jobs.helpers import make_definition, wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def test_two_scheduler_processes_run_every_instant_once(scheduler_processes, no_seed_definitions):
+    start = timezone.now().replace(microsecond=0) + timedelta(seconds=2)
+    task = make_definition("every-second", every=1, start_time=start)
+    first = scheduler_processes(instance_id="first")
+    second = scheduler_processes(instance_id="second")
+    wait_for(lambda: Occurrence.objects.filter(task=task, status="succeeded").count() >= 8, timeout=30)
+    codes = first.terminate(), second.terminate()
+    assert codes == (0, 0), first.output() + second.output()
+
+    instants = sorted(Occurrence.objects.filter(task=task).values_list("scheduled_for", flat=True))
+    assert len(instants) == len(set(instants))
+    assert instants == [instants[0] + timedelta(seconds=k) for k in range(len(instants))], "a gap in the grid"
+    assert instants[0] == start
+    assert set(Occurrence.objects.filter(task=task).values_list("status", flat=True)) == {"succeeded"}
+    ran = Counter(OutboxMessage.objects.values_list("body__occurrence", flat=True))
+    assert len(ran) == len(instants) and max(ran.values()) == 1
+
+
+def test_a_killed_instance_is_noticed_and_its_run_retried(scheduler_processes, scheduler_env, no_seed_definitions):
+    env = dict(scheduler_env, SCHEDULER_LEASE_SECONDS="3")
+    task = make_definition(
+        "long-sleeper", "test.sleep", every=3600, kwargs={"seconds": 60, "on_attempt": 1}, max_retries=1
+    )
+    victim = scheduler_processes(env=env, instance_id="victim")
+    occurrence = Occurrence.trigger(task, timezone.now(), priority=Priority.NORMAL)
+    wait_for(lambda: Occurrence.objects.filter(id=occurrence.id, status="running").exists())
+    victim.kill()
+    killed_at = timezone.now()
+
+    scheduler_processes(env=env, instance_id="survivor")
+    wait_for(lambda: Occurrence.objects.filter(id=occurrence.id, status="succeeded").exists(), timeout=30)
+    occurrence.refresh_from_db()
+    assert (occurrence.attempts, occurrence.instance) == (2, "survivor")
+    lost, retried = Attempt.objects.filter(occurrence=occurrence).order_by("number")
+    assert lost.status == "failed" and "victim" in lost.error and "presumed dead" in lost.error
+    assert lost.finished_at - killed_at < timedelta(seconds=10)  # lease 3 s, renewed every 1 s
+    assert retried.status == "succeeded" and retried.instance == "survivor"
+    assert OutboxMessage.objects.filter(body__occurrence=occurrence.id).count() == 1
+
+
+def test_sigterm_lets_the_running_job_finish_and_exits_0(scheduler_processes, no_seed_definitions):
+    task = make_definition("short-sleeper", "test.sleep", every=3600, kwargs={"seconds": 2})
+    process = scheduler_processes(instance_id="graceful")
+    occurrence = Occurrence.trigger(task, timezone.now(), priority=Priority.NORMAL)
+    wait_for(lambda: Occurrence.objects.filter(id=occurrence.id, status="running").exists())
+    assert process.terminate() == 0
+    occurrence.refresh_from_db()
+    assert occurrence.status == "succeeded"
+
+
+def test_a_definition_changed_in_the_admin_is_seen_without_a_restart(scheduler_processes, no_seed_definitions):
+    task = make_definition("later", every=3600, start_time=timezone.now() + timedelta(hours=1))
+    process = scheduler_processes(instance_id="watcher")
+    time.sleep(2)
+    task.start_time = timezone.now().replace(microsecond=0) + timedelta(seconds=2)
+    task.interval.every, task.interval.period = 1, "seconds"
+    task.save()
+    wait_for(lambda: Occurrence.objects.filter(task=task, status="succeeded").exists(), timeout=10)
+    assert process.terminate() == 0
+    assert PeriodicTask.objects.get(id=task.id).last_run_at is not None
+
+
+def test_run_once_runs_what_is_due_and_exits(scheduler_env, no_seed_definitions):
+    import subprocess
+
+    from tests.jobs.helpers import MANAGE
+
+    task = make_definition("manual", every=3600)
+    occurrence = Occurrence.trigger(task, timezone.now(), priority=Priority.NORMAL)
+    result = subprocess.run([*MANAGE, "runscheduler", "--once"], env=scheduler_env, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    occurrence.refresh_from_db()
+    assert occurrence.status == "succeeded"

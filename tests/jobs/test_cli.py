@@ -1,0 +1,101 @@
+import json
+import subprocess
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from jobs.models import Occurrence, Priority
+from tests.jobs.helpers import MANAGE, make_definition
+
+pytestmark = pytest.mark.django_db
+
+
+def run_jobs(*args) -> str:
+    from io import StringIO
+
+    out = StringIO()
+    call_command("jobs", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_list_shows_the_seed_definitions_as_json():
+    rows = {row["name"]: row for row in json.loads(run_jobs("list", "--json"))}
+    assert rows["CleanUpSentEmailJob"] == {
+        "name": "CleanUpSentEmailJob",
+        "job": "CleanUpSentEmailJob",
+        "schedule": "0 0 * * *",
+        "timezone": "UTC",
+        "priority": "normal",
+        "enabled": True,
+        "next_run": rows["CleanUpSentEmailJob"]["next_run"],
+        "last_status": None,
+    }
+    assert rows["ResendErrorEmailJob"]["schedule"] == "0 * * * *"
+    assert rows["ResendErrorEmailJob"]["priority"] == "high"
+    assert rows["CleanUpSentEmailJob"]["next_run"].endswith("T00:00:00+00:00")
+
+
+def test_list_shows_the_last_status_and_no_next_run_when_disabled(clock, no_seed_definitions):
+    task = make_definition("paused", cron="*/5 * * * *", tz="Europe/Berlin", enabled=False)
+    Occurrence.objects.create(
+        task=task, job_name="paused", scheduled_for=clock.now, run_after=clock.now, status="failed"
+    )
+    [row] = json.loads(run_jobs("list", "--json"))
+    assert (row["schedule"], row["timezone"], row["enabled"], row["next_run"], row["last_status"]) == (
+        "*/5 * * * *",
+        "Europe/Berlin",
+        False,
+        None,
+        "failed",
+    )
+
+
+def test_history_lists_occurrences_newest_first_and_filters_by_job(clock, no_seed_definitions):
+    a = make_definition("a", every=60)
+    b = make_definition("b", every=60)
+    for minutes, task in [(1, a), (2, b), (3, a)]:
+        at = clock.now + timedelta(minutes=minutes)
+        Occurrence.objects.create(task=task, job_name=task.name, scheduled_for=at, run_after=at)
+    rows = json.loads(run_jobs("history", "--json"))
+    assert [r["job"] for r in rows] == ["a", "b", "a"]
+    assert set(rows[0]) >= {
+        "job", "scheduled_for", "status", "attempt", "instance", "started_at", "finished_at", "manual", "error"
+    }
+    rows = json.loads(run_jobs("history", "--job", "a", "--limit", "1", "--json"))
+    assert len(rows) == 1 and rows[0]["scheduled_for"] == (clock.now + timedelta(minutes=3)).isoformat()
+
+
+def test_trigger_writes_a_manual_occurrence_with_the_definitions_priority():
+    output = run_jobs("trigger", "ResendErrorEmailJob")
+    occurrence = Occurrence.objects.get()
+    assert f"occurrence {occurrence.id}" in output
+    assert occurrence.manual and occurrence.status == "scheduled" and occurrence.priority == Priority.HIGH
+
+
+def test_trigger_of_an_unknown_definition_is_an_error():
+    with pytest.raises(CommandError, match="no such job definition: Nope"):
+        run_jobs("trigger", "Nope")
+
+
+def test_preview_prints_instants_with_their_offset():
+    output = run_jobs("preview", "30 2 * * *", "--tz", "Europe/Berlin", "--after", "2026-03-28T12:00:00+00:00", "--count", "2")
+    assert output.split() == ["2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["61 * * * *"], "Bad minute"),
+        (["* * *"], "five fields"),
+        (["* * * * *", "--tz", "Nowhere/City"], "unknown time zone"),
+    ],
+)
+def test_preview_of_bad_input_is_one_line_on_stderr_and_exit_status_2(subprocess_env, args, message):
+    result = subprocess.run(
+        [*MANAGE, "jobs", "preview", *args], env=subprocess_env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr

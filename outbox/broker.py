@@ -15,7 +15,7 @@ import logging
 import ssl
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import pika
 import pika.exceptions
@@ -136,8 +136,11 @@ class Broker:
         self._run_until(lambda: self._lost, seconds)
         return self.is_open
 
-    def publish_batch(self, batch: list[Outgoing]) -> Outcome:
+    def publish_batch(self, batch: Iterable[Outgoing]) -> Outcome:
         """Publish batch in order and wait for the broker's verdict on every message.
+
+        batch may be a generator: each message goes out as soon as it is produced, so the broker
+        stores and confirms the first ones while the caller is still reading the rest.
 
         A message is delivered when the broker acked it, unroutable when it was returned then
         acked, failed when it was nacked, its channel closed before the ack, or its exchanges
@@ -146,8 +149,7 @@ class Broker:
         """
         outcome = self._outcome = Outcome()
         try:
-            ready = self._declare_topology(batch, outcome)
-            self._publish(ready, outcome)
+            self._publish(batch, outcome)
         except BrokerUnavailable as error:
             outcome.lost = error
             self.close()
@@ -157,24 +159,50 @@ class Broker:
             self._returned.clear()
         return outcome
 
-    # Topology.
-
-    def _declare_topology(self, batch: list[Outgoing], outcome: Outcome) -> list[Outgoing]:
-        """Declare each message's exchanges and bindings; return the messages that can go."""
-        errors: dict[tuple, str | None] = {}
-        ready = []
-        for message in batch:
+    def _publish(self, batch: Iterable[Outgoing], outcome: Outcome) -> None:
+        chain_errors: dict[tuple, str | None] = {}
+        for index, message in enumerate(batch):
             chain = tuple(message.exchanges)
-            if chain not in errors:
-                errors[chain] = self._declare_chain(chain)
-            if errors[chain] is None:
-                ready.append(message)
-            else:
-                outcome.failed[message.key] = errors[chain]
-        return ready
+            if chain not in chain_errors:
+                chain_errors[chain] = self._declare_chain(chain)
+            if chain_errors[chain] is not None:
+                outcome.failed[message.key] = chain_errors[chain]
+                continue
+            if self._channel is None:
+                # The broker closed the channel (its unconfirmed messages failed): go on in a new one.
+                self._open_channel()
+            self._unconfirmed[self._next_tag] = message
+            self._next_tag += 1
+            try:
+                self._channel.basic_publish(
+                    message.exchanges[0], "", message.body, message.properties, mandatory=True
+                )
+            except pika.exceptions.AMQPError as error:
+                raise BrokerUnavailable(describe(error)) from error
+            if index % PUMP_EVERY == PUMP_EVERY - 1:
+                self._run_until(lambda: self._lost, 0)
+                self._raise_if_lost()
+        self._await_confirms()
+
+    def _await_confirms(self) -> None:
+        """Wait until every message published on the channel is confirmed (or has failed)."""
+        channel = self._channel
+        self._run_until(lambda: not self._unconfirmed or self._channel is not channel or self._lost, self.confirm_timeout)
+        self._raise_if_lost()
+        if self._channel is not channel:
+            self._open_channel()
+        elif self._unconfirmed:
+            raise self._stalled()
+
+    # Topology.
 
     def _declare_chain(self, chain: tuple[str, ...]) -> str | None:
         """Declare the fanout exchanges of chain, each bound to the next; the error, if any."""
+        bindings = list(zip(chain, chain[1:]))
+        if all(name in self._declared for name in chain + tuple(bindings)):
+            return None
+        # A refused declaration closes the channel: first let what is in flight be confirmed.
+        self._await_confirms()
         for name in chain:
             if name not in self._declared:
                 error = self._rpc(
@@ -185,7 +213,7 @@ class Broker:
                 if error:
                     return f"declaring exchange {name!r}: {error}"
                 self._declared.add(name)
-        for source, destination in zip(chain, chain[1:]):
+        for source, destination in bindings:
             if (source, destination) not in self._declared:
                 # MassTransit: messages published to the derived type's exchange flow on to the
                 # exchange of its base type, where consumers of the base type are bound.
@@ -213,36 +241,6 @@ class Broker:
             self._open_channel()
             return error
         raise self._stalled()
-
-    # Publishing.
-
-    def _publish(self, ready: list[Outgoing], outcome: Outcome) -> None:
-        channel = self._channel
-        for index, message in enumerate(ready):
-            if self._channel is not channel:
-                # The channel closed under us: what was not written fails like what was.
-                outcome.failed[message.key] = describe(self._channel_error)
-                continue
-            self._unconfirmed[self._next_tag] = message
-            self._next_tag += 1
-            try:
-                channel.basic_publish(
-                    message.exchanges[0], "", message.body, message.properties, mandatory=True
-                )
-            except pika.exceptions.AMQPError as error:
-                raise BrokerUnavailable(describe(error)) from error
-            if index % PUMP_EVERY == PUMP_EVERY - 1:
-                self._run_until(lambda: self._lost, 0)
-                self._raise_if_lost()
-        self._run_until(
-            lambda: not self._unconfirmed or self._channel is not channel or self._lost,
-            self.confirm_timeout,
-        )
-        self._raise_if_lost()
-        if self._channel is not channel:
-            self._open_channel()
-        elif self._unconfirmed:
-            raise self._stalled()
 
     def _on_confirm(self, frame) -> None:
         method = frame.method

@@ -10,7 +10,7 @@ the poll interval, purge old rows now and then.
 import logging
 import time
 from datetime import timedelta
-from typing import Callable
+from typing import Callable, Iterator
 
 import psycopg
 from django.db import (
@@ -77,25 +77,26 @@ class Relay:
         if not self.broker.is_open:
             raise BrokerUnavailable("not connected")
         with transaction.atomic(using=self.using):
-            messages = OutboxMessage.objects.using(self.using).claim_batch(now, self.batch_size)
-            if not messages:
+            claimed: list[OutboxMessage] = []
+            outcome = self.broker.publish_batch(self._outgoing(now, claimed))
+            if not claimed:
                 return 0
-            sent_at = timezone.now()
-            outcome = self.broker.publish_batch(
-                [
-                    Outgoing(
-                        key=message,
-                        exchanges=exchange_chain(message),
-                        body=self.writer.body(message, sent_at),
-                        properties=self.writer.properties(message),
-                    )
-                    for message in messages
-                ]
-            )
             self._record(outcome, timezone.now())
         if outcome.lost:
             raise outcome.lost
-        return len(messages)
+        return len(claimed)
+
+    def _outgoing(self, now, claimed: list) -> Iterator[Outgoing]:
+        """Claim rows and turn them into messages as the broker takes them; claimed collects the rows."""
+        sent_at = timezone.now()
+        for message in OutboxMessage.objects.using(self.using).claim_batch(now, self.batch_size):
+            claimed.append(message)
+            yield Outgoing(
+                key=message,
+                exchanges=exchange_chain(message),
+                body=self.writer.body(message, sent_at),
+                properties=self.writer.properties(message),
+            )
 
     def _record(self, outcome, now) -> None:
         rows = OutboxMessage.objects.using(self.using)

@@ -12,6 +12,8 @@ from django.db import connections, models, router, transaction
 from django.db.models import F, Q
 from django_celery_beat.models import PeriodicTask
 
+from bookworm_scheduler.db import insert_row
+
 
 class Priority(models.IntegerChoices):
     """As in TickerQ. LongRunning jobs run outside the concurrency limit."""
@@ -194,8 +196,8 @@ class Occurrence(models.Model):
             Priority.LONG_RUNNING,
             limit,
         ]
-        with transaction.atomic(using=using):
-            return sorted(cls.objects.raw(sql, params), key=lambda o: (-o.priority, o.run_after, o.id))
+        # One statement in autocommit mode: atomic on its own, one round trip.
+        return sorted(cls.objects.raw(sql, params), key=lambda o: (-o.priority, o.run_after, o.id))
 
     @classmethod
     def renew_leases(cls, ids, *, session, now, lease: timedelta) -> int:
@@ -229,6 +231,23 @@ class Occurrence(models.Model):
             setattr(self, name, value)
         self.lease_expires_at = None
 
+    # One round trip on PostgreSQL: the compare-and-set and the attempt row together.
+    RECORD_ATTEMPT_SQL = """
+        WITH finished AS (
+            UPDATE jobs_occurrence
+               SET status = %(status)s, run_after = COALESCE(%(run_after)s, run_after),
+                   finished_at = %(finished_at)s, detail = %(detail)s, lease_expires_at = NULL
+             WHERE id = %(id)s AND status = 'running' AND claimed_by = %(claimer)s AND attempts = %(number)s
+         RETURNING id
+        )
+        INSERT INTO jobs_attempt
+               (occurrence_id, number, status, instance, started_at, finished_at, duration, error, traceback)
+        SELECT id, %(number)s, %(attempt_status)s, %(instance)s, %(started_at)s, %(now)s, %(duration)s,
+               %(error)s, %(traceback)s
+          FROM finished
+        RETURNING id
+    """
+
     def record_attempt(self, *, claimer, started_at, now, error: str = "", traceback: str = "", retry_at=None):
         """Record how the current attempt ended: success when error is empty, else failure.
 
@@ -238,12 +257,12 @@ class Occurrence(models.Model):
         own work included) rolls back.
         """
         if not error:
-            self._transition(claimer=claimer, status=self.Status.SUCCEEDED, finished_at=now, detail="")
+            fields = dict(status=self.Status.SUCCEEDED, finished_at=now, detail="")
         elif retry_at is not None:
-            self._transition(claimer=claimer, status=self.Status.SCHEDULED, run_after=retry_at, detail=error)
+            fields = dict(status=self.Status.SCHEDULED, run_after=retry_at, detail=error)
         else:
-            self._transition(claimer=claimer, status=self.Status.FAILED, finished_at=now, detail=error)
-        return Attempt.objects.create(
+            fields = dict(status=self.Status.FAILED, finished_at=now, detail=error)
+        attempt = Attempt(
             occurrence=self,
             number=self.attempts,
             status=Attempt.Status.FAILED if error else Attempt.Status.SUCCEEDED,
@@ -254,6 +273,38 @@ class Occurrence(models.Model):
             error=error,
             traceback=traceback,
         )
+        using = router.db_for_write(Occurrence)
+        if connections[using].vendor != "postgresql":
+            self._transition(claimer=claimer, **fields)
+            return insert_row(attempt, using)
+        with connections[using].cursor() as cursor:
+            cursor.execute(
+                self.RECORD_ATTEMPT_SQL,
+                {
+                    "id": self.pk,
+                    "claimer": claimer,
+                    "status": fields["status"],
+                    "run_after": fields.get("run_after"),
+                    "finished_at": fields.get("finished_at"),
+                    "detail": fields["detail"],
+                    "number": attempt.number,
+                    "attempt_status": attempt.status,
+                    "instance": attempt.instance,
+                    "started_at": started_at,
+                    "now": now,
+                    "duration": attempt.duration,
+                    "error": error,
+                    "traceback": traceback,
+                },
+            )
+            row = cursor.fetchone()
+        if row is None:
+            raise LeaseLost(f"occurrence {self.pk} attempt {self.attempts} is no longer claimed by {claimer}")
+        for name, value in fields.items():
+            setattr(self, name, value)
+        self.lease_expires_at = None
+        attempt.pk = row[0]
+        return attempt
 
     def skip(self, *, claimer, now, reason: str) -> None:
         """Finish without running (definition disabled, deleted or expired); no attempt is counted."""

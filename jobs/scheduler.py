@@ -163,9 +163,15 @@ class Scheduler:
         return len(expired)
 
     def run_ready(self, now: datetime | None = None, *, long_running: bool = False, limit: int | None = None) -> int:
-        """Claim and run ready occurrences one at a time in this thread; return how many ran."""
+        """Claim and run ready occurrences one at a time in this thread; return how many ran.
+
+        While more are ready, each run's transaction also claims the next one.
+        """
         count = 0
-        while (limit is None or count < limit) and not self._stopping.is_set():
+
+        def claim() -> Occurrence | None:
+            if self._stopping.is_set() or (limit is not None and count >= limit):
+                return None
             claimed = Occurrence.claim_next(
                 now=now or self.clock(),
                 session=self.session,
@@ -173,10 +179,12 @@ class Scheduler:
                 lease=self.lease,
                 long_running=long_running,
             )
-            if not claimed:
-                break
-            self._run(claimed[0])
+            return claimed[0] if claimed else None
+
+        occurrence = claim()
+        while occurrence is not None:
             count += 1
+            occurrence = self._run(occurrence, claim_following=claim)
         return count
 
     def tick(self, now: datetime) -> bool:
@@ -253,12 +261,16 @@ class Scheduler:
         logger.info("scheduler %s stopped", self.instance_id, extra={"action": "scheduler_stopped"})
         return still_running
 
-    def _run(self, occurrence: Occurrence) -> None:
+    def _run(self, occurrence: Occurrence, claim_following=lambda: None) -> Occurrence | None:
         with self._in_flight_lock:
             self._in_flight.add(occurrence.id)
         try:
-            run_occurrence(
-                occurrence, self.definitions.get(occurrence.task_id), session=self.session, clock=self.clock
+            return run_occurrence(
+                occurrence,
+                self.definitions.get(occurrence.task_id),
+                session=self.session,
+                clock=self.clock,
+                claim_following=claim_following,
             )
         finally:
             with self._in_flight_lock:

@@ -8,6 +8,8 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, transaction
 from django.utils import timezone
 
+from bookworm_scheduler.db import insert_row
+
 from .events import IntegrationEvent
 from .models import OutboxMessage, PublishedKey
 
@@ -43,7 +45,7 @@ def publish(
         window = timedelta(seconds=settings.OUTBOX_DUPLICATE_WINDOW_SECONDS)
         if not PublishedKey.claim(key, now, window, using):
             return None
-    message = OutboxMessage.objects.using(using).create(
+    message = OutboxMessage(
         message_id=message_id or uuid6.uuid7(),
         correlation_id=correlation_id,
         message_types=event.message_types(),
@@ -53,6 +55,7 @@ def publish(
         created_at=now,
         available_at=now,
     )
+    insert_row(message, using)
     if connection.vendor == "postgresql":
         # Queued with the transaction and delivered at commit; identical notifications fold.
         with connection.cursor() as cursor:

@@ -1,0 +1,226 @@
+"""Scheduler throughput, fire lag and idle CPU against the local PostgreSQL (run by hand).
+
+    make bench-scheduler
+    # or: DATABASE_URL=postgres://postgres@127.0.0.1:5432/bookworm_scheduler DEBUG=1 \
+    #     .venv/bin/python bench/scheduler_throughput.py [--jobs 1000] [--idle-definitions 10000]
+
+It creates (and drops at the end) its own database, `<name>_bench_scheduler`, and runs real
+`manage.py runscheduler` subprocesses against it. Measured:
+
+1. --jobs definitions due at the same instant, each publishing one outbox message, with one
+   scheduler instance and with two: occurrences per second from the due instant to the last
+   recorded success, and fire lag (due instant to attempt start) p50 and p99;
+2. the fire lag of a lone due job: one definition every second, --lone-samples instants;
+3. the CPU time of an idle runscheduler over --idle-seconds with --idle-definitions enabled
+   cron definitions (none due during the window), read from /proc.
+"""
+
+import argparse
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bookworm_scheduler.settings")
+os.environ.setdefault("DEBUG", "1")
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+os.environ["SCHEDULER_JOB_MODULES"] = "bench.sample_jobs"
+
+
+def bench_database_url() -> tuple[str, str]:
+    parts = urlsplit(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bookworm_scheduler"))
+    name = parts.path.lstrip("/") + "_bench_scheduler"
+    return urlunsplit(parts._replace(path="/" + name)), name
+
+
+BENCH_URL, BENCH_NAME = bench_database_url()
+os.environ["DATABASE_URL"] = BENCH_URL
+
+import django  # noqa: E402
+import psycopg  # noqa: E402
+
+ADMIN_URL = urlunsplit(urlsplit(BENCH_URL)._replace(path="/postgres"))
+
+
+def recreate_database() -> None:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_NAME}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{BENCH_NAME}"')
+
+
+def drop_database() -> None:
+    from django.db import connections
+
+    connections.close_all()
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_NAME}" WITH (FORCE)')
+
+
+recreate_database()
+django.setup()
+
+from django.core.management import call_command  # noqa: E402
+from django.db import connection  # noqa: E402
+from django.utils import timezone  # noqa: E402
+from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask  # noqa: E402
+
+from jobs.models import Attempt, Occurrence  # noqa: E402
+from outbox.models import OutboxMessage  # noqa: E402
+
+
+def percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def start_schedulers(count: int, concurrency: int | None = None) -> list[subprocess.Popen]:
+    args = [sys.executable, str(ROOT / "manage.py"), "runscheduler"]
+    if concurrency:
+        args += ["--concurrency", str(concurrency)]
+    env = dict(os.environ, DATABASE_CONN_MAX_AGE="600")
+    return [
+        subprocess.Popen([*args, "--instance-id", f"bench-{n}"], env=env, stdout=subprocess.DEVNULL)
+        for n in range(count)
+    ]
+
+
+def stop(processes) -> None:
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        process.wait(60)
+
+
+def reset() -> None:
+    Attempt.objects.all().delete()
+    Occurrence.objects.all().delete()
+    OutboxMessage.objects.all().delete()
+    PeriodicTask.objects.all().delete()
+
+
+def due_together(jobs: int, instances: int, concurrency: int | None) -> dict:
+    """`jobs` definitions with one instant, all at the same moment a few seconds ahead."""
+    reset()
+    processes = start_schedulers(instances, concurrency)
+    time.sleep(3)  # started and idle
+    due = timezone.now().replace(microsecond=0) + timedelta(seconds=4)
+    interval, _ = IntervalSchedule.objects.get_or_create(every=3600, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.bulk_create(
+        PeriodicTask(name=f"due-{n}", task="bench.publish", interval=interval, start_time=due) for n in range(jobs)
+    )
+    from django_celery_beat.models import PeriodicTasks
+
+    PeriodicTasks.update_changed()
+    deadline = time.monotonic() + 120
+    while Occurrence.objects.filter(status="succeeded").count() < jobs and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stop(processes)
+    done = Occurrence.objects.filter(status="succeeded")
+    assert done.count() == jobs, f"only {done.count()} of {jobs} succeeded"
+    assert OutboxMessage.objects.count() == jobs
+    last = max(done.values_list("finished_at", flat=True))
+    lags = [
+        (started - scheduled).total_seconds() * 1000
+        for started, scheduled in Attempt.objects.values_list("started_at", "occurrence__scheduled_for")
+    ]
+    return {
+        "per_second": jobs / (last - due).total_seconds(),
+        "lag_p50_ms": statistics.median(lags),
+        "lag_p99_ms": percentile(lags, 99),
+        "instances": sorted(set(done.values_list("instance", flat=True))),
+    }
+
+
+def lone_job_lag(samples: int) -> dict:
+    reset()
+    processes = start_schedulers(1)
+    time.sleep(3)
+    start = timezone.now().replace(microsecond=0) + timedelta(seconds=2)
+    interval, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(name="lone", task="bench.publish", interval=interval, start_time=start)
+    deadline = time.monotonic() + samples + 30
+    while Occurrence.objects.filter(status="succeeded").count() < samples and time.monotonic() < deadline:
+        time.sleep(0.5)
+    stop(processes)
+    lags = [
+        (started - scheduled).total_seconds() * 1000
+        for started, scheduled in Attempt.objects.values_list("started_at", "occurrence__scheduled_for")[:samples]
+    ]
+    return {"samples": len(lags), "lag_p50_ms": statistics.median(lags), "lag_p99_ms": percentile(lags, 99)}
+
+
+def idle_cpu(definitions: int, seconds: int) -> dict:
+    """CPU of an idle scheduler with many enabled cron definitions, none due in the window."""
+    reset()
+    now = timezone.now()
+    quiet = {(now + timedelta(minutes=m)).strftime("%H:%M") for m in range(-1, seconds // 60 + 5)}
+    crontabs = []
+    while len(crontabs) < 200:
+        minute, hour = random.randrange(60), random.randrange(24)
+        if f"{hour:02d}:{minute:02d}" not in quiet:
+            crontabs.append(CrontabSchedule.objects.create(minute=str(minute), hour=str(hour)))
+    PeriodicTask.objects.bulk_create(
+        PeriodicTask(name=f"idle-{n}", task="bench.publish", crontab=crontabs[n % len(crontabs)])
+        for n in range(definitions)
+    )
+    [process] = start_schedulers(1)
+    time.sleep(15)  # start-up: load and compute 10,000 next instants
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def cpu_seconds():
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+    before, started = cpu_seconds(), time.monotonic()
+    time.sleep(seconds)
+    used, elapsed = cpu_seconds() - before, time.monotonic() - started
+    stop([process])
+    assert not Occurrence.objects.exists(), "something fell due during the idle window"
+    return {"definitions": definitions, "seconds": round(elapsed), "cpu_percent": 100 * used / elapsed}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=None, help="default: SCHEDULER_CONCURRENCY")
+    parser.add_argument("--lone-samples", type=int, default=30)
+    parser.add_argument("--idle-definitions", type=int, default=10000)
+    parser.add_argument("--idle-seconds", type=int, default=60)
+    options = parser.parse_args()
+    call_command("migrate", verbosity=0)
+    try:
+        for instances in (1, 2):
+            result = due_together(options.jobs, instances, options.concurrency)
+            print(
+                f"{options.jobs} due together, {instances} instance(s): {result['per_second']:.0f} occurrences/s, "
+                f"lag p50 {result['lag_p50_ms']:.0f} ms, p99 {result['lag_p99_ms']:.0f} ms "
+                f"(ran on {', '.join(result['instances'])})",
+                flush=True,
+            )
+        result = lone_job_lag(options.lone_samples)
+        print(
+            f"lone due job, {result['samples']} instants: lag p50 {result['lag_p50_ms']:.1f} ms, "
+            f"p99 {result['lag_p99_ms']:.1f} ms",
+            flush=True,
+        )
+        result = idle_cpu(options.idle_definitions, options.idle_seconds)
+        print(
+            f"idle with {result['definitions']} cron definitions over {result['seconds']} s: "
+            f"{result['cpu_percent']:.2f} % CPU",
+            flush=True,
+        )
+    finally:
+        connection.close()
+        drop_database()
+
+
+if __name__ == "__main__":
+    main()

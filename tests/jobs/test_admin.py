@@ -73,3 +73,14 @@ def test_run_now_writes_manual_occurrences_for_the_scheduler(admin_client):
     assert response.status_code == 302
     occurrence = Occurrence.objects.get()
     assert occurrence.task == task and occurrence.manual and occurrence.status == "scheduled"
+
+
+def test_the_dashboard_index_shows_an_overview_of_runs_and_the_outbox(admin_client):
+    from django.utils import timezone
+
+    task = PeriodicTask.objects.get(name="ResendErrorEmailJob")
+    Occurrence.objects.create(
+        task=task, job_name=task.name, scheduled_for=timezone.now(), run_after=timezone.now(), status="failed"
+    )
+    page = admin_client.get("/tickerq/").content.decode()
+    assert 'id="overview"' in page and "failed: 1" in page and "pending: 0" in page

@@ -49,7 +49,7 @@ class Outgoing:
     """One message to publish. key is the caller's handle for it, echoed in the Outcome."""
 
     key: Any
-    exchanges: list[str]  # the publish exchange first, then its base types' exchanges
+    exchanges: tuple[str, ...]  # the publish exchange first, then its base types' exchanges
     body: bytes
     properties: pika.BasicProperties
 
@@ -162,7 +162,7 @@ class Broker:
     def _publish(self, batch: Iterable[Outgoing], outcome: Outcome) -> None:
         chain_errors: dict[tuple, str | None] = {}
         for index, message in enumerate(batch):
-            chain = tuple(message.exchanges)
+            chain = message.exchanges
             if chain not in chain_errors:
                 chain_errors[chain] = self._declare_chain(chain)
             if chain_errors[chain] is not None:

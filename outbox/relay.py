@@ -77,7 +77,7 @@ class Relay:
         if not self.broker.is_open:
             raise BrokerUnavailable("not connected")
         with transaction.atomic(using=self.using):
-            claimed: list[OutboxMessage] = []
+            claimed: list = []
             outcome = self.broker.publish_batch(self._outgoing(now, claimed))
             if not claimed:
                 return 0
@@ -89,47 +89,52 @@ class Relay:
     def _outgoing(self, now, claimed: list) -> Iterator[Outgoing]:
         """Claim rows and turn them into messages as the broker takes them; claimed collects the rows."""
         sent_at = timezone.now()
-        for message in OutboxMessage.objects.using(self.using).claim_batch(now, self.batch_size):
-            claimed.append(message)
+        for row in OutboxMessage.objects.using(self.using).claim_batch(now, self.batch_size):
+            claimed.append(row)
             yield Outgoing(
-                key=message,
-                exchanges=exchange_chain(message),
-                body=self.writer.body(message, sent_at),
-                properties=self.writer.properties(message),
+                key=row,
+                exchanges=exchange_chain(row.exchange, row.types_json),
+                body=self.writer.body(row, sent_at),
+                properties=self.writer.properties(row),
             )
 
     def _record(self, outcome, now) -> None:
         rows = OutboxMessage.objects.using(self.using)
         if outcome.delivered:
-            rows.mark_delivered([message.id for message in outcome.delivered], now)
+            rows.mark_delivered([row.id for row in outcome.delivered], now)
         by_reason: dict[str, list[int]] = {}
-        for message, reason in outcome.unroutable.items():
-            by_reason.setdefault(reason, []).append(message.id)
+        for row, reason in outcome.unroutable.items():
+            by_reason.setdefault(reason, []).append(row.id)
         for reason, ids in by_reason.items():
             rows.mark_unroutable(ids, reason)
-        for message, error in outcome.failed.items():
-            message.record_failure(error, now, self.max_attempts, self.retry_max_seconds)
+        failed = []
         if outcome.failed:
-            OutboxMessage.save_failures(list(outcome.failed), self.using)
-        self._log(outcome)
+            # Rare: load the failed rows (locked by this transaction) to count their attempts.
+            messages = rows.in_bulk([row.id for row in outcome.failed])
+            for row, error in outcome.failed.items():
+                message = messages[row.id]
+                message.record_failure(error, now, self.max_attempts, self.retry_max_seconds)
+                failed.append((message, error))
+            OutboxMessage.save_failures([message for message, _ in failed], self.using)
+        self._log(outcome, failed)
 
     @staticmethod
-    def _log(outcome) -> None:
+    def _log(outcome, failed: list) -> None:
         if outcome.delivered:
             logger.debug(
                 "delivered %d messages",
                 len(outcome.delivered),
                 extra={"action": "outbox_delivered", "count": len(outcome.delivered)},
             )
-        for message, reason in outcome.unroutable.items():
+        for row, reason in outcome.unroutable.items():
             logger.warning(
                 "message %s to %s is unroutable: %s",
-                message.message_id,
-                message.exchange,
+                row.message_id,
+                row.exchange,
                 reason,
-                extra={"action": "outbox_unroutable", "message_id": str(message.message_id), "error": reason},
+                extra={"action": "outbox_unroutable", "message_id": str(row.message_id), "error": reason},
             )
-        for message, error in outcome.failed.items():
+        for message, error in failed:
             action = "outbox_dead" if message.status == OutboxMessage.Status.DEAD else "outbox_retry"
             logger.warning(
                 "message %s to %s failed (attempt %d): %s",

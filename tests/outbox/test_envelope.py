@@ -1,6 +1,6 @@
 """Addresses, exchange chains and connection parameters: the parts of a send that need no broker."""
 
-from types import SimpleNamespace
+import json
 
 from outbox.broker import connection_parameters
 from outbox.envelope import broker_address, exchange_chain
@@ -15,18 +15,17 @@ def test_another_virtual_host_and_port_are_part_of_addresses():
 
 
 def test_the_exchange_chain_runs_from_the_publish_exchange_to_the_base_types():
-    row = SimpleNamespace(
-        exchange="BookWorm.Contracts:CleanUpSentEmailIntegrationEvent",
-        message_types=[
+    types = json.dumps(
+        [
             "urn:message:BookWorm.Contracts:CleanUpSentEmailIntegrationEvent",
             "urn:message:BookWorm.Chassis.EventBus:IntegrationEvent",
-        ],
+        ]
     )
 
-    assert exchange_chain(row) == [
+    assert exchange_chain("BookWorm.Contracts:CleanUpSentEmailIntegrationEvent", types) == (
         "BookWorm.Contracts:CleanUpSentEmailIntegrationEvent",
         "BookWorm.Chassis.EventBus:IntegrationEvent",
-    ]
+    )
 
 
 def test_an_amqps_url_verifies_the_broker_certificate_for_its_host():

@@ -36,6 +36,20 @@ def test_a_batch_goes_out_in_write_order(rabbit, relay, event_type):
     assert relay.deliver_batch(timezone.now()) == 0
 
 
+def test_headers_and_a_correlation_id_travel_in_the_envelope(rabbit, relay, event_type):
+    queue = rabbit.bind_queue(event_type.exchange())
+    correlation_id = uuid.uuid4()
+    with transaction.atomic():
+        row = publish(event_type(), correlation_id=correlation_id, headers={"tenant": "bookworm", "n": 1})
+
+    relay.deliver_batch(timezone.now())
+
+    [(properties, envelope)] = rabbit.receive(queue, 1)
+    assert envelope["headers"] == {"tenant": "bookworm", "n": 1}
+    assert envelope["correlationId"] == properties.correlation_id == str(correlation_id)
+    assert envelope["message"] == row.body
+
+
 def test_rows_not_yet_available_wait_for_their_time(relay, event_type):
     [row] = publish_events(event_type, 1)
     OutboxMessage.objects.filter(id=row.id).update(available_at=row.available_at + timedelta(minutes=1))

@@ -24,7 +24,7 @@ run: migrate
 	@echo "  Create a login: DEBUG=1 $(BIN)/python manage.py createsuperuser"
 	@echo "  Embedded SQLite: one scheduler at a time, the relay polls (no LISTEN/NOTIFY)."
 	@echo
-	DEBUG=1 $(BIN)/honcho --procfile Procfile.dev start
+	PATH="$(abspath $(BIN)):$$PATH" DEBUG=1 $(BIN)/honcho --procfile Procfile.dev start
 
 # Start PostgreSQL and RabbitMQ when they are installed but stopped.
 services:

@@ -286,13 +286,9 @@ def run(
             waker.close()
             _sleep(delay, stopping)
             continue
-        if handled == relay.batch_size:
-            continue
-        if once:
-            if handled == 0:
-                return
-            continue
         if handled == 0:
+            if once:
+                return
             close_old_connections()
             waker.wait(poll_seconds, tick=lambda: relay.broker.service(0), stopping=stopping)
 

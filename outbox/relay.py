@@ -288,9 +288,10 @@ def run(
             continue
         if handled == 0:
             if once:
-                return
+                break
             close_old_connections()
             waker.wait(poll_seconds, tick=lambda: relay.broker.service(0), stopping=stopping)
+    logger.info("relay stopped", extra={"action": "outbox_relay_stopped"})
 
 
 def _sleep(seconds: float, stopping: Callable[[], bool]) -> None:

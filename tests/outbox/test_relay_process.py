@@ -6,7 +6,7 @@ import time
 from collections import defaultdict
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 
 from outbox.models import OutboxMessage
 from outbox.publishing import publish
@@ -86,6 +86,26 @@ def test_a_relay_killed_mid_batch_and_restarted_sends_every_event_with_a_stable_
     assert len(received) >= len(rows)
     assert message_ids_by_event(received) == {row.body["id"]: {str(row.message_id)} for row in rows}
     assert OutboxMessage.objects.exclude(status="delivered").count() == 0
+
+
+def test_the_relay_reconnects_after_losing_its_database_connections(rabbit, event_type, start_relay):
+    queue = rabbit.bind_queue(event_type.exchange())
+    relay = start_relay()
+    assert wait_for_line(relay.stderr, "connected to the broker")
+    with connection.cursor() as cursor:
+        # What a PostgreSQL restart does to the relay: every one of its sessions ends.
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    rows = publish_events(event_type, 10)
+
+    received = rabbit.receive(queue, len(rows), timeout=60)
+
+    assert sorted(envelope["messageId"] for _, envelope in received) == sorted(str(row.message_id) for row in rows)
+    returncode, stderr = stop(relay)
+    assert returncode == 0
+    assert "database unavailable" in stderr or "cannot listen" in stderr
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -65,7 +65,16 @@ class Outcome:
 
 
 def describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    """The error worth reading: pika wraps a refused socket three exceptions deep."""
+    while True:
+        if getattr(error, "exceptions", None):  # AMQPConnectionWorkflowFailed
+            error = error.exceptions[-1]
+        elif isinstance(getattr(error, "exception", None), BaseException):  # AMQPConnector...Error
+            error = error.exception
+        elif error.args and isinstance(error.args[0], BaseException):  # AMQPConnectionError
+            error = error.args[0]
+        else:
+            return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 class Broker:

@@ -284,6 +284,9 @@ def run(
             )
             connections[relay.using].close()
             waker.close()
+            # The batch's transaction is gone: start the broker side afresh too, rather than
+            # match confirms of a half-published batch against the next one.
+            relay.broker.close()
             _sleep(delay, stopping)
             continue
         if handled == 0:

@@ -4,6 +4,7 @@ import pytest
 from django.db import transaction
 from django.urls import reverse
 
+from outbox.admin import CappedCountPaginator
 from outbox.models import OutboxMessage
 from outbox.publishing import publish
 
@@ -63,3 +64,11 @@ def test_a_message_cannot_be_edited_in_the_admin(admin_client, rows):
 
     assert response.status_code == 403
     assert OutboxMessage.objects.get(id=rows[0].id).exchange != "elsewhere"
+
+
+def test_the_changelist_counts_no_further_than_its_cap(admin_client, rows, monkeypatch):
+    monkeypatch.setattr(CappedCountPaginator, "CAP", 2)
+
+    response = admin_client.get(reverse(CHANGELIST))
+
+    assert response.context["cl"].result_count == 2

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
+from django.core.exceptions import ValidationError
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
 from django.db.models import Max
 from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTasks
@@ -225,8 +226,8 @@ def create_missing_definitions(using: str = DEFAULT_DB_ALIAS) -> list[str]:
             with transaction.atomic(using=using):
                 if _create_definition(spec, using):
                     created.append(spec.name)
-        except IntegrityError:
-            pass  # another process created it at the same moment
+        except (IntegrityError, ValidationError):
+            pass  # another process created it at the same moment (PeriodicTask.save validates)
     return created
 
 

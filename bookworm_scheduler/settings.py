@@ -58,10 +58,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # Server-side binding lets psycopg prepare the statements the scheduler and the relay
-    # repeat thousands of times (claim, record, insert), so PostgreSQL plans them once.
-    DATABASES["default"].setdefault("OPTIONS", {}).update(server_side_binding=True, prepare_threshold=2)
 DATABASES["default"]["TEST"] = {"NAME": _read("str", "TEST_DATABASE_NAME", None)}
 
 RABBITMQ_URL = _read("str", "RABBITMQ_URL", "amqp://guest:guest@localhost:5672/%2F")

@@ -172,6 +172,7 @@ class Occurrence(models.Model):
         """
         using = router.db_for_write(cls)
         connection = connections[using]
+        fields = cls._meta.concrete_fields
         table = connection.ops.quote_name(cls._meta.db_table)
         lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
         kind = "=" if long_running else "<>"
@@ -179,8 +180,10 @@ class Occurrence(models.Model):
             f"UPDATE {table} SET status = %s, attempts = attempts + 1, instance = %s, claimed_by = %s, "
             f"claimed_at = %s, lease_expires_at = %s, started_at = COALESCE(started_at, %s) "
             f"WHERE id IN (SELECT id FROM {table} WHERE status = %s AND run_after <= %s AND priority {kind} %s "
-            f"ORDER BY priority DESC, run_after, id LIMIT %s{lock}) RETURNING *"
+            f"ORDER BY priority DESC, run_after, id LIMIT %s{lock}) "
+            f"RETURNING {', '.join(connection.ops.quote_name(f.column) for f in fields)}"
         )
+
         def value(field, v):
             return cls._meta.get_field(field).get_db_prep_value(v, connection)
 
@@ -197,7 +200,18 @@ class Occurrence(models.Model):
             limit,
         ]
         # One statement in autocommit mode: atomic on its own, one round trip.
-        return sorted(cls.objects.raw(sql, params), key=lambda o: (-o.priority, o.run_after, o.id))
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+        if not rows:
+            return []
+        compiler = cls.objects.none().query.get_compiler(using)
+        converters = compiler.get_converters([f.get_col(cls._meta.db_table) for f in fields])
+        if converters:
+            rows = compiler.apply_converters(rows, converters)
+        names = [f.attname for f in fields]
+        claimed = [cls.from_db(using, names, row) for row in rows]
+        return sorted(claimed, key=lambda o: (-o.priority, o.run_after, o.id))
 
     @classmethod
     def renew_leases(cls, ids, *, session, now, lease: timedelta) -> int:

@@ -13,7 +13,7 @@ from bookworm_scheduler.db import insert_row
 from .events import IntegrationEvent
 from .models import OutboxMessage, PublishedKey
 
-NOTIFY_CHANNEL = "outbox"
+NOTIFY_CHANNEL = "outbox"  # see migration 0002_notify_on_insert
 
 
 class TransactionRequired(RuntimeError):
@@ -34,7 +34,8 @@ def publish(
     The row commits or rolls back with the caller's work, so the event exists if and only if
     that work committed. A publish whose idempotency key (default: the message id, when one is
     given) was already published within OUTBOX_DUPLICATE_WINDOW_SECONDS is a no-op and returns
-    None. The relay is woken by NOTIFY when the transaction commits (PostgreSQL only).
+    None. On PostgreSQL a trigger on the outbox table sends NOTIFY outbox (NOTIFY_CHANNEL),
+    which wakes the relay when the transaction commits.
     """
     connection = transaction.get_connection(using)
     if not connection.in_atomic_block:
@@ -55,9 +56,4 @@ def publish(
         created_at=now,
         available_at=now,
     )
-    insert_row(message, using)
-    if connection.vendor == "postgresql":
-        # Queued with the transaction and delivered at commit; identical notifications fold.
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, '')", [NOTIFY_CHANNEL])
-    return message
+    return insert_row(message, using)

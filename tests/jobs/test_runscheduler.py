@@ -1,16 +1,19 @@
 """runscheduler as a real subprocess: end to end, kill -9, SIGTERM."""
 
+import os
+import subprocess
 import time
 from collections import Counter
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from jobs.models import Attempt, Occurrence, Priority
 from outbox.models import OutboxMessage
-from tests.jobs.helpers import make_definition, wait_for
+from tests.jobs.helpers import MANAGE, make_definition, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -78,13 +81,37 @@ def test_a_definition_changed_in_the_admin_is_seen_without_a_restart(scheduler_p
 
 
 def test_run_once_runs_what_is_due_and_exits(scheduler_env, no_seed_definitions):
-    import subprocess
-
-    from tests.jobs.helpers import MANAGE
-
     task = make_definition("manual", every=3600)
     occurrence = Occurrence.trigger(task, timezone.now(), priority=Priority.NORMAL)
     result = subprocess.run([*MANAGE, "runscheduler", "--once"], env=scheduler_env, capture_output=True, timeout=60)
     assert result.returncode == 0, result.stderr
     occurrence.refresh_from_db()
     assert occurrence.status == "succeeded"
+
+
+def restart_postgresql():
+    version = sorted(os.listdir("/etc/postgresql"))[0]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "--", "-m", "fast"],
+        check=True,
+        timeout=120,
+    )
+
+
+def test_a_postgresql_restart_is_survived(scheduler_processes, no_seed_definitions):
+    start = timezone.now().replace(microsecond=0) + timedelta(seconds=2)
+    task = make_definition("every-second", every=1, start_time=start)
+    process = scheduler_processes(instance_id="survivor")
+    wait_for(lambda: Occurrence.objects.filter(task=task, status="succeeded").count() >= 2)
+    restart_postgresql()
+    connection.close()
+    restarted = timezone.now()
+    wait_for(
+        lambda: Occurrence.objects.filter(task=task, status="succeeded", scheduled_for__gt=restarted).count() >= 3,
+        timeout=60,
+    )
+    assert process.terminate() == 0
+    output = process.output()
+    assert "Traceback" not in output
+    instants = sorted(Occurrence.objects.filter(task=task).values_list("scheduled_for", flat=True))
+    assert instants == [start + timedelta(seconds=k) for k in range(len(instants))], "an instant was lost"

@@ -37,6 +37,8 @@ services:
 	@rabbitmqctl -q status >/dev/null && echo "rabbitmq: running"
 
 test: $(VENV)/.installed services
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	DATABASE_URL=$(TEST_DATABASE_URL) RABBITMQ_URL=$(TEST_RABBITMQ_URL) DEBUG=1 \
 		$(BIN)/python manage.py makemigrations --check --dry-run
 	DATABASE_URL=$(TEST_DATABASE_URL) RABBITMQ_URL=$(TEST_RABBITMQ_URL) DEBUG=1 \

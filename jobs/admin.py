@@ -101,7 +101,16 @@ class AttemptInline(admin.TabularInline):
 
 @admin.register(Occurrence)
 class OccurrenceAdmin(admin.ModelAdmin):
-    list_display = ["job_name", "scheduled_for", "status", "attempts", "manual", "instance", "started_at", "finished_at"]
+    list_display = [
+        "job_name",
+        "scheduled_for",
+        "status",
+        "attempts",
+        "manual",
+        "instance",
+        "started_at",
+        "finished_at",
+    ]
     list_filter = ["status", "manual"]
     search_fields = ["job_name"]
     show_full_result_count = False

@@ -75,9 +75,7 @@ def kwargs_of(task: PeriodicTask) -> dict:
 
 
 def cron_expression(crontab: CrontabSchedule) -> str:
-    return " ".join(
-        [crontab.minute, crontab.hour, crontab.day_of_month, crontab.month_of_year, crontab.day_of_week]
-    )
+    return " ".join([crontab.minute, crontab.hour, crontab.day_of_month, crontab.month_of_year, crontab.day_of_week])
 
 
 def describe_schedule(task: PeriodicTask) -> str:

@@ -8,7 +8,7 @@ import uuid
 from datetime import timedelta
 
 from django.core.exceptions import ValidationError
-from django.db import connections, models, router, transaction
+from django.db import connections, models, router
 from django.db.models import F, Q
 from django_celery_beat.models import PeriodicTask
 
@@ -96,9 +96,7 @@ class Occurrence(models.Model):
 
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.SKIPPED, Status.MISSED)
 
-    task = models.ForeignKey(
-        PeriodicTask, null=True, blank=True, on_delete=models.SET_NULL, related_name="occurrences"
-    )
+    task = models.ForeignKey(PeriodicTask, null=True, blank=True, on_delete=models.SET_NULL, related_name="occurrences")
     # The definition's name when planned, so history outlives a deleted definition.
     job_name = models.CharField(max_length=200)
     scheduled_for = models.DateTimeField()
@@ -229,9 +227,9 @@ class Occurrence(models.Model):
         Rows locked by a live transaction are skipped. Uses the partial index occ_running_lease.
         """
         return list(
-            cls.objects.select_for_update(skip_locked=True).filter(
-                status=cls.Status.RUNNING, lease_expires_at__lt=now
-            )[:limit]
+            cls.objects.select_for_update(skip_locked=True).filter(status=cls.Status.RUNNING, lease_expires_at__lt=now)[
+                :limit
+            ]
         )
 
     def _transition(self, *, claimer, **fields) -> None:

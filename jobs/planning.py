@@ -49,9 +49,7 @@ def apply_misfire_policy(
     return [Planned(i, missed=i not in run_late) for i in late] + [Planned(i, missed=False) for i in on_time]
 
 
-def plan_due(
-    definitions: dict[int, Definition], due_ids, *, now: datetime, grace: timedelta
-) -> dict[int, datetime]:
+def plan_due(definitions: dict[int, Definition], due_ids, *, now: datetime, grace: timedelta) -> dict[int, datetime]:
     """Insert the occurrences of the given definitions that are due up to now.
 
     A row that another scheduler inserted first is not inserted again (ON CONFLICT DO NOTHING).

@@ -20,6 +20,7 @@ from django.db.models import Min
 from django.utils import timezone
 
 import bookworm_scheduler
+from bookworm_scheduler.backoff import Backoff
 
 from .definitions import Definition, Policy, change_marker, create_missing_definitions, load_definitions
 from .models import Occurrence, SchedulerInstance
@@ -30,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 # The longest the main thread sleeps: definition changes and manual triggers are seen this fast.
 POLL_INTERVAL = timedelta(seconds=1)
-MAX_DB_BACKOFF = 30.0
 
 
 class Scheduler:
@@ -283,7 +283,7 @@ class Scheduler:
 
     def _worker(self) -> None:
         """Claim and run until nothing is ready, then wait for the main thread to signal more."""
-        seen, failures = -1, 0
+        seen, backoff = -1, Backoff()
         while not self._stopping.is_set():
             with self._work:
                 while self._generation == seen and not self._stopping.is_set():
@@ -292,10 +292,9 @@ class Scheduler:
             try:
                 close_old_connections()
                 self.run_ready()
-                failures = 0
+                backoff.reset()
             except DatabaseError as exc:
-                failures += 1
-                delay = min(MAX_DB_BACKOFF, 2 ** (failures - 1))
+                delay = backoff.next()
                 log_database_error(exc, delay, where="worker")
                 connection.close()
                 seen = -1

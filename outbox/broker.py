@@ -11,11 +11,12 @@ derived type's exchange bound to its base type's, declared once per connection. 
 mandatory, so a message that no queue receives comes back as a return instead of vanishing.
 """
 
+import itertools
 import logging
-import ssl
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pika
 import pika.exceptions
@@ -183,9 +184,7 @@ class Broker:
             self._unconfirmed[self._next_tag] = message
             self._next_tag += 1
             try:
-                self._channel.basic_publish(
-                    message.exchanges[0], "", message.body, message.properties, mandatory=True
-                )
+                self._channel.basic_publish(message.exchanges[0], "", message.body, message.properties, mandatory=True)
             except pika.exceptions.AMQPError as error:
                 raise BrokerUnavailable(describe(error)) from error
             if index % PUMP_EVERY == PUMP_EVERY - 1:
@@ -196,7 +195,9 @@ class Broker:
     def _await_confirms(self) -> None:
         """Wait until every message published on the channel is confirmed (or has failed)."""
         channel = self._channel
-        self._run_until(lambda: not self._unconfirmed or self._channel is not channel or self._lost, self.confirm_timeout)
+        self._run_until(
+            lambda: not self._unconfirmed or self._channel is not channel or self._lost, self.confirm_timeout
+        )
         self._raise_if_lost()
         if self._channel is not channel:
             self._open_channel()
@@ -207,7 +208,7 @@ class Broker:
 
     def _declare_chain(self, chain: tuple[str, ...]) -> str | None:
         """Declare the fanout exchanges of chain, each bound to the next; the error, if any."""
-        bindings = list(zip(chain, chain[1:]))
+        bindings = list(itertools.pairwise(chain))
         if all(name in self._declared for name in chain + tuple(bindings)):
             return None
         # A refused declaration closes the channel: first let what is in flight be confirmed.

@@ -12,7 +12,7 @@ import os
 import platform
 import socket
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 from pika import BasicProperties
@@ -48,7 +48,7 @@ def host_info() -> dict:
 
 
 def wire_time(at: datetime) -> str:
-    return at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class EnvelopeWriter:

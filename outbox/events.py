@@ -8,14 +8,14 @@ IntegrationEvent, most derived first, as MassTransit lists them:
 
 import dataclasses
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import ClassVar
 
 import uuid6
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def camel_case(name: str) -> str:
@@ -26,7 +26,7 @@ def camel_case(name: str) -> str:
 def wire_value(value):
     """A field value as System.Text.Json reads it: GUIDs as strings, UTC instants with Z."""
     if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if isinstance(value, uuid.UUID):
         return str(value)
     return value

@@ -1,8 +1,7 @@
+from collections.abc import Iterator
 from datetime import timedelta
-from typing import Iterator
 
 import uuid6
-
 from django.db import connections, models
 from django.db.models import Count, Min, Q
 from django.db.models.functions import Cast
@@ -61,9 +60,9 @@ class OutboxQuerySet(models.QuerySet):
 
     def requeue(self, now) -> int:
         """Send dead and unroutable rows again, with their message ids unchanged."""
-        return self.filter(
-            status__in=[OutboxMessage.Status.DEAD, OutboxMessage.Status.UNROUTABLE]
-        ).update(status=OutboxMessage.Status.PENDING, attempts=0, available_at=now, last_error="")
+        return self.filter(status__in=[OutboxMessage.Status.DEAD, OutboxMessage.Status.UNROUTABLE]).update(
+            status=OutboxMessage.Status.PENDING, attempts=0, available_at=now, last_error=""
+        )
 
     def delete_delivered_before(self, cutoff, limit: int) -> int:
         """Delete at most limit delivered rows delivered before cutoff (index outbox_delivered).
@@ -71,7 +70,9 @@ class OutboxQuerySet(models.QuerySet):
         Bounded so that a large backlog is purged in short transactions that do not hold
         up the relay or bloat one giant delete.
         """
-        ids = self.filter(status=OutboxMessage.Status.DELIVERED, delivered_at__lt=cutoff).values_list("id", flat=True)[:limit]
+        ids = self.filter(status=OutboxMessage.Status.DELIVERED, delivered_at__lt=cutoff).values_list("id", flat=True)[
+            :limit
+        ]
         deleted, _ = self.filter(id__in=list(ids)).delete()
         return deleted
 

@@ -9,8 +9,8 @@ the poll interval, purge old rows now and then.
 
 import logging
 import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Callable, Iterator
 
 import psycopg
 from django.db import (
@@ -23,6 +23,8 @@ from django.db import (
 )
 from django.utils import timezone
 
+from bookworm_scheduler.backoff import Backoff
+
 from .broker import Broker, BrokerUnavailable, Outgoing
 from .envelope import EnvelopeWriter, exchange_chain
 from .models import OutboxMessage, PublishedKey
@@ -31,21 +33,6 @@ from .publishing import NOTIFY_CHANNEL
 logger = logging.getLogger(__name__)
 
 PURGE_BATCH = 5000
-
-
-class Backoff:
-    """Delays that double from first to ceiling; reset() after a success."""
-
-    def __init__(self, first: float = 1.0, ceiling: float = 30.0):
-        self.first, self.ceiling = first, ceiling
-        self.reset()
-
-    def reset(self) -> None:
-        self.current = self.first
-
-    def next(self) -> float:
-        delay, self.current = self.current, min(self.current * 2, self.ceiling)
-        return delay
 
 
 class Relay:

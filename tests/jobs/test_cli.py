@@ -61,7 +61,15 @@ def test_history_lists_occurrences_newest_first_and_filters_by_job(clock, no_see
     rows = json.loads(run_jobs("history", "--json"))
     assert [r["job"] for r in rows] == ["a", "b", "a"]
     assert set(rows[0]) >= {
-        "job", "scheduled_for", "status", "attempt", "instance", "started_at", "finished_at", "manual", "error"
+        "job",
+        "scheduled_for",
+        "status",
+        "attempt",
+        "instance",
+        "started_at",
+        "finished_at",
+        "manual",
+        "error",
     }
     rows = json.loads(run_jobs("history", "--job", "a", "--limit", "1", "--json"))
     assert len(rows) == 1 and rows[0]["scheduled_for"] == (clock.now + timedelta(minutes=3)).isoformat()
@@ -80,7 +88,9 @@ def test_trigger_of_an_unknown_definition_is_an_error():
 
 
 def test_preview_prints_instants_with_their_offset():
-    output = run_jobs("preview", "30 2 * * *", "--tz", "Europe/Berlin", "--after", "2026-03-28T12:00:00+00:00", "--count", "2")
+    output = run_jobs(
+        "preview", "30 2 * * *", "--tz", "Europe/Berlin", "--after", "2026-03-28T12:00:00+00:00", "--count", "2"
+    )
     assert output.split() == ["2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00"]
 
 

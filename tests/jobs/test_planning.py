@@ -12,9 +12,7 @@ GRACE = timedelta(seconds=60)
 
 
 def statuses(task):
-    return [
-        (o.scheduled_for, o.status) for o in Occurrence.objects.filter(task=task).order_by("scheduled_for")
-    ]
+    return [(o.scheduled_for, o.status) for o in Occurrence.objects.filter(task=task).order_by("scheduled_for")]
 
 
 def test_run_once_runs_only_the_latest_late_instant(clock):

@@ -94,9 +94,7 @@ def test_an_expired_lease_is_reaped_recorded_and_retried(clock, no_seed_definiti
     task = make_definition("victim", every=3600, max_retries=1)
     occurrence = Occurrence.trigger(task, clock.now, priority=Priority.NORMAL)
     dead = make_scheduler(clock, instance_id="dead", lease=30)
-    Occurrence.claim_next(
-        now=clock.now, session=dead.session, instance="dead", lease=dead.lease, long_running=False
-    )
+    Occurrence.claim_next(now=clock.now, session=dead.session, instance="dead", lease=dead.lease, long_running=False)
     survivor = make_scheduler(clock, instance_id="survivor", lease=30)
     survivor.refresh_definitions()
     assert survivor.reap(clock.advance(seconds=29)) == 0
@@ -133,6 +131,7 @@ def test_worker_threads_run_what_the_main_thread_plans(no_seed_definitions):
     scheduler.register(scheduler.clock())
     scheduler.start_workers()
     try:
+
         def ticked():
             scheduler.tick(scheduler.clock())
             return Occurrence.objects.filter(task=task, status="succeeded").count() >= 3

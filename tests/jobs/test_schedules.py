@@ -1,11 +1,12 @@
-from datetime import datetime, timedelta, timezone
+import itertools
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from jobs.schedules import InvalidSchedule, cron_instants, interval_instants, next_instants, validate_cron
 
-UTC = timezone.utc
+UTC = UTC
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
 
@@ -60,7 +61,7 @@ def test_a_wildcard_job_follows_the_clock_through_the_repeated_hour():
         "10-25 02:30 CET",
         "10-25 03:00 CET",
     ]
-    gaps = {b - a for a, b in zip(instants, instants[1:])}
+    gaps = {b - a for a, b in itertools.pairwise(instants)}
     assert gaps == {timedelta(minutes=30)}
 
 

@@ -79,9 +79,7 @@ def test_a_message_no_queue_receives_is_marked_unroutable_and_comes_back_with_re
     assert row.status == "delivered"
 
 
-def test_a_message_whose_exchange_is_refused_is_retried_then_dead_and_comes_back_with_requeue(
-    rabbit, event_type
-):
+def test_a_message_whose_exchange_is_refused_is_retried_then_dead_and_comes_back_with_requeue(rabbit, event_type):
     relay = build_relay(max_attempts=2)
     relay.broker.connect()
     queue = rabbit.bind_queue(event_type.exchange())

@@ -41,7 +41,7 @@ def stop(process, signum=signal.SIGTERM):
 
 def message_ids_by_event(received):
     ids = defaultdict(set)
-    for properties, envelope in received:
+    for _properties, envelope in received:
         ids[envelope["message"]["id"]].add(envelope["messageId"])
     return ids
 
@@ -123,7 +123,9 @@ def test_once_exits_with_one_clear_line_when_the_broker_cannot_be_reached(subpro
 
     assert result.returncode != 0
     [line] = result.stderr.strip().splitlines()
-    assert line == "CommandError: cannot reach the broker at 127.0.0.1:1: ConnectionRefusedError: [Errno 111] Connection refused"
+    assert line == (
+        "CommandError: cannot reach the broker at 127.0.0.1:1: ConnectionRefusedError: [Errno 111] Connection refused"
+    )
 
 
 def test_two_relays_at_once_deliver_every_message_exactly_once(rabbit, event_type, start_relay, subprocess_env):

@@ -37,9 +37,7 @@ class Command(BaseCommand):
 
         trigger = actions.add_parser("trigger", help="Run a job now through the scheduler, recorded as manual.")
         trigger.add_argument("name")
-        trigger.add_argument(
-            "--wait", type=float, metavar="SECONDS", help="Wait up to SECONDS for the run to finish."
-        )
+        trigger.add_argument("--wait", type=float, metavar="SECONDS", help="Wait up to SECONDS for the run to finish.")
 
         preview = actions.add_parser("preview", help="The next fire instants of a cron expression.")
         preview.add_argument("expression")
@@ -57,7 +55,7 @@ class Command(BaseCommand):
         table = [columns] + [["" if row[c] is None else str(row[c]) for c in columns] for row in rows]
         widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
         for line in table:
-            self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+            self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
 
     def handle_list(self, **options):
         last_status = Occurrence.objects.filter(task=OuterRef("pk")).order_by("-scheduled_for", "-id")
@@ -82,7 +80,9 @@ class Command(BaseCommand):
                     "last_status": task.last_status,
                 }
             )
-        self.emit(rows, options["json"], ["name", "schedule", "timezone", "priority", "enabled", "next_run", "last_status"])
+        self.emit(
+            rows, options["json"], ["name", "schedule", "timezone", "priority", "enabled", "next_run", "last_status"]
+        )
 
     def handle_history(self, job=None, limit=20, **options):
         if limit < 1:

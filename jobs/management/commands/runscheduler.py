@@ -8,7 +8,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
-from jobs.scheduler import MAX_DB_BACKOFF, Scheduler, log_database_error
+from bookworm_scheduler.backoff import Backoff
+from jobs.scheduler import Scheduler, log_database_error
 
 
 class Command(BaseCommand):
@@ -20,9 +21,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--once", action="store_true", help="Plan and run what is due now, then exit (for cron and tests)."
         )
-        parser.add_argument(
-            "--shutdown-timeout", type=float, default=settings.SCHEDULER_SHUTDOWN_TIMEOUT_SECONDS
-        )
+        parser.add_argument("--shutdown-timeout", type=float, default=settings.SCHEDULER_SHUTDOWN_TIMEOUT_SECONDS)
 
     def handle(self, *args, **options):
         if options["concurrency"] < 1:
@@ -47,7 +46,7 @@ class Command(BaseCommand):
         scheduler.shutdown(shutdown_timeout)
 
     def run_forever(self, scheduler, shutdown_timeout):
-        registered, failures = False, 0
+        registered, backoff = False, Backoff()
         while not scheduler.stopping:
             try:
                 close_old_connections()
@@ -57,11 +56,10 @@ class Command(BaseCommand):
                     registered = True
                 while scheduler.tick(timezone.now()) and not scheduler.stopping:
                     pass
-                failures = 0
+                backoff.reset()
                 scheduler.sleep_until(scheduler.next_wakeup(timezone.now()))
             except DatabaseError as exc:
-                failures += 1
-                delay = min(MAX_DB_BACKOFF, 2 ** (failures - 1))
+                delay = backoff.next()
                 log_database_error(exc, delay, where="main")
                 connection.close()
                 scheduler.sleep(delay)

@@ -1,6 +1,5 @@
 """`manage.py relay_outbox [--once]`: send committed outbox rows to RabbitMQ."""
 
-import logging
 import signal
 from datetime import timedelta
 
@@ -33,9 +32,6 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
-        # The relay logs one line per failed connection attempt, with the cause; pika's own
-        # account of the same failure is seven ERROR lines.
-        logging.getLogger("pika").setLevel(logging.CRITICAL)
 
         parameters = connection_parameters(
             settings.RABBITMQ_URL, blocked_timeout=settings.OUTBOX_BLOCKED_TIMEOUT_SECONDS

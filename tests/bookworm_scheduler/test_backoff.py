@@ -1,6 +1,6 @@
 """The reconnect backoff: about 1 s at first, doubling up to 30 s."""
 
-from outbox.relay import Backoff
+from bookworm_scheduler.backoff import Backoff
 
 
 def test_the_delay_doubles_from_one_second_up_to_thirty():

@@ -84,3 +84,16 @@ def test_the_dashboard_index_shows_an_overview_of_runs_and_the_outbox(admin_clie
     )
     page = admin_client.get("/tickerq/").content.decode()
     assert 'id="overview"' in page and "failed: 1" in page and "pending: 0" in page
+
+
+def test_a_solar_schedule_is_a_form_error():
+    from django_celery_beat.models import SolarSchedule
+
+    from jobs.admin import PeriodicTaskForm
+
+    solar = SolarSchedule.objects.create(event="sunrise", latitude=52.5, longitude=13.4)
+    form = PeriodicTaskForm(
+        data={"name": "dawn", "task": "test.publish", "solar": solar.id, "args": "[]", "kwargs": "{}", "enabled": True}
+    )
+    assert not form.is_valid()
+    assert "Solar schedules are not supported" in str(form.errors["solar"])

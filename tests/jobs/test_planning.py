@@ -1,7 +1,7 @@
 from datetime import timedelta
 
 import pytest
-from django_celery_beat.models import PeriodicTask
+from django_celery_beat.models import ClockedSchedule, PeriodicTask
 
 from jobs.models import MisfirePolicy, Occurrence
 from jobs.planning import apply_misfire_policy
@@ -117,3 +117,19 @@ def test_an_interval_definition_fires_on_its_grid(clock, no_seed_definitions):
     assert scheduler.next_due[task.id] == anchor
     scheduler.plan(clock.advance(seconds=35))
     assert [s for s, _ in statuses(task)] == [anchor + timedelta(seconds=10 * i) for i in range(4)]
+
+
+@pytest.mark.django_db
+def test_a_clocked_one_off_definition_runs_once_at_its_time(clock, no_seed_definitions):
+    at = clock.now + timedelta(seconds=30)
+    task = PeriodicTask.objects.create(
+        name="once", task="test.publish", clocked=ClockedSchedule.objects.create(clocked_time=at), one_off=True
+    )
+    scheduler = make_scheduler(clock)
+    scheduler.refresh_definitions()
+    assert scheduler.next_due[task.id] == at
+    scheduler.plan(clock.advance(seconds=31))
+    scheduler.run_ready(clock.now)
+    task.refresh_from_db()
+    assert list(Occurrence.objects.values_list("scheduled_for", "status")) == [(at, "succeeded")]
+    assert not task.enabled

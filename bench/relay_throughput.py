@@ -25,7 +25,6 @@ import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bookworm_scheduler.settings")
@@ -33,15 +32,10 @@ os.environ.setdefault("DEBUG", "1")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
 
-def bench_database_url() -> tuple[str, str]:
-    """The bench database's URL and name, beside the configured one."""
-    parts = urlsplit(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bookworm_scheduler"))
-    name = parts.path.lstrip("/") + "_bench"
-    return urlunsplit(parts._replace(path="/" + name)), name
+from bench.database import BenchDatabase  # noqa: E402
 
-
-BENCH_URL, BENCH_NAME = bench_database_url()
-os.environ["DATABASE_URL"] = BENCH_URL
+DATABASE = BenchDatabase("_bench")
+DATABASE.use()
 os.environ["DATABASE_CONN_MAX_AGE"] = "600"
 
 import django  # noqa: E402
@@ -49,10 +43,9 @@ import django  # noqa: E402
 django.setup()
 
 import pika  # noqa: E402
-import psycopg  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
-from django.db import connection, connections, transaction  # noqa: E402
+from django.db import connections, transaction  # noqa: E402
 from django.utils import timezone  # noqa: E402
 from pika.adapters.select_connection import SelectConnection  # noqa: E402
 
@@ -69,25 +62,8 @@ class ThroughputIntegrationEvent(IntegrationEvent):
 
 
 def recreate_database() -> None:
-    admin = dict(connection.settings_dict, NAME="postgres")
-    with psycopg.connect(
-        dbname="postgres", user=admin["USER"] or "postgres", host=admin["HOST"], port=admin["PORT"], autocommit=True
-    ) as server:
-        server.execute(f'DROP DATABASE IF EXISTS "{BENCH_NAME}"')
-        server.execute(f'CREATE DATABASE "{BENCH_NAME}"')
+    DATABASE.recreate()
     call_command("migrate", verbosity=0)
-
-
-def drop_database() -> None:
-    connections.close_all()
-    with psycopg.connect(
-        dbname="postgres",
-        user=connection.settings_dict["USER"] or "postgres",
-        host=connection.settings_dict["HOST"],
-        port=connection.settings_dict["PORT"],
-        autocommit=True,
-    ) as server:
-        server.execute(f'DROP DATABASE IF EXISTS "{BENCH_NAME}"')
 
 
 def build_relay(broker: Broker, batch_size: int) -> Relay:
@@ -306,7 +282,7 @@ def main():
         channel.queue_delete(queue)
         channel.exchange_delete(exchange)
         admin.close()
-        drop_database()
+        DATABASE.drop()
 
 
 if __name__ == "__main__":

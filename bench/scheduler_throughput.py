@@ -25,7 +25,6 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -35,36 +34,14 @@ os.environ.setdefault("LOG_LEVEL", "WARNING")
 os.environ["SCHEDULER_JOB_MODULES"] = "bench.sample_jobs"
 
 
-def bench_database_url() -> tuple[str, str]:
-    parts = urlsplit(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bookworm_scheduler"))
-    name = parts.path.lstrip("/") + "_bench_scheduler"
-    return urlunsplit(parts._replace(path="/" + name)), name
+from bench.database import BenchDatabase  # noqa: E402
 
-
-BENCH_URL, BENCH_NAME = bench_database_url()
-os.environ["DATABASE_URL"] = BENCH_URL
+DATABASE = BenchDatabase("_bench_scheduler")
+DATABASE.use()
 
 import django  # noqa: E402
-import psycopg  # noqa: E402
 
-ADMIN_URL = urlunsplit(urlsplit(BENCH_URL)._replace(path="/postgres"))
-
-
-def recreate_database() -> None:
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_NAME}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{BENCH_NAME}"')
-
-
-def drop_database() -> None:
-    from django.db import connections
-
-    connections.close_all()
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_NAME}" WITH (FORCE)')
-
-
-recreate_database()
+DATABASE.recreate()
 django.setup()
 
 from django.core.management import call_command  # noqa: E402
@@ -219,7 +196,7 @@ def main():
         )
     finally:
         connection.close()
-        drop_database()
+        DATABASE.drop()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,34 @@
+"""A benchmark's own PostgreSQL database beside the configured one, so no data is touched.
+
+Imported before Django is set up: use() points DATABASE_URL at it.
+"""
+
+import os
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/bookworm_scheduler"
+
+
+class BenchDatabase:
+    def __init__(self, suffix: str):
+        parts = urlsplit(os.environ.get("DATABASE_URL", DEFAULT_URL))
+        self.name = parts.path.lstrip("/") + suffix
+        self.url = urlunsplit(parts._replace(path="/" + self.name))
+        self._server_url = urlunsplit(parts._replace(path="/postgres"))
+
+    def use(self) -> None:
+        os.environ["DATABASE_URL"] = self.url
+
+    def recreate(self) -> None:
+        with psycopg.connect(self._server_url, autocommit=True) as server:
+            server.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            server.execute(f'CREATE DATABASE "{self.name}"')
+
+    def drop(self) -> None:
+        from django.db import connections
+
+        connections.close_all()
+        with psycopg.connect(self._server_url, autocommit=True) as server:
+            server.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')

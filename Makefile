@@ -45,7 +45,7 @@ test: $(VENV)/.installed services
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench-scheduler: $(VENV)/.installed services
-	DATABASE_URL=$(TEST_DATABASE_URL) DEBUG=1 $(BIN)/python bench/scheduler_throughput.py
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/scheduler_throughput.py
 
 bench-relay: $(VENV)/.installed services
 	DATABASE_URL=$(TEST_DATABASE_URL) RABBITMQ_URL=$(TEST_RABBITMQ_URL) DEBUG=1 $(BIN)/python bench/relay_throughput.py

@@ -1,7 +1,7 @@
 """Scheduler throughput, fire lag and idle CPU against the local PostgreSQL (run by hand).
 
     make bench-scheduler
-    # or: DATABASE_URL=postgres://postgres@127.0.0.1:5432/bookworm_scheduler DEBUG=1 \
+    # or: DATABASE_URL=postgres://postgres@127.0.0.1:5432/bookworm_scheduler \
     #     .venv/bin/python bench/scheduler_throughput.py [--jobs 1000] [--idle-definitions 10000]
 
 It creates (and drops at the end) its own database, `<name>_bench_scheduler`, and runs real
@@ -29,7 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bookworm_scheduler.settings")
-os.environ.setdefault("DEBUG", "1")
+# Production settings: DEBUG would record every query in memory and slow the hot path.
+os.environ.setdefault("DEBUG", "0")
+os.environ.setdefault("SECRET_KEY", "benchmark-only")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 os.environ["SCHEDULER_JOB_MODULES"] = "bench.sample_jobs"
 

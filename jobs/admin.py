@@ -112,7 +112,7 @@ class OccurrenceAdmin(admin.ModelAdmin):
         "finished_at",
     ]
     list_filter = ["status", "manual"]
-    search_fields = ["job_name"]
+    search_fields = ["=job_name"]  # exact: a substring search scans every row
     show_full_result_count = False
     inlines = [AttemptInline]
     actions = ["retry_now"]

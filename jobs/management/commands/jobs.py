@@ -89,7 +89,9 @@ class Command(BaseCommand):
             raise CommandError("--limit must be at least 1", returncode=USAGE_ERROR)
         occurrences = Occurrence.objects.order_by("-scheduled_for", "-id")
         if job:
-            occurrences = occurrences.filter(job_name=job)
+            # By definition where it still exists (index occ_task_recent), else by the name kept.
+            task = PeriodicTask.objects.filter(name=job).first()
+            occurrences = occurrences.filter(task=task) if task else occurrences.filter(job_name=job)
         rows = [
             {
                 "job": o.job_name,

@@ -68,6 +68,14 @@ def run_occurrence(
     claim_following claims the next ready occurrence inside the transaction that records
     this one, so a busy worker commits once per run instead of twice.
     """
+    try:
+        return _run(occurrence, definition, session=session, clock=clock, claim_following=claim_following)
+    except LeaseLost as exc:
+        _log(occurrence, "lease_lost", error=str(exc), level=logging.WARNING)
+        return None
+
+
+def _run(occurrence, definition, *, session, clock, claim_following) -> Occurrence | None:
     target = Target.of(occurrence, definition)
     started = clock()
     reason = skip_reason(occurrence, target, started)
@@ -99,9 +107,8 @@ def run_occurrence(
                 spec.func(context)
             occurrence.record_attempt(claimer=session, started_at=started, now=clock())
             following = claim_following()
-    except LeaseLost as exc:
-        _log(occurrence, "lease_lost", error=str(exc), level=logging.WARNING)
-        return None
+    except LeaseLost:
+        raise
     except Exception as exc:  # the job's own failure: recorded, never fatal to the scheduler
         error = f"timed out after {timeout} s" if isinstance(exc, JobTimeout) else _one_line(exc)
         finished = clock()

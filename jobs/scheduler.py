@@ -299,6 +299,10 @@ class Scheduler:
                 connection.close()
                 seen = -1
                 self._stopping.wait(delay)
+            except Exception:  # a bug, not a job's failure (those are recorded): keep the worker
+                logger.exception("worker pass failed", extra={"action": "worker_error"})
+                seen = -1
+                self._stopping.wait(backoff.next())
         connection.close()
 
     def _start_long_running(self, now: datetime) -> int:

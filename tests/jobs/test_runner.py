@@ -3,6 +3,7 @@ from datetime import timedelta
 import pytest
 
 from jobs.models import Attempt, Occurrence, Priority
+from jobs.runner import run_occurrence
 from outbox.models import OutboxMessage
 from tests.jobs.helpers import make_definition, make_scheduler
 
@@ -155,9 +156,21 @@ def test_a_result_is_not_recorded_when_the_claim_was_reaped_meanwhile(clock, no_
     reaper = make_scheduler(clock, instance_id="reaper")
     reaper.refresh_definitions()
     assert reaper.reap(clock.advance(seconds=5)) == 1
-    from jobs.runner import run_occurrence
-
     run_occurrence(claimed, scheduler.definitions.get(claimed.task_id), session=scheduler.session, clock=clock)
     occurrence.refresh_from_db()
     assert occurrence.status == "failed" and "presumed dead" in occurrence.detail
     assert not events_of(occurrence).exists()  # the late run's work rolled back
+
+
+def test_a_failure_is_not_recorded_either_when_the_claim_was_reaped(clock, no_seed_definitions):
+    occurrence = trigger(make_definition("failing", "test.fail", every=60), clock)
+    scheduler = make_scheduler(clock)
+    scheduler.refresh_definitions()
+    [claimed] = Occurrence.claim_next(
+        now=clock.now, session=scheduler.session, instance="test", lease=timedelta(seconds=1), long_running=False
+    )
+    reaper = make_scheduler(clock, instance_id="reaper")
+    reaper.reap(clock.advance(seconds=5))
+    following = run_occurrence(claimed, None, session=scheduler.session, clock=clock)
+    assert following is None
+    assert Attempt.objects.filter(occurrence=occurrence).count() == 1  # the reaper's, not a second one

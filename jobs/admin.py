@@ -109,7 +109,7 @@ class OccurrenceAdmin(admin.ModelAdmin):
         "manual",
         "instance",
         "started_at",
-        "finished_at",
+        "duration",
     ]
     list_filter = ["status", "manual"]
     search_fields = ["=job_name"]  # exact: a substring search scans every row

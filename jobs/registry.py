@@ -97,8 +97,3 @@ def get_job(name: str) -> JobSpec | None:
 
 def registered_jobs() -> list[JobSpec]:
     return sorted(_registry.values(), key=lambda spec: spec.name)
-
-
-def unregister(name: str) -> None:
-    """Remove a job (tests register and drop their own)."""
-    _registry.pop(name, None)

@@ -4,6 +4,7 @@ Job definitions themselves are django-celery-beat's PeriodicTask rows (with a cr
 interval or clocked schedule); JobPolicy adds what a scheduler needs beyond them.
 """
 
+import functools
 import uuid
 from datetime import timedelta
 
@@ -170,17 +171,7 @@ class Occurrence(models.Model):
         """
         using = router.db_for_write(cls)
         connection = connections[using]
-        fields = cls._meta.concrete_fields
-        table = connection.ops.quote_name(cls._meta.db_table)
-        lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
-        kind = "=" if long_running else "<>"
-        sql = (
-            f"UPDATE {table} SET status = %s, attempts = attempts + 1, instance = %s, claimed_by = %s, "
-            f"claimed_at = %s, lease_expires_at = %s, started_at = COALESCE(started_at, %s) "
-            f"WHERE id IN (SELECT id FROM {table} WHERE status = %s AND run_after <= %s AND priority {kind} %s "
-            f"ORDER BY priority DESC, run_after, id LIMIT %s{lock}) "
-            f"RETURNING {', '.join(connection.ops.quote_name(f.column) for f in fields)}"
-        )
+        sql, names, converters = _claim_statement(connection.alias, long_running)
 
         def value(field, v):
             return cls._meta.get_field(field).get_db_prep_value(v, connection)
@@ -201,13 +192,8 @@ class Occurrence(models.Model):
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             rows = cursor.fetchall()
-        if not rows:
-            return []
-        compiler = cls.objects.none().query.get_compiler(using)
-        converters = compiler.get_converters([f.get_col(cls._meta.db_table) for f in fields])
         if converters:
-            rows = compiler.apply_converters(rows, converters)
-        names = [f.attname for f in fields]
+            rows = converters(rows)
         claimed = [cls.from_db(using, names, row) for row in rows]
         return sorted(claimed, key=lambda o: (-o.priority, o.run_after, o.id))
 
@@ -323,6 +309,30 @@ class Occurrence(models.Model):
         self._transition(
             claimer=claimer, status=self.Status.SKIPPED, finished_at=now, detail=reason, attempts=self.attempts - 1
         )
+
+
+@functools.cache
+def _claim_statement(alias: str, long_running: bool):
+    """The claim's SQL, the attribute names of what it returns, and the converters of its rows.
+
+    Built once per database: the claim runs once per occurrence on the hot path.
+    """
+    connection = connections[alias]
+    fields = Occurrence._meta.concrete_fields
+    table = connection.ops.quote_name(Occurrence._meta.db_table)
+    lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
+    kind = "=" if long_running else "<>"
+    sql = (
+        f"UPDATE {table} SET status = %s, attempts = attempts + 1, instance = %s, claimed_by = %s, "
+        f"claimed_at = %s, lease_expires_at = %s, started_at = COALESCE(started_at, %s) "
+        f"WHERE id IN (SELECT id FROM {table} WHERE status = %s AND run_after <= %s AND priority {kind} %s "
+        f"ORDER BY priority DESC, run_after, id LIMIT %s{lock}) "
+        f"RETURNING {', '.join(connection.ops.quote_name(f.column) for f in fields)}"
+    )
+    compiler = Occurrence.objects.none().query.get_compiler(alias)
+    converters = compiler.get_converters([f.get_col(Occurrence._meta.db_table) for f in fields])
+    convert = (lambda rows: list(compiler.apply_converters(rows, converters))) if converters else None
+    return sql, [f.attname for f in fields], convert
 
 
 class Attempt(models.Model):

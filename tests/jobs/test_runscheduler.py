@@ -1,5 +1,6 @@
 """runscheduler as a real subprocess: end to end, kill -9, SIGTERM."""
 
+import json
 import os
 import subprocess
 import time
@@ -115,3 +116,19 @@ def test_a_postgresql_restart_is_survived(scheduler_processes, no_seed_definitio
     assert "Traceback" not in output
     instants = sorted(Occurrence.objects.filter(task=task).values_list("scheduled_for", flat=True))
     assert instants == [start + timedelta(seconds=k) for k in range(len(instants))], "an instant was lost"
+
+
+def test_the_embedded_sqlite_default_runs_a_job(tmp_path, scheduler_env):
+    env = dict(scheduler_env, DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}")
+
+    def manage(*args):
+        result = subprocess.run([*MANAGE, *args], env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    manage("migrate", "--noinput")
+    manage("jobs", "trigger", "ResendErrorEmailJob")
+    manage("runscheduler", "--once")
+    [run] = json.loads(manage("jobs", "history", "--json"))
+    assert (run["job"], run["status"], run["manual"]) == ("ResendErrorEmailJob", "succeeded", True)
+    assert json.loads(manage("outbox", "status", "--json"))["pending"] == 1

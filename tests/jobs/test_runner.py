@@ -32,11 +32,13 @@ def test_a_successful_run_commits_its_event_and_its_attempt_together(clock, no_s
     assert event.message_types[0] == "urn:message:BookWorm.Tests:SampleRanEvent"
 
 
-def test_a_job_that_raises_is_a_recorded_failure_and_its_event_rolls_back(clock, no_seed_definitions):
+def test_a_job_that_raises_is_a_recorded_failure_and_its_event_rolls_back(clock, no_seed_definitions, caplog):
     occurrence = trigger(make_definition("failing", "test.fail", every=60), clock)
     scheduler = make_scheduler(clock)
     scheduler.refresh_definitions()
     scheduler.run_ready(clock.now)
+    [event] = [r for r in caplog.records if getattr(r, "action", None) == "occurrence_failed"]
+    assert (event.job, event.occurrence, event.attempt) == ("failing", occurrence.id, 1)
     occurrence.refresh_from_db()
     assert occurrence.status == "failed"
     assert occurrence.detail == "RuntimeError: the sample job failed on purpose"

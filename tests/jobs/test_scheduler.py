@@ -90,7 +90,7 @@ def test_three_schedulers_run_every_instant_exactly_once(no_seed_definitions):
 
 
 @pytest.mark.django_db
-def test_an_expired_lease_is_reaped_recorded_and_retried(clock, no_seed_definitions):
+def test_an_expired_lease_is_reaped_recorded_and_retried(clock, no_seed_definitions, caplog):
     task = make_definition("victim", every=3600, max_retries=1)
     occurrence = Occurrence.trigger(task, clock.now, priority=Priority.NORMAL)
     dead = make_scheduler(clock, instance_id="dead", lease=30)
@@ -99,6 +99,7 @@ def test_an_expired_lease_is_reaped_recorded_and_retried(clock, no_seed_definiti
     survivor.refresh_definitions()
     assert survivor.reap(clock.advance(seconds=29)) == 0
     assert survivor.reap(clock.advance(seconds=2)) == 1
+    assert [r.occurrence for r in caplog.records if getattr(r, "action", None) == "lease_expired"] == [occurrence.id]
     occurrence.refresh_from_db()
     assert occurrence.status == "scheduled" and occurrence.attempts == 1
     attempt = Attempt.objects.get(occurrence=occurrence)

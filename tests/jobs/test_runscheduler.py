@@ -132,3 +132,27 @@ def test_the_embedded_sqlite_default_runs_a_job(tmp_path, scheduler_env):
     [run] = json.loads(manage("jobs", "history", "--json"))
     assert (run["job"], run["status"], run["manual"]) == ("ResendErrorEmailJob", "succeeded", True)
     assert json.loads(manage("outbox", "status", "--json"))["pending"] == 1
+
+
+def test_no_more_than_concurrency_jobs_run_at_once_and_long_running_ones_run_beside(
+    scheduler_processes, no_seed_definitions
+):
+    sleeper = make_definition("sleeper", "test.sleep", every=3600, kwargs={"seconds": 1.5})
+    long_one = make_definition(
+        "long-sleeper", "test.sleep", every=3600, kwargs={"seconds": 3}, priority=Priority.LONG_RUNNING
+    )
+    now = timezone.now()
+    for _ in range(5):
+        Occurrence.trigger(sleeper, now, priority=Priority.NORMAL)
+    Occurrence.trigger(long_one, now, priority=Priority.LONG_RUNNING)
+    process = scheduler_processes("--concurrency", "2", instance_id="bounded")
+    peak = {"normal": 0, "long": 0}
+    deadline = time.monotonic() + 30
+    while Occurrence.objects.exclude(status="succeeded").exists() and time.monotonic() < deadline:
+        running = Occurrence.objects.filter(status="running")
+        peak["normal"] = max(peak["normal"], running.exclude(priority=Priority.LONG_RUNNING).count())
+        peak["long"] = max(peak["long"], running.filter(priority=Priority.LONG_RUNNING).count())
+        time.sleep(0.05)
+    assert process.terminate() == 0
+    assert set(Occurrence.objects.values_list("status", flat=True)) == {"succeeded"}
+    assert peak == {"normal": 2, "long": 1}

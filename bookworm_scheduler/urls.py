@@ -10,5 +10,9 @@ admin.site.index_title = "Jobs, runs and outbox"
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
     path("tickerq/", admin.site.urls),
-    path("health/", HealthCheckView.as_view(checks=["health_check.checks.Database"]), name="health"),
+    path(
+        "health/",
+        HealthCheckView.as_view(checks=["health_check.checks.Database", "outbox.health.RabbitMQ"]),
+        name="health",
+    ),
 ]

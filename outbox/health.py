@@ -1,0 +1,30 @@
+"""Health check of the message bus, for /health/ (django-health-check)."""
+
+import dataclasses
+import datetime
+
+import pika
+import pika.exceptions
+from django.conf import settings
+from health_check.base import HealthCheck
+from health_check.exceptions import ServiceUnavailable
+
+from .broker import connection_parameters, describe
+
+
+@dataclasses.dataclass
+class RabbitMQ(HealthCheck):
+    """Open and close a connection to RABBITMQ_URL: the relay's broker is reachable."""
+
+    timeout = datetime.timedelta(seconds=5)
+
+    def run(self):
+        parameters = connection_parameters(
+            settings.RABBITMQ_URL, blocked_timeout=settings.OUTBOX_BLOCKED_TIMEOUT_SECONDS
+        )
+        parameters.socket_timeout = parameters.stack_timeout = 3
+        try:
+            pika.BlockingConnection(parameters).close()
+        except pika.exceptions.AMQPError as error:
+            # The host and port only: the URL may carry credentials.
+            raise ServiceUnavailable(f"{parameters.host}:{parameters.port}: {describe(error)}") from error

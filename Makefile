@@ -32,9 +32,10 @@ services:
 		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -1) main start && \
 		for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; }
 	@pg_isready -h 127.0.0.1 -p 5432
-	@rabbitmqctl -q await_startup --timeout 5 >/dev/null 2>&1 || { \
-		rabbitmq-server -detached; rabbitmqctl -q await_startup --timeout 120; }
-	@rabbitmqctl -q status >/dev/null && echo "rabbitmq: running"
+	@rabbitmqctl -q status >/dev/null 2>&1 || { \
+		rabbitmq-server -detached; \
+		for i in $$(seq 120); do rabbitmqctl -q status >/dev/null 2>&1 && break; sleep 1; done; }
+	@rabbitmqctl -q await_startup --timeout 120 && echo "rabbitmq: running"
 
 test: $(VENV)/.installed services
 	$(BIN)/ruff check .

@@ -6,11 +6,9 @@ from django.db import connections
 
 
 @cache
-def _insert_sql(model, vendor: str) -> tuple[str, tuple]:
-    connection = next(c for c in connections.all(initialized_only=False) if c.vendor == vendor)
-    quote = connection.ops.quote_name
-    fields = tuple(f for f in model._meta.concrete_fields if not f.primary_key or not f.auto_created)
-    fields = tuple(f for f in fields if f is not model._meta.auto_field)
+def _insert_sql(model, alias: str) -> tuple[str, tuple]:
+    quote = connections[alias].ops.quote_name
+    fields = tuple(f for f in model._meta.concrete_fields if f is not model._meta.auto_field)
     columns = ", ".join(quote(f.column) for f in fields)
     placeholders = ", ".join(["%s"] * len(fields))
     pk = quote(model._meta.pk.column)
@@ -25,7 +23,7 @@ def insert_row(instance, using: str):
     does. Defaults and pre_save (auto_now) apply as in save(); signals are not sent.
     """
     connection = connections[using]
-    sql, fields = _insert_sql(type(instance), connection.vendor)
+    sql, fields = _insert_sql(type(instance), using)
     params = [f.get_db_prep_save(f.pre_save(instance, add=True), connection) for f in fields]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

@@ -94,6 +94,16 @@ def schedule_zone(task: PeriodicTask) -> str:
     return str(task.crontab.timezone) if task.crontab_id else "UTC"
 
 
+def planned_through(last_run_at: datetime | None, changed_at: datetime) -> datetime:
+    """The planning cursor: instants after it are not planned yet.
+
+    It is PeriodicTask.last_run_at, the last instant planned. django-celery-beat clears it when
+    a task is disabled, so a task never planned, or enabled again, starts from its last change
+    instead of from old instants.
+    """
+    return last_run_at if last_run_at is not None else changed_at
+
+
 @dataclasses.dataclass(frozen=True)
 class Definition:
     """An immutable snapshot of one PeriodicTask, enough to compute its fire instants."""
@@ -122,7 +132,7 @@ class Definition:
         """Raise InvalidSchedule when the task's schedule cannot be run."""
         interval = clocked_time = None
         if task.crontab_id:
-            kind, zone = "crontab", str(task.crontab.timezone)
+            kind, zone = "crontab", schedule_zone(task)
             validate_cron(cron_expression(task.crontab), zone)
         elif task.interval_id:
             kind, zone = "interval", "UTC"
@@ -168,14 +178,8 @@ class Definition:
         return clocked_instants(self.clocked_time, after)
 
     def next_instant(self) -> datetime | None:
-        """The first instant not yet planned when this snapshot was taken.
-
-        The cursor is PeriodicTask.last_run_at, the last instant planned. django-celery-beat
-        clears it when a task is disabled, so a task never planned, or enabled again, starts
-        from its last change instead of from old instants.
-        """
-        after = self.last_run_at if self.last_run_at is not None else self.changed_at
-        return next(self.instants_after(after), None)
+        """The first instant not yet planned when this snapshot was taken."""
+        return next(self.instants_after(planned_through(self.last_run_at, self.changed_at)), None)
 
     def expired(self, scheduled_for: datetime, now: datetime) -> bool:
         if self.expires is not None and now > self.expires:

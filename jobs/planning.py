@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from django.db import transaction
 from django_celery_beat.models import PeriodicTask, PeriodicTasks
 
-from .definitions import Definition
+from .definitions import Definition, planned_through
 from .models import MisfirePolicy, Occurrence
 from .schedules import instants_between
 
@@ -66,8 +66,9 @@ def plan_due(definitions: dict[int, Definition], due_ids, *, now: datetime, grac
             definition = definitions.get(task_id)
             if definition is None:
                 continue
-            after = last_run_at if last_run_at is not None else date_changed
-            instants, more_left = instants_between(definition.instants_after(after), now, MAX_INSTANTS_PER_PASS)
+            instants, more_left = instants_between(
+                definition.instants_after(planned_through(last_run_at, date_changed)), now, MAX_INSTANTS_PER_PASS
+            )
             if not instants:
                 continue
             if definition.one_off:

@@ -7,7 +7,7 @@ writes a manual occurrence for the scheduler instead of sending anything to a br
 
 from django import forms
 from django.contrib import admin, messages
-from django.utils import timezone
+from django.db.models import OuterRef, Subquery
 from django_celery_beat.admin import CrontabScheduleAdmin as BeatCrontabScheduleAdmin
 from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
 from django_celery_beat.admin import PeriodicTaskForm as BeatPeriodicTaskForm
@@ -63,9 +63,19 @@ class CrontabScheduleAdmin(BeatCrontabScheduleAdmin):
 class JobDefinitionAdmin(BeatPeriodicTaskAdmin):
     form = PeriodicTaskForm
     inlines = [JobPolicyInline]
-    list_display = ["name", "task", "schedule", "enabled", "last_run_at"]
+    list_display = ["name", "task", "schedule", "enabled", "last_run"]
     list_select_related = ["crontab", "interval", "clocked", "solar"]
     actions = ["enable_tasks", "disable_tasks", "toggle_tasks", "run_now"]
+
+    def get_queryset(self, request):
+        # The real last run, from the history (index occ_task_recent); django-celery-beat's
+        # last_run_at is not ours and stays empty.
+        latest = Occurrence.objects.filter(task=OuterRef("pk"), started_at__isnull=False).order_by("-scheduled_for")
+        return super().get_queryset(request).annotate(last_started=Subquery(latest.values("started_at")[:1]))
+
+    @admin.display(description="Last run", ordering="last_started")
+    def last_run(self, task):
+        return task.last_started
 
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)
@@ -79,10 +89,9 @@ class JobDefinitionAdmin(BeatPeriodicTaskAdmin):
 
     @admin.action(description="Run selected jobs now")
     def run_now(self, request, queryset):
-        now = timezone.now()
         tasks = list(queryset.select_related("policy"))
         for task in tasks:
-            Occurrence.trigger(task, now, priority=policy_of(task).priority)
+            Occurrence.trigger(task, priority=policy_of(task).priority, by=request.user.get_username())
         self.message_user(
             request, f"Triggered {len(tasks)} job(s); the scheduler runs them within a second.", messages.SUCCESS
         )
@@ -92,7 +101,7 @@ class AttemptInline(admin.TabularInline):
     model = Attempt
     extra = 0
     can_delete = False
-    fields = ["number", "status", "instance", "started_at", "duration", "error", "traceback"]
+    fields = ["number", "status", "scheduler", "started_at", "duration", "error", "traceback"]
     readonly_fields = fields
 
     def has_add_permission(self, request, obj=None):
@@ -107,7 +116,7 @@ class OccurrenceAdmin(admin.ModelAdmin):
         "status",
         "attempts",
         "manual",
-        "instance",
+        "scheduler",
         "started_at",
         "duration",
     ]
@@ -125,19 +134,29 @@ class OccurrenceAdmin(admin.ModelAdmin):
 
     @admin.action(description="Run selected failed, missed or skipped occurrences again")
     def retry_now(self, request, queryset):
-        now = timezone.now()
         count = 0
         for occurrence in queryset.exclude(status__in=["scheduled", "running", "succeeded"]).select_related("task"):
             if occurrence.task is not None:
-                Occurrence.trigger(occurrence.task, now, priority=occurrence.priority)
+                Occurrence.trigger(occurrence.task, priority=occurrence.priority, by=request.user.get_username())
                 count += 1
         self.message_user(request, f"Triggered {count} manual run(s).", messages.SUCCESS)
 
 
 @admin.register(SchedulerInstance)
 class SchedulerInstanceAdmin(admin.ModelAdmin):
-    list_display = ["instance_id", "host", "pid", "version", "started_at", "last_seen", "stopped_at"]
-    readonly_fields = ["session", "instance_id", "host", "pid", "version", "started_at", "last_seen", "stopped_at"]
+    list_display = ["instance_id", "host", "pid", "version", "state", "started_at", "last_seen", "stopped_at"]
+    list_filter = ["state"]
+    readonly_fields = [
+        "session",
+        "instance_id",
+        "host",
+        "pid",
+        "version",
+        "state",
+        "started_at",
+        "last_seen",
+        "stopped_at",
+    ]
 
     def has_add_permission(self, request):
         return False

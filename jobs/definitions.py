@@ -1,8 +1,8 @@
-"""Job definitions as the scheduler sees them: a PeriodicTask, its schedule and its policy.
+"""Job definitions as the scheduler sees them: a PeriodicTask, its schedule, policy and cursor.
 
 Definitions are django-celery-beat rows that the admin edits. This module reads them into
-plain values (Definition), tells when they changed, and creates the definitions of
-registered jobs that have none.
+plain values (Definition), tells when they changed (DefinitionsVersion, kept by triggers),
+and creates the definitions of registered jobs that have none.
 """
 
 import dataclasses
@@ -10,59 +10,28 @@ import json
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from itertools import chain, takewhile
 
 from django.core.exceptions import ValidationError
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
-from django.db.models import Max
-from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTasks
+from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
-from .models import JobPolicy, MisfirePolicy, Priority
+from .models import DefinitionsVersion, JobPolicy, PlanningCursor
+from .policy import Policy
 from .registry import get_job, registered_jobs
-from .schedules import (
-    EPOCH,
-    InvalidSchedule,
-    clocked_instants,
-    cron_instants,
-    interval_instants,
-    validate_cron,
-)
+from .schedules import EPOCH, InvalidSchedule, clocked_instants, cron_instants, interval_instants, validate_cron
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Policy:
-    priority: Priority = Priority.NORMAL
-    misfire: MisfirePolicy = MisfirePolicy.RUN_ONCE
-    max_retries: int = 0
-    retry_intervals: tuple[float, ...] = ()
-    timeout: int | None = None
-
-    def retry_delay(self, attempt: int) -> timedelta:
-        """The wait after failed attempt number `attempt` (1-based); the last interval repeats."""
-        if not self.retry_intervals:
-            return timedelta(0)
-        return timedelta(seconds=self.retry_intervals[min(attempt, len(self.retry_intervals)) - 1])
 
 
 def policy_of(task: PeriodicTask) -> Policy:
     """The task's JobPolicy row, else its registered job's defaults, else the global defaults."""
     try:
-        row = task.policy
+        return task.policy.as_policy()
     except JobPolicy.DoesNotExist:
-        row = None
-    if row is not None:
-        return Policy(
-            priority=Priority(row.priority),
-            misfire=MisfirePolicy(row.misfire_policy),
-            max_retries=row.max_retries,
-            retry_intervals=tuple(row.retry_intervals or ()),
-            timeout=row.timeout_seconds,
-        )
+        pass
     spec = get_job(task.task)
-    if spec is not None:
-        return Policy(spec.priority, spec.misfire, spec.retries, spec.retry_intervals, spec.timeout)
-    return Policy()
+    return spec.policy if spec is not None else Policy()
 
 
 def kwargs_of(task: PeriodicTask) -> dict:
@@ -94,78 +63,36 @@ def schedule_zone(task: PeriodicTask) -> str:
     return str(task.crontab.timezone) if task.crontab_id else "UTC"
 
 
-def planned_through(last_run_at: datetime | None, changed_at: datetime) -> datetime:
-    """The planning cursor: instants after it are not planned yet.
-
-    It is PeriodicTask.last_run_at, the last instant planned. django-celery-beat clears it when
-    a task is disabled, so a task never planned, or enabled again, starts from its last change
-    instead of from old instants.
-    """
-    return last_run_at if last_run_at is not None else changed_at
-
-
 @dataclasses.dataclass(frozen=True)
-class Definition:
-    """An immutable snapshot of one PeriodicTask, enough to compute its fire instants."""
+class Schedule:
+    """When a definition fires: a crontab in a zone, an interval grid, or one clocked instant."""
 
-    id: int
-    name: str
-    job: str
-    enabled: bool
-    one_off: bool
     kind: str  # crontab, interval, clocked
     expression: str  # the cron expression, or the description of the schedule
     zone: str
-    interval: timedelta | None
-    anchor: datetime
-    clocked_time: datetime | None
-    start_time: datetime | None
-    expires: datetime | None
-    expire_seconds: int | None
-    changed_at: datetime
-    last_run_at: datetime | None
-    policy: Policy
-    kwargs: dict
+    interval: timedelta | None = None
+    anchor: datetime = EPOCH
+    clocked_time: datetime | None = None
+    start_time: datetime | None = None
 
     @classmethod
-    def from_task(cls, task: PeriodicTask) -> "Definition":
+    def of(cls, task: PeriodicTask) -> "Schedule":
         """Raise InvalidSchedule when the task's schedule cannot be run."""
-        interval = clocked_time = None
+        common = dict(expression=describe_schedule(task), start_time=task.start_time)
         if task.crontab_id:
-            kind, zone = "crontab", schedule_zone(task)
-            validate_cron(cron_expression(task.crontab), zone)
-        elif task.interval_id:
-            kind, zone = "interval", "UTC"
+            zone = schedule_zone(task)
+            validate_cron(common["expression"], zone)
+            return cls(kind="crontab", zone=zone, **common)
+        if task.interval_id:
             interval = timedelta(**{task.interval.period: task.interval.every})
             if interval <= timedelta(0):
                 raise InvalidSchedule("interval must be positive")
-        elif task.clocked_id:
-            kind, zone = "clocked", "UTC"
-            clocked_time = task.clocked.clocked_time
-        elif task.solar_id:
+            return cls(kind="interval", zone="UTC", interval=interval, anchor=task.start_time or EPOCH, **common)
+        if task.clocked_id:
+            return cls(kind="clocked", zone="UTC", clocked_time=task.clocked.clocked_time, **common)
+        if task.solar_id:
             raise InvalidSchedule("solar schedules are not supported; use a crontab in the place's time zone")
-        else:
-            raise InvalidSchedule("the definition has no schedule")
-        return cls(
-            id=task.id,
-            name=task.name,
-            job=task.task,
-            enabled=task.enabled,
-            one_off=task.one_off,
-            kind=kind,
-            expression=describe_schedule(task),
-            zone=zone,
-            interval=interval,
-            anchor=task.start_time or EPOCH,
-            clocked_time=clocked_time,
-            start_time=task.start_time,
-            expires=task.expires,
-            expire_seconds=task.expire_seconds,
-            changed_at=task.date_changed,
-            last_run_at=task.last_run_at,
-            policy=policy_of(task),
-            kwargs=kwargs_of(task),
-        )
+        raise InvalidSchedule("the definition has no schedule")
 
     def instants_after(self, after: datetime) -> Iterator[datetime]:
         """Fire instants strictly after `after` (UTC), none before the start time."""
@@ -177,9 +104,84 @@ class Definition:
             return interval_instants(self.interval, self.anchor, after)
         return clocked_instants(self.clocked_time, after)
 
-    def next_instant(self) -> datetime | None:
-        """The first instant not yet planned when this snapshot was taken."""
-        return next(self.instants_after(planned_through(self.last_run_at, self.changed_at)), None)
+
+@dataclasses.dataclass(frozen=True)
+class Cursor:
+    """A PlanningCursor's values: instants after planned_through are not planned yet, and
+    none in (paused_at, resumed_at] ever will be (the definition was disabled then)."""
+
+    planned_through: datetime
+    paused_at: datetime | None = None
+    resumed_at: datetime | None = None
+
+    @classmethod
+    def of(cls, row: PlanningCursor) -> "Cursor":
+        return cls(row.planned_through, row.paused_at, row.resumed_at)
+
+    def unplanned(self, schedule: Schedule) -> Iterator[datetime]:
+        """The schedule's instants after the cursor, without those that fell while disabled."""
+        after = schedule.instants_after(self.planned_through)
+        if self.paused_at is None or self.resumed_at is None:
+            return after
+        before_pause = takewhile(lambda instant: instant <= self.paused_at, after)
+        return chain(before_pause, schedule.instants_after(max(self.resumed_at, self.planned_through)))
+
+    def moved_to(self, instant: datetime) -> "Cursor":
+        """Planned through instant; the pause is forgotten once planning is past it."""
+        if self.resumed_at is not None and instant >= self.resumed_at:
+            return Cursor(instant)
+        return dataclasses.replace(self, planned_through=instant)
+
+
+@dataclasses.dataclass(frozen=True)
+class Definition:
+    """An immutable snapshot of one PeriodicTask: what to run, when, and how."""
+
+    id: int
+    name: str
+    job: str
+    enabled: bool
+    one_off: bool
+    schedule: Schedule | None  # None: a definition the scheduler cannot plan (it can still run it by hand)
+    expires: datetime | None
+    expire_seconds: int | None
+    policy: Policy
+    kwargs: dict
+    cursor: Cursor | None
+
+    @classmethod
+    def from_task(cls, task: PeriodicTask, *, strict: bool = True) -> "Definition":
+        """Raise InvalidSchedule when strict and the task's schedule cannot be planned."""
+        try:
+            schedule = Schedule.of(task)
+        except InvalidSchedule:
+            if strict:
+                raise
+            schedule = None
+        try:
+            cursor = Cursor.of(task.planning)
+        except PlanningCursor.DoesNotExist:
+            cursor = None
+        return cls(
+            id=task.id,
+            name=task.name,
+            job=task.task,
+            enabled=task.enabled,
+            one_off=task.one_off,
+            schedule=schedule,
+            expires=task.expires,
+            expire_seconds=task.expire_seconds,
+            policy=policy_of(task),
+            kwargs=kwargs_of(task),
+            cursor=cursor,
+        )
+
+    def next_instant(self, cursor: Cursor | None = None) -> datetime | None:
+        """The first instant not planned by cursor (default: the snapshot's own)."""
+        cursor = cursor or self.cursor
+        if cursor is None or self.schedule is None:
+            return None
+        return next(cursor.unplanned(self.schedule), None)
 
     def expired(self, scheduled_for: datetime, now: datetime) -> bool:
         if self.expires is not None and now > self.expires:
@@ -188,7 +190,13 @@ class Definition:
 
 
 def definitions_queryset():
-    return PeriodicTask.objects.select_related("crontab", "interval", "clocked", "solar", "policy")
+    return PeriodicTask.objects.select_related("crontab", "interval", "clocked", "solar", "policy", "planning")
+
+
+def load_definition(task_id: int | None) -> Definition | None:
+    """One definition as it is now, enabled or not, plannable or not; None if deleted."""
+    task = definitions_queryset().filter(id=task_id).first() if task_id is not None else None
+    return Definition.from_task(task, strict=False) if task is not None else None
 
 
 def load_definitions(using: str = DEFAULT_DB_ALIAS) -> tuple[dict[int, Definition], dict[int, str]]:
@@ -202,16 +210,9 @@ def load_definitions(using: str = DEFAULT_DB_ALIAS) -> tuple[dict[int, Definitio
     return definitions, invalid
 
 
-def change_marker(using: str = DEFAULT_DB_ALIAS) -> tuple:
-    """A value that moves whenever a definition, its schedule or its policy changes.
-
-    django-celery-beat stamps PeriodicTasks.last_update on every save and delete of a task
-    or schedule; JobPolicy.updated_at covers policies. Two indexed single-row reads.
-    """
-    return (
-        PeriodicTasks.objects.using(using).filter(ident=1).values_list("last_update", flat=True).first(),
-        JobPolicy.objects.using(using).aggregate(latest=Max("updated_at"))["latest"],
-    )
+def definitions_version(using: str = DEFAULT_DB_ALIAS) -> int | None:
+    """A value that moves whenever a definition, a schedule or a policy is written (one indexed read)."""
+    return DefinitionsVersion.current(using)
 
 
 def create_missing_definitions(using: str = DEFAULT_DB_ALIAS) -> list[str]:
@@ -248,12 +249,5 @@ def _create_definition(spec, using: str) -> bool:
         )
         logger.info("created definition %s", spec.name, extra={"action": "definition_created", "job": spec.name})
     if task.task == spec.name and not JobPolicy.objects.using(using).filter(task=task).exists():
-        JobPolicy.objects.using(using).create(
-            task=task,
-            priority=spec.priority,
-            misfire_policy=spec.misfire,
-            max_retries=spec.retries,
-            retry_intervals=list(spec.retry_intervals),
-            timeout_seconds=spec.timeout,
-        )
+        JobPolicy.objects.using(using).create(task=task, **JobPolicy.fields_of(spec.policy))
     return created

@@ -1,44 +1,28 @@
-"""Job policies, occurrences, attempts and scheduler instances.
+"""Job policies, planning cursors, occurrences, attempts and scheduler instances.
 
 Job definitions themselves are django-celery-beat's PeriodicTask rows (with a crontab,
-interval or clocked schedule); JobPolicy adds what a scheduler needs beyond them.
+interval or clocked schedule); JobPolicy and PlanningCursor add what a scheduler needs and
+owns beyond them. The SQL that the hot paths send is in jobs.sql.
 """
 
-import functools
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
-from django.db import connections, models, router
+from django.db import connections, models, router, transaction
 from django.db.models import F, Q
+from django.db.models.functions import Upper
 from django_celery_beat.models import PeriodicTask
 
+from bookworm_scheduler.clock import default_clock
 from bookworm_scheduler.db import insert_row
 
-
-class Priority(models.IntegerChoices):
-    """As in TickerQ. LongRunning jobs run outside the concurrency limit."""
-
-    LOW = 0, "Low"
-    NORMAL = 1, "Normal"
-    HIGH = 2, "High"
-    LONG_RUNNING = 3, "LongRunning"
-
-    @property
-    def cli_name(self) -> str:
-        return self.name.lower()
-
-
-class MisfirePolicy(models.TextChoices):
-    """What happens to instants that fell due while no scheduler was running."""
-
-    SKIP = "skip", "Skip: record every missed instant as missed"
-    RUN_ONCE = "run_once", "Run once: run the latest missed instant, record the rest as missed"
-    RUN_ALL = "run_all", "Run all: run every missed instant"
+from . import sql
+from .policy import MisfirePolicy, Policy, Priority
 
 
 class JobPolicy(models.Model):
-    """How the scheduler runs one job definition: priority, retries, timeout, misfires."""
+    """How the scheduler runs one job definition: the Policy value, editable in the admin."""
 
     task = models.OneToOneField(PeriodicTask, primary_key=True, on_delete=models.CASCADE, related_name="policy")
     priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
@@ -50,8 +34,6 @@ class JobPolicy(models.Model):
         help_text="Seconds to wait before each retry, e.g. [30, 60, 300]; the last one repeats. Empty: retry at once.",
     )
     timeout_seconds = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: no timeout.")
-    # Read by the scheduler to notice changes made in the admin (see jobs.definitions).
-    updated_at = models.DateTimeField(auto_now=True, db_index=True)
 
     class Meta:
         verbose_name_plural = "job policies"
@@ -68,6 +50,25 @@ class JobPolicy(models.Model):
     def __str__(self):
         return f"policy of {self.task_id}"
 
+    @classmethod
+    def fields_of(cls, policy: Policy) -> dict:
+        return dict(
+            priority=policy.priority,
+            misfire_policy=policy.misfire,
+            max_retries=policy.retries,
+            retry_intervals=list(policy.retry_intervals),
+            timeout_seconds=policy.timeout,
+        )
+
+    def as_policy(self) -> Policy:
+        return Policy(
+            priority=self.priority,
+            misfire=self.misfire_policy,
+            retries=self.max_retries,
+            retry_intervals=tuple(self.retry_intervals or ()),
+            timeout=self.timeout_seconds,
+        )
+
     def clean(self):
         intervals = self.retry_intervals
         if not isinstance(intervals, list) or not all(
@@ -76,8 +77,56 @@ class JobPolicy(models.Model):
             raise ValidationError({"retry_intervals": "A list of non-negative numbers of seconds, e.g. [30, 60]."})
 
 
+class PlanningCursor(models.Model):
+    """How far one definition is planned: every instant up to planned_through has its row.
+
+    Kept by the database (triggers of migration 0003) for every path that writes definitions:
+    a new definition starts from the moment it was created; a changed schedule (its crontab,
+    interval or clocked row, or the start time) plans from the moment of the change; disabling
+    sets paused_at and enabling sets resumed_at, and the planner never plans an instant in
+    (paused_at, resumed_at]. Planning moves planned_through and clears the pause once past it.
+    """
+
+    task = models.OneToOneField(
+        PeriodicTask, primary_key=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="planning"
+    )
+    planned_through = models.DateTimeField()
+    paused_at = models.DateTimeField(null=True, blank=True)
+    resumed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"{self.task_id} planned through {self.planned_through.isoformat()}"
+
+
+class DefinitionsVersion(models.Model):
+    """One row whose version moves (by trigger) on every write to a definition, schedule or policy.
+
+    Schedulers read it once a second and reload their definitions when it moved, whatever
+    path the write took: the admin, a QuerySet.update() or plain SQL.
+    """
+
+    version = models.BigIntegerField(default=0)
+
+    @classmethod
+    def current(cls, using=None) -> int | None:
+        return cls.objects.using(using).filter(id=1).values_list("version", flat=True).first()
+
+
 class LeaseLost(Exception):
     """The occurrence is no longer claimed by this session: its lease expired and was reaped."""
+
+
+class OccurrenceQuerySet(models.QuerySet):
+    def finished_before(self, cutoff: datetime):
+        """Finished occurrences that finished before cutoff (index occ_finished)."""
+        return self.filter(status__in=Occurrence.FINISHED, finished_at__lt=cutoff)
+
+    def prune_batch(self, cutoff: datetime, size: int) -> int:
+        """Delete one batch of occurrences finished before cutoff, with their attempts; the count."""
+        ids = list(self.finished_before(cutoff).order_by("finished_at").values_list("id", flat=True)[:size])
+        if ids:
+            self.filter(id__in=ids).delete()
+        return len(ids)
 
 
 class Occurrence(models.Model):
@@ -102,21 +151,23 @@ class Occurrence(models.Model):
     job_name = models.CharField(max_length=200)
     scheduled_for = models.DateTimeField()
     manual = models.BooleanField(default=False)
+    triggered_by = models.CharField(max_length=150, blank=True, help_text="Who asked for a manual run.")
     priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.SCHEDULED)
     # Not claimed before this instant: scheduled_for, then the time of a pending retry.
     run_after = models.DateTimeField()
     attempts = models.PositiveSmallIntegerField(default=0)
-    # The instance id of the scheduler that claimed it last, and that process's session.
-    instance = models.CharField(max_length=200, blank=True)
-    claimed_by = models.UUIDField(null=True, blank=True)
+    # The scheduler instance that claimed it last, and the session (SchedulerInstance) of that process.
+    scheduler = models.CharField(max_length=200, blank=True)
+    session = models.UUIDField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
-    claimed_at = models.DateTimeField(null=True, blank=True)  # start of the current attempt
-    started_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)  # start of the latest attempt
     finished_at = models.DateTimeField(null=True, blank=True)
-    # The last error, or why it was skipped or missed.
-    detail = models.TextField(blank=True)
+    # Why it has its status: the last error, or why it was skipped, missed or released.
+    reason = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = OccurrenceQuerySet.as_manager()
 
     class Meta:
         ordering = ["-scheduled_for", "-id"]
@@ -129,20 +180,30 @@ class Occurrence(models.Model):
                 name="occurrence_status_valid",
             ),
             models.CheckConstraint(
-                condition=~Q(status="running") | Q(claimed_by__isnull=False, lease_expires_at__isnull=False),
+                condition=~Q(status="running") | Q(session__isnull=False, lease_expires_at__isnull=False),
                 name="occurrence_running_has_lease",
             ),
             models.CheckConstraint(condition=Q(run_after__gte=F("scheduled_for")), name="occurrence_runs_after_due"),
         ]
         indexes = [
-            # Scheduler.claim: the ready rows, highest priority and oldest first.
+            # sql.claim: the ready rows, highest priority and oldest first.
             models.Index(F("priority").desc(), "run_after", "id", condition=Q(status="scheduled"), name="occ_ready"),
-            # Scheduler.reap_expired_leases and lease renewal.
+            # Occurrence.next_ready_at: the earliest first run or pending retry.
+            models.Index(fields=["run_after"], condition=Q(status="scheduled"), name="occ_scheduled_run_after"),
+            # Occurrence.expired_leases and lease renewal.
             models.Index(fields=["lease_expires_at"], condition=Q(status="running"), name="occ_running_lease"),
-            # History of one job, newest first (admin, `jobs history --job`, `jobs list` last status).
+            # History of one job, newest first (admin, `jobs history --job`, the last run of each job).
             models.Index(fields=["task", "-scheduled_for"], name="occ_task_recent"),
             # History of all jobs, newest first.
             models.Index(fields=["-scheduled_for", "-id"], name="occ_recent"),
+            # The admin's exact, case-insensitive search by job name, newest first.
+            models.Index(Upper("job_name"), F("scheduled_for").desc(), F("id").desc(), name="occ_job_name_recent"),
+            # OccurrenceQuerySet.prune_batch: the oldest finished rows.
+            models.Index(
+                fields=["finished_at"],
+                condition=Q(status__in=["succeeded", "failed", "skipped", "missed"]),
+                name="occ_finished",
+            ),
         ]
 
     def __str__(self):
@@ -155,32 +216,43 @@ class Occurrence(models.Model):
         return None
 
     @classmethod
-    def trigger(cls, task: PeriodicTask, now, priority: int) -> "Occurrence":
-        """A manual run of task, due now; a running scheduler picks it up within a second."""
+    def trigger(cls, task: PeriodicTask, *, priority: int, by: str = "", now: datetime | None = None) -> "Occurrence":
+        """A manual run of task, due now by the database's clock; an idle scheduler claims it at once."""
+        now = now or default_clock()
         return cls.objects.create(
-            task=task, job_name=task.name, scheduled_for=now, run_after=now, manual=True, priority=priority
+            task=task,
+            job_name=task.name,
+            scheduled_for=now,
+            run_after=now,
+            manual=True,
+            triggered_by=by,
+            priority=priority,
         )
 
     @classmethod
-    def claim_next(cls, *, now, session, instance: str, lease: timedelta, long_running: bool, limit: int = 1):
-        """Claim up to `limit` ready occurrences, highest priority and oldest first.
+    def next_ready_at(cls) -> datetime | None:
+        """The earliest run_after of a scheduled occurrence (index occ_scheduled_run_after)."""
+        return (
+            cls.objects.filter(status=cls.Status.SCHEDULED)
+            .order_by("run_after")
+            .values_list("run_after", flat=True)
+            .first()
+        )
 
-        One statement: the inner SELECT takes the rows with FOR UPDATE SKIP LOCKED (on
-        PostgreSQL), so concurrent schedulers never claim the same row; the UPDATE moves them
-        to running with a lease. Uses the partial index occ_ready.
-        """
+    @classmethod
+    def claim(cls, *, now, session, scheduler: str, lease: timedelta, long_running: bool, limit: int = 1):
+        """Claim up to `limit` ready occurrences, highest priority and oldest first (sql.claim)."""
         using = router.db_for_write(cls)
         connection = connections[using]
-        sql, names, converters = _claim_statement(connection.alias, long_running)
+        statement, names, convert = sql.claim(using, long_running)
 
         def value(field, v):
             return cls._meta.get_field(field).get_db_prep_value(v, connection)
 
         params = [
             cls.Status.RUNNING,
-            instance,
-            value("claimed_by", session),
-            value("claimed_at", now),
+            scheduler,
+            value("session", session),
             value("lease_expires_at", now + lease),
             value("started_at", now),
             cls.Status.SCHEDULED,
@@ -190,19 +262,19 @@ class Occurrence(models.Model):
         ]
         # One statement in autocommit mode: atomic on its own, one round trip.
         with connection.cursor() as cursor:
-            cursor.execute(sql, params)
+            cursor.execute(statement, params)
             rows = cursor.fetchall()
-        if converters:
-            rows = converters(rows)
+        if convert:
+            rows = convert(rows)
         claimed = [cls.from_db(using, names, row) for row in rows]
         return sorted(claimed, key=lambda o: (-o.priority, o.run_after, o.id))
 
     @classmethod
     def renew_leases(cls, ids, *, session, now, lease: timedelta) -> int:
-        """Extend the leases of this session's running occurrences (the heartbeat)."""
+        """Extend the leases of this session's running occurrences."""
         if not ids:
             return 0
-        return cls.objects.filter(id__in=ids, status=cls.Status.RUNNING, claimed_by=session).update(
+        return cls.objects.filter(id__in=ids, status=cls.Status.RUNNING, session=session).update(
             lease_expires_at=now + lease
         )
 
@@ -218,35 +290,18 @@ class Occurrence(models.Model):
             ]
         )
 
-    def _transition(self, *, claimer, **fields) -> None:
-        """Compare-and-set from running (claimed by `claimer`, this attempt) to `fields`."""
+    def _transition(self, *, session, **fields) -> None:
+        """Compare-and-set from running (claimed by `session`, this attempt) to `fields`."""
         updated = Occurrence.objects.filter(
-            pk=self.pk, status=self.Status.RUNNING, claimed_by=claimer, attempts=self.attempts
+            pk=self.pk, status=self.Status.RUNNING, session=session, attempts=self.attempts
         ).update(lease_expires_at=None, **fields)
         if updated != 1:
-            raise LeaseLost(f"occurrence {self.pk} attempt {self.attempts} is no longer claimed by {claimer}")
+            raise LeaseLost(f"occurrence {self.pk} attempt {self.attempts} is no longer claimed by session {session}")
         for name, value in fields.items():
             setattr(self, name, value)
         self.lease_expires_at = None
 
-    # One round trip on PostgreSQL: the compare-and-set and the attempt row together.
-    RECORD_ATTEMPT_SQL = """
-        WITH finished AS (
-            UPDATE jobs_occurrence
-               SET status = %(status)s, run_after = COALESCE(%(run_after)s, run_after),
-                   finished_at = %(finished_at)s, detail = %(detail)s, lease_expires_at = NULL
-             WHERE id = %(id)s AND status = 'running' AND claimed_by = %(claimer)s AND attempts = %(number)s
-         RETURNING id
-        )
-        INSERT INTO jobs_attempt
-               (occurrence_id, number, status, instance, started_at, finished_at, duration, error, traceback)
-        SELECT id, %(number)s, %(attempt_status)s, %(instance)s, %(started_at)s, %(now)s, %(duration)s,
-               %(error)s, %(traceback)s
-          FROM finished
-        RETURNING id
-    """
-
-    def record_attempt(self, *, claimer, started_at, now, error: str = "", traceback: str = "", retry_at=None):
+    def record_attempt(self, *, session, started_at, now, error: str = "", traceback: str = "", retry_at=None):
         """Record how the current attempt ended: success when error is empty, else failure.
 
         A failure with retry_at goes back to scheduled for that instant (the pending retry is a
@@ -255,40 +310,41 @@ class Occurrence(models.Model):
         own work included) rolls back.
         """
         if not error:
-            fields = dict(status=self.Status.SUCCEEDED, finished_at=now, detail="")
+            fields = dict(status=self.Status.SUCCEEDED, finished_at=now, reason="")
         elif retry_at is not None:
-            fields = dict(status=self.Status.SCHEDULED, run_after=retry_at, detail=error)
+            fields = dict(status=self.Status.SCHEDULED, run_after=max(retry_at, self.scheduled_for), reason=error)
         else:
-            fields = dict(status=self.Status.FAILED, finished_at=now, detail=error)
+            fields = dict(status=self.Status.FAILED, finished_at=now, reason=error)
         attempt = Attempt(
             occurrence=self,
             number=self.attempts,
             status=Attempt.Status.FAILED if error else Attempt.Status.SUCCEEDED,
-            instance=self.instance,
-            started_at=started_at,
+            scheduler=self.scheduler,
+            started_at=min(started_at, now),
             finished_at=now,
-            duration=now - started_at,
+            duration=now - min(started_at, now),
             error=error,
             traceback=traceback,
         )
         using = router.db_for_write(Occurrence)
-        if connections[using].vendor != "postgresql":
-            self._transition(claimer=claimer, **fields)
+        connection = connections[using]
+        if connection.vendor != "postgresql":
+            self._transition(session=session, **fields)
             return insert_row(attempt, using)
-        with connections[using].cursor() as cursor:
+        with connection.cursor() as cursor:
             cursor.execute(
-                self.RECORD_ATTEMPT_SQL,
+                sql.record_attempt(using),
                 {
                     "id": self.pk,
-                    "claimer": claimer,
+                    "session": session,
                     "status": fields["status"],
                     "run_after": fields.get("run_after"),
                     "finished_at": fields.get("finished_at"),
-                    "detail": fields["detail"],
+                    "reason": fields["reason"],
                     "number": attempt.number,
                     "attempt_status": attempt.status,
-                    "instance": attempt.instance,
-                    "started_at": started_at,
+                    "scheduler": attempt.scheduler,
+                    "started_at": attempt.started_at,
                     "now": now,
                     "duration": attempt.duration,
                     "error": error,
@@ -297,42 +353,26 @@ class Occurrence(models.Model):
             )
             row = cursor.fetchone()
         if row is None:
-            raise LeaseLost(f"occurrence {self.pk} attempt {self.attempts} is no longer claimed by {claimer}")
+            raise LeaseLost(f"occurrence {self.pk} attempt {self.attempts} is no longer claimed by session {session}")
         for name, value in fields.items():
             setattr(self, name, value)
         self.lease_expires_at = None
         attempt.pk = row[0]
         return attempt
 
-    def skip(self, *, claimer, now, reason: str) -> None:
+    def attempt_recorded(self) -> bool:
+        """Whether the current attempt's record committed (after a lost connection, say)."""
+        return Attempt.objects.filter(occurrence_id=self.pk, number=self.attempts).exists()
+
+    def release(self, *, session, reason: str) -> None:
+        """Back to scheduled without counting the attempt: the run did not commit, through no fault of its job."""
+        self._transition(session=session, status=self.Status.SCHEDULED, attempts=self.attempts - 1, reason=reason)
+
+    def skip(self, *, session, now, reason: str) -> None:
         """Finish without running (definition disabled, deleted or expired); no attempt is counted."""
         self._transition(
-            claimer=claimer, status=self.Status.SKIPPED, finished_at=now, detail=reason, attempts=self.attempts - 1
+            session=session, status=self.Status.SKIPPED, finished_at=now, reason=reason, attempts=self.attempts - 1
         )
-
-
-@functools.cache
-def _claim_statement(alias: str, long_running: bool):
-    """The claim's SQL, the attribute names of what it returns, and the converters of its rows.
-
-    Built once per database: the claim runs once per occurrence on the hot path.
-    """
-    connection = connections[alias]
-    fields = Occurrence._meta.concrete_fields
-    table = connection.ops.quote_name(Occurrence._meta.db_table)
-    lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
-    kind = "=" if long_running else "<>"
-    sql = (
-        f"UPDATE {table} SET status = %s, attempts = attempts + 1, instance = %s, claimed_by = %s, "
-        f"claimed_at = %s, lease_expires_at = %s, started_at = COALESCE(started_at, %s) "
-        f"WHERE id IN (SELECT id FROM {table} WHERE status = %s AND run_after <= %s AND priority {kind} %s "
-        f"ORDER BY priority DESC, run_after, id LIMIT %s{lock}) "
-        f"RETURNING {', '.join(connection.ops.quote_name(f.column) for f in fields)}"
-    )
-    compiler = Occurrence.objects.none().query.get_compiler(alias)
-    converters = compiler.get_converters([f.get_col(Occurrence._meta.db_table) for f in fields])
-    convert = (lambda rows: list(compiler.apply_converters(rows, converters))) if converters else None
-    return sql, [f.attname for f in fields], convert
 
 
 class Attempt(models.Model):
@@ -345,8 +385,8 @@ class Attempt(models.Model):
     occurrence = models.ForeignKey(Occurrence, on_delete=models.CASCADE, related_name="attempt_set")
     number = models.PositiveSmallIntegerField()
     status = models.CharField(max_length=16, choices=Status.choices)
-    instance = models.CharField(max_length=200)
-    started_at = models.DateTimeField()
+    scheduler = models.CharField(max_length=200)
+    started_at = models.DateTimeField()  # when this attempt really started
     finished_at = models.DateTimeField()
     duration = models.DurationField()
     error = models.TextField(blank=True)
@@ -364,8 +404,30 @@ class Attempt(models.Model):
         return f"attempt {self.number} of {self.occurrence_id}"
 
 
+class SchedulerInstanceQuerySet(models.QuerySet):
+    def alive(self):
+        return self.filter(state=SchedulerInstance.State.RUNNING)
+
+    def mark_lost(self, now, silence: timedelta) -> int:
+        """Instances that stopped beating without saying so (kill -9, a lost host) are lost."""
+        return (
+            self.alive()
+            .filter(last_seen__lt=now - silence)
+            .update(state=SchedulerInstance.State.LOST, stopped_at=F("last_seen"))
+        )
+
+    def prune(self, cutoff) -> int:
+        deleted, _ = self.exclude(state=SchedulerInstance.State.RUNNING).filter(last_seen__lt=cutoff).delete()
+        return deleted
+
+
 class SchedulerInstance(models.Model):
     """The heartbeat of one runscheduler process."""
+
+    class State(models.TextChoices):
+        RUNNING = "running"
+        STOPPED = "stopped"  # said goodbye
+        LOST = "lost"  # stopped beating: killed, or its host went away
 
     session = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     instance_id = models.CharField(max_length=200)
@@ -374,10 +436,33 @@ class SchedulerInstance(models.Model):
     version = models.CharField(max_length=40)
     started_at = models.DateTimeField()
     last_seen = models.DateTimeField(db_index=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
     stopped_at = models.DateTimeField(null=True, blank=True)
+
+    objects = SchedulerInstanceQuerySet.as_manager()
 
     class Meta:
         ordering = ["-last_seen"]
 
     def __str__(self):
         return f"{self.instance_id} (pid {self.pid})"
+
+
+def prune_history(now: datetime, *, keep: timedelta, batch: int, batches: int) -> tuple[int, bool]:
+    """Delete up to batches x batch finished occurrences older than keep, and old instance rows.
+
+    Each batch is its own short transaction. On PostgreSQL an advisory lock lets one scheduler
+    prune at a time (the others skip). Returns (occurrences deleted, more left?).
+    """
+    deleted = 0
+    for _ in range(batches):
+        with transaction.atomic():
+            if not sql.try_lock("jobs.prune_history"):
+                return deleted, False
+            count = Occurrence.objects.prune_batch(now - keep, batch)
+            if deleted == 0:
+                SchedulerInstance.objects.prune(now - timedelta(days=1))
+        deleted += count
+        if count < batch:
+            return deleted, False
+    return deleted, True

@@ -1,26 +1,31 @@
 """Turning due schedule instants into occurrence rows, exactly once.
 
-Any number of schedulers may plan at the same time: each locks the definitions it plans
-(FOR UPDATE SKIP LOCKED), and the unique (task, scheduled_for) constraint turns a second
-insert of the same instant into a no-op. The cursor is PeriodicTask.last_run_at, the last
-instant planned, so every instant after it is accounted for after any downtime.
+Any number of schedulers may plan at the same time: each locks the planning cursors of the
+definitions it plans (FOR UPDATE SKIP LOCKED), and the unique (task, scheduled_for)
+constraint turns a second insert of the same instant into a no-op. The cursor is the
+project's own (PlanningCursor), so every instant after it is accounted for after any
+downtime, and none that fell while its definition was disabled is ever planned.
 """
 
 import dataclasses
 import logging
 from datetime import datetime, timedelta
 
-from django.db import transaction
-from django_celery_beat.models import PeriodicTask, PeriodicTasks
+from django.db import connection, transaction
+from django_celery_beat.models import PeriodicTask
 
-from .definitions import Definition, planned_through
-from .models import MisfirePolicy, Occurrence
+from . import sql
+from .definitions import Cursor, Definition, definitions_version, load_definitions
+from .models import Occurrence, PlanningCursor
+from .policy import MisfirePolicy
 from .schedules import instants_between
 
 logger = logging.getLogger(__name__)
 
 # At most this many instants of one definition per pass; the rest in the next pass.
 MAX_INSTANTS_PER_PASS = 1000
+# Rows per INSERT statement.
+INSERT_BATCH = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,65 +54,151 @@ def apply_misfire_policy(
     return [Planned(i, missed=i not in run_late) for i in late] + [Planned(i, missed=False) for i in on_time]
 
 
-def plan_due(definitions: dict[int, Definition], due_ids, *, now: datetime, grace: timedelta) -> dict[int, datetime]:
+def plan_due(definitions: dict[int, Definition], due_ids, *, now: datetime, grace: timedelta) -> dict[int, Cursor]:
     """Insert the occurrences of the given definitions that are due up to now.
 
-    A row that another scheduler inserted first is not inserted again (ON CONFLICT DO NOTHING).
-    Returns the new cursor (last instant planned) of each definition that had instants due.
+    Returns the cursor of each definition this pass could look at (whether or not it had
+    instants due): the caller's next due instant follows from it. A definition whose cursor
+    another scheduler holds, or that is no longer enabled, is left out.
     """
-    occurrences, cursors, one_offs = [], {}, []
+    rows, cursors, one_offs = [], {}, []
     with transaction.atomic():
-        rows = (
-            PeriodicTask.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(id__in=list(due_ids), enabled=True)
-            .values_list("id", "last_run_at", "date_changed")
+        locked = (
+            PlanningCursor.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(task_id__in=list(due_ids), task__enabled=True)
+            .order_by("task_id")
         )
-        for task_id, last_run_at, date_changed in rows:
-            definition = definitions.get(task_id)
-            if definition is None:
+        moved: dict[int, Cursor] = {}
+        for row in locked:
+            definition = definitions.get(row.task_id)
+            cursor = Cursor.of(row)
+            cursors[row.task_id] = cursor
+            if definition is None or definition.schedule is None:
                 continue
-            instants, more_left = instants_between(
-                definition.instants_after(planned_through(last_run_at, date_changed)), now, MAX_INSTANTS_PER_PASS
-            )
+            instants, more_left = instants_between(cursor.unplanned(definition.schedule), now, MAX_INSTANTS_PER_PASS)
             if not instants:
                 continue
             if definition.one_off:
                 instants, more_left = instants[:1], False
+                one_offs.append(definition.id)
             policy = definition.policy
             for planned in apply_misfire_policy(
                 instants, more_left=more_left, now=now, grace=grace, policy=policy.misfire
             ):
-                occurrences.append(
-                    Occurrence(
-                        task_id=task_id,
-                        job_name=definition.name,
-                        scheduled_for=planned.instant,
-                        run_after=planned.instant,
-                        priority=policy.priority,
-                        status=Occurrence.Status.MISSED if planned.missed else Occurrence.Status.SCHEDULED,
-                        finished_at=now if planned.missed else None,
-                        detail=(
-                            f"missed: no scheduler ran from its due time until {now.isoformat()} "
-                            f"(misfire policy {policy.misfire})"
-                            if planned.missed
-                            else ""
-                        ),
-                    )
-                )
-            cursors.setdefault(instants[-1], []).append(task_id)
-            if definition.one_off:
-                one_offs.append(task_id)
-        if not occurrences:
-            return {}
-        Occurrence.objects.bulk_create(occurrences, ignore_conflicts=True, batch_size=1000)
-        for instant, ids in cursors.items():
-            PeriodicTask.objects.filter(id__in=ids).update(last_run_at=instant)
+                rows.append(_occurrence_row(definition, planned, now))
+            moved[definition.id] = cursors[definition.id] = cursor.moved_to(instants[-1])
+        if not moved:
+            return cursors
+        statuses = _insert(rows, now)
+        _save_cursors(moved)
         if one_offs:
             PeriodicTask.objects.filter(id__in=one_offs).update(enabled=False)
-            PeriodicTasks.update_changed()
-    missed = sum(1 for o in occurrences if o.status == Occurrence.Status.MISSED)
+    missed = statuses.count(Occurrence.Status.MISSED)
     if missed:
         logger.warning(
             "recorded %d missed occurrences", missed, extra={"action": "occurrences_missed", "count": missed}
         )
-    return {task_id: instant for instant, ids in cursors.items() for task_id in ids}
+    return cursors
+
+
+def _occurrence_row(definition: Definition, planned: Planned, now: datetime) -> list:
+    reason = ""
+    if planned.missed:
+        reason = (
+            f"missed: no scheduler ran from its due time until {now.isoformat()} "
+            f"(misfire policy {definition.policy.misfire})"
+        )
+    return [
+        definition.id,
+        definition.name,
+        planned.instant,
+        planned.instant,
+        definition.policy.priority,
+        Occurrence.Status.MISSED if planned.missed else Occurrence.Status.SCHEDULED,
+        now if planned.missed else None,
+        reason,
+    ]
+
+
+def _insert(rows: list[list], now: datetime) -> list[str]:
+    """Insert the rows (sql.insert_occurrences); the statuses of those the database took."""
+    taken = []
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), INSERT_BATCH):
+            chunk = rows[start : start + INSERT_BATCH]
+            params = [value for row in chunk for value in (*row, now)]
+            cursor.execute(sql.insert_occurrences(connection.alias, len(chunk)), params)
+            taken.extend(status for (status,) in cursor.fetchall())
+    return taken
+
+
+def _save_cursors(moved: dict[int, Cursor]) -> None:
+    """One UPDATE per distinct cursor value: a burst of definitions due at one instant is one statement."""
+    by_value: dict[Cursor, list[int]] = {}
+    for task_id, cursor in moved.items():
+        by_value.setdefault(cursor, []).append(task_id)
+    for cursor, ids in by_value.items():
+        PlanningCursor.objects.filter(task_id__in=ids).update(
+            planned_through=cursor.planned_through, paused_at=cursor.paused_at, resumed_at=cursor.resumed_at
+        )
+
+
+class Planner:
+    """The definitions this scheduler plans, the next instant each is due, and the planning pass.
+
+    What is held here is a cache: it is reloaded whenever DefinitionsVersion moves, and the
+    cursors in the database decide what is planned.
+    """
+
+    # A definition whose cursor another scheduler held is looked at again this soon.
+    RETRY_LOCKED = timedelta(seconds=1)
+
+    def __init__(self, *, grace: timedelta):
+        self.grace = grace
+        self.definitions: dict[int, Definition] = {}
+        self.invalid: dict[int, str] = {}
+        self.next_due: dict[int, datetime] = {}
+        self._version: int | None = None
+        self._loaded = False
+
+    def refresh(self) -> bool:
+        """Reload the definitions if any changed since the last load; True if reloaded."""
+        version = definitions_version()
+        if self._loaded and version == self._version:
+            return False
+        definitions, invalid = load_definitions()
+        for task_id, reason in invalid.items():
+            if self.invalid.get(task_id) != reason:
+                logger.error("definition not scheduled: %s", reason, extra={"action": "definition_invalid"})
+        self.definitions, self.invalid = definitions, invalid
+        self.next_due = {}
+        for task_id, definition in definitions.items():
+            instant = definition.next_instant()
+            if instant is not None:
+                self.next_due[task_id] = instant
+        self._version, self._loaded = version, True
+        return True
+
+    def plan(self, now: datetime) -> int:
+        """Plan every definition whose next instant is due; return how many definitions had some."""
+        due = [task_id for task_id, instant in self.next_due.items() if instant <= now]
+        if not due:
+            return 0
+        cursors = plan_due(self.definitions, due, now=now, grace=self.grace)
+        planned = 0
+        for task_id in due:
+            cursor = cursors.get(task_id)
+            if cursor is None:  # held by another scheduler, or disabled meanwhile
+                self.next_due[task_id] = now + self.RETRY_LOCKED
+                continue
+            if cursor.planned_through >= self.next_due[task_id]:
+                planned += 1
+            instant = self.definitions[task_id].next_instant(cursor)
+            if instant is None:
+                self.next_due.pop(task_id, None)
+            else:
+                self.next_due[task_id] = instant
+        return planned
+
+    def next_due_at(self) -> datetime | None:
+        return min(self.next_due.values(), default=None)

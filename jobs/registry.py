@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Callable
 from datetime import datetime
 
-from .models import MisfirePolicy, Priority
+from .policy import Policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,11 +29,10 @@ class JobSpec:
     func: Callable[[JobContext], object]
     cron: str | None
     timezone: str = "UTC"
-    priority: Priority = Priority.NORMAL
-    retries: int = 0
-    retry_intervals: tuple[float, ...] = ()
-    timeout: int | None = None
-    misfire: MisfirePolicy = MisfirePolicy.RUN_ONCE
+    policy: Policy = Policy()
+    # True: the job runs inside the transaction that records its success. False: it manages
+    # its own transactions (a job that runs for minutes), and its success is recorded after.
+    atomic: bool = True
     description: str = ""
 
 
@@ -44,30 +43,25 @@ class DuplicateJob(ValueError):
     pass
 
 
-def job(
-    name: str,
-    *,
-    cron: str | None = None,
-    timezone: str = "UTC",
-    priority: Priority = Priority.NORMAL,
-    retries: int = 0,
-    retry_intervals: tuple[float, ...] = (),
-    timeout: int | None = None,
-    misfire: MisfirePolicy = MisfirePolicy.RUN_ONCE,
-):
+def job(name: str, *, cron: str | None = None, timezone: str = "UTC", atomic: bool = True, **policy):
     """Register the decorated function as the job `name` with its default schedule and policy.
 
-    With a cron expression, `migrate` (and scheduler start-up) creates a definition of that
-    name when none exists; without one, the job runs only where a definition names it.
+    `policy` takes the keywords of jobs.policy.Policy: priority, retries, retry_intervals,
+    timeout, misfire. With a cron expression, `migrate` (and scheduler start-up) creates a
+    definition of that name when none exists; without one, the job runs only where a
+    definition names it.
 
-    The function receives a JobContext and runs inside one database transaction together with
-    the recording of its result: whatever it writes, outbox messages included, commits only
-    if it returns.
+    The function receives a JobContext. With atomic (the default) it runs inside one database
+    transaction together with the recording of its result: whatever it writes, outbox messages
+    included, commits only if it returns. With atomic=False it opens its own transactions
+    (publish() still needs one around it): what it commits stays even if it fails later, and
+    no transaction is held open while it runs.
     """
     from .schedules import validate_cron
 
     if cron is not None:
         validate_cron(cron, timezone)
+    job_policy = Policy(**policy)
 
     def register(func):
         spec = JobSpec(
@@ -75,11 +69,8 @@ def job(
             func=func,
             cron=cron,
             timezone=timezone,
-            priority=Priority(priority),
-            retries=retries,
-            retry_intervals=tuple(retry_intervals),
-            timeout=timeout,
-            misfire=MisfirePolicy(misfire),
+            policy=job_policy,
+            atomic=atomic,
             description=(func.__doc__ or "").strip().split("\n")[0],
         )
         existing = _registry.get(name)

@@ -1,140 +1,217 @@
-"""Running one claimed occurrence: the job's work and its result in one transaction."""
+"""Running one claimed occurrence and recording its attempt exactly once.
 
-import dataclasses
+A job declared atomic (the default) runs inside one transaction that also records its
+success, so its own changes and its outbox messages commit if and only if the run is
+recorded as succeeded. A job that raises, times out or exits is a failed attempt, recorded
+in a transaction of its own and retried per its policy.
+
+A lost database connection is the scheduler's problem, not the job's: the runner
+reconnects, finds out whether the run committed, and records it once. A run that did not
+commit through no fault of its job goes back to scheduled without counting an attempt.
+"""
+
 import logging
+import time
 import traceback
 from collections.abc import Callable
+from contextlib import contextmanager
 from datetime import datetime
 
-from django.db import connection, transaction
-from django_celery_beat.models import PeriodicTask
+from django.db import DatabaseError, connection, transaction
 
-from .definitions import Definition, Policy, kwargs_of, policy_of
+from bookworm_scheduler.backoff import Backoff
+
+from .definitions import Definition, load_definition
 from .models import LeaseLost, Occurrence
 from .registry import JobContext, get_job
 from .timeouts import JobTimeout, Watchdog
 
 logger = logging.getLogger(__name__)
 
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """What the runner needs to know of an occurrence's definition."""
-
-    job: str
-    enabled: bool
-    policy: Policy
-    kwargs: dict
-    definition: Definition | None = None
-
-    @classmethod
-    def of(cls, occurrence: Occurrence, definition: Definition | None) -> "Target | None":
-        """From the scheduler's cached definition, else from the database (a disabled one)."""
-        if definition is not None:
-            return cls(definition.job, definition.enabled, definition.policy, definition.kwargs, definition)
-        if occurrence.task_id is None:
-            return None
-        task = PeriodicTask.objects.select_related("policy").filter(id=occurrence.task_id).first()
-        if task is None:
-            return None
-        return cls(task.task, task.enabled, policy_of(task), kwargs_of(task))
+# What job code may raise that is the job's own failure. JobTimeout, SystemExit and
+# KeyboardInterrupt are not Exceptions (a job's `except Exception:` cannot swallow them).
+JOB_FAILURES = (Exception, JobTimeout, SystemExit, KeyboardInterrupt)
 
 
-def skip_reason(occurrence: Occurrence, target: Target | None, now: datetime) -> str:
-    if target is None:
+def connection_lost() -> bool:
+    """Whether this thread's database connection is gone (server restart, network)."""
+    return connection.connection is None or not connection.is_usable()
+
+
+def skip_reason(occurrence: Occurrence, definition: Definition | None, now: datetime) -> str:
+    if definition is None:
         return "skipped: the definition was deleted"
-    if not occurrence.manual and not target.enabled:
+    if not occurrence.manual and not definition.enabled:
         return "skipped: the definition is disabled"
-    if target.definition is not None and target.definition.expired(occurrence.scheduled_for, now):
+    if definition.expired(occurrence.scheduled_for, now):
         return "skipped: expired before it could run"
     return ""
 
 
-def run_occurrence(
-    occurrence: Occurrence,
-    definition: Definition | None,
-    *,
-    session,
-    clock: Callable[[], datetime],
-    claim_following: Callable[[], Occurrence | None] = lambda: None,
-) -> Occurrence | None:
-    """Run a claimed occurrence and record the attempt; return the following one, if claimed.
+class Runner:
+    """Runs the occurrences one scheduler session claimed; safe to share between threads."""
 
-    The job runs inside one transaction that also records its success, so its own changes
-    and its outbox messages commit if and only if the run is recorded as succeeded. A job
-    that raises is recorded as a failed attempt in a new transaction and retried per policy.
-    If the claim was reaped meanwhile (LeaseLost), everything rolls back and nothing is recorded.
+    def __init__(self, *, session, clock: Callable[[], datetime], stopping: Callable[[], bool] = lambda: False):
+        self.session = session
+        self.clock = clock
+        self.stopping = stopping
 
-    claim_following claims the next ready occurrence inside the transaction that records
-    this one, so a busy worker commits once per run instead of twice.
-    """
-    try:
-        return _run(occurrence, definition, session=session, clock=clock, claim_following=claim_following)
-    except LeaseLost as exc:
-        _log(occurrence, "lease_lost", error=str(exc), level=logging.WARNING)
-        return None
+    def run(self, occurrence: Occurrence, definition: Definition | None) -> None:
+        """Run a claimed occurrence of definition (None: look it up) and record the attempt."""
+        try:
+            self._run(occurrence, definition or load_definition(occurrence.task_id))
+        except LeaseLost as exc:
+            _log(occurrence, "lease_lost", error=str(exc), level=logging.WARNING)
 
+    def _run(self, occurrence: Occurrence, definition: Definition | None) -> None:
+        started = self.clock()
+        reason = skip_reason(occurrence, definition, started)
+        if reason:
+            self._write(occurrence, lambda: occurrence.skip(session=self.session, now=started, reason=reason))
+            _log(occurrence, "occurrence_skipped", reason=reason)
+            return
+        spec = get_job(definition.job)
+        if spec is None:
+            self._fail(occurrence, definition, started, f"no such job: {definition.job}", "", retry=False)
+            return
+        context = JobContext(
+            job_name=occurrence.job_name,
+            occurrence_id=occurrence.id,
+            scheduled_for=occurrence.scheduled_for,
+            attempt=occurrence.attempts,
+            manual=occurrence.manual,
+            kwargs=definition.kwargs,
+        )
+        timeout = definition.policy.timeout
+        returned = False
+        try:
+            if spec.atomic:
+                with transaction.atomic():
+                    with _statement_timeout(timeout, local=True), Watchdog(timeout):
+                        spec.func(context)
+                    returned = True
+                    occurrence.record_attempt(session=self.session, started_at=started, now=self.clock())
+            else:
+                with _statement_timeout(timeout, local=False), Watchdog(timeout):
+                    spec.func(context)
+                returned = True
+                self._write(
+                    occurrence,
+                    lambda: occurrence.record_attempt(session=self.session, started_at=started, now=self.clock()),
+                )
+        except LeaseLost:
+            raise
+        except JOB_FAILURES as exc:
+            if connection_lost():
+                self._settle_unknown(occurrence, error=_one_line(exc))
+            elif returned:
+                # The job did its part; recording it failed for a reason of the database's.
+                self._fail(occurrence, definition, started, f"recording the run failed: {_one_line(exc)}", "")
+            else:
+                error = f"timed out after {timeout} s" if isinstance(exc, JobTimeout) else _one_line(exc)
+                self._fail(occurrence, definition, started, error, traceback.format_exc())
+            return
+        _log(occurrence, "occurrence_succeeded", duration_ms=_ms(self.clock() - started), status="succeeded")
 
-def _run(occurrence, definition, *, session, clock, claim_following) -> Occurrence | None:
-    target = Target.of(occurrence, definition)
-    started = clock()
-    reason = skip_reason(occurrence, target, started)
-    if reason:
-        occurrence.skip(claimer=session, now=started, reason=reason)
-        _log(occurrence, "occurrence_skipped", reason=reason)
-        return claim_following()
-    spec = get_job(target.job)
-    if spec is None:
-        error = f"no such job: {target.job}"
-        occurrence.record_attempt(claimer=session, started_at=started, now=clock(), error=error)
-        _log(occurrence, "occurrence_failed", error=error, level=logging.ERROR)
-        return claim_following()
-    context = JobContext(
-        job_name=occurrence.job_name,
-        occurrence_id=occurrence.id,
-        scheduled_for=occurrence.scheduled_for,
-        attempt=occurrence.attempts,
-        manual=occurrence.manual,
-        kwargs=target.kwargs,
-    )
-    timeout = target.policy.timeout
-    try:
-        with transaction.atomic():
-            if timeout and connection.vendor == "postgresql":
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT set_config('statement_timeout', %s, true)", [f"{timeout * 1000}"])
-            with Watchdog(timeout):
-                spec.func(context)
-            occurrence.record_attempt(claimer=session, started_at=started, now=clock())
-            following = claim_following()
-    except LeaseLost:
-        raise
-    except Exception as exc:  # the job's own failure: recorded, never fatal to the scheduler
-        error = f"timed out after {timeout} s" if isinstance(exc, JobTimeout) else _one_line(exc)
-        finished = clock()
-        retry_at = None
-        if occurrence.attempts <= target.policy.max_retries:
-            retry_at = max(finished + target.policy.retry_delay(occurrence.attempts), occurrence.scheduled_for)
-        with transaction.atomic():
-            occurrence.record_attempt(
-                claimer=session,
-                started_at=started,
-                now=finished,
-                error=error,
-                traceback=traceback.format_exc(),
-                retry_at=retry_at,
-            )
-            following = claim_following()
+    def _fail(self, occurrence, definition: Definition, started, error: str, trace: str, retry: bool = True) -> None:
+        finished = self.clock()
+        retry_at = definition.policy.retry_at(occurrence.attempts, finished) if retry else None
+        self._write(
+            occurrence,
+            lambda: occurrence.record_attempt(
+                session=self.session, started_at=started, now=finished, error=error, traceback=trace, retry_at=retry_at
+            ),
+        )
         _log(
             occurrence,
             "retry_scheduled" if retry_at else "occurrence_failed",
             error=error,
             retry_at=retry_at.isoformat() if retry_at else None,
+            duration_ms=_ms(finished - started),
+            status="scheduled" if retry_at else "failed",
             level=logging.WARNING if retry_at else logging.ERROR,
         )
-        return following
-    _log(occurrence, "occurrence_succeeded", duration_ms=round((clock() - started).total_seconds() * 1000, 1))
-    return following
+
+    def _settle_unknown(self, occurrence: Occurrence, error: str) -> None:
+        """The connection broke during the run or its commit: did it commit? Record it once."""
+        logger.warning(
+            "database connection lost while running %s: %s",
+            occurrence.job_name,
+            error,
+            extra={"action": "run_interrupted", "occurrence": occurrence.id, "error": error},
+        )
+        reason = f"released: the database connection was lost during the run ({error})"
+        if self._write(occurrence, lambda: occurrence.release(session=self.session, reason=reason), reconnect=True):
+            _log(occurrence, "occurrence_released", error=error, status="scheduled", level=logging.WARNING)
+        elif occurrence.attempt_recorded():
+            _log(occurrence, "occurrence_succeeded", status="succeeded", committed_before_loss=True)
+
+    def _write(self, occurrence: Occurrence, write: Callable[[], object], *, reconnect: bool = False) -> bool:
+        """Run write() in a transaction until it commits; False if the occurrence stopped being ours.
+
+        After a lost connection (or with reconnect=True, when the connection was lost already)
+        the write is tried again on a new connection, but only while the claim is still this
+        session's: if the earlier try committed before the connection broke, or another
+        scheduler reaped the claim, there is nothing left to write. Gives up when the scheduler
+        stops; the lease then expires and another scheduler records the attempt.
+        """
+        backoff = Backoff(first=0.2, ceiling=5.0)
+        uncertain = reconnect
+        while True:
+            try:
+                if uncertain:
+                    connection.close()
+                    if not self._still_claimed(occurrence):
+                        return False
+                with transaction.atomic():
+                    write()
+                return True
+            except DatabaseError as exc:
+                if not connection_lost():
+                    raise
+                if self.stopping():
+                    logger.error(
+                        "cannot record %s: the database is unreachable and the scheduler is stopping; "
+                        "its lease will expire and another scheduler will record it",
+                        occurrence.job_name,
+                        extra={"action": "record_abandoned", "occurrence": occurrence.id, "error": _one_line(exc)},
+                    )
+                    return False
+                delay = backoff.next()
+                logger.warning(
+                    "database unreachable while recording %s, retrying in %.1f s: %s",
+                    occurrence.job_name,
+                    delay,
+                    _one_line(exc),
+                    extra={"action": "record_retry", "occurrence": occurrence.id, "retry_in": delay},
+                )
+                time.sleep(delay)
+                uncertain = True
+
+    def _still_claimed(self, occurrence: Occurrence) -> bool:
+        return Occurrence.objects.filter(
+            id=occurrence.id, status=Occurrence.Status.RUNNING, session=self.session, attempts=occurrence.attempts
+        ).exists()
+
+
+@contextmanager
+def _statement_timeout(seconds: int | None, *, local: bool):
+    """On PostgreSQL, cancel a query that outlives the job's timeout (the watchdog cannot stop a query)."""
+    if not seconds or connection.vendor != "postgresql":
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('statement_timeout', %s, %s)", [f"{seconds * 1000}", local])
+    try:
+        yield
+    finally:
+        if not local and not connection_lost():
+            with connection.cursor() as cursor:
+                cursor.execute("RESET statement_timeout")
+
+
+def _ms(delta) -> float:
+    return round(delta.total_seconds() * 1000, 1)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -156,6 +233,7 @@ def _log(occurrence: Occurrence, action: str, level: int = logging.INFO, **field
             "job": occurrence.job_name,
             "occurrence": occurrence.id,
             "attempt": occurrence.attempts,
+            "instance": occurrence.scheduler,
             **fields,
         },
     )

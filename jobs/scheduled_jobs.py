@@ -7,7 +7,7 @@ the event exists if and only if the run committed. The Notification service does
 from outbox.publishing import publish
 
 from .contracts import CleanUpSentEmailIntegrationEvent, ResendErrorEmailIntegrationEvent
-from .models import Priority
+from .policy import Priority
 from .registry import JobContext, job
 
 

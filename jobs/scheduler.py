@@ -1,36 +1,42 @@
-"""The scheduling engine of one runscheduler process.
+"""The scheduling engine of one runscheduler process: the loop, calling each part in order.
 
-The main thread plans due instants into occurrence rows, keeps the heartbeat, reaps expired
-leases and sleeps until the next due instant. `concurrency` worker threads claim ready
-occurrences from the database (highest priority first) and run them; LongRunning jobs get a
-thread of their own outside that limit. All shared state is in the database; what is held
-here (definitions, next due instants) is a cache rebuilt whenever the definitions change.
+- planning.Planner turns due instants into occurrence rows (the project's own cursors);
+- leases.Leases keeps this process's heartbeat and claims alive, and reaps dead ones;
+- pool.WorkerPool runs claimed occurrences in threads, through runner.Runner;
+- models.prune_history keeps the history bounded.
+
+All shared state is in the database, and all time is the database's (DatabaseClock). The
+main thread wakes at the next due instant, when a run finishes, when another process
+inserts occurrences (NOTIFY), and at least once a second to see admin changes.
 """
 
 import logging
-import os
-import socket
 import threading
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection, transaction
-from django.db.models import Min
-from django.utils import timezone
+from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection
 
-import bookworm_scheduler
 from bookworm_scheduler.backoff import Backoff
+from bookworm_scheduler.clock import DatabaseClock
+from bookworm_scheduler.listen import Listener
 
-from .definitions import Definition, Policy, change_marker, create_missing_definitions, load_definitions
-from .models import Occurrence, SchedulerInstance
-from .planning import plan_due
-from .runner import Target, run_occurrence
+from .definitions import create_missing_definitions
+from .leases import Leases
+from .models import Occurrence, prune_history
+from .planning import Planner
+from .pool import WorkerPool
+from .runner import Runner
 
 logger = logging.getLogger(__name__)
 
-# The longest the main thread sleeps: definition changes and manual triggers are seen this fast.
+# The longest the main thread sleeps: definition changes and retries are seen this fast.
 POLL_INTERVAL = timedelta(seconds=1)
+# The channel of the NOTIFY sent when occurrences are inserted (migration 0003).
+NOTIFY_CHANNEL = "jobs_occurrence"
+# History pruning: rows per transaction, transactions per pass, and how often to look.
+PRUNE_BATCH, PRUNE_BATCHES, PRUNE_EVERY = 2000, 10, timedelta(minutes=10)
 
 
 class Scheduler:
@@ -41,193 +47,135 @@ class Scheduler:
         concurrency: int,
         lease: timedelta,
         grace: timedelta,
-        clock: Callable[[], datetime] = timezone.now,
+        long_running_concurrency: int = 1,
+        history: timedelta = timedelta(days=30),
+        clock: Callable[[], datetime] | None = None,
     ):
         self.instance_id = instance_id
-        self.concurrency = concurrency
-        self.lease = lease
-        self.heartbeat_every = lease / 3
-        self.grace = grace
-        self.clock = clock
         self.session = uuid.uuid4()
-        self.definitions: dict[int, Definition] = {}
-        self.invalid: dict[int, str] = {}
-        self.next_due: dict[int, datetime] = {}
-        self._marker = None
-        self._loaded = False
-        self._last_heartbeat: datetime | None = None
-        self._next_ready: datetime | None = None
-        self._in_flight: set[int] = set()
-        self._in_flight_lock = threading.Lock()
-        self._work = threading.Condition()
-        self._generation = 0
+        self.clock = clock or DatabaseClock()
+        self.history = history
+        self.planner = Planner(grace=grace)
+        self.leases = Leases(session=self.session, scheduler=instance_id, lease=lease)
+        self.runner = Runner(session=self.session, clock=self.clock, stopping=lambda: self.stopping)
+        self.pool = WorkerPool(concurrency, long_running_concurrency, on_done=self.wake)
+        self.listener = Listener(NOTIFY_CHANNEL, self.wake)
         self._stopping = threading.Event()
         self._wake = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._next_ready: datetime | None = None
+        self._next_prune: datetime | None = None
 
-    # One-pass methods. Each takes `now`; tests call them with a controlled clock.
-
-    def register(self, now: datetime) -> None:
-        """Create this process's heartbeat row and the definitions of registered jobs."""
-        create_missing_definitions()
-        SchedulerInstance.objects.update_or_create(
-            session=self.session,
-            defaults=dict(
-                instance_id=self.instance_id,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                version=bookworm_scheduler.__version__,
-                started_at=now,
-                last_seen=now,
-            ),
-        )
-        self._last_heartbeat = now
-        logger.info(
-            "scheduler %s started (session %s, concurrency %d)",
-            self.instance_id,
-            self.session,
-            self.concurrency,
-            extra={"action": "scheduler_started", "instance": self.instance_id, "session": str(self.session)},
-        )
-
-    def refresh_definitions(self) -> bool:
-        """Reload the definitions if any changed since the last load; True if reloaded."""
-        marker = change_marker()
-        if self._loaded and marker == self._marker:
-            return False
-        definitions, invalid = load_definitions()
-        for task_id, reason in invalid.items():
-            if self.invalid.get(task_id) != reason:
-                logger.error("definition not scheduled: %s", reason, extra={"action": "definition_invalid"})
-        self.definitions, self.invalid = definitions, invalid
-        self.next_due = {}
-        for task_id, definition in definitions.items():
-            instant = definition.next_instant()
-            if instant is not None:
-                self.next_due[task_id] = instant
-        self._marker, self._loaded = marker, True
-        return True
-
-    def plan(self, now: datetime) -> int:
-        """Plan every definition whose next instant is due; return how many definitions had some."""
-        due = [task_id for task_id, instant in self.next_due.items() if instant <= now]
-        if not due:
-            return 0
-        cursors = plan_due(self.definitions, due, now=now, grace=self.grace)
-        for task_id in due:
-            # Planned here: continue after the new cursor (before now if a pass was truncated).
-            # Locked or already planned by another scheduler: continue after now.
-            instant = next(self.definitions[task_id].instants_after(cursors.get(task_id, now)), None)
-            if instant is None:
-                self.next_due.pop(task_id, None)
-            else:
-                self.next_due[task_id] = instant
-        return len(cursors)
-
-    def heartbeat(self, now: datetime) -> None:
-        """Show this process alive and extend the leases of the occurrences it is running."""
-        SchedulerInstance.objects.filter(session=self.session).update(last_seen=now)
-        with self._in_flight_lock:
-            running = list(self._in_flight)
-        Occurrence.renew_leases(running, session=self.session, now=now, lease=self.lease)
-        self._last_heartbeat = now
-
-    def reap(self, now: datetime) -> int:
-        """Fail (and retry per policy) running occurrences whose scheduler stopped renewing the lease."""
-        with transaction.atomic():
-            expired = Occurrence.expired_leases(now)
-            for occurrence in expired:
-                target = Target.of(occurrence, self.definitions.get(occurrence.task_id))
-                policy = target.policy if target else Policy()
-                retry_at = None
-                if occurrence.attempts <= policy.max_retries:
-                    retry_at = now + policy.retry_delay(occurrence.attempts)
-                error = (
-                    f"lease expired at {occurrence.lease_expires_at.isoformat()}: scheduler {occurrence.instance} "
-                    f"(session {occurrence.claimed_by}) stopped renewing it and is presumed dead"
-                )
-                occurrence.record_attempt(
-                    claimer=occurrence.claimed_by,
-                    started_at=min(occurrence.claimed_at, now),
-                    now=now,
-                    error=error,
-                    retry_at=retry_at,
-                )
-                logger.warning(
-                    "reaped %s scheduled for %s: %s",
-                    occurrence.job_name,
-                    occurrence.scheduled_for.isoformat(),
-                    error,
-                    extra={"action": "lease_expired", "occurrence": occurrence.id, "job": occurrence.job_name},
-                )
-        return len(expired)
-
-    def run_ready(self, now: datetime | None = None, *, long_running: bool = False, limit: int | None = None) -> int:
-        """Claim and run ready occurrences one at a time in this thread; return how many ran.
-
-        While more are ready, each run's transaction also claims the next one.
-        """
-        count = 0
-
-        def claim() -> Occurrence | None:
-            if self._stopping.is_set() or (limit is not None and count >= limit):
-                return None
-            claimed = Occurrence.claim_next(
-                now=now or self.clock(),
-                session=self.session,
-                instance=self.instance_id,
-                lease=self.lease,
-                long_running=long_running,
-            )
-            return claimed[0] if claimed else None
-
-        occurrence = claim()
-        while occurrence is not None:
-            count += 1
-            occurrence = self._run(occurrence, claim_following=claim)
-        return count
+    def run(self, *, once: bool = False, shutdown_timeout: float = 30) -> int:
+        """Until stop() (or, once, until nothing is due or running); the jobs still running at the end."""
+        started, backoff = False, Backoff()
+        self.listener.start()
+        while not self.stopping:
+            try:
+                close_old_connections()
+                now = self.now()
+                if not started:
+                    self.start(now)
+                    started = True
+                found = self.tick(now)
+                backoff.reset()
+            except DatabaseError as exc:
+                delay = backoff.next()
+                log_database_error(exc, delay, where="main")
+                connection.close()
+                self.sleep(delay)
+                continue
+            if once and not found and self.pool.idle:
+                break
+            if not found:
+                self.sleep_until(self.next_wakeup(now))
+        return self.shutdown(shutdown_timeout)
 
     def tick(self, now: datetime) -> bool:
         """One pass of the main thread; True if it found work (so another pass may find more)."""
-        self.refresh_definitions()
+        self.planner.refresh()
         found = False
-        if self._last_heartbeat is None or now - self._last_heartbeat >= self.heartbeat_every:
-            self.heartbeat(now)
+        if self.leases.due(now):
+            self.leases.renew(now, self.pool.running_ids())
             found |= self.reap(now) > 0
-        found |= self.plan(now) > 0
-        self._next_ready = Occurrence.objects.filter(status=Occurrence.Status.SCHEDULED).aggregate(
-            earliest=Min("run_after")
-        )["earliest"]
-        if self._next_ready is not None and self._next_ready <= now:
-            self._notify_workers()
-            found |= self._start_long_running(now) > 0
+        found |= self.planner.plan(now) > 0
+        found |= self.dispatch(now) > 0
+        found |= self.prune(now)
         return found
 
+    # The passes. Each takes `now`; tests call them with a clock they move.
+
+    def start(self, now: datetime) -> None:
+        """Create this process's instance row and the definitions of registered jobs."""
+        create_missing_definitions()
+        self.leases.register(now)
+        logger.info(
+            "scheduler %s started (session %s)",
+            self.instance_id,
+            self.session,
+            extra={"action": "scheduler_started", "instance": self.instance_id, "session": str(self.session)},
+        )
+
+    def reap(self, now: datetime) -> int:
+        """Record and retry the runs of dead schedulers (see Leases.reap)."""
+        return self.leases.reap(now, self.planner.definitions)
+
+    def dispatch(self, now: datetime) -> int:
+        """Claim what is ready, as many as there are free slots, and hand it to the pool."""
+        claimed = 0
+        for long_running in (False, True):
+            free = self.pool.free(long_running)
+            if free <= 0 or self.stopping:
+                continue
+            for occurrence in self._claim(now, long_running=long_running, limit=free):
+                self.pool.submit(occurrence, self._run, long_running=long_running)
+                claimed += 1
+        self._next_ready = Occurrence.next_ready_at()
+        return claimed
+
+    def run_ready(self, now: datetime, *, long_running: bool = False, limit: int | None = None) -> int:
+        """Claim and run ready occurrences one at a time in this thread; return how many ran."""
+        count = 0
+        while limit is None or count < limit:
+            claimed = self._claim(now, long_running=long_running, limit=1)
+            if not claimed:
+                break
+            self._run(claimed[0])
+            count += 1
+        return count
+
+    def prune(self, now: datetime) -> bool:
+        """Delete old history now and then (one scheduler at a time); True if more is left."""
+        if self._next_prune is not None and now < self._next_prune:
+            return False
+        deleted, more = prune_history(now, keep=self.history, batch=PRUNE_BATCH, batches=PRUNE_BATCHES)
+        if deleted:
+            logger.info("pruned %d old occurrences", deleted, extra={"action": "history_pruned", "count": deleted})
+        self._next_prune = None if more else now + PRUNE_EVERY
+        return more
+
     def next_wakeup(self, now: datetime) -> datetime:
-        """The next due instant, pending retry or heartbeat, and at most POLL_INTERVAL away."""
-        candidates = [now + POLL_INTERVAL]
-        if self.next_due:
-            candidates.append(min(self.next_due.values()))
-        if self._next_ready is not None and self._next_ready > now:
-            candidates.append(self._next_ready)
-        return max(min(candidates), now)
+        """The next due instant or pending retry, at most POLL_INTERVAL away."""
+        candidates = [now + POLL_INTERVAL, self.planner.next_due_at(), self._next_ready]
+        return max(min(c for c in candidates if c is not None), now)
 
-    # Threads.
+    # Threads and signals.
 
-    def start_workers(self) -> None:
-        for number in range(self.concurrency):
-            thread = threading.Thread(target=self._worker, name=f"job-worker-{number}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+    def now(self) -> datetime:
+        """The database's time (a round trip with a DatabaseClock, which re-measures its offset)."""
+        sync = getattr(self.clock, "sync", None)
+        return sync() if sync else self.clock()
+
+    def wake(self) -> None:
+        self._wake.set()
 
     def sleep_until(self, instant: datetime) -> None:
-        """Sleep until instant, or until stop() is called."""
-        seconds = (instant - self.clock()).total_seconds()
-        if seconds > 0:
-            self._wake.wait(seconds)
+        """Sleep until instant, a wake-up or stop()."""
+        self.sleep((instant - self.clock()).total_seconds())
 
     def sleep(self, seconds: float) -> None:
-        self._wake.wait(seconds)
+        if seconds > 0:
+            self._wake.wait(seconds)
+        self._wake.clear()
 
     @property
     def stopping(self) -> bool:
@@ -239,14 +187,20 @@ class Scheduler:
         self._wake.set()
 
     def shutdown(self, timeout: float) -> int:
-        """Wait up to timeout seconds for running jobs; return how many were still running."""
+        """Wait up to timeout seconds for running jobs, renewing their leases; return how many still run."""
         self.stop()
-        with self._work:
-            self._work.notify_all()
+        self.listener.close()
         deadline = self.clock() + timedelta(seconds=timeout)
-        for thread in self._threads:
-            thread.join(max(0.0, (deadline - self.clock()).total_seconds()))
-        still_running = sum(thread.is_alive() for thread in self._threads)
+        while not self.pool.idle and self.clock() < deadline:
+            remaining = (deadline - self.clock()).total_seconds()
+            if self.pool.wait(min(remaining, self.leases.renew_every.total_seconds())):
+                break
+            try:
+                self.leases.renew(self.clock(), self.pool.running_ids())
+            except DatabaseError:
+                connection.close()
+        still_running = len(self.pool.running_ids())
+        self.pool.shutdown()
         if still_running:
             logger.warning(
                 "%d jobs still running after %s s; their leases will expire and they will be retried",
@@ -254,80 +208,30 @@ class Scheduler:
                 timeout,
                 extra={"action": "shutdown_timeout", "running": still_running},
             )
-        try:
-            SchedulerInstance.objects.filter(session=self.session).update(stopped_at=self.clock())
-        except DatabaseError:
-            pass  # the row then simply stops being renewed
+        self.leases.retire(self.clock())
+        connection.close()
         logger.info("scheduler %s stopped", self.instance_id, extra={"action": "scheduler_stopped"})
         return still_running
 
-    def _run(self, occurrence: Occurrence, claim_following=lambda: None) -> Occurrence | None:
-        with self._in_flight_lock:
-            self._in_flight.add(occurrence.id)
-        try:
-            return run_occurrence(
-                occurrence,
-                self.definitions.get(occurrence.task_id),
-                session=self.session,
-                clock=self.clock,
-                claim_following=claim_following,
-            )
-        finally:
-            with self._in_flight_lock:
-                self._in_flight.discard(occurrence.id)
-
-    def _notify_workers(self) -> None:
-        with self._work:
-            self._generation += 1
-            self._work.notify_all()
-
-    def _worker(self) -> None:
-        """Claim and run until nothing is ready, then wait for the main thread to signal more."""
-        seen, backoff = -1, Backoff()
-        while not self._stopping.is_set():
-            with self._work:
-                while self._generation == seen and not self._stopping.is_set():
-                    self._work.wait()
-                seen = self._generation
-            try:
-                close_old_connections()
-                self.run_ready()
-                backoff.reset()
-            except DatabaseError as exc:
-                delay = backoff.next()
-                log_database_error(exc, delay, where="worker")
-                connection.close()
-                seen = -1
-                self._stopping.wait(delay)
-            except Exception:  # a bug, not a job's failure (those are recorded): keep the worker
-                logger.exception("worker pass failed", extra={"action": "worker_error"})
-                seen = -1
-                self._stopping.wait(backoff.next())
-        connection.close()
-
-    def _start_long_running(self, now: datetime) -> int:
-        claimed = Occurrence.claim_next(
+    def _claim(self, now: datetime, *, long_running: bool, limit: int) -> list[Occurrence]:
+        return Occurrence.claim(
             now=now,
             session=self.session,
-            instance=self.instance_id,
-            lease=self.lease,
-            long_running=True,
-            limit=16,
+            scheduler=self.instance_id,
+            lease=self.leases.lease,
+            long_running=long_running,
+            limit=limit,
         )
-        for occurrence in claimed:
-            thread = threading.Thread(
-                target=self._run_long, args=(occurrence,), name=f"long-running-{occurrence.id}", daemon=True
-            )
-            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-            thread.start()
-        return len(claimed)
 
-    def _run_long(self, occurrence: Occurrence) -> None:
+    def _run(self, occurrence: Occurrence) -> None:
         try:
-            self._run(occurrence)
-        except DatabaseError as exc:
-            log_database_error(exc, None, where="long-running")
-        finally:
+            self.runner.run(occurrence, self.planner.definitions.get(occurrence.task_id))
+        except Exception:  # a bug of ours, not the job's failure: log it, keep the worker
+            logger.exception(
+                "running occurrence %s failed",
+                occurrence.id,
+                extra={"action": "worker_error", "occurrence": occurrence.id},
+            )
             connection.close()
 
 

@@ -9,8 +9,8 @@ import ctypes
 import threading
 
 
-class JobTimeout(Exception):
-    pass
+class JobTimeout(BaseException):
+    """Not an Exception: a job's `except Exception:` cannot swallow its own timeout."""
 
 
 class Watchdog:

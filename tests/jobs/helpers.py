@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
-from jobs.models import JobPolicy
+from jobs.models import JobPolicy, PlanningCursor
 from jobs.scheduler import Scheduler
 
 UTC = UTC
@@ -48,12 +48,15 @@ def make_definition(
     every=None,
     period=IntervalSchedule.SECONDS,
     start_time=None,
-    last_run_at=None,
+    planned_through=None,
     kwargs=None,
     enabled=True,
     **policy,
 ) -> PeriodicTask:
-    """A definition with a crontab (cron="m h dom mon dow") or an interval (every=N)."""
+    """A definition with a crontab (cron="m h dom mon dow") or an interval (every=N).
+
+    Its planning cursor starts where the database's triggers put it (now), or at planned_through.
+    """
     schedule = {}
     if cron is not None:
         minute, hour, dom, month, dow = cron.split()
@@ -70,9 +73,8 @@ def make_definition(
         enabled=enabled,
         **schedule,
     )
-    if last_run_at is not None:
-        PeriodicTask.objects.filter(id=task.id).update(last_run_at=last_run_at)
-        task.refresh_from_db()
+    if planned_through is not None:
+        PlanningCursor.objects.filter(task=task).update(planned_through=planned_through)
     if policy:
         JobPolicy.objects.create(task=task, **policy)
     return task

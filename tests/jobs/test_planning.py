@@ -3,7 +3,7 @@ from datetime import timedelta
 import pytest
 from django_celery_beat.models import ClockedSchedule, PeriodicTask
 
-from jobs.models import MisfirePolicy, Occurrence
+from jobs.models import MisfirePolicy, Occurrence, PlanningCursor
 from jobs.planning import apply_misfire_policy
 from tests.jobs.helpers import make_definition, make_scheduler
 
@@ -50,50 +50,37 @@ def test_run_once_defers_to_the_next_pass_when_instants_are_left(clock):
 )
 def test_after_downtime_the_misfire_policy_decides_what_runs(clock, no_seed_definitions, policy, expected):
     start = clock.now
-    task = make_definition("hourly", cron="0 * * * *", last_run_at=start, misfire_policy=policy)
+    task = make_definition("hourly", cron="0 * * * *", planned_through=start, misfire_policy=policy)
     scheduler = make_scheduler(clock)
-    scheduler.refresh_definitions()
-    scheduler.plan(clock.set(start + 5 * HOUR + timedelta(minutes=10)))
+    scheduler.planner.refresh()
+    scheduler.planner.plan(clock.set(start + 5 * HOUR + timedelta(minutes=10)))
     assert statuses(task) == [(start + HOUR * i, s) for i, s in enumerate(expected, 1)]
     missed = Occurrence.objects.filter(task=task, status="missed").first()
     if missed:
-        assert "missed" in missed.detail and missed.finished_at == clock.now
+        assert "missed" in missed.reason and missed.finished_at == clock.now
 
 
 @pytest.mark.django_db
 def test_an_instant_within_the_grace_period_runs_on_time(clock, no_seed_definitions):
-    task = make_definition("hourly", cron="0 * * * *", last_run_at=clock.now)
+    task = make_definition("hourly", cron="0 * * * *", planned_through=clock.now)
     scheduler = make_scheduler(clock)
-    scheduler.refresh_definitions()
-    scheduler.plan(clock.advance(hours=1, seconds=30))
+    scheduler.planner.refresh()
+    scheduler.planner.plan(clock.advance(hours=1, seconds=30))
     assert statuses(task) == [(clock.now - timedelta(seconds=30), "scheduled")]
 
 
 @pytest.mark.django_db
 def test_planning_twice_inserts_each_instant_once(clock, no_seed_definitions):
-    task = make_definition("every-minute", cron="* * * * *", last_run_at=clock.now)
+    task = make_definition("every-minute", cron="* * * * *", planned_through=clock.now)
     first, second = make_scheduler(clock), make_scheduler(clock)
     for scheduler in (first, second):
-        scheduler.refresh_definitions()
+        scheduler.planner.refresh()
     clock.advance(minutes=3)
-    first.plan(clock.now)
+    first.planner.plan(clock.now)
     # The second scheduler's cache is stale; the cursor and the unique constraint keep it honest.
-    PeriodicTask.objects.filter(id=task.id).update(last_run_at=clock.now - timedelta(minutes=3))
-    second.plan(clock.now)
+    PlanningCursor.objects.filter(task=task).update(planned_through=clock.now - timedelta(minutes=3))
+    second.planner.plan(clock.now)
     assert len(statuses(task)) == 3
-
-
-@pytest.mark.django_db
-def test_a_disabled_definition_plans_nothing_and_restarts_from_when_it_is_enabled(clock, no_seed_definitions):
-    task = make_definition("every-minute", cron="* * * * *", last_run_at=clock.now)
-    task.enabled = False
-    task.save()  # django-celery-beat clears last_run_at
-    task.refresh_from_db()
-    assert task.last_run_at is None
-    scheduler = make_scheduler(clock)
-    scheduler.refresh_definitions()
-    assert scheduler.plan(clock.advance(hours=2)) == 0
-    assert statuses(task) == []
 
 
 @pytest.mark.django_db
@@ -101,8 +88,8 @@ def test_a_one_off_definition_runs_once_and_is_disabled(clock, no_seed_definitio
     task = make_definition("once", every=10, start_time=clock.now + timedelta(seconds=5))
     PeriodicTask.objects.filter(id=task.id).update(one_off=True)
     scheduler = make_scheduler(clock)
-    scheduler.refresh_definitions()
-    scheduler.plan(clock.advance(seconds=30))
+    scheduler.planner.refresh()
+    scheduler.planner.plan(clock.advance(seconds=30))
     task.refresh_from_db()
     assert len(statuses(task)) == 1 and not task.enabled
 
@@ -111,11 +98,11 @@ def test_a_one_off_definition_runs_once_and_is_disabled(clock, no_seed_definitio
 def test_an_interval_definition_fires_on_its_grid(clock, no_seed_definitions):
     anchor = clock.now + timedelta(seconds=3)
     task = make_definition("every-10s", every=10, start_time=anchor)
-    PeriodicTask.objects.filter(id=task.id).update(last_run_at=clock.now)
+    PlanningCursor.objects.filter(task=task).update(planned_through=clock.now)
     scheduler = make_scheduler(clock)
-    scheduler.refresh_definitions()
-    assert scheduler.next_due[task.id] == anchor
-    scheduler.plan(clock.advance(seconds=35))
+    scheduler.planner.refresh()
+    assert scheduler.planner.next_due[task.id] == anchor
+    scheduler.planner.plan(clock.advance(seconds=35))
     assert [s for s, _ in statuses(task)] == [anchor + timedelta(seconds=10 * i) for i in range(4)]
 
 
@@ -126,9 +113,9 @@ def test_a_clocked_one_off_definition_runs_once_at_its_time(clock, no_seed_defin
         name="once", task="test.publish", clocked=ClockedSchedule.objects.create(clocked_time=at), one_off=True
     )
     scheduler = make_scheduler(clock)
-    scheduler.refresh_definitions()
-    assert scheduler.next_due[task.id] == at
-    scheduler.plan(clock.advance(seconds=31))
+    scheduler.planner.refresh()
+    assert scheduler.planner.next_due[task.id] == at
+    scheduler.planner.plan(clock.advance(seconds=31))
     scheduler.run_ready(clock.now)
     task.refresh_from_db()
     assert list(Occurrence.objects.values_list("scheduled_for", "status")) == [(at, "succeeded")]

@@ -3,7 +3,7 @@ from datetime import timedelta
 import pytest
 
 from jobs.models import Attempt, Occurrence, Priority
-from jobs.runner import run_occurrence
+from jobs.runner import Runner
 from outbox.models import OutboxMessage
 from tests.jobs.helpers import make_definition, make_scheduler
 
@@ -11,7 +11,7 @@ pytestmark = pytest.mark.django_db
 
 
 def trigger(task, clock, priority=Priority.NORMAL):
-    return Occurrence.trigger(task, clock.now, priority=priority)
+    return Occurrence.trigger(task, now=clock.now, priority=priority)
 
 
 def events_of(occurrence):
@@ -21,11 +21,11 @@ def events_of(occurrence):
 def test_a_successful_run_commits_its_event_and_its_attempt_together(clock, no_seed_definitions):
     occurrence = trigger(make_definition("publisher", every=60), clock)
     scheduler = make_scheduler(clock)
-    scheduler.refresh_definitions()
+    scheduler.planner.refresh()
     assert scheduler.run_ready(clock.now) == 1
     occurrence.refresh_from_db()
     assert occurrence.status == "succeeded" and occurrence.attempts == 1 and occurrence.manual
-    assert occurrence.instance == "test" and occurrence.finished_at == clock.now
+    assert occurrence.scheduler == "test" and occurrence.finished_at == clock.now
     attempt = Attempt.objects.get(occurrence=occurrence)
     assert (attempt.number, attempt.status, attempt.error) == (1, "succeeded", "")
     event = events_of(occurrence).get()
@@ -35,13 +35,13 @@ def test_a_successful_run_commits_its_event_and_its_attempt_together(clock, no_s
 def test_a_job_that_raises_is_a_recorded_failure_and_its_event_rolls_back(clock, no_seed_definitions, caplog):
     occurrence = trigger(make_definition("failing", "test.fail", every=60), clock)
     scheduler = make_scheduler(clock)
-    scheduler.refresh_definitions()
+    scheduler.planner.refresh()
     scheduler.run_ready(clock.now)
     [event] = [r for r in caplog.records if getattr(r, "action", None) == "occurrence_failed"]
     assert (event.job, event.occurrence, event.attempt) == ("failing", occurrence.id, 1)
     occurrence.refresh_from_db()
     assert occurrence.status == "failed"
-    assert occurrence.detail == "RuntimeError: the sample job failed on purpose"
+    assert occurrence.reason == "RuntimeError: the sample job failed on purpose"
     attempt = Attempt.objects.get(occurrence=occurrence)
     assert attempt.status == "failed" and "Traceback" in attempt.traceback and "on purpose" in attempt.traceback
     assert not events_of(occurrence).exists()
@@ -51,7 +51,7 @@ def test_the_scheduler_goes_on_after_a_failure(clock, no_seed_definitions):
     failing = trigger(make_definition("failing", "test.fail", every=60), clock)
     working = trigger(make_definition("working", every=60), clock)
     scheduler = make_scheduler(clock)
-    scheduler.refresh_definitions()
+    scheduler.planner.refresh()
     assert scheduler.run_ready(clock.now) == 2
     assert Occurrence.objects.get(id=failing.id).status == "failed"
     assert Occurrence.objects.get(id=working.id).status == "succeeded"
@@ -63,7 +63,7 @@ def test_a_failed_attempt_is_retried_after_its_interval_even_across_a_restart(cl
     )
     occurrence = trigger(task, clock)
     first = make_scheduler(clock, instance_id="first")
-    first.refresh_definitions()
+    first.planner.refresh()
     first.run_ready(clock.now)
     occurrence.refresh_from_db()
     assert occurrence.status == "scheduled" and occurrence.attempts == 1
@@ -71,7 +71,7 @@ def test_a_failed_attempt_is_retried_after_its_interval_even_across_a_restart(cl
 
     # A new process (the restart) finds the pending retry in the database.
     second = make_scheduler(clock, instance_id="second")
-    second.refresh_definitions()
+    second.planner.refresh()
     assert second.run_ready(clock.advance(seconds=30)) == 0
     assert second.run_ready(clock.advance(seconds=31)) == 1
     occurrence.refresh_from_db()
@@ -81,7 +81,7 @@ def test_a_failed_attempt_is_retried_after_its_interval_even_across_a_restart(cl
     occurrence.refresh_from_db()
     assert occurrence.status == "succeeded" and occurrence.attempts == 3
     attempts = list(Attempt.objects.filter(occurrence=occurrence).order_by("number"))
-    assert [(a.number, a.status, a.instance) for a in attempts] == [
+    assert [(a.number, a.status, a.scheduler) for a in attempts] == [
         (1, "failed", "first"),
         (2, "failed", "second"),
         (3, "succeeded", "second"),
@@ -93,7 +93,7 @@ def test_retries_run_out_and_the_occurrence_fails(clock, no_seed_definitions):
     task = make_definition("hopeless", "test.fail", every=3600, max_retries=1)
     occurrence = trigger(task, clock)
     scheduler = make_scheduler(clock)
-    scheduler.refresh_definitions()
+    scheduler.planner.refresh()
     scheduler.run_ready(clock.now)
     scheduler.run_ready(clock.now)
     occurrence.refresh_from_db()
@@ -104,10 +104,10 @@ def test_a_definition_naming_no_registered_job_fails_with_a_clear_error(clock, n
     unknown = trigger(make_definition("ghost", "no.such.job", every=60), clock)
     fine = trigger(make_definition("fine", every=60), clock)
     scheduler = make_scheduler(clock)
-    scheduler.refresh_definitions()
+    scheduler.planner.refresh()
     scheduler.run_ready(clock.now)
     unknown.refresh_from_db()
-    assert (unknown.status, unknown.detail) == ("failed", "no such job: no.such.job")
+    assert (unknown.status, unknown.reason) == ("failed", "no such job: no.such.job")
     assert Occurrence.objects.get(id=fine.id).status == "succeeded"
     assert OutboxMessage.objects.count() == 1
 
@@ -116,24 +116,24 @@ def test_a_job_past_its_timeout_is_a_failed_attempt(clock, no_seed_definitions):
     task = make_definition("slow", "test.sleep", every=3600, kwargs={"seconds": 30}, timeout_seconds=1)
     occurrence = trigger(task, clock)
     scheduler = make_scheduler(clock)
-    scheduler.refresh_definitions()
+    scheduler.planner.refresh()
     scheduler.run_ready(clock.now)
     occurrence.refresh_from_db()
-    assert (occurrence.status, occurrence.detail) == ("failed", "timed out after 1 s")
+    assert (occurrence.status, occurrence.reason) == ("failed", "timed out after 1 s")
     assert not events_of(occurrence).exists()
 
 
 def test_an_occurrence_of_a_disabled_definition_is_skipped(clock, no_seed_definitions):
-    task = make_definition("paused", cron="* * * * *", last_run_at=clock.now)
+    task = make_definition("paused", cron="* * * * *", planned_through=clock.now)
     scheduler = make_scheduler(clock)
-    scheduler.refresh_definitions()
-    scheduler.plan(clock.advance(minutes=1))
+    scheduler.planner.refresh()
+    scheduler.planner.plan(clock.advance(minutes=1))
     task.enabled = False
     task.save()
-    scheduler.refresh_definitions()
+    scheduler.planner.refresh()
     scheduler.run_ready(clock.now)
     occurrence = Occurrence.objects.get(task=task)
-    assert occurrence.status == "skipped" and occurrence.detail == "skipped: the definition is disabled"
+    assert occurrence.status == "skipped" and occurrence.reason == "skipped: the definition is disabled"
     assert occurrence.attempts == 0 and not Attempt.objects.exists()
 
 
@@ -141,7 +141,7 @@ def test_a_manual_run_of_a_disabled_definition_runs(clock, no_seed_definitions):
     task = make_definition("paused", every=60, enabled=False)
     occurrence = trigger(task, clock)
     scheduler = make_scheduler(clock)
-    scheduler.refresh_definitions()
+    scheduler.planner.refresh()
     scheduler.run_ready(clock.now)
     occurrence.refresh_from_db()
     assert occurrence.status == "succeeded"
@@ -150,29 +150,28 @@ def test_a_manual_run_of_a_disabled_definition_runs(clock, no_seed_definitions):
 def test_a_result_is_not_recorded_when_the_claim_was_reaped_meanwhile(clock, no_seed_definitions):
     occurrence = trigger(make_definition("publisher", every=60), clock)
     scheduler = make_scheduler(clock)
-    scheduler.refresh_definitions()
-    [claimed] = Occurrence.claim_next(
-        now=clock.now, session=scheduler.session, instance="test", lease=timedelta(seconds=1), long_running=False
+    scheduler.planner.refresh()
+    [claimed] = Occurrence.claim(
+        now=clock.now, session=scheduler.session, scheduler="test", lease=timedelta(seconds=1), long_running=False
     )
     # Another scheduler decides this one is dead and reaps the claim.
     reaper = make_scheduler(clock, instance_id="reaper")
-    reaper.refresh_definitions()
+    reaper.planner.refresh()
     assert reaper.reap(clock.advance(seconds=5)) == 1
-    run_occurrence(claimed, scheduler.definitions.get(claimed.task_id), session=scheduler.session, clock=clock)
+    Runner(session=scheduler.session, clock=clock).run(claimed, scheduler.planner.definitions.get(claimed.task_id))
     occurrence.refresh_from_db()
-    assert occurrence.status == "failed" and "presumed dead" in occurrence.detail
+    assert occurrence.status == "failed" and "presumed dead" in occurrence.reason
     assert not events_of(occurrence).exists()  # the late run's work rolled back
 
 
 def test_a_failure_is_not_recorded_either_when_the_claim_was_reaped(clock, no_seed_definitions):
     occurrence = trigger(make_definition("failing", "test.fail", every=60), clock)
     scheduler = make_scheduler(clock)
-    scheduler.refresh_definitions()
-    [claimed] = Occurrence.claim_next(
-        now=clock.now, session=scheduler.session, instance="test", lease=timedelta(seconds=1), long_running=False
+    scheduler.planner.refresh()
+    [claimed] = Occurrence.claim(
+        now=clock.now, session=scheduler.session, scheduler="test", lease=timedelta(seconds=1), long_running=False
     )
     reaper = make_scheduler(clock, instance_id="reaper")
     reaper.reap(clock.advance(seconds=5))
-    following = run_occurrence(claimed, None, session=scheduler.session, clock=clock)
-    assert following is None
+    Runner(session=scheduler.session, clock=clock).run(claimed, None)
     assert Attempt.objects.filter(occurrence=occurrence).count() == 1  # the reaper's, not a second one

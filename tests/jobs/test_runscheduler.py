@@ -10,7 +10,6 @@ from datetime import timedelta
 import pytest
 from django.db import connection
 from django.utils import timezone
-from django_celery_beat.models import PeriodicTask
 
 from jobs.models import Attempt, Occurrence, Priority
 from outbox.models import OutboxMessage
@@ -43,7 +42,7 @@ def test_a_killed_instance_is_noticed_and_its_run_retried(scheduler_processes, s
         "long-sleeper", "test.sleep", every=3600, kwargs={"seconds": 60, "on_attempt": 1}, max_retries=1
     )
     victim = scheduler_processes(env=env, instance_id="victim")
-    occurrence = Occurrence.trigger(task, timezone.now(), priority=Priority.NORMAL)
+    occurrence = Occurrence.trigger(task, now=timezone.now(), priority=Priority.NORMAL)
     wait_for(lambda: Occurrence.objects.filter(id=occurrence.id, status="running").exists())
     victim.kill()
     killed_at = timezone.now()
@@ -51,18 +50,18 @@ def test_a_killed_instance_is_noticed_and_its_run_retried(scheduler_processes, s
     scheduler_processes(env=env, instance_id="survivor")
     wait_for(lambda: Occurrence.objects.filter(id=occurrence.id, status="succeeded").exists(), timeout=30)
     occurrence.refresh_from_db()
-    assert (occurrence.attempts, occurrence.instance) == (2, "survivor")
+    assert (occurrence.attempts, occurrence.scheduler) == (2, "survivor")
     lost, retried = Attempt.objects.filter(occurrence=occurrence).order_by("number")
     assert lost.status == "failed" and "victim" in lost.error and "presumed dead" in lost.error
     assert lost.finished_at - killed_at < timedelta(seconds=10)  # lease 3 s, renewed every 1 s
-    assert retried.status == "succeeded" and retried.instance == "survivor"
+    assert retried.status == "succeeded" and retried.scheduler == "survivor"
     assert OutboxMessage.objects.filter(body__occurrence=occurrence.id).count() == 1
 
 
 def test_sigterm_lets_the_running_job_finish_and_exits_0(scheduler_processes, no_seed_definitions):
     task = make_definition("short-sleeper", "test.sleep", every=3600, kwargs={"seconds": 2})
     process = scheduler_processes(instance_id="graceful")
-    occurrence = Occurrence.trigger(task, timezone.now(), priority=Priority.NORMAL)
+    occurrence = Occurrence.trigger(task, now=timezone.now(), priority=Priority.NORMAL)
     wait_for(lambda: Occurrence.objects.filter(id=occurrence.id, status="running").exists())
     assert process.terminate() == 0
     occurrence.refresh_from_db()
@@ -78,12 +77,11 @@ def test_a_definition_changed_in_the_admin_is_seen_without_a_restart(scheduler_p
     task.save()
     wait_for(lambda: Occurrence.objects.filter(task=task, status="succeeded").exists(), timeout=10)
     assert process.terminate() == 0
-    assert PeriodicTask.objects.get(id=task.id).last_run_at is not None
 
 
 def test_run_once_runs_what_is_due_and_exits(scheduler_env, no_seed_definitions):
     task = make_definition("manual", every=3600)
-    occurrence = Occurrence.trigger(task, timezone.now(), priority=Priority.NORMAL)
+    occurrence = Occurrence.trigger(task, now=timezone.now(), priority=Priority.NORMAL)
     result = subprocess.run([*MANAGE, "runscheduler", "--once"], env=scheduler_env, capture_output=True, timeout=60)
     assert result.returncode == 0, result.stderr
     occurrence.refresh_from_db()
@@ -143,8 +141,8 @@ def test_no_more_than_concurrency_jobs_run_at_once_and_long_running_ones_run_bes
     )
     now = timezone.now()
     for _ in range(5):
-        Occurrence.trigger(sleeper, now, priority=Priority.NORMAL)
-    Occurrence.trigger(long_one, now, priority=Priority.LONG_RUNNING)
+        Occurrence.trigger(sleeper, now=now, priority=Priority.NORMAL)
+    Occurrence.trigger(long_one, now=now, priority=Priority.LONG_RUNNING)
     process = scheduler_processes("--concurrency", "2", instance_id="bounded")
     peak = {"normal": 0, "long": 0}
     deadline = time.monotonic() + 30

@@ -6,8 +6,6 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
-from django.utils import timezone
-from django_celery_beat.models import PeriodicTask
 
 from jobs.models import Attempt, Occurrence, Priority, SchedulerInstance
 from outbox.models import OutboxMessage
@@ -18,9 +16,9 @@ from tests.jobs.helpers import FakeClock, make_definition, make_scheduler, start
 def test_higher_priority_runs_first_when_more_is_due_than_there_are_slots(clock, no_seed_definitions):
     for name, priority in [("low", Priority.LOW), ("normal", Priority.NORMAL), ("high", Priority.HIGH)]:
         task = make_definition(name, every=60, priority=priority)
-        Occurrence.trigger(task, clock.now, priority=priority)
+        Occurrence.trigger(task, now=clock.now, priority=priority)
     scheduler = make_scheduler(clock, concurrency=1)
-    scheduler.refresh_definitions()
+    scheduler.planner.refresh()
     order = []
     while scheduler.run_ready(clock.advance(seconds=1), limit=1):
         order.append(Occurrence.objects.filter(status="succeeded").latest("finished_at").job_name)
@@ -29,19 +27,19 @@ def test_higher_priority_runs_first_when_more_is_due_than_there_are_slots(clock,
 
 @pytest.mark.django_db
 def test_the_priority_of_a_definition_is_copied_to_its_occurrences(clock, no_seed_definitions):
-    task = make_definition("urgent", cron="* * * * *", last_run_at=clock.now, priority=Priority.HIGH)
+    task = make_definition("urgent", cron="* * * * *", planned_through=clock.now, priority=Priority.HIGH)
     scheduler = make_scheduler(clock)
-    scheduler.refresh_definitions()
-    scheduler.plan(clock.advance(minutes=1))
+    scheduler.planner.refresh()
+    scheduler.planner.plan(clock.advance(minutes=1))
     assert Occurrence.objects.get(task=task).priority == Priority.HIGH
 
 
 @pytest.mark.django_db
 def test_long_running_jobs_are_not_claimed_by_the_bounded_workers(clock, no_seed_definitions):
     task = make_definition("long", every=3600, priority=Priority.LONG_RUNNING)
-    occurrence = Occurrence.trigger(task, clock.now, priority=Priority.LONG_RUNNING)
+    occurrence = Occurrence.trigger(task, now=clock.now, priority=Priority.LONG_RUNNING)
     scheduler = make_scheduler(clock, concurrency=1)
-    scheduler.refresh_definitions()
+    scheduler.planner.refresh()
     assert scheduler.run_ready(clock.now) == 0
     assert scheduler.run_ready(clock.now, long_running=True) == 1
     occurrence.refresh_from_db()
@@ -52,7 +50,7 @@ def test_long_running_jobs_are_not_claimed_by_the_bounded_workers(clock, no_seed
 def test_three_schedulers_run_every_instant_exactly_once(no_seed_definitions):
     """Three schedulers, each a thread with its own connection, race over the same instants."""
     start = start_of_future_hour()
-    tasks = [make_definition(f"grid-{i}", every=10, start_time=start, last_run_at=start) for i in range(20)]
+    tasks = [make_definition(f"grid-{i}", every=10, start_time=start, planned_through=start) for i in range(20)]
     steps = [start + timedelta(seconds=5 * i) for i in range(1, 31)]  # 150 s: 15 instants each
     errors = []
 
@@ -62,8 +60,8 @@ def test_three_schedulers_run_every_instant_exactly_once(no_seed_definitions):
             scheduler = make_scheduler(own, instance_id=name, lease=3600)
             for now in steps:
                 own.set(now)
-                scheduler.refresh_definitions()
-                scheduler.plan(now)
+                scheduler.planner.refresh()
+                scheduler.planner.plan(now)
                 time.sleep(random.random() / 100)
                 scheduler.run_ready(now)
         except Exception as exc:  # surfaced by the assertion below
@@ -86,17 +84,17 @@ def test_three_schedulers_run_every_instant_exactly_once(no_seed_definitions):
     ran = Counter(OutboxMessage.objects.values_list("body__occurrence", flat=True))
     assert len(ran) == len(expected) and max(ran.values()) == 1, "an occurrence ran twice"
     assert Attempt.objects.count() == len(expected)
-    assert len(set(Occurrence.objects.values_list("instance", flat=True))) > 1
+    assert len(set(Occurrence.objects.values_list("scheduler", flat=True))) > 1
 
 
 @pytest.mark.django_db
 def test_an_expired_lease_is_reaped_recorded_and_retried(clock, no_seed_definitions, caplog):
     task = make_definition("victim", every=3600, max_retries=1)
-    occurrence = Occurrence.trigger(task, clock.now, priority=Priority.NORMAL)
+    occurrence = Occurrence.trigger(task, now=clock.now, priority=Priority.NORMAL)
     dead = make_scheduler(clock, instance_id="dead", lease=30)
-    Occurrence.claim_next(now=clock.now, session=dead.session, instance="dead", lease=dead.lease, long_running=False)
+    Occurrence.claim(now=clock.now, session=dead.session, scheduler="dead", lease=dead.leases.lease, long_running=False)
     survivor = make_scheduler(clock, instance_id="survivor", lease=30)
-    survivor.refresh_definitions()
+    survivor.planner.refresh()
     assert survivor.reap(clock.advance(seconds=29)) == 0
     assert survivor.reap(clock.advance(seconds=2)) == 1
     assert [r.occurrence for r in caplog.records if getattr(r, "action", None) == "lease_expired"] == [occurrence.id]
@@ -106,38 +104,34 @@ def test_an_expired_lease_is_reaped_recorded_and_retried(clock, no_seed_definiti
     assert attempt.status == "failed" and "scheduler dead" in attempt.error and "presumed dead" in attempt.error
     survivor.run_ready(clock.now)
     occurrence.refresh_from_db()
-    assert (occurrence.status, occurrence.attempts, occurrence.instance) == ("succeeded", 2, "survivor")
+    assert (occurrence.status, occurrence.attempts, occurrence.scheduler) == ("succeeded", 2, "survivor")
 
 
 @pytest.mark.django_db
 def test_the_heartbeat_renews_the_leases_of_running_occurrences(clock, no_seed_definitions):
     task = make_definition("steady", every=3600)
-    Occurrence.trigger(task, clock.now, priority=Priority.NORMAL)
+    Occurrence.trigger(task, now=clock.now, priority=Priority.NORMAL)
     scheduler = make_scheduler(clock, lease=30)
-    scheduler.register(clock.now)
-    [claimed] = Occurrence.claim_next(
-        now=clock.now, session=scheduler.session, instance="test", lease=scheduler.lease, long_running=False
+    scheduler.start(clock.now)
+    [claimed] = Occurrence.claim(
+        now=clock.now, session=scheduler.session, scheduler="test", lease=scheduler.leases.lease, long_running=False
     )
-    scheduler._in_flight.add(claimed.id)
-    scheduler.heartbeat(clock.advance(seconds=20))
+    scheduler.leases.renew(clock.advance(seconds=20), [claimed.id])
     assert scheduler.reap(clock.advance(seconds=20)) == 0
     assert SchedulerInstance.objects.get(session=scheduler.session).last_seen == clock.now - timedelta(seconds=20)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_worker_threads_run_what_the_main_thread_plans(no_seed_definitions):
+def test_the_loop_runs_what_it_plans_in_its_pool_and_says_goodbye(no_seed_definitions):
     task = make_definition("soon", every=1)
-    PeriodicTask.objects.filter(id=task.id).update(last_run_at=None)
-    scheduler = make_scheduler(timezone.now, concurrency=2)
-    scheduler.register(scheduler.clock())
-    scheduler.start_workers()
+    scheduler = make_scheduler(None, concurrency=2)
+    loop = threading.Thread(target=scheduler.run, kwargs={"shutdown_timeout": 10})
+    loop.start()
     try:
-
-        def ticked():
-            scheduler.tick(scheduler.clock())
-            return Occurrence.objects.filter(task=task, status="succeeded").count() >= 3
-
-        wait_for(ticked, timeout=15, interval=0.2)
+        wait_for(lambda: Occurrence.objects.filter(task=task, status="succeeded").count() >= 3, timeout=15)
     finally:
-        assert scheduler.shutdown(10) == 0
-    assert SchedulerInstance.objects.get(session=scheduler.session).stopped_at is not None
+        scheduler.stop()
+        loop.join(20)
+    assert not loop.is_alive()
+    instance = SchedulerInstance.objects.get(session=scheduler.session)
+    assert instance.state == "stopped" and instance.stopped_at is not None

@@ -1,17 +1,19 @@
-"""manage.py jobs: list definitions, show history, trigger a run, preview a cron expression."""
+"""manage.py jobs: list definitions, show history, trigger a run, preview a cron expression, prune."""
 
 import json
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django_celery_beat.models import PeriodicTask
 
+from bookworm_scheduler.clock import database_now
 from jobs.definitions import Definition, definitions_queryset, describe_schedule, policy_of, schedule_zone
-from jobs.models import Occurrence
+from jobs.models import Occurrence, prune_history
 from jobs.schedules import InvalidSchedule, cron_instants, get_zone, next_instants
 
 USAGE_ERROR = 2
@@ -45,6 +47,11 @@ class Command(BaseCommand):
         preview.add_argument("--after", help="ISO-8601 instant (default: now).")
         preview.add_argument("--count", type=int, default=5)
 
+        prune = actions.add_parser(
+            "prune", help="Delete finished occurrences older than SCHEDULER_HISTORY_DAYS, in short batches."
+        )
+        prune.add_argument("--dry-run", action="store_true", help="Only count what would be deleted.")
+
     def handle(self, *args, **options):
         getattr(self, f"handle_{options['action']}")(**options)
 
@@ -64,10 +71,7 @@ class Command(BaseCommand):
         for task in tasks:
             next_run = None
             if task.enabled:
-                try:
-                    next_run = Definition.from_task(task).next_instant()
-                except InvalidSchedule:
-                    next_run = None
+                next_run = Definition.from_task(task, strict=False).next_instant()
             rows.append(
                 {
                     "name": task.name,
@@ -91,18 +95,18 @@ class Command(BaseCommand):
         if job:
             # By definition where it still exists (index occ_task_recent), else by the name kept.
             task = PeriodicTask.objects.filter(name=job).first()
-            occurrences = occurrences.filter(task=task) if task else occurrences.filter(job_name=job)
+            occurrences = occurrences.filter(task=task) if task else occurrences.filter(job_name__iexact=job)
         rows = [
             {
                 "job": o.job_name,
                 "scheduled_for": iso(o.scheduled_for),
                 "status": o.status,
                 "attempt": o.attempts,
-                "instance": o.instance or None,
+                "instance": o.scheduler or None,
                 "started_at": iso(o.started_at),
                 "finished_at": iso(o.finished_at),
                 "manual": o.manual,
-                "error": o.detail or None,
+                "error": o.reason or None,
             }
             for o in occurrences[:limit]
         ]
@@ -112,7 +116,7 @@ class Command(BaseCommand):
         task = PeriodicTask.objects.select_related("policy").filter(name=name).first()
         if task is None:
             raise CommandError(f"no such job definition: {name}", returncode=USAGE_ERROR)
-        occurrence = Occurrence.trigger(task, timezone.now(), priority=policy_of(task).priority)
+        occurrence = Occurrence.trigger(task, priority=policy_of(task).priority, by="manage.py jobs trigger")
         self.stdout.write(f"triggered {name}: occurrence {occurrence.id}")
         if wait is None:
             return
@@ -120,7 +124,7 @@ class Command(BaseCommand):
         while time.monotonic() < deadline:
             occurrence.refresh_from_db()
             if occurrence.status in Occurrence.FINISHED:
-                self.stdout.write(f"{occurrence.status}{': ' + occurrence.detail if occurrence.detail else ''}")
+                self.stdout.write(f"{occurrence.status}{': ' + occurrence.reason if occurrence.reason else ''}")
                 if occurrence.status != Occurrence.Status.SUCCEEDED:
                     raise CommandError(f"{name} {occurrence.status}", returncode=1)
                 return
@@ -144,3 +148,16 @@ class Command(BaseCommand):
             raise CommandError(str(exc), returncode=USAGE_ERROR) from None
         for instant in instants:
             self.stdout.write(instant.astimezone(zone).isoformat())
+
+    def handle_prune(self, dry_run=False, **options):
+        now = database_now()
+        keep = timedelta(days=settings.SCHEDULER_HISTORY_DAYS)
+        if dry_run:
+            count = Occurrence.objects.finished_before(now - keep).count()
+            self.stdout.write(f"would delete {count} occurrences finished before {iso(now - keep)}")
+            return
+        total, more = 0, True
+        while more:
+            deleted, more = prune_history(now, keep=keep, batch=5000, batches=1)
+            total += deleted
+        self.stdout.write(f"deleted {total} occurrences finished before {iso(now - keep)}")

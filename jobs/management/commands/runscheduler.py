@@ -1,15 +1,14 @@
-"""manage.py runscheduler: the cron loop. Thin: parse options, build a Scheduler, loop."""
+"""manage.py runscheduler: the cron loop. Thin: parse options, build a Scheduler, run it."""
 
+import logging
+import os
 import signal
 from datetime import timedelta
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import DatabaseError, close_old_connections, connection
-from django.utils import timezone
 
-from bookworm_scheduler.backoff import Backoff
-from jobs.scheduler import Scheduler, log_database_error
+from jobs.scheduler import Scheduler
 
 
 class Command(BaseCommand):
@@ -29,38 +28,16 @@ class Command(BaseCommand):
         scheduler = Scheduler(
             instance_id=options["instance_id"],
             concurrency=options["concurrency"],
+            long_running_concurrency=settings.SCHEDULER_LONG_RUNNING_CONCURRENCY,
             lease=timedelta(seconds=settings.SCHEDULER_LEASE_SECONDS),
             grace=timedelta(seconds=settings.SCHEDULER_MISFIRE_GRACE_SECONDS),
+            history=timedelta(days=settings.SCHEDULER_HISTORY_DAYS),
         )
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: scheduler.stop())
-        if options["once"]:
-            self.run_once(scheduler, options["shutdown_timeout"])
-        else:
-            self.run_forever(scheduler, options["shutdown_timeout"])
-
-    def run_once(self, scheduler, shutdown_timeout):
-        scheduler.register(timezone.now())
-        while scheduler.tick(timezone.now()) or scheduler.run_ready():
-            pass
-        scheduler.shutdown(shutdown_timeout)
-
-    def run_forever(self, scheduler, shutdown_timeout):
-        registered, backoff = False, Backoff()
-        while not scheduler.stopping:
-            try:
-                close_old_connections()
-                if not registered:
-                    scheduler.register(timezone.now())
-                    scheduler.start_workers()
-                    registered = True
-                while scheduler.tick(timezone.now()) and not scheduler.stopping:
-                    pass
-                backoff.reset()
-                scheduler.sleep_until(scheduler.next_wakeup(timezone.now()))
-            except DatabaseError as exc:
-                delay = backoff.next()
-                log_database_error(exc, delay, where="main")
-                connection.close()
-                scheduler.sleep(delay)
-        scheduler.shutdown(shutdown_timeout)
+        still_running = scheduler.run(once=options["once"], shutdown_timeout=options["shutdown_timeout"])
+        if still_running:
+            # The pool's threads cannot be stopped and Python would wait for them at exit;
+            # their leases expire and another scheduler retries what they ran.
+            logging.shutdown()
+            os._exit(0)

@@ -1,0 +1,107 @@
+"""Leases: this process's heartbeat, the renewal of its claims, and the reaping of dead ones.
+
+Every claim has a lease that its scheduler renews every third of it. A scheduler that dies
+stops renewing; once the lease has expired (by the database's clock) any scheduler records
+the lost attempt and retries it per the job's policy, and marks the dead instance lost.
+"""
+
+import logging
+import os
+import socket
+from datetime import datetime, timedelta
+
+from django.db import DatabaseError, transaction
+
+import bookworm_scheduler
+
+from .definitions import Definition, load_definition
+from .models import Occurrence, SchedulerInstance
+from .policy import Policy
+
+logger = logging.getLogger(__name__)
+
+
+class Leases:
+    def __init__(self, *, session, scheduler: str, lease: timedelta):
+        self.session = session
+        self.scheduler = scheduler
+        self.lease = lease
+        self.renew_every = lease / 3
+        self._renewed_at: datetime | None = None
+
+    def register(self, now: datetime) -> None:
+        """Create this process's instance row."""
+        SchedulerInstance.objects.update_or_create(
+            session=self.session,
+            defaults=dict(
+                instance_id=self.scheduler,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                version=bookworm_scheduler.__version__,
+                started_at=now,
+                last_seen=now,
+                state=SchedulerInstance.State.RUNNING,
+            ),
+        )
+        self._renewed_at = now
+
+    def due(self, now: datetime) -> bool:
+        return self._renewed_at is None or now - self._renewed_at >= self.renew_every
+
+    def renew(self, now: datetime, running: list[int]) -> None:
+        """Show this process alive and extend the leases of the occurrences it is running."""
+        SchedulerInstance.objects.filter(session=self.session).update(last_seen=now)
+        Occurrence.renew_leases(running, session=self.session, now=now, lease=self.lease)
+        self._renewed_at = now
+
+    def reap(self, now: datetime, definitions: dict[int, Definition]) -> int:
+        """Record the attempts whose lease expired as failed, retried per policy; mark dead instances lost."""
+        with transaction.atomic():
+            expired = Occurrence.expired_leases(now)
+            for occurrence in expired:
+                definition = definitions.get(occurrence.task_id) or load_definition(occurrence.task_id)
+                policy = definition.policy if definition else Policy()
+                error = (
+                    f"lease expired at {occurrence.lease_expires_at.isoformat()}: scheduler {occurrence.scheduler} "
+                    f"(session {occurrence.session}) stopped renewing it and is presumed dead"
+                )
+                occurrence.record_attempt(
+                    session=occurrence.session,
+                    started_at=occurrence.started_at,
+                    now=now,
+                    error=error,
+                    retry_at=policy.retry_at(occurrence.attempts, now),
+                )
+                logger.warning(
+                    "reaped %s scheduled for %s: %s",
+                    occurrence.job_name,
+                    occurrence.scheduled_for.isoformat(),
+                    error,
+                    extra={
+                        "action": "lease_expired",
+                        "occurrence": occurrence.id,
+                        "job": occurrence.job_name,
+                        "attempt": occurrence.attempts,
+                        "instance": occurrence.scheduler,
+                        "status": occurrence.status,
+                        "error": error,
+                    },
+                )
+            lost = SchedulerInstance.objects.mark_lost(now, silence=self.lease)
+        if lost:
+            logger.warning(
+                "marked %d scheduler instances lost: no heartbeat for %s s",
+                lost,
+                self.lease.total_seconds(),
+                extra={"action": "instances_lost", "count": lost},
+            )
+        return len(expired)
+
+    def retire(self, now: datetime) -> None:
+        """Say goodbye: this instance stopped on purpose."""
+        try:
+            SchedulerInstance.objects.filter(session=self.session).update(
+                state=SchedulerInstance.State.STOPPED, stopped_at=now, last_seen=now
+            )
+        except DatabaseError:
+            pass  # the row then simply stops beating, and is marked lost

@@ -1,0 +1,80 @@
+"""The worker pool: a standard thread pool with slots for ordinary and for LongRunning jobs."""
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+from django.db import connection
+
+from .models import Occurrence
+
+
+class WorkerPool:
+    """Runs claimed occurrences in threads: `concurrency` at once, plus `long_running` LongRunning ones.
+
+    The scheduler asks free() how many to claim, so a claim never waits for a slot.
+    on_done is called from the worker thread after each run (the scheduler claims more then).
+    """
+
+    def __init__(self, concurrency: int, long_running: int, on_done: Callable[[], None] = lambda: None):
+        self._workers = concurrency + long_running
+        self._executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="job")
+        self._limit = {False: concurrency, True: long_running}
+        self._busy = {False: 0, True: 0}
+        self._running: dict[Future, int] = {}
+        self._lock = threading.Lock()
+        self._on_done = on_done
+
+    def free(self, long_running: bool) -> int:
+        with self._lock:
+            return self._limit[long_running] - self._busy[long_running]
+
+    @property
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._running
+
+    def running_ids(self) -> list[int]:
+        with self._lock:
+            return list(self._running.values())
+
+    def submit(self, occurrence: Occurrence, run: Callable[[Occurrence], None], *, long_running: bool) -> None:
+        with self._lock:
+            self._busy[long_running] += 1
+            future = self._executor.submit(self._run, run, occurrence)
+            self._running[future] = occurrence.id
+        future.add_done_callback(lambda done: self._finished(done, long_running))
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to timeout for a run to finish; True if none is running any more."""
+        with self._lock:
+            futures = list(self._running)
+        if futures:
+            wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
+        return self.idle
+
+    def shutdown(self) -> None:
+        """No more runs. When idle, each thread closes its database connection and ends."""
+        idle = self.idle
+        if idle:
+            # One task per thread: the barrier holds each until all have taken one.
+            barrier = threading.Barrier(self._workers)
+            for _ in range(self._workers):
+                self._executor.submit(self._close_connection, barrier)
+        self._executor.shutdown(wait=idle, cancel_futures=not idle)
+
+    @staticmethod
+    def _close_connection(barrier: threading.Barrier) -> None:
+        connection.close()
+        barrier.wait(timeout=5)
+
+    @staticmethod
+    def _run(run: Callable[[Occurrence], None], occurrence: Occurrence) -> None:
+        connection.close_if_unusable_or_obsolete()
+        run(occurrence)
+
+    def _finished(self, future: Future, long_running: bool) -> None:
+        with self._lock:
+            self._busy[long_running] -= 1
+            self._running.pop(future, None)
+        self._on_done()

@@ -1,0 +1,106 @@
+"""The statements the scheduler's hot paths send, named and kept together.
+
+Table and column names come from the models' _meta. Each statement is built once per
+database alias (functools.cache): they run once or more per occurrence.
+"""
+
+import functools
+import zlib
+
+from django.apps import apps
+from django.db import connections, transaction
+
+
+class _Names:
+    """Quoted table and column names of a model: names.table, names.column("field")."""
+
+    def __init__(self, model_name: str, alias: str):
+        self.model = apps.get_model("jobs", model_name)
+        self.quote = connections[alias].ops.quote_name
+        self.table = self.quote(self.model._meta.db_table)
+
+    def __getattr__(self, field: str) -> str:
+        return self.quote(self.model._meta.get_field(field).column)
+
+
+@functools.cache
+def claim(alias: str, long_running: bool):
+    """-- claim --: move up to N ready occurrences to running with a lease, in one statement.
+
+    The inner SELECT takes the rows with FOR UPDATE SKIP LOCKED (on PostgreSQL), so concurrent
+    schedulers never claim the same row; index occ_ready. Each claim starts an attempt:
+    attempts + 1, started_at = now. Returns the statement, the attribute names of the
+    returned columns and a converter of the rows (or None).
+    """
+    connection = connections[alias]
+    occ = _Names("Occurrence", alias)
+    fields = occ.model._meta.concrete_fields
+    lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
+    kind = "=" if long_running else "<>"
+    statement = (
+        f"UPDATE {occ.table} SET {occ.status} = %s, {occ.attempts} = {occ.attempts} + 1, {occ.scheduler} = %s, "
+        f"{occ.session} = %s, {occ.lease_expires_at} = %s, {occ.started_at} = %s "
+        f"WHERE {occ.id} IN (SELECT {occ.id} FROM {occ.table} WHERE {occ.status} = %s AND {occ.run_after} <= %s "
+        f"AND {occ.priority} {kind} %s ORDER BY {occ.priority} DESC, {occ.run_after}, {occ.id} LIMIT %s{lock}) "
+        f"RETURNING {', '.join(occ.quote(f.column) for f in fields)}"
+    )
+    compiler = occ.model.objects.none().query.get_compiler(alias)
+    converters = compiler.get_converters([f.get_col(occ.model._meta.db_table) for f in fields])
+    convert = (lambda rows: list(compiler.apply_converters(rows, converters))) if converters else None
+    return statement, [f.attname for f in fields], convert
+
+
+@functools.cache
+def record_attempt(alias: str) -> str:
+    """-- record_attempt -- (PostgreSQL): the compare-and-set from running and the attempt row, one round trip.
+
+    Returns the attempt's id, or no row when the claim is no longer this session's.
+    """
+    occ, att = _Names("Occurrence", alias), _Names("Attempt", alias)
+    return f"""
+        WITH finished AS (
+            UPDATE {occ.table}
+               SET {occ.status} = %(status)s, {occ.run_after} = COALESCE(%(run_after)s, {occ.run_after}),
+                   {occ.finished_at} = %(finished_at)s, {occ.reason} = %(reason)s, {occ.lease_expires_at} = NULL
+             WHERE {occ.id} = %(id)s AND {occ.status} = 'running' AND {occ.session} = %(session)s
+               AND {occ.attempts} = %(number)s
+         RETURNING {occ.id}
+        )
+        INSERT INTO {att.table}
+               ({att.occurrence}, {att.number}, {att.status}, {att.scheduler}, {att.started_at}, {att.finished_at},
+                {att.duration}, {att.error}, {att.traceback})
+        SELECT {occ.id}, %(number)s, %(attempt_status)s, %(scheduler)s, %(started_at)s, %(now)s, %(duration)s,
+               %(error)s, %(traceback)s
+          FROM finished
+        RETURNING {att.id}
+    """
+
+
+@functools.cache
+def insert_occurrences(alias: str, rows: int) -> str:
+    """-- insert_occurrences --: planned rows; an instant already planned is skipped, not an error.
+
+    Parameters per row: task id, job name, scheduled_for, run_after, priority, status,
+    finished_at, reason, created_at. ON CONFLICT DO NOTHING lets the partial unique constraint
+    occurrence_once_per_instant drop a row another scheduler inserted first; RETURNING tells
+    which rows the database took, so what is logged is what was inserted.
+    """
+    occ = _Names("Occurrence", alias)
+    given = ("task", "job_name", "scheduled_for", "run_after", "priority", "status", "finished_at", "reason")
+    constant = {"manual": "FALSE", "triggered_by": "''", "attempts": "0", "scheduler": "''"}
+    columns = [getattr(occ, name) for name in (*given, "created_at", *constant)]
+    row = "(" + ", ".join(["%s"] * (len(given) + 1) + list(constant.values())) + ")"
+    return (
+        f"INSERT INTO {occ.table} ({', '.join(columns)}) VALUES {', '.join([row] * rows)} "
+        f"ON CONFLICT DO NOTHING RETURNING {occ.status}"
+    )
+
+
+def try_lock(name: str) -> bool:
+    """A transaction-scoped advisory lock on PostgreSQL: True if this session got it (always on SQLite)."""
+    connection = transaction.get_connection()
+    if connection.vendor != "postgresql":
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [zlib.crc32(name.encode())])
+        return cursor.fetchone()[0]

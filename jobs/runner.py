@@ -14,9 +14,10 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 
+import psycopg
 from django.db import DatabaseError, connection, transaction
 
 from bookworm_scheduler.backoff import Backoff
@@ -33,9 +34,26 @@ logger = logging.getLogger(__name__)
 JOB_FAILURES = (Exception, JobTimeout, SystemExit, KeyboardInterrupt)
 
 
-def connection_lost() -> bool:
-    """Whether this thread's database connection is gone (server restart, network)."""
-    return connection.connection is None or not connection.is_usable()
+# SQLSTATEs of a connection that broke (class 08) or a server that shut down or restarts.
+LOST_CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether exc, or what caused it, says the database connection broke (not that a statement failed).
+
+    Django reconnects on its own when an atomic block fails this way, so the connection's
+    state after the fact cannot tell; the driver's error does. A statement timeout (57014)
+    or a deadlock is a statement that failed.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+            state = exc.sqlstate
+            if state is None or state.startswith(LOST_CONNECTION_STATES):
+                return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def skip_reason(occurrence: Occurrence, definition: Definition | None, now: datetime) -> str:
@@ -102,7 +120,7 @@ class Runner:
         except LeaseLost:
             raise
         except JOB_FAILURES as exc:
-            if connection_lost():
+            if connection_lost(exc):
                 self._settle_unknown(occurrence, error=_one_line(exc))
             elif returned:
                 # The job did its part; recording it failed for a reason of the database's.
@@ -167,7 +185,7 @@ class Runner:
                     write()
                 return True
             except DatabaseError as exc:
-                if not connection_lost():
+                if not connection_lost(exc):
                     raise
                 if self.stopping():
                     logger.error(
@@ -205,8 +223,8 @@ def _statement_timeout(seconds: int | None, *, local: bool):
     try:
         yield
     finally:
-        if not local and not connection_lost():
-            with connection.cursor() as cursor:
+        if not local:
+            with suppress(DatabaseError), connection.cursor() as cursor:
                 cursor.execute("RESET statement_timeout")
 
 

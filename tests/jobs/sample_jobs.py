@@ -3,6 +3,9 @@
 import dataclasses
 import time
 
+import psycopg
+from django.db import connection, transaction
+
 from jobs.registry import JobContext, job
 from outbox.events import IntegrationEvent
 from outbox.publishing import publish
@@ -44,3 +47,45 @@ def sleep(context: JobContext) -> None:
         while time.monotonic() < deadline:
             time.sleep(0.02)
     publish(SampleRanEvent(occurrence=context.occurrence_id, attempt=context.attempt))
+
+
+@job("test.swallow")
+def swallow(context: JobContext) -> None:
+    """Sleep in a loop that swallows every Exception: the timeout must still stop it."""
+    deadline = time.monotonic() + context.kwargs.get("seconds", 30)
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.02)
+        except Exception:  # noqa: S110  (the point of this job)
+            pass
+
+
+@job("test.exit")
+def exit_(context: JobContext) -> None:
+    """Raise SystemExit or KeyboardInterrupt (kwargs["raise"]), as careless job code may."""
+    raise {"exit": SystemExit(3), "interrupt": KeyboardInterrupt()}[context.kwargs.get("raise", "exit")]
+
+
+LOST_CONNECTION_ONCE: set[int] = set()
+
+
+@job("test.lose_connection")
+def lose_connection(context: JobContext) -> None:
+    """Publish, then have the database end this session (first run of each occurrence only)."""
+    publish(SampleRanEvent(occurrence=context.occurrence_id, attempt=context.attempt))
+    if context.occurrence_id not in LOST_CONNECTION_ONCE:
+        LOST_CONNECTION_ONCE.add(context.occurrence_id)
+        pid = connection.cursor().connection.info.backend_pid
+        with psycopg.connect(**connection.get_connection_params(), autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+
+@job("test.own_transactions", atomic=False)
+def own_transactions(context: JobContext) -> None:
+    """Commit one event in a transaction of its own, then fail if kwargs["fail"]."""
+    if connection.in_atomic_block:
+        raise AssertionError("a job that manages its own transactions runs outside one")
+    with transaction.atomic():
+        publish(SampleRanEvent(occurrence=context.occurrence_id, attempt=context.attempt))
+    if context.kwargs.get("fail"):
+        raise RuntimeError("failed after its own commit")

@@ -175,3 +175,54 @@ def test_a_failure_is_not_recorded_either_when_the_claim_was_reaped(clock, no_se
     reaper.reap(clock.advance(seconds=5))
     Runner(session=scheduler.session, clock=clock).run(claimed, None)
     assert Attempt.objects.filter(occurrence=occurrence).count() == 1  # the reaper's, not a second one
+
+
+def test_a_jobs_except_exception_cannot_swallow_its_timeout(clock, no_seed_definitions):
+    task = make_definition("stubborn", "test.swallow", every=3600, kwargs={"seconds": 30}, timeout_seconds=1)
+    occurrence = trigger(task, clock)
+    scheduler = make_scheduler(clock)
+    scheduler.planner.refresh()
+    scheduler.run_ready(clock.now)
+    occurrence.refresh_from_db()
+    assert (occurrence.status, occurrence.reason) == ("failed", "timed out after 1 s")
+
+
+@pytest.mark.parametrize("raised, error", [("exit", "SystemExit: 3"), ("interrupt", "KeyboardInterrupt")])
+def test_system_exit_and_keyboard_interrupt_from_a_job_are_recorded_failures(clock, no_seed_definitions, raised, error):
+    exiting = trigger(make_definition("exiting", "test.exit", every=60, kwargs={"raise": raised}), clock)
+    after = trigger(make_definition("after", every=60), clock)
+    scheduler = make_scheduler(clock)
+    scheduler.planner.refresh()
+    assert scheduler.run_ready(clock.now) == 2  # this thread lived on and ran the next one
+    exiting.refresh_from_db()
+    assert (exiting.status, exiting.reason) == ("failed", error)
+    assert Occurrence.objects.get(id=after.id).status == "succeeded"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_lost_before_the_commit_is_not_the_jobs_failure(clock, no_seed_definitions, caplog):
+    occurrence = trigger(make_definition("unlucky", "test.lose_connection", every=3600, max_retries=0), clock)
+    scheduler = make_scheduler(clock)
+    scheduler.planner.refresh()
+    # The first run loses its connection before the commit and is released; the second succeeds.
+    assert scheduler.run_ready(clock.now) == 2
+    occurrence.refresh_from_db()
+    assert (occurrence.status, occurrence.attempts) == ("succeeded", 1)
+    assert list(Attempt.objects.values_list("number", "status")) == [(1, "succeeded")]
+    assert events_of(occurrence).count() == 1  # the first run's event rolled back with it
+    actions = [getattr(r, "action", None) for r in caplog.records]
+    assert "run_interrupted" in actions and "occurrence_released" in actions and "occurrence_failed" not in actions
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("fail, status", [(False, "succeeded"), (True, "failed")])
+def test_a_job_that_manages_its_own_transactions_keeps_what_it_committed(clock, no_seed_definitions, fail, status):
+    task = make_definition("own", "test.own_transactions", every=3600, kwargs={"fail": fail})
+    occurrence = trigger(task, clock)
+    scheduler = make_scheduler(clock)
+    scheduler.planner.refresh()
+    scheduler.run_ready(clock.now)
+    occurrence.refresh_from_db()
+    assert occurrence.status == status
+    assert events_of(occurrence).count() == 1
+    assert list(Attempt.objects.values_list("number", "status")) == [(1, status)]

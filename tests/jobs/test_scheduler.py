@@ -1,13 +1,17 @@
 import random
 import threading
 import time
+import uuid
 from collections import Counter
 from datetime import timedelta
 
+import psycopg
 import pytest
 from django.db import connection
 
+from bookworm_scheduler.listen import Listener
 from jobs.models import Attempt, Occurrence, Priority, SchedulerInstance
+from jobs.scheduler import NOTIFY_CHANNEL
 from outbox.models import OutboxMessage
 from tests.jobs.helpers import FakeClock, make_definition, make_scheduler, start_of_future_hour, wait_for
 
@@ -135,3 +139,69 @@ def test_the_loop_runs_what_it_plans_in_its_pool_and_says_goodbye(no_seed_defini
     assert not loop.is_alive()
     instance = SchedulerInstance.objects.get(session=scheduler.session)
     assert instance.state == "stopped" and instance.stopped_at is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_definition_another_scheduler_was_planning_is_looked_at_again_within_a_second(clock, no_seed_definitions):
+    task = make_definition("hourly", cron="0 * * * *", planned_through=clock.now)
+    scheduler = make_scheduler(clock)
+    scheduler.planner.refresh()
+    due = clock.advance(hours=1)
+    # Another scheduler holds the cursor (it is planning it, or died doing so).
+    with psycopg.connect(**connection.get_connection_params()) as other:
+        other.execute("SELECT * FROM jobs_planningcursor WHERE task_id = %s FOR UPDATE", [task.id])
+        assert scheduler.planner.plan(due) == 0
+        assert scheduler.planner.next_due[task.id] == due + timedelta(seconds=1)
+    scheduler.planner.plan(clock.advance(seconds=1))
+    assert list(Occurrence.objects.filter(task=task).values_list("scheduled_for", flat=True)) == [due]
+
+
+@pytest.mark.django_db
+def test_each_attempt_records_when_it_really_started(clock, no_seed_definitions):
+    task = make_definition("victim", every=3600, max_retries=1)
+    occurrence = Occurrence.trigger(task, now=clock.now, priority=Priority.NORMAL)
+    first_claim = clock.now
+    Occurrence.claim(
+        now=clock.now, session=uuid.uuid4(), scheduler="dead", lease=timedelta(seconds=30), long_running=False
+    )
+    survivor = make_scheduler(clock, instance_id="survivor", lease=30)
+    survivor.planner.refresh()
+    survivor.reap(clock.advance(seconds=31))
+    retried_at = clock.advance(seconds=9)
+    survivor.run_ready(clock.now)
+    lost, retried = Attempt.objects.filter(occurrence=occurrence).order_by("number")
+    assert (lost.started_at, retried.started_at) == (first_claim, retried_at)
+    occurrence.refresh_from_db()
+    assert occurrence.started_at == retried_at
+
+
+@pytest.mark.django_db
+def test_a_scheduler_whose_heartbeat_stopped_is_marked_lost(clock, no_seed_definitions, caplog):
+    dead = make_scheduler(clock, instance_id="dead", lease=30)
+    dead.start(clock.now)
+    survivor = make_scheduler(clock, instance_id="survivor", lease=30)
+    survivor.start(clock.advance(seconds=25))
+    survivor.reap(clock.advance(seconds=6))
+    states = dict(SchedulerInstance.objects.values_list("instance_id", "state"))
+    assert states == {"dead": "lost", "survivor": "running"}
+    assert SchedulerInstance.objects.get(instance_id="dead").stopped_at == clock.now - timedelta(seconds=31)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_inserted_occurrences_wake_idle_schedulers_at_once(no_seed_definitions):
+    task = make_definition("manual", every=3600)
+    woken = threading.Event()
+    listener = Listener(NOTIFY_CHANNEL, woken.set)
+    listener.start()
+    try:
+        wait_for(lambda: listener_ready(), timeout=10)
+        Occurrence.trigger(task, priority=Priority.NORMAL)
+        assert woken.wait(10)
+    finally:
+        listener.close()
+
+
+def listener_ready() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE query = %s", [f"LISTEN {NOTIFY_CHANNEL}"])
+        return cursor.fetchone()[0] == 1

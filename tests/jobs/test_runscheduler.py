@@ -10,8 +10,10 @@ from datetime import timedelta
 import pytest
 from django.db import connection
 from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
 
-from jobs.models import Attempt, Occurrence, Priority
+from bookworm_scheduler.clock import database_now
+from jobs.models import Attempt, Occurrence, PlanningCursor, Priority
 from outbox.models import OutboxMessage
 from tests.jobs.helpers import MANAGE, make_definition, wait_for
 
@@ -132,8 +134,8 @@ def test_the_embedded_sqlite_default_runs_a_job(tmp_path, scheduler_env):
     assert json.loads(manage("outbox", "status", "--json"))["pending"] == 1
 
 
-def test_no_more_than_concurrency_jobs_run_at_once_and_long_running_ones_run_beside(
-    scheduler_processes, no_seed_definitions
+def test_no_more_than_concurrency_jobs_run_at_once_and_long_running_ones_run_beside_within_their_own_bound(
+    scheduler_processes, scheduler_env, no_seed_definitions
 ):
     sleeper = make_definition("sleeper", "test.sleep", every=3600, kwargs={"seconds": 1.5})
     long_one = make_definition(
@@ -142,8 +144,10 @@ def test_no_more_than_concurrency_jobs_run_at_once_and_long_running_ones_run_bes
     now = timezone.now()
     for _ in range(5):
         Occurrence.trigger(sleeper, now=now, priority=Priority.NORMAL)
-    Occurrence.trigger(long_one, now=now, priority=Priority.LONG_RUNNING)
-    process = scheduler_processes("--concurrency", "2", instance_id="bounded")
+    for _ in range(2):
+        Occurrence.trigger(long_one, now=now, priority=Priority.LONG_RUNNING)
+    env = dict(scheduler_env, SCHEDULER_LONG_RUNNING_CONCURRENCY="1")
+    process = scheduler_processes("--concurrency", "2", env=env, instance_id="bounded")
     peak = {"normal": 0, "long": 0}
     deadline = time.monotonic() + 30
     while Occurrence.objects.exclude(status="succeeded").exists() and time.monotonic() < deadline:
@@ -154,3 +158,54 @@ def test_no_more_than_concurrency_jobs_run_at_once_and_long_running_ones_run_bes
     assert process.terminate() == 0
     assert set(Occurrence.objects.values_list("status", flat=True)) == {"succeeded"}
     assert peak == {"normal": 2, "long": 1}
+
+
+def test_run_once_renews_the_leases_of_what_it_runs(scheduler_env, no_seed_definitions):
+    env = dict(scheduler_env, SCHEDULER_LEASE_SECONDS="3")
+    task = make_definition("slow", "test.sleep", every=3600, kwargs={"seconds": 5})
+    occurrence = Occurrence.trigger(task, priority=Priority.NORMAL)
+    process = subprocess.Popen(
+        [*MANAGE, "runscheduler", "--once"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        first = wait_for(lambda: Occurrence.objects.filter(id=occurrence.id, status="running").first())
+        wait_for(lambda: Occurrence.objects.get(id=occurrence.id).lease_expires_at > first.lease_expires_at)
+        assert process.wait(60) == 0
+    finally:
+        process.kill()
+    occurrence.refresh_from_db()
+    assert (occurrence.status, occurrence.attempts) == ("succeeded", 1)
+
+
+def test_a_postgresql_restart_during_a_run_is_not_the_jobs_failure(scheduler_processes, no_seed_definitions):
+    task = make_definition("sleeper", "test.sleep", every=3600, kwargs={"seconds": 3, "on_attempt": 1})
+    process = scheduler_processes(instance_id="survivor")
+    occurrence = Occurrence.trigger(task, priority=Priority.NORMAL)
+    wait_for(lambda: Occurrence.objects.filter(id=occurrence.id, status="running").exists())
+    restart_postgresql()
+    connection.close()
+    wait_for(lambda: Occurrence.objects.filter(id=occurrence.id, status="succeeded").exists(), timeout=60)
+    assert process.terminate() == 0
+    assert list(Attempt.objects.filter(occurrence=occurrence).values_list("number", "status")) == [(1, "succeeded")]
+    assert OutboxMessage.objects.filter(body__occurrence=occurrence.id).count() == 1
+
+
+def test_a_one_second_job_enabled_again_runs_none_of_the_instants_it_skipped(scheduler_processes, no_seed_definitions):
+    start = timezone.now().replace(microsecond=0) + timedelta(seconds=2)
+    task = make_definition("every-second", every=1, start_time=start)
+    process = scheduler_processes(instance_id="watcher")
+    wait_for(lambda: Occurrence.objects.filter(task=task, status="succeeded").count() >= 2)
+    task.refresh_from_db()
+    task.enabled = False
+    task.save()
+    paused_at = PlanningCursor.objects.get(task=task).paused_at
+    wait_for(lambda: database_now() > paused_at + timedelta(seconds=4), timeout=10)
+    PeriodicTask.objects.filter(id=task.id).update(enabled=True)
+    resumed_at = PlanningCursor.objects.get(task=task).resumed_at
+    wait_for(
+        lambda: Occurrence.objects.filter(task=task, scheduled_for__gt=resumed_at, status="succeeded").count() >= 2
+    )
+    assert process.terminate() == 0
+    in_pause = Occurrence.objects.filter(task=task, scheduled_for__gt=paused_at, scheduled_for__lte=resumed_at)
+    assert list(in_pause.values_list("scheduled_for", "status")) == []
+    assert not Occurrence.objects.filter(task=task).exclude(status="succeeded").exists()

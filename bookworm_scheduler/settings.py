@@ -70,6 +70,8 @@ SCHEDULER_CONCURRENCY = _positive("int", "SCHEDULER_CONCURRENCY", os.cpu_count()
 SCHEDULER_LEASE_SECONDS = _positive("int", "SCHEDULER_LEASE_SECONDS", 30)
 SCHEDULER_MISFIRE_GRACE_SECONDS = _positive("int", "SCHEDULER_MISFIRE_GRACE_SECONDS", 60)
 SCHEDULER_SHUTDOWN_TIMEOUT_SECONDS = _positive("int", "SCHEDULER_SHUTDOWN_TIMEOUT_SECONDS", 30)
+SCHEDULER_LONG_RUNNING_CONCURRENCY = _positive("int", "SCHEDULER_LONG_RUNNING_CONCURRENCY", os.cpu_count() or 1)
+SCHEDULER_HISTORY_DAYS = _positive("int", "SCHEDULER_HISTORY_DAYS", 30)
 SCHEDULER_JOB_MODULES = _read("list", "SCHEDULER_JOB_MODULES", [])
 
 # The outbox (outbox/).
@@ -159,7 +161,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        # One line per event in both formats (see bookworm_scheduler/logs.py).
+        "text": {
+            "()": "bookworm_scheduler.logs.OneLineFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
             "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",

@@ -67,7 +67,7 @@ class Scheduler:
 
     def run(self, *, once: bool = False, shutdown_timeout: float = 30) -> int:
         """Until stop() (or, once, until nothing is due or running); the jobs still running at the end."""
-        started, backoff = False, Backoff()
+        started, backoff = False, Backoff(first=0.5, ceiling=5.0)
         self.listener.start()
         while not self.stopping:
             try:

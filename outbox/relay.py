@@ -4,7 +4,8 @@ Relay.deliver_batch(now) is one pass: claim a batch of ready rows (FOR UPDATE SK
 publish it with a window of confirms, record the outcomes and commit, all in one transaction,
 so that several relays share the work without sending a row twice. run() is the thin loop
 around it that `manage.py relay_outbox` starts: reconnect with backoff, sleep until NOTIFY or
-the poll interval, purge old rows now and then.
+the poll interval, purge old rows now and then. No error ends the loop: after one, the relay
+starts its connections afresh and tries again; the rows of a failed batch stay pending.
 """
 
 import logging
@@ -25,7 +26,7 @@ from django.utils import timezone
 
 from bookworm_scheduler.backoff import Backoff
 
-from .broker import Broker, BrokerUnavailable, Outgoing
+from .broker import Broker, BrokerUnavailable, Outgoing, describe
 from .envelope import EnvelopeWriter, exchange_chain
 from .models import OutboxMessage, PublishedKey
 from .publishing import NOTIFY_CHANNEL
@@ -33,6 +34,12 @@ from .publishing import NOTIFY_CHANNEL
 logger = logging.getLogger(__name__)
 
 PURGE_BATCH = 5000
+
+
+def reconnect_backoff() -> Backoff:
+    """Delays after a failed attempt: from about 0.5 s up to 5 s, so the relay is back at work
+    within about 5 s of the broker or the database coming back."""
+    return Backoff(first=0.5, ceiling=5.0)
 
 
 class Relay:
@@ -229,9 +236,10 @@ def run(
 ) -> None:
     """Deliver until stopping() (or, once, until nothing is pending); the batch in flight finishes.
 
-    With once, an unreachable broker raises BrokerUnavailable instead of being retried.
+    With once, an unreachable broker raises BrokerUnavailable instead of being retried. Every
+    other error, the waits between batches included, is logged and retried after a delay.
     """
-    broker_backoff, database_backoff = Backoff(), Backoff()
+    broker_backoff, failure_backoff = reconnect_backoff(), reconnect_backoff()
     next_purge = time.monotonic()
     while not stopping():
         try:
@@ -248,40 +256,56 @@ def run(
                 while relay.purge(timezone.now(), retention, duplicate_window) == PURGE_BATCH and not stopping():
                     pass
                 next_purge = time.monotonic() + purge_every
-            database_backoff.reset()
+            if handled == 0:
+                if once:
+                    break
+                close_old_connections()
+                waker.wait(poll_seconds, tick=lambda: relay.broker.service(0), stopping=stopping)
+            failure_backoff.reset()
         except BrokerUnavailable as error:
             if once:
                 raise
             delay = broker_backoff.next()
             logger.error(
-                "broker unavailable, retrying in %gs: %s",
+                "broker unavailable, retrying in %.1fs: %s",
                 delay,
                 error,
                 extra={"action": "outbox_broker_unavailable", "error": str(error), "retry_in": delay},
             )
             _sleep(delay, stopping)
-            continue
         except (DatabaseError, InterfaceError) as error:
-            delay = database_backoff.next()
+            delay = failure_backoff.next()
             logger.error(
-                "database unavailable, retrying in %gs: %s",
+                "database unavailable, retrying in %.1fs: %s",
                 delay,
                 error,
                 extra={"action": "outbox_database_unavailable", "error": str(error), "retry_in": delay},
             )
-            connections[relay.using].close()
-            waker.close()
-            # The batch's transaction is gone: start the broker side afresh too, rather than
-            # match confirms of a half-published batch against the next one.
-            relay.broker.close()
+            _start_afresh(relay, waker)
             _sleep(delay, stopping)
-            continue
-        if handled == 0:
-            if once:
-                break
-            close_old_connections()
-            waker.wait(poll_seconds, tick=lambda: relay.broker.service(0), stopping=stopping)
+        except Exception as error:
+            # A bug, or a broker or library error that nothing above expects: the traceback
+            # is logged for a person to read, and the relay carries on as after a database error.
+            delay = failure_backoff.next()
+            logger.error(
+                "relay error, retrying in %.1fs: %s",
+                delay,
+                describe(error),
+                exc_info=True,
+                extra={"action": "outbox_relay_error", "error": describe(error), "retry_in": delay},
+            )
+            _start_afresh(relay, waker)
+            _sleep(delay, stopping)
     logger.info("relay stopped", extra={"action": "outbox_relay_stopped"})
+
+
+def _start_afresh(relay: Relay, waker: Waker) -> None:
+    """Drop every connection after a failed pass; the next pass opens new ones."""
+    connections[relay.using].close()
+    waker.close()
+    # The batch's transaction is gone: start the broker side afresh too, rather than
+    # match confirms of a half-published batch against the next one.
+    relay.broker.close()
 
 
 def _sleep(seconds: float, stopping: Callable[[], bool]) -> None:

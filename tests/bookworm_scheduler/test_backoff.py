@@ -1,16 +1,53 @@
-"""The reconnect backoff: about 1 s at first, doubling up to 30 s."""
+"""The reconnect backoff: a cap doubling from 1 s to 30 s by default, each delay between half the cap and the cap."""
+
+import random
 
 from bookworm_scheduler.backoff import Backoff
 
 
-def test_the_delay_doubles_from_one_second_up_to_thirty():
-    backoff = Backoff()
+class Lowest:
+    """A source of randomness that always draws the lower bound."""
 
-    assert [backoff.next() for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    def uniform(self, a, b):
+        return a
+
+
+class Highest:
+    """A source of randomness that always draws the upper bound."""
+
+    def uniform(self, a, b):
+        return b
+
+
+def test_a_seeded_random_gives_repeatable_delays():
+    backoff = Backoff(rng=random.Random(7))
+
+    assert [round(backoff.next(), 3) for _ in range(7)] == [0.662, 1.151, 3.302, 4.29, 12.287, 20.485, 15.87]
+
+
+def test_the_delays_lie_between_half_a_cap_and_a_cap_that_doubles_from_one_second_up_to_thirty():
+    lowest, highest = Backoff(rng=Lowest()), Backoff(rng=Highest())
+
+    assert [lowest.next() for _ in range(7)] == [0.5, 1, 2, 4, 8, 15, 15]
+    assert [highest.next() for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+def test_every_delay_drawn_stays_within_its_bounds():
+    bounds = [(0.5, 1), (1, 2), (2, 4), (4, 8), (8, 16), (15, 30), (15, 30)]
+    for seed in range(200):
+        backoff = Backoff(rng=random.Random(seed))
+        for low, high in bounds:
+            assert low <= backoff.next() <= high
+
+
+def test_first_and_ceiling_set_the_range_of_the_caps():
+    backoff = Backoff(first=0.5, ceiling=5, rng=Highest())
+
+    assert [backoff.next() for _ in range(6)] == [0.5, 1, 2, 4, 5, 5]
 
 
 def test_a_success_starts_the_delays_over():
-    backoff = Backoff()
+    backoff = Backoff(rng=Highest())
     backoff.next()
     backoff.next()
 

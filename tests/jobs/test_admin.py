@@ -1,3 +1,5 @@
+from datetime import UTC, datetime
+
 import pytest
 from django.contrib.auth.models import User
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
@@ -73,6 +75,17 @@ def test_run_now_writes_manual_occurrences_for_the_scheduler(admin_client):
     assert response.status_code == 302
     occurrence = Occurrence.objects.get()
     assert occurrence.task == task and occurrence.manual and occurrence.status == "scheduled"
+    assert occurrence.triggered_by == "admin"
+
+
+def test_the_jobs_list_shows_the_real_last_run(admin_client):
+    task = PeriodicTask.objects.get(name="ResendErrorEmailJob")
+    started = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
+    Occurrence.objects.create(
+        task=task, job_name=task.name, scheduled_for=started, run_after=started, started_at=started, status="succeeded"
+    )
+    page = admin_client.get("/tickerq/django_celery_beat/periodictask/").content.decode()
+    assert "March 1, 2026, 12:30 p.m." in page
 
 
 def test_the_dashboard_index_shows_an_overview_of_runs_and_the_outbox(admin_client):

@@ -2,14 +2,16 @@
 
 import json
 import signal
+import threading
 import time
 from collections import defaultdict
+from queue import Empty, Queue
 
 import pytest
 from django.db import connection, transaction
 
 from outbox.models import OutboxMessage
-from outbox.publishing import publish
+from outbox.publishing import NOTIFY_CHANNEL, publish
 
 from .conftest import rabbitmqctl, run_command
 
@@ -30,6 +32,50 @@ def wait_for_line(stream, text, timeout=30):
             return False
         if text in line:
             return True
+    return False
+
+
+class LogEvents:
+    """The JSON log events a process writes to stream, read by a thread so that a wait can time out."""
+
+    def __init__(self, stream):
+        self._lines: Queue[str] = Queue()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream):
+        for line in stream:
+            self._lines.put(line)
+
+    def wait_for(self, action, count, timeout=30):
+        """The next count events of action; fewer if time ran out."""
+        events = []
+        deadline = time.monotonic() + timeout
+        while len(events) < count and (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=remaining)
+            except Empty:
+                break
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("action") == action:
+                events.append(event)
+        return events
+
+
+def wait_for_listener(timeout=30):
+    """True once a session of the test database listens for outbox notifications; False if time ran out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database() AND query = %s)",
+                [f"LISTEN {NOTIFY_CHANNEL}"],
+            )
+            if cursor.fetchone()[0]:
+                return True
+        time.sleep(0.05)
     return False
 
 
@@ -68,6 +114,33 @@ def test_events_written_while_the_broker_is_down_all_arrive_when_it_is_back(rabb
     assert OutboxMessage.objects.filter(status="delivered").count() == len(rows)
 
 
+def test_the_relay_is_back_within_seconds_of_the_broker_returning_from_a_long_outage(rabbit, event_type, start_relay):
+    queue = rabbit.bind_queue(event_type.exchange())
+    rabbit.connection.close()
+    rows, failures = [], []
+    try:
+        rabbitmqctl("stop_app")
+        rows = publish_events(event_type, 10)
+        relay = start_relay(LOG_FORMAT="json")
+        # Enough failed attempts for the delays to reach their ceiling.
+        failures = LogEvents(relay.stderr).wait_for("outbox_broker_unavailable", 5)
+    finally:
+        rabbitmqctl("start_app")
+    rabbitmqctl("await_startup")
+    back = time.monotonic()
+    rabbit.connect()
+
+    received = rabbit.receive(queue, len(rows), timeout=30)
+
+    # At most the 5 s ceiling of the delays, then a connection and a batch.
+    assert time.monotonic() - back < 8
+    assert len(failures) == 5
+    assert all(0.25 <= event["retry_in"] <= 5 for event in failures)
+    assert sorted(envelope["messageId"] for _, envelope in received) == sorted(str(row.message_id) for row in rows)
+    relay.send_signal(signal.SIGTERM)
+    assert relay.wait(timeout=30) == 0
+
+
 def test_a_relay_killed_mid_batch_and_restarted_sends_every_event_with_a_stable_message_id(
     rabbit, event_type, start_relay, subprocess_env
 ):
@@ -92,6 +165,8 @@ def test_the_relay_reconnects_after_losing_its_database_connections(rabbit, even
     queue = rabbit.bind_queue(event_type.exchange())
     relay = start_relay()
     assert wait_for_line(relay.stderr, "connected to the broker")
+    # Its listening session too: ended before that opens, the relay would have no loss to notice.
+    assert wait_for_listener()
     with connection.cursor() as cursor:
         # What a PostgreSQL restart does to the relay: every one of its sessions ends.
         cursor.execute(

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/bookworm_scheduler
 TEST_RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672/%2F
 
-.PHONY: run test services migrate bench-scheduler bench-relay clean
+.PHONY: run test services system-packages migrate bench-scheduler bench-relay clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,15 @@ services:
 		for i in $$(seq 120); do rabbitmqctl -q status >/dev/null 2>&1 && break; sleep 1; done; }
 	@rabbitmqctl -q await_startup --timeout 120 && echo "rabbitmq: running"
 
-test: $(VENV)/.installed services
+# Debian packages the tests use: libfaketime (schedulers with a skewed clock).
+SYSTEM_PACKAGES := faketime
+system-packages:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: $(VENV)/.installed services system-packages
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	DATABASE_URL=$(TEST_DATABASE_URL) RABBITMQ_URL=$(TEST_RABBITMQ_URL) DEBUG=1 \

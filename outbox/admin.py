@@ -4,8 +4,9 @@ import uuid
 
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
-from django.utils import timezone
 from django.utils.functional import cached_property
+
+from bookworm_scheduler.clock import default_clock
 
 from .models import OutboxMessage
 
@@ -50,7 +51,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
         description="Requeue selected dead or unroutable messages (message ids kept)", permissions=["requeue"]
     )
     def requeue(self, request, queryset):
-        count = queryset.requeue(timezone.now())
+        count = queryset.requeue(default_clock())
         self.message_user(request, f"Requeued {count} message(s); the relay will send them.", messages.SUCCESS)
 
     def has_requeue_permission(self, request):

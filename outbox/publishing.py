@@ -6,8 +6,8 @@ from datetime import timedelta
 import uuid6
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, transaction
-from django.utils import timezone
 
+from bookworm_scheduler.clock import default_clock
 from bookworm_scheduler.db import insert_row
 
 from .events import IntegrationEvent
@@ -40,7 +40,7 @@ def publish(
     connection = transaction.get_connection(using)
     if not connection.in_atomic_block:
         raise TransactionRequired("publish() must be called inside transaction.atomic()")
-    now = timezone.now()
+    now = default_clock()  # the database's time, which the relay judges availability by
     key = idempotency_key or (str(message_id) if message_id else None)
     if key is not None:
         window = timedelta(seconds=settings.OUTBOX_DUPLICATE_WINDOW_SECONDS)

@@ -11,7 +11,7 @@ starts its connections afresh and tries again; the rows of a failed batch stay p
 import logging
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import psycopg
 from django.db import (
@@ -22,9 +22,9 @@ from django.db import (
     connections,
     transaction,
 )
-from django.utils import timezone
 
 from bookworm_scheduler.backoff import Backoff
+from bookworm_scheduler.clock import default_clock
 
 from .broker import Broker, BrokerUnavailable, Outgoing, describe
 from .envelope import EnvelopeWriter, exchange_chain
@@ -54,6 +54,7 @@ class Relay:
         max_attempts: int,
         retry_max_seconds: int,
         using: str = DEFAULT_DB_ALIAS,
+        clock: Callable[[], datetime] = default_clock,
     ):
         self.broker = broker
         self.writer = writer
@@ -61,6 +62,7 @@ class Relay:
         self.max_attempts = max_attempts
         self.retry_max_seconds = retry_max_seconds
         self.using = using
+        self.clock = clock  # the database's time: rows are stamped with it by whoever publishes
 
     def deliver_batch(self, now) -> int:
         """Send one batch of rows ready at now; the number of rows handled (0: nothing to do).
@@ -75,14 +77,14 @@ class Relay:
             outcome = self.broker.publish_batch(self._outgoing(now, claimed))
             if not claimed:
                 return 0
-            self._record(outcome, timezone.now())
+            self._record(outcome, self.clock())
         if outcome.lost:
             raise outcome.lost
         return len(claimed)
 
     def _outgoing(self, now, claimed: list) -> Iterator[Outgoing]:
         """Claim rows and turn them into messages as the broker takes them; claimed collects the rows."""
-        sent_at = timezone.now()
+        sent_at = self.clock()
         for row in OutboxMessage.objects.using(self.using).claim_batch(now, self.batch_size):
             claimed.append(row)
             yield Outgoing(
@@ -251,9 +253,9 @@ def run(
                     extra={"action": "outbox_broker_connected"},
                 )
             broker_backoff.reset()
-            handled = relay.deliver_batch(timezone.now())
+            handled = relay.deliver_batch(relay.clock())
             if time.monotonic() >= next_purge:
-                while relay.purge(timezone.now(), retention, duplicate_window) == PURGE_BATCH and not stopping():
+                while relay.purge(relay.clock(), retention, duplicate_window) == PURGE_BATCH and not stopping():
                     pass
                 next_purge = time.monotonic() + purge_every
             if handled == 0:

@@ -3,8 +3,8 @@
 import json
 
 from django.core.management.base import BaseCommand
-from django.utils import timezone
 
+from bookworm_scheduler.clock import default_clock
 from outbox.models import OutboxMessage
 
 
@@ -30,7 +30,7 @@ class Command(BaseCommand):
             self.requeue(ids=options["ids"], status=options["status"])
 
     def status(self, *, as_json: bool) -> None:
-        counts = OutboxMessage.objects.status_counts(timezone.now())
+        counts = OutboxMessage.objects.status_counts(default_clock())
         if as_json:
             self.stdout.write(json.dumps(counts))
         else:
@@ -43,5 +43,5 @@ class Command(BaseCommand):
             rows = rows.filter(id__in=ids)
         if status:
             rows = rows.filter(status=status)
-        count = rows.requeue(timezone.now())
+        count = rows.requeue(default_clock())
         self.stdout.write(f"requeued {count} message{'s' if count != 1 else ''}")

@@ -114,7 +114,7 @@ def due_together(jobs: int, instances: int, concurrency: int | None) -> dict:
         "per_second": jobs / (last - due).total_seconds(),
         "lag_p50_ms": statistics.median(lags),
         "lag_p99_ms": percentile(lags, 99),
-        "instances": sorted(set(done.values_list("instance", flat=True))),
+        "instances": sorted(set(done.values_list("scheduler", flat=True))),
     }
 
 

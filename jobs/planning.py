@@ -200,5 +200,9 @@ class Planner:
                 self.next_due[task_id] = instant
         return planned
 
+    def due(self, now: datetime) -> bool:
+        next_due = self.next_due_at()
+        return next_due is not None and next_due <= now
+
     def next_due_at(self) -> datetime | None:
         return min(self.next_due.values(), default=None)

@@ -53,7 +53,8 @@ class Scheduler:
     ):
         self.instance_id = instance_id
         self.session = uuid.uuid4()
-        self.clock = clock or DatabaseClock()
+        # The database's time, its offset re-measured at least once per pass of housekeeping.
+        self.clock = clock or DatabaseClock(max_age=POLL_INTERVAL.total_seconds())
         self.history = history
         self.planner = Planner(grace=grace)
         self.leases = Leases(session=self.session, scheduler=instance_id, lease=lease)
@@ -64,6 +65,7 @@ class Scheduler:
         self._wake = threading.Event()
         self._next_ready: datetime | None = None
         self._next_prune: datetime | None = None
+        self._housekeeping_at: datetime | None = None
 
     def run(self, *, once: bool = False, shutdown_timeout: float = 30) -> int:
         """Until stop() (or, once, until nothing is due or running); the jobs still running at the end."""
@@ -72,11 +74,11 @@ class Scheduler:
         while not self.stopping:
             try:
                 close_old_connections()
-                now = self.now()
+                now = self.clock()
                 if not started:
                     self.start(now)
                     started = True
-                found = self.tick(now)
+                found = self.run_pass(now)
                 backoff.reset()
             except DatabaseError as exc:
                 delay = backoff.next()
@@ -90,16 +92,22 @@ class Scheduler:
                 self.sleep_until(self.next_wakeup(now))
         return self.shutdown(shutdown_timeout)
 
-    def tick(self, now: datetime) -> bool:
-        """One pass of the main thread; True if it found work (so another pass may find more)."""
-        self.planner.refresh()
+    def run_pass(self, now: datetime) -> bool:
+        """One pass of the main thread; True if it found work (so another pass may find more).
+
+        Claiming runs every pass (a run that finished wakes the loop for it); the rest at most
+        once per POLL_INTERVAL, or when a definition falls due.
+        """
         found = False
-        if self.leases.due(now):
-            self.leases.renew(now, self.pool.running_ids())
-            found |= self.reap(now) > 0
-        found |= self.planner.plan(now) > 0
+        if self._housekeeping_at is None or now >= self._housekeeping_at or self.planner.due(now):
+            self._housekeeping_at = now + POLL_INTERVAL
+            self.planner.refresh()
+            if self.leases.due(now):
+                self.leases.renew(now, self.pool.running_ids())
+                found |= self.reap(now) > 0
+            found |= self.planner.plan(now) > 0
+            found |= self.prune(now)
         found |= self.dispatch(now) > 0
-        found |= self.prune(now)
         return found
 
     # The passes. Each takes `now`; tests call them with a clock they move.
@@ -121,15 +129,19 @@ class Scheduler:
 
     def dispatch(self, now: datetime) -> int:
         """Claim what is ready, as many as there are free slots, and hand it to the pool."""
-        claimed = 0
+        claimed, drained = 0, True
         for long_running in (False, True):
             free = self.pool.free(long_running)
             if free <= 0 or self.stopping:
+                drained = False
                 continue
-            for occurrence in self._claim(now, long_running=long_running, limit=free):
+            occurrences = self._claim(now, long_running=long_running, limit=free)
+            for occurrence in occurrences:
                 self.pool.submit(occurrence, self._run, long_running=long_running)
-                claimed += 1
-        self._next_ready = Occurrence.next_ready_at()
+            claimed += len(occurrences)
+            drained &= len(occurrences) < free
+        if drained:  # nothing more is ready: when will something be? (a finished run wakes us otherwise)
+            self._next_ready = Occurrence.next_ready_at()
         return claimed
 
     def run_ready(self, now: datetime, *, long_running: bool = False, limit: int | None = None) -> int:
@@ -154,16 +166,16 @@ class Scheduler:
         return more
 
     def next_wakeup(self, now: datetime) -> datetime:
-        """The next due instant or pending retry, at most POLL_INTERVAL away."""
-        candidates = [now + POLL_INTERVAL, self.planner.next_due_at(), self._next_ready]
+        """The next due instant or pending retry, at most POLL_INTERVAL away.
+
+        What is ready already waits for a free slot: a finished run wakes the loop.
+        """
+        candidates = [now + POLL_INTERVAL, self.planner.next_due_at()]
+        if self._next_ready is not None and self._next_ready > now:
+            candidates.append(self._next_ready)
         return max(min(c for c in candidates if c is not None), now)
 
     # Threads and signals.
-
-    def now(self) -> datetime:
-        """The database's time (a round trip with a DatabaseClock, which re-measures its offset)."""
-        sync = getattr(self.clock, "sync", None)
-        return sync() if sync else self.clock()
 
     def wake(self) -> None:
         self._wake.set()

@@ -110,8 +110,13 @@ class SchedulerProcess:
         self.process.kill()
         self.process.wait(10)
 
-    def output(self) -> str:
-        return self.process.stdout.read() if self.process.stdout else ""
+    def output(self, timeout=10) -> str:
+        """What the process wrote; after it ended (a process still running is killed after timeout)."""
+        try:
+            return self.process.communicate(timeout=timeout)[0] or ""
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.communicate()[0] or ""
 
 
 def wait_for(predicate, timeout=20.0, interval=0.1):

@@ -1,6 +1,8 @@
 """`manage.py relay_outbox` as a process: broker outages, crashes, signals, several relays."""
 
 import json
+import os
+import select
 import signal
 import threading
 import time
@@ -24,13 +26,21 @@ def publish_events(event_type, count):
 
 
 def wait_for_line(stream, text, timeout=30):
-    """Read stream until a line containing text; False if the process ended or time ran out."""
+    """Read stream until text appears; False if the process ended or time ran out.
+
+    Reads the pipe's file descriptor after select(), so a silent process cannot hold the test
+    past timeout (a text stream's buffer would hide what select() sees).
+    """
+    fd, seen, wanted = stream.fileno(), b"", text.encode()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = stream.readline()
-        if not line:
+    while (remaining := deadline - time.monotonic()) > 0:
+        if not select.select([fd], [], [], remaining)[0]:
             return False
-        if text in line:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return False
+        seen += chunk
+        if wanted in seen:
             return True
     return False
 

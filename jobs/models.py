@@ -171,6 +171,11 @@ class Occurrence(models.Model):
 
     class Meta:
         ordering = ["-scheduled_for", "-id"]
+        permissions = [
+            ("run_job", "Can run a job now"),
+            ("retry_occurrence", "Can retry a failed occurrence"),
+            ("cancel_occurrence", "Can cancel a scheduled occurrence"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["task", "scheduled_for"], condition=Q(manual=False), name="occurrence_once_per_instant"

@@ -21,6 +21,7 @@ import psycopg
 from django.db import DatabaseError, connection, transaction
 
 from bookworm_scheduler.backoff import Backoff
+from outbox.publishing import origin
 
 from .definitions import Definition, load_definition
 from .models import LeaseLost, Occurrence
@@ -101,16 +102,17 @@ class Runner:
             kwargs=definition.kwargs,
         )
         timeout = definition.policy.timeout
+        source = f"occurrence:{occurrence.id}"  # the origin of what the job publishes
         returned = False
         try:
             if spec.atomic:
                 with transaction.atomic():
-                    with _statement_timeout(timeout, local=True), Watchdog(timeout):
+                    with _statement_timeout(timeout, local=True), Watchdog(timeout), origin(source):
                         spec.func(context)
                     returned = True
                     occurrence.record_attempt(session=self.session, started_at=started, now=self.clock())
             else:
-                with _statement_timeout(timeout, local=False), Watchdog(timeout):
+                with _statement_timeout(timeout, local=False), Watchdog(timeout), origin(source):
                     spec.func(context)
                 returned = True
                 self._write(

@@ -115,11 +115,17 @@ class OutboxMessage(models.Model):
     available_at = models.DateTimeField(default=timezone.now)
     last_error = models.TextField(blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
+    # What published it, e.g. "occurrence:42" (see outbox.publishing.origin); empty if unknown.
+    origin = models.CharField(max_length=100, blank=True)
 
     objects = OutboxQuerySet.as_manager()
 
     class Meta:
         ordering = ["-id"]
+        permissions = [
+            ("requeue_outboxmessage", "Can requeue dead or unroutable messages"),
+            ("discard_outboxmessage", "Can discard messages"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(status__in=["pending", "delivered", "unroutable", "dead"]),
@@ -137,6 +143,8 @@ class OutboxMessage(models.Model):
             models.Index(fields=["delivered_at"], condition=Q(status="delivered"), name="outbox_delivered"),
             # The admin lists by status, newest first.
             models.Index(fields=["status", "-id"], name="outbox_status_recent"),
+            # The events one occurrence (or other origin) published.
+            models.Index(fields=["origin"], condition=~Q(origin=""), name="outbox_origin"),
         ]
 
     def __str__(self):

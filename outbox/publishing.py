@@ -1,5 +1,7 @@
 """Publishing an event: one outbox row written inside the caller's transaction."""
 
+import contextlib
+import contextvars
 import uuid
 from datetime import timedelta
 
@@ -14,6 +16,18 @@ from .events import IntegrationEvent
 from .models import OutboxMessage, PublishedKey
 
 NOTIFY_CHANNEL = "outbox"  # see migration 0002_notify_on_insert
+
+_origin: contextvars.ContextVar[str] = contextvars.ContextVar("outbox_origin", default="")
+
+
+@contextlib.contextmanager
+def origin(name: str):
+    """Rows published inside this block record name as their origin (e.g. "occurrence:42")."""
+    token = _origin.set(name)
+    try:
+        yield
+    finally:
+        _origin.reset(token)
 
 
 class TransactionRequired(RuntimeError):
@@ -55,5 +69,6 @@ def publish(
         headers=headers or {},
         created_at=now,
         available_at=now,
+        origin=_origin.get(),
     )
     return insert_row(message, using)

@@ -30,6 +30,7 @@ def test_a_successful_run_commits_its_event_and_its_attempt_together(clock, no_s
     assert (attempt.number, attempt.status, attempt.error) == (1, "succeeded", "")
     event = events_of(occurrence).get()
     assert event.message_types[0] == "urn:message:BookWorm.Tests:SampleRanEvent"
+    assert event.origin == f"occurrence:{occurrence.id}"
 
 
 def test_a_job_that_raises_is_a_recorded_failure_and_its_event_rolls_back(clock, no_seed_definitions, caplog):

@@ -21,7 +21,7 @@ migrate: $(VENV)/.installed
 run: migrate
 	@echo
 	@echo "  Dashboard: http://127.0.0.1:8000/tickerq/"
-	@echo "  Create a login: DEBUG=1 $(BIN)/python manage.py createsuperuser"
+	@DEBUG=1 $(BIN)/python manage.py firstadmin
 	@echo "  Embedded SQLite: one scheduler at a time, the relay polls (no LISTEN/NOTIFY)."
 	@echo
 	PATH="$(abspath $(BIN)):$$PATH" DEBUG=1 $(BIN)/honcho --procfile Procfile.dev start

@@ -6,6 +6,7 @@ ImproperlyConfigured naming the variable; manage.py turns that into one line.
 
 import os
 import socket
+from datetime import timedelta
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -97,6 +98,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_celery_beat",
     "health_check",
+    "django_htmx",
+    "axes",
     "outbox",
     "jobs",
 ]
@@ -107,9 +110,30 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    # HTTP Basic for scripts and monitors on the dashboard; after the session's user is known.
+    "bookworm_scheduler.basic_auth.BasicAuthMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out form login into its lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# django-axes throttles failed logins, form and Basic alike: its backend comes first and refuses
+# a locked-out (username, address) pair before any password is hashed.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = _positive("int", "AXES_FAILURE_LIMIT", 5)
+# Without a cool-off django-axes locks forever. Each attempt while locked starts the wait again
+# (its default), so "try again in N minutes" stays true.
+AXES_COOLOFF_TIME = timedelta(minutes=_positive("int", "AXES_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "bookworm_scheduler.basic_auth.lockout_response"
+# No "AXES: BEGIN" line at every process start; failures and lockouts are still logged.
+AXES_VERBOSE = False
 
 if not DEBUG:
     # Serves the admin's static files under gunicorn (collectstatic first; see the Dockerfile).

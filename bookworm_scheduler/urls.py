@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from django.views.generic import RedirectView
 from health_check.views import HealthCheckView
 
@@ -9,6 +9,8 @@ admin.site.index_title = "Jobs, runs and outbox"
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
+    path("tickerq/api/", include("jobs.api_urls")),  # before the admin: its catch-all takes every path
+    path("tickerq/overview/", include("jobs.urls")),  # the overview fragment; before the admin too
     path("tickerq/", admin.site.urls),
     path(
         "health/",

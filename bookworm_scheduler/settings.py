@@ -199,5 +199,6 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     # The relay logs one line per failed broker connection attempt, with its cause; pika's
     # own account of the same failure is seven ERROR lines.
-    "loggers": {"pika": {"level": "CRITICAL"}},
+    # django-axes logs every successful login at INFO.
+    "loggers": {"pika": {"level": "CRITICAL"}, "axes": {"level": "WARNING"}},
 }

@@ -197,8 +197,9 @@ class Occurrence(models.Model):
             models.Index(fields=["run_after"], condition=Q(status="scheduled"), name="occ_scheduled_run_after"),
             # Occurrence.expired_leases and lease renewal.
             models.Index(fields=["lease_expires_at"], condition=Q(status="running"), name="occ_running_lease"),
-            # History of one job, newest first (admin, `jobs history --job`, the last run of each job).
-            models.Index(fields=["task", "-scheduled_for"], name="occ_task_recent"),
+            # History of one job, newest first (admin, `jobs history --job`, the last run of each job);
+            # status and started_at make the jobs list's per-job counts index-only scans.
+            models.Index(fields=["task", "-scheduled_for"], include=["status", "started_at"], name="occ_task_recent"),
             # History of all jobs, newest first.
             models.Index(fields=["-scheduled_for", "-id"], name="occ_recent"),
             # The admin's exact, case-insensitive search by job name, newest first.
@@ -372,6 +373,14 @@ class Occurrence(models.Model):
     def release(self, *, session, reason: str) -> None:
         """Back to scheduled without counting the attempt: the run did not commit, through no fault of its job."""
         self._transition(session=session, status=self.Status.SCHEDULED, attempts=self.attempts - 1, reason=reason)
+
+    def cancel(self, *, by: str, now) -> bool:
+        """A scheduled occurrence that will not run (the dashboard's cancel); False if it no longer waits."""
+        return bool(
+            Occurrence.objects.filter(pk=self.pk, status=self.Status.SCHEDULED).update(
+                status=self.Status.SKIPPED, finished_at=now, reason=f"cancelled by {by}"
+            )
+        )
 
     def skip(self, *, session, now, reason: str) -> None:
         """Finish without running (definition disabled, deleted or expired); no attempt is counted."""

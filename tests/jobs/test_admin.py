@@ -1,10 +1,17 @@
-from datetime import UTC, datetime
+import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.admin.models import LogEntry
+from django.contrib.auth.models import Permission, User
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
-from jobs.models import Occurrence
+from jobs.contracts import ResendErrorEmailIntegrationEvent
+from jobs.models import Attempt, Occurrence, SchedulerInstance
+from outbox.publishing import origin, publish
 
 pytestmark = pytest.mark.django_db
 
@@ -85,28 +92,242 @@ def test_the_jobs_list_shows_the_real_last_run(admin_client):
         task=task, job_name=task.name, scheduled_for=started, run_after=started, started_at=started, status="succeeded"
     )
     page = admin_client.get("/tickerq/django_celery_beat/periodictask/").content.decode()
-    assert "March 1, 2026, 12:30 p.m." in page
+    assert "2026-03-01 12:30:00" in page and ">succeeded<" in page
 
 
-def test_the_dashboard_index_shows_an_overview_of_runs_and_the_outbox(admin_client):
-    from django.utils import timezone
+def test_solar_schedules_cannot_be_chosen(admin_client):
+    page = admin_client.get("/tickerq/django_celery_beat/periodictask/add/").content.decode()
+    assert 'name="solar"' not in page
+    assert admin_client.get("/tickerq/django_celery_beat/solarschedule/").status_code == 404
 
+
+def definition_form(**fields):
+    data = {
+        "name": "nightly",
+        "task": "test.publish",
+        "enabled": "on",
+        "description": "",
+        "cron": "30 2 * * *",
+        "timezone": "Europe/Berlin",
+        "interval": "",
+        "clocked": "",
+        "kwargs": "{}",
+        "policy-TOTAL_FORMS": "1",
+        "policy-INITIAL_FORMS": "0",
+        "policy-0-priority": "2",
+        "policy-0-misfire_policy": "run_once",
+        "policy-0-max_retries": "1",
+        "policy-0-retry_intervals": "[]",
+    }
+    data.update(fields)
+    return data
+
+
+def test_a_definition_is_made_from_a_registered_job_and_a_cron_expression(admin_client):
+    response = admin_client.post("/tickerq/django_celery_beat/periodictask/add/", definition_form())
+    assert response.status_code == 302, response.content.decode()[:2000]
+    task = PeriodicTask.objects.select_related("crontab", "policy").get(name="nightly")
+    assert (task.task, str(task.crontab.timezone), task.crontab.minute, task.crontab.hour) == (
+        "test.publish",
+        "Europe/Berlin",
+        "30",
+        "2",
+    )
+    assert task.policy.priority == 2
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"task": "no.such.job"}, "Select a valid choice. no.such.job is not one of the available choices."),
+        ({"cron": "61 * * * *"}, "Bad minute in cron expression"),
+        ({"cron": ""}, "Give exactly one schedule"),
+        ({"kwargs": "[1, 2]"}, "A JSON object"),
+    ],
+)
+def test_a_bad_definition_is_a_form_error(admin_client, fields, message):
+    response = admin_client.post("/tickerq/django_celery_beat/periodictask/add/", definition_form(**fields))
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    assert not PeriodicTask.objects.filter(name="nightly").exists()
+
+
+def test_the_form_offers_only_registered_jobs_and_no_celery_fields(admin_client):
+    page = admin_client.get("/tickerq/django_celery_beat/periodictask/add/").content.decode()
+    assert '<option value="test.publish">' in page and '<option value="ResendErrorEmailJob">' in page
+    for celery_field in ('name="queue"', 'name="exchange"', 'name="routing_key"', 'name="headers"', 'name="args"'):
+        assert celery_field not in page
+
+
+def test_the_preview_tells_the_expression_in_words_and_its_next_five_runs(admin_client):
+    response = admin_client.get("/tickerq/django_celery_beat/periodictask/preview/", {"cron": "0 9 * * 1-5"})
+    page = response.content.decode()
+    assert "At 09:00 AM, Monday through Friday" in page
+    assert page.count("<li>") == 5 and " 09:00 UTC</li>" in page
+    bad = admin_client.get("/tickerq/django_celery_beat/periodictask/preview/", {"cron": "0 25 * * *"})
+    assert "Bad hour in cron expression" in bad.content.decode()
+
+
+def test_the_jobs_list_shows_next_run_success_rate_and_running(admin_client, clock):
     task = PeriodicTask.objects.get(name="ResendErrorEmailJob")
-    Occurrence.objects.create(
-        task=task, job_name=task.name, scheduled_for=timezone.now(), run_after=timezone.now(), status="failed"
+    now = timezone.now()
+    for minutes, status in [(10, "succeeded"), (20, "succeeded"), (30, "succeeded"), (40, "failed"), (1, "running")]:
+        at = now - timedelta(minutes=minutes)
+        Occurrence.objects.create(
+            task=task,
+            job_name=task.name,
+            scheduled_for=at,
+            run_after=at,
+            started_at=at,
+            status=status,
+            session=uuid.uuid4() if status == "running" else None,
+            lease_expires_at=now if status == "running" else None,
+        )
+    page = admin_client.get("/tickerq/django_celery_beat/periodictask/").content.decode()
+    assert "75 % of 4" in page
+    assert '<td class="field-running_now">1</td>' in page
+    assert "Every hour" in page and "<code>0 * * * *</code>" in page
+
+
+def view_only_staff(client):
+    user = User.objects.create_user("viewer", password="a-long-password", is_staff=True)
+    for codename in ("view_periodictask", "view_occurrence", "view_schedulerinstance"):
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    client.force_login(user)
+    return client
+
+
+def test_a_view_only_user_sees_the_jobs_but_cannot_run_or_disable_them(client):
+    viewer = view_only_staff(client)
+    task = PeriodicTask.objects.get(name="ResendErrorEmailJob")
+    page = viewer.get("/tickerq/django_celery_beat/periodictask/").content.decode()
+    assert "ResendErrorEmailJob" in page and 'value="run_now"' not in page and 'value="disable"' not in page
+    for action in ("run_now", "disable"):
+        viewer.post("/tickerq/django_celery_beat/periodictask/", {"action": action, "_selected_action": [task.id]})
+    assert not Occurrence.objects.exists() and PeriodicTask.objects.get(id=task.id).enabled
+
+
+def test_running_a_job_now_needs_its_own_permission_and_is_logged(client):
+    user = User.objects.create_user("operator", password="a-long-password", is_staff=True)
+    for codename in ("view_periodictask", "run_job"):
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    client.force_login(user)
+    task = PeriodicTask.objects.get(name="ResendErrorEmailJob")
+    client.post("/tickerq/django_celery_beat/periodictask/", {"action": "run_now", "_selected_action": [task.id]})
+    occurrence = Occurrence.objects.get()
+    assert (occurrence.manual, occurrence.triggered_by) == (True, "operator")
+    entry = LogEntry.objects.get()
+    assert (entry.user.username, entry.object_id, entry.get_change_message()) == (
+        "operator",
+        str(task.id),
+        f"Ran now: occurrence {occurrence.id}",
     )
-    page = admin_client.get("/tickerq/").content.decode()
-    assert 'id="overview"' in page and "failed: 1" in page and "pending: 0" in page
 
 
-def test_a_solar_schedule_is_a_form_error():
-    from django_celery_beat.models import SolarSchedule
-
-    from jobs.admin import PeriodicTaskForm
-
-    solar = SolarSchedule.objects.create(event="sunrise", latitude=52.5, longitude=13.4)
-    form = PeriodicTaskForm(
-        data={"name": "dawn", "task": "test.publish", "solar": solar.id, "args": "[]", "kwargs": "{}", "enabled": True}
+def failed_occurrence(task, **fields):
+    at = timezone.now() - timedelta(minutes=5)
+    occurrence = Occurrence.objects.create(
+        task=task, job_name=task.name, scheduled_for=at, run_after=at, status="failed", attempts=1, **fields
     )
-    assert not form.is_valid()
-    assert "Solar schedules are not supported" in str(form.errors["solar"])
+    Attempt.objects.create(
+        occurrence=occurrence,
+        number=1,
+        status="failed",
+        scheduler="s1",
+        started_at=at,
+        finished_at=at,
+        duration=timedelta(0),
+        error="RuntimeError: boom",
+        traceback='Traceback (most recent call last):\n  File "job.py", line 1\nRuntimeError: boom',
+    )
+    return occurrence
+
+
+def test_an_occurrence_shows_its_attempts_who_triggered_it_and_its_events(admin_client):
+    task = PeriodicTask.objects.get(name="ResendErrorEmailJob")
+    occurrence = failed_occurrence(task, manual=True, triggered_by="alice")
+    with transaction.atomic(), origin(f"occurrence:{occurrence.id}"):
+        event = publish(ResendErrorEmailIntegrationEvent())
+    page = admin_client.get(f"/tickerq/jobs/occurrence/{occurrence.id}/change/").content.decode()
+    assert "alice" in page and "File &quot;job.py&quot;, line 1" in page and "RuntimeError: boom" in page
+    assert f'href="/tickerq/outbox/outboxmessage/{event.id}/change/"' in page
+    assert 'name="_save"' not in page and "deletelink" not in page
+
+
+def test_history_filters_by_status_kind_job_and_scheduler(admin_client):
+    task = PeriodicTask.objects.get(name="ResendErrorEmailJob")
+    other = PeriodicTask.objects.get(name="CleanUpSentEmailJob")
+    failed = failed_occurrence(task, manual=True, scheduler="s1")
+    now = timezone.now()
+    cleaned = Occurrence.objects.create(
+        task=other, job_name=other.name, scheduled_for=now, run_after=now, status="succeeded"
+    )
+    SchedulerInstance.objects.create(
+        instance_id="s1", host="h", pid=1, version="1", started_at=now, last_seen=now, session=uuid.uuid4()
+    )
+    url = "/tickerq/jobs/occurrence/"
+    for query in ({"status__exact": "failed"}, {"kind": "manual"}, {"job": task.id}, {"scheduler": "s1"}):
+        page = admin_client.get(url, query).content.decode()
+        assert f"/tickerq/jobs/occurrence/{failed.id}/change/" in page, query
+        assert f"/tickerq/jobs/occurrence/{cleaned.id}/change/" not in page, query
+    page = admin_client.get(url, {"q": "cleanupsentemailjob"}).content.decode()
+    assert f"/tickerq/jobs/occurrence/{cleaned.id}/change/" in page
+    assert f"/tickerq/jobs/occurrence/{failed.id}/change/" not in page
+
+
+def test_retry_and_cancel_need_their_permissions(client):
+    task = PeriodicTask.objects.get(name="ResendErrorEmailJob")
+    failed = failed_occurrence(task)
+    now = timezone.now()
+    waiting = Occurrence.objects.create(task=task, job_name=task.name, scheduled_for=now, run_after=now, manual=True)
+    viewer = view_only_staff(client)
+    viewer.post("/tickerq/jobs/occurrence/", {"action": "retry", "_selected_action": [failed.id]})
+    viewer.post("/tickerq/jobs/occurrence/", {"action": "cancel", "_selected_action": [waiting.id]})
+    assert Occurrence.objects.count() == 2 and Occurrence.objects.get(id=waiting.id).status == "scheduled"
+    user = User.objects.get(username="viewer")
+    for codename in ("retry_occurrence", "cancel_occurrence"):
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    viewer.post("/tickerq/jobs/occurrence/", {"action": "retry", "_selected_action": [failed.id]})
+    viewer.post("/tickerq/jobs/occurrence/", {"action": "cancel", "_selected_action": [waiting.id]})
+    assert Occurrence.objects.filter(manual=True, triggered_by="viewer", status="scheduled").count() == 1
+    cancelled = Occurrence.objects.get(id=waiting.id)
+    assert (cancelled.status, cancelled.reason) == ("skipped", "cancelled by viewer")
+    assert sorted(LogEntry.objects.values_list("change_message", flat=True)) == [
+        "Cancelled",
+        f"Retried as occurrence {Occurrence.objects.latest('id').id}",
+    ]
+
+
+def test_the_schedulers_page_tells_alive_stale_and_lost_and_what_each_runs(admin_client):
+    now = timezone.now()
+    alive = SchedulerInstance.objects.create(
+        instance_id="alive", host="h1", pid=1, version="1", started_at=now, last_seen=now
+    )
+    SchedulerInstance.objects.create(
+        instance_id="stale", host="h2", pid=2, version="1", started_at=now, last_seen=now - timedelta(minutes=5)
+    )
+    SchedulerInstance.objects.create(
+        instance_id="gone", host="h3", pid=3, version="1", started_at=now, last_seen=now, state="lost"
+    )
+    task = PeriodicTask.objects.get(name="ResendErrorEmailJob")
+    running = Occurrence.objects.create(
+        task=task,
+        job_name=task.name,
+        scheduled_for=now,
+        run_after=now,
+        status="running",
+        session=alive.session,
+        lease_expires_at=now,
+        started_at=now,
+    )
+    page = admin_client.get("/tickerq/jobs/schedulerinstance/").content.decode()
+    assert ">alive</span>" in page and ">stale</span>" in page and ">lost</span>" in page
+    detail = admin_client.get(f"/tickerq/jobs/schedulerinstance/{alive.session}/change/").content.decode()
+    assert f"/tickerq/jobs/occurrence/{running.id}/change/" in detail
+
+
+def test_the_history_list_never_counts_the_whole_filtered_table(admin_client):
+    with CaptureQueriesContext(connection) as queries:
+        admin_client.get("/tickerq/jobs/occurrence/", {"status__exact": "failed"})
+    counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert counts and all("LIMIT 10000" in sql for sql in counts)

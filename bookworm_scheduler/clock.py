@@ -11,7 +11,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.utils import timezone
 
 
@@ -28,8 +28,9 @@ def database_now(using: str = DEFAULT_DB_ALIAS) -> datetime:
 class DatabaseClock:
     """Callable: the database's time now, from the last sync plus the monotonic time since.
 
-    sync() takes one round trip; callers sync once per pass of their loop, and the clock
-    syncs itself when its last sync is older than max_age seconds. Thread-safe.
+    sync() takes one round trip; the clock syncs itself when its last sync is older than
+    max_age seconds. While the database cannot be reached it goes on from its last sync (or,
+    never synced, from this host's clock), so reading the time never fails. Thread-safe.
     """
 
     def __init__(self, using: str = DEFAULT_DB_ALIAS, max_age: float = 30.0):
@@ -55,7 +56,11 @@ class DatabaseClock:
     def __call__(self) -> datetime:
         base = self._base
         if base is None or time.monotonic() - base[1] > self.max_age:
-            return self.sync()
+            try:
+                return self.sync()
+            except DatabaseError:
+                if base is None:
+                    return timezone.now()
         now, at = base
         return now + timedelta(seconds=time.monotonic() - at)
 

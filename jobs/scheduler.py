@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection
+from django.utils import timezone
 
 from bookworm_scheduler.backoff import Backoff
 from bookworm_scheduler.clock import DatabaseClock
@@ -116,11 +117,18 @@ class Scheduler:
         """Create this process's instance row and the definitions of registered jobs."""
         create_missing_definitions()
         self.leases.register(now)
+        offset = (now - timezone.now()).total_seconds()
         logger.info(
-            "scheduler %s started (session %s)",
+            "scheduler %s started (session %s); the database's clock is %+.3f s from this host's",
             self.instance_id,
             self.session,
-            extra={"action": "scheduler_started", "instance": self.instance_id, "session": str(self.session)},
+            offset,
+            extra={
+                "action": "scheduler_started",
+                "instance": self.instance_id,
+                "session": str(self.session),
+                "clock_offset_s": round(offset, 3),
+            },
         )
 
     def reap(self, now: datetime) -> int:

@@ -8,6 +8,7 @@ shifted schedulers here never run a job that sleeps.
 
 import glob
 import json
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -71,7 +72,8 @@ def test_a_scheduler_five_minutes_fast_runs_each_instant_once_and_none_early(
     task = make_definition("every-second", every=1, start_time=start)
 
     wait_for(lambda: Occurrence.objects.filter(task=task, status="succeeded").count() >= 5, timeout=20)
-    assert not Occurrence.objects.filter(task=task, scheduled_for__gt=database_now() + timedelta(seconds=2)).exists()
+    ahead = Occurrence.objects.filter(task=task, scheduled_for__gt=database_now() + timedelta(seconds=2))
+    assert list(ahead) == [], "planned ahead of the database's clock"
     assert fast.terminate() == 0
     output = fast.output()
     assert "Traceback" not in output, output
@@ -112,16 +114,23 @@ def test_a_fast_scheduler_does_not_steal_a_live_claim(scheduler_processes, env, 
     env = dict(env, SCHEDULER_LEASE_SECONDS="3")
     task = make_definition("sleeper", "test.sleep", every=3600, kwargs={"seconds": 6})
     normal = scheduler_processes(env=env, instance_id="normal")
-    started("normal")
-    occurrence = Occurrence.trigger(task, priority=Priority.NORMAL)
-    wait_for(lambda: Occurrence.objects.filter(id=occurrence.id, status="running", scheduler="normal").exists())
-
-    # By the fast scheduler's own clock the 3-second lease expired minutes ago.
     fast = scheduler_processes(env=shifted_clock(env, +5), instance_id="fast")
-    fast_started_at = started("fast").started_at
-    # It renews its heartbeat and then reaps, once a second: let it reap twice while the job runs.
-    wait_for(lambda: SchedulerInstance.objects.filter(instance_id="fast", last_seen__gte=fast_started_at + timedelta(seconds=2)).exists())
-    assert Occurrence.objects.filter(id=occurrence.id, status="running", scheduler="normal").exists()
+    started("normal")
+    started("fast")
+    # The fast one is frozen while the normal one claims the run, so that the run is the normal one's.
+    fast.process.send_signal(signal.SIGSTOP)
+    try:
+        occurrence = Occurrence.trigger(task, priority=Priority.NORMAL)
+        wait_for(lambda: Occurrence.objects.filter(id=occurrence.id, status="running", scheduler="normal").exists())
+    finally:
+        fast.process.send_signal(signal.SIGCONT)
+
+    # By the fast scheduler's own clock the 3-second lease expired minutes ago. Once a second it
+    # renews its heartbeat, then reaps: let it finish a reaping pass while the job runs.
+    two_seconds_on = database_now() + timedelta(seconds=2)
+    wait_for(lambda: SchedulerInstance.objects.filter(instance_id="fast", last_seen__gte=two_seconds_on).exists())
+    still_claimed = Occurrence.objects.filter(id=occurrence.id, status="running", scheduler="normal")
+    assert still_claimed.exists(), "the job ended before the fast scheduler looked: the test proved nothing"
 
     wait_for(lambda: Occurrence.objects.filter(id=occurrence.id, status__in=Occurrence.FINISHED).exists(), timeout=15)
     assert (fast.terminate(), normal.terminate()) == (0, 0)

@@ -26,7 +26,7 @@ from bookworm_scheduler.clock import default_clock
 from bookworm_scheduler.paginator import CappedCountPaginator
 from outbox.models import OutboxMessage
 
-from .definitions import Definition, cron_expression, policy_of
+from .definitions import Definition, cron_expression, policy_of, run_now
 from .models import Attempt, JobPolicy, Occurrence, SchedulerInstance
 from .registry import get_job, registered_jobs
 from .schedules import InvalidSchedule, cron_instants, next_instants, validate_cron
@@ -332,7 +332,7 @@ class JobDefinitionAdmin(admin.ModelAdmin):
     @admin.action(description="Run selected jobs now", permissions=["run"])
     def run_now(self, request, queryset):
         for task in queryset.select_related("policy"):
-            occurrence = Occurrence.trigger(task, priority=policy_of(task).priority, by=request.user.get_username())
+            occurrence = run_now(task, by=request.user.get_username())
             self.log_change(request, task, f"Ran now: occurrence {occurrence.id}")
         self.message_user(request, "Triggered: an idle scheduler runs them at once.", messages.SUCCESS)
 
@@ -547,8 +547,7 @@ class SchedulerInstanceAdmin(admin.ModelAdmin):
     def liveness(self, instance):
         if instance.state != SchedulerInstance.State.RUNNING:
             return format_html('<span style="color:{}">{}</span>', STATUS_COLOURS["skipped"], instance.state)
-        # Renewed every third of the lease: two missed beats make it stale.
-        stale = default_clock() - instance.last_seen > timedelta(seconds=settings.SCHEDULER_LEASE_SECONDS * 2 / 3)
+        stale = instance.is_stale(default_clock(), timedelta(seconds=settings.SCHEDULER_LEASE_SECONDS))
         colour = STATUS_COLOURS["missed" if stale else "succeeded"]
         return format_html('<span style="color:{};font-weight:bold">{}</span>', colour, "stale" if stale else "alive")
 

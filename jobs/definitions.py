@@ -16,7 +16,7 @@ from django.core.exceptions import ValidationError
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
-from .models import DefinitionsVersion, JobPolicy, PlanningCursor
+from .models import DefinitionsVersion, JobPolicy, Occurrence, PlanningCursor
 from .policy import Policy
 from .registry import get_job, registered_jobs
 from .schedules import EPOCH, InvalidSchedule, clocked_instants, cron_instants, interval_instants, validate_cron
@@ -32,6 +32,11 @@ def policy_of(task: PeriodicTask) -> Policy:
         pass
     spec = get_job(task.task)
     return spec.policy if spec is not None else Policy()
+
+
+def run_now(task: PeriodicTask, *, by: str) -> Occurrence:
+    """A manual run of task at its policy's priority, due now; who asked is recorded."""
+    return Occurrence.trigger(task, priority=policy_of(task).priority, by=by)
 
 
 def kwargs_of(task: PeriodicTask) -> dict:

@@ -461,6 +461,14 @@ class SchedulerInstance(models.Model):
     def __str__(self):
         return f"{self.instance_id} (pid {self.pid})"
 
+    def is_stale(self, now: datetime, lease: timedelta) -> bool:
+        """Running, but silent for two heartbeats (one every third of the lease): dead or stuck.
+
+        Another scheduler marks it lost once it has been silent for a whole lease; with none
+        running to do that, it stays stale.
+        """
+        return self.state == self.State.RUNNING and now - self.last_seen > lease * 2 / 3
+
 
 def prune_history(now: datetime, *, keep: timedelta, batch: int, batches: int) -> tuple[int, bool]:
     """Delete up to batches x batch finished occurrences older than keep, and old instance rows.

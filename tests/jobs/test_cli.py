@@ -75,6 +75,29 @@ def test_history_lists_occurrences_newest_first_and_filters_by_job(clock, no_see
     assert len(rows) == 1 and rows[0]["scheduled_for"] == (clock.now + timedelta(minutes=3)).isoformat()
 
 
+def test_history_filters_by_status_and_by_manual_or_scheduled_runs(clock, no_seed_definitions):
+    task = make_definition("a", every=60)
+    for minutes, (status, manual) in enumerate([("succeeded", False), ("failed", False), ("failed", True)], start=1):
+        at = clock.now + timedelta(minutes=minutes)
+        Occurrence.objects.create(task=task, job_name="a", scheduled_for=at, run_after=at, status=status, manual=manual)
+
+    def history(*args):
+        return [(row["status"], row["manual"]) for row in json.loads(run_jobs("history", *args, "--json"))]
+
+    assert history("--status", "failed") == [("failed", True), ("failed", False)]
+    assert history("--manual") == [("failed", True)]
+    assert history("--no-manual") == [("failed", False), ("succeeded", False)]
+    assert history("--job", "a", "--status", "succeeded", "--no-manual") == [("succeeded", False)]
+
+
+@pytest.mark.parametrize("limit", ["0", "1001"])
+def test_history_limit_outside_1_to_1000_is_a_usage_error(limit):
+    with pytest.raises(CommandError, match="--limit must be a whole number from 1 to 1000") as raised:
+        run_jobs("history", "--limit", limit)
+
+    assert raised.value.returncode == 2
+
+
 def test_trigger_writes_a_manual_occurrence_with_the_definitions_priority():
     output = run_jobs("trigger", "ResendErrorEmailJob")
     occurrence = Occurrence.objects.get()

@@ -48,11 +48,11 @@ def admin_action(action, task):
 
 
 def disable_with_admin_action(task, enabled):
-    admin_action("enable_tasks" if enabled else "disable_tasks", task)
+    admin_action("enable" if enabled else "disable", task)
 
 
 def toggle_with_admin_action(task, enabled):
-    admin_action("toggle_tasks", task)
+    admin_action("toggle", task)
 
 
 def test_a_new_definition_plans_from_the_moment_it_was_created(no_seed_definitions):

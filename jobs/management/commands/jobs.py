@@ -1,26 +1,23 @@
 """manage.py jobs: list definitions, show history, trigger a run, preview a cron expression, prune."""
 
+import argparse
 import json
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.clock import database_now
-from jobs.definitions import Definition, definitions_queryset, describe_schedule, policy_of, schedule_zone
+from jobs.definitions import run_now
 from jobs.models import Occurrence, prune_history
 from jobs.schedules import InvalidSchedule, cron_instants, get_zone, next_instants
+from jobs.serializers import DEFAULT_LIMIT, MAX_LIMIT, BadFilter, HistoryFilter, history_rows, iso, job_rows
 
 USAGE_ERROR = 2
-
-
-def iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
 
 
 class Command(BaseCommand):
@@ -34,7 +31,13 @@ class Command(BaseCommand):
 
         history = actions.add_parser("history", help="Occurrences, newest first.")
         history.add_argument("--job", help="Only this definition's occurrences.")
-        history.add_argument("--limit", type=int, default=20)
+        history.add_argument("--status", choices=Occurrence.Status.values, help="Only occurrences in this status.")
+        history.add_argument(
+            "--manual",
+            action=argparse.BooleanOptionalAction,
+            help="Only manual runs (--manual) or only scheduled ones (--no-manual).",
+        )
+        history.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help=f"At most this many (1 to {MAX_LIMIT}).")
         history.add_argument("--json", action="store_true")
 
         trigger = actions.add_parser("trigger", help="Run a job now through the scheduler, recorded as manual.")
@@ -65,58 +68,28 @@ class Command(BaseCommand):
             self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
 
     def handle_list(self, **options):
-        last_status = Occurrence.objects.filter(task=OuterRef("pk")).order_by("-scheduled_for", "-id")
-        tasks = definitions_queryset().annotate(last_status=Subquery(last_status.values("status")[:1])).order_by("name")
-        rows = []
-        for task in tasks:
-            next_run = None
-            if task.enabled:
-                next_run = Definition.from_task(task, strict=False).next_instant()
-            rows.append(
-                {
-                    "name": task.name,
-                    "job": task.task,
-                    "schedule": describe_schedule(task),
-                    "timezone": schedule_zone(task),
-                    "priority": policy_of(task).priority.cli_name,
-                    "enabled": task.enabled,
-                    "next_run": iso(next_run),
-                    "last_status": task.last_status,
-                }
-            )
         self.emit(
-            rows, options["json"], ["name", "schedule", "timezone", "priority", "enabled", "next_run", "last_status"]
+            job_rows(),
+            options["json"],
+            ["name", "schedule", "timezone", "priority", "enabled", "next_run", "last_status"],
         )
 
-    def handle_history(self, job=None, limit=20, **options):
-        if limit < 1:
-            raise CommandError("--limit must be at least 1", returncode=USAGE_ERROR)
-        occurrences = Occurrence.objects.order_by("-scheduled_for", "-id")
-        if job:
-            # By definition where it still exists (index occ_task_recent), else by the name kept.
-            task = PeriodicTask.objects.filter(name=job).first()
-            occurrences = occurrences.filter(task=task) if task else occurrences.filter(job_name__iexact=job)
-        rows = [
-            {
-                "job": o.job_name,
-                "scheduled_for": iso(o.scheduled_for),
-                "status": o.status,
-                "attempt": o.attempts,
-                "instance": o.scheduler or None,
-                "started_at": iso(o.started_at),
-                "finished_at": iso(o.finished_at),
-                "manual": o.manual,
-                "error": o.reason or None,
-            }
-            for o in occurrences[:limit]
-        ]
-        self.emit(rows, options["json"], ["job", "scheduled_for", "status", "attempt", "instance", "manual", "error"])
+    def handle_history(self, job=None, limit=DEFAULT_LIMIT, status=None, manual=None, **options):
+        try:
+            history = HistoryFilter(job=job, status=status, manual=manual, limit=limit)
+        except BadFilter as exc:
+            raise CommandError(f"--{exc}", returncode=USAGE_ERROR) from None
+        self.emit(
+            history_rows(history),
+            options["json"],
+            ["job", "scheduled_for", "status", "attempt", "instance", "manual", "error"],
+        )
 
     def handle_trigger(self, name, wait=None, **options):
         task = PeriodicTask.objects.select_related("policy").filter(name=name).first()
         if task is None:
             raise CommandError(f"no such job definition: {name}", returncode=USAGE_ERROR)
-        occurrence = Occurrence.trigger(task, priority=policy_of(task).priority, by="manage.py jobs trigger")
+        occurrence = run_now(task, by="manage.py jobs trigger")
         self.stdout.write(f"triggered {name}: occurrence {occurrence.id}")
         if wait is None:
             return

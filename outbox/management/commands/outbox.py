@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand
 
 from bookworm_scheduler.clock import default_clock
 from outbox.models import OutboxMessage
+from outbox.serializers import outbox_status
 
 
 class Command(BaseCommand):
@@ -30,7 +31,7 @@ class Command(BaseCommand):
             self.requeue(ids=options["ids"], status=options["status"])
 
     def status(self, *, as_json: bool) -> None:
-        counts = OutboxMessage.objects.status_counts(default_clock())
+        counts = outbox_status(default_clock())
         if as_json:
             self.stdout.write(json.dumps(counts))
         else:

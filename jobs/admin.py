@@ -211,7 +211,7 @@ class JobDefinitionAdmin(admin.ModelAdmin):
         "name",
         "schedule",
         "zone",
-        "priority",
+        "job_priority",
         "enabled",
         "next_run",
         "last_run",
@@ -219,6 +219,7 @@ class JobDefinitionAdmin(admin.ModelAdmin):
         "running_now",
     ]
     list_filter = ["enabled"]
+    show_facets = admin.ShowFacets.NEVER
     search_fields = ["name", "task"]
     actions = ["run_now", "enable", "disable", "toggle"]
     readonly_fields = ["schedule_preview"]
@@ -301,14 +302,13 @@ class JobDefinitionAdmin(admin.ModelAdmin):
         return str(task.crontab.timezone) if task.crontab_id else "UTC"
 
     @admin.display(description="Priority")
-    def priority(self, task):
+    def job_priority(self, task):  # not `priority`: that is Celery's column of the task
         return policy_of(task).priority.label
 
     @admin.display(description="Next run")
     def next_run(self, task):
-        if not task.enabled:
-            return "-"
-        return Definition.from_task(task, strict=False).next_instant() or "-"
+        instant = Definition.from_task(task, strict=False).next_instant() if task.enabled else None
+        return instant.strftime("%Y-%m-%d %H:%M:%S") if instant else "-"
 
     @admin.display(description="Last run", ordering="last_started")
     def last_run(self, task):

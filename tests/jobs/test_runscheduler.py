@@ -3,17 +3,17 @@
 import json
 import os
 import subprocess
-import time
 from collections import Counter
 from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.db.models import F
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.clock import database_now
-from jobs.models import Attempt, Occurrence, PlanningCursor, Priority
+from jobs.models import Attempt, Occurrence, PlanningCursor, Priority, SchedulerInstance
 from outbox.models import OutboxMessage
 from tests.jobs.helpers import MANAGE, make_definition, wait_for
 
@@ -70,10 +70,13 @@ def test_sigterm_lets_the_running_job_finish_and_exits_0(scheduler_processes, no
     assert occurrence.status == "succeeded"
 
 
-def test_a_definition_changed_in_the_admin_is_seen_without_a_restart(scheduler_processes, no_seed_definitions):
+def test_a_definition_changed_in_the_admin_is_seen_without_a_restart(
+    scheduler_processes, scheduler_env, no_seed_definitions
+):
     task = make_definition("later", every=3600, start_time=timezone.now() + timedelta(hours=1))
-    process = scheduler_processes(instance_id="watcher")
-    time.sleep(2)
+    process = scheduler_processes(env=dict(scheduler_env, SCHEDULER_LEASE_SECONDS="3"), instance_id="watcher")
+    # A heartbeat after its start: it has loaded the definition with the old schedule.
+    wait_for(lambda: SchedulerInstance.objects.filter(instance_id="watcher", last_seen__gt=F("started_at")).exists())
     task.start_time = timezone.now().replace(microsecond=0) + timedelta(seconds=2)
     task.interval.every, task.interval.period = 1, "seconds"
     task.save()
@@ -149,12 +152,14 @@ def test_no_more_than_concurrency_jobs_run_at_once_and_long_running_ones_run_bes
     env = dict(scheduler_env, SCHEDULER_LONG_RUNNING_CONCURRENCY="1")
     process = scheduler_processes("--concurrency", "2", env=env, instance_id="bounded")
     peak = {"normal": 0, "long": 0}
-    deadline = time.monotonic() + 30
-    while Occurrence.objects.exclude(status="succeeded").exists() and time.monotonic() < deadline:
+
+    def sample_until_all_succeeded():
         running = Occurrence.objects.filter(status="running")
         peak["normal"] = max(peak["normal"], running.exclude(priority=Priority.LONG_RUNNING).count())
         peak["long"] = max(peak["long"], running.filter(priority=Priority.LONG_RUNNING).count())
-        time.sleep(0.05)
+        return not Occurrence.objects.exclude(status="succeeded").exists()
+
+    wait_for(sample_until_all_succeeded, timeout=30, interval=0.05)
     assert process.terminate() == 0
     assert set(Occurrence.objects.values_list("status", flat=True)) == {"succeeded"}
     assert peak == {"normal": 2, "long": 1}

@@ -14,6 +14,7 @@ from django.db import connection, transaction
 
 from outbox.models import OutboxMessage
 from outbox.publishing import NOTIFY_CHANNEL, publish
+from tests.jobs.helpers import wait_for
 
 from .conftest import rabbitmqctl, run_command
 
@@ -76,17 +77,19 @@ class LogEvents:
 
 def wait_for_listener(timeout=30):
     """True once a session of the test database listens for outbox notifications; False if time ran out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def listening():
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database() AND query = %s)",
                 [f"LISTEN {NOTIFY_CHANNEL}"],
             )
-            if cursor.fetchone()[0]:
-                return True
-        time.sleep(0.05)
-    return False
+            return cursor.fetchone()[0]
+
+    try:
+        return wait_for(listening, timeout=timeout, interval=0.05)
+    except AssertionError:
+        return False
 
 
 def stop(process, signum=signal.SIGTERM):

@@ -203,5 +203,8 @@ def test_inserted_occurrences_wake_idle_schedulers_at_once(no_seed_definitions):
 
 def listener_ready() -> bool:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE query = %s", [f"LISTEN {NOTIFY_CHANNEL}"])
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query = %s",
+            [f"LISTEN {NOTIFY_CHANNEL}"],
+        )
         return cursor.fetchone()[0] == 1

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/bookworm_scheduler
 TEST_RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672/%2F
 
-.PHONY: run test services system-packages migrate bench-scheduler bench-relay clean
+.PHONY: run test services system-packages migrate bench-scheduler bench-relay bench-dashboard clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,15 @@ system-packages:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-test: $(VENV)/.installed services system-packages
+# promtool checks deploy/prometheus/alerts.yml: taken from Debian's prometheus package without
+# installing the package (that would bring a Prometheus server).
+$(BIN)/promtool: | $(BIN)/python
+	rm -rf $(VENV)/prometheus-deb && mkdir -p $(VENV)/prometheus-deb
+	cd $(VENV)/prometheus-deb && { apt-get download prometheus 2>/dev/null || { apt-get update -qq && apt-get download prometheus; }; }
+	dpkg -x $(VENV)/prometheus-deb/prometheus_*.deb $(VENV)/prometheus-deb/root
+	cp $(VENV)/prometheus-deb/root/usr/bin/promtool $@ && rm -rf $(VENV)/prometheus-deb
+
+test: $(VENV)/.installed services system-packages $(BIN)/promtool
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	DATABASE_URL=$(TEST_DATABASE_URL) RABBITMQ_URL=$(TEST_RABBITMQ_URL) DEBUG=1 \
@@ -58,6 +66,10 @@ bench-scheduler: $(VENV)/.installed services
 
 bench-relay: $(VENV)/.installed services
 	DATABASE_URL=$(TEST_DATABASE_URL) RABBITMQ_URL=$(TEST_RABBITMQ_URL) DEBUG=1 $(BIN)/python bench/relay_throughput.py
+
+# Seeds 1M occurrences and 1M outbox rows in its own database, times every dashboard page through gunicorn.
+bench-dashboard: $(VENV)/.installed services
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/dashboard_pages.py
 
 clean:
 	rm -rf $(VENV) db.sqlite3 db.sqlite3-wal db.sqlite3-shm

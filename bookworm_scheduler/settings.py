@@ -4,13 +4,16 @@ Every variable is listed in the README. A missing or malformed value raises
 ImproperlyConfigured naming the variable; manage.py turns that into one line.
 """
 
-import os
+import re
 import socket
 from datetime import timedelta
 from pathlib import Path
 
+import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from environs import Env, EnvError
+
+from bookworm_scheduler.cpus import available_cpus
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -32,24 +35,39 @@ def _positive(kind, name, default):
     return value
 
 
+def _secret(name, default=None):
+    """A secret from the variable NAME, or from the file that NAME_FILE names (Docker and Kubernetes
+    secrets), its surrounding whitespace stripped. Errors never show the value."""
+    value, path = _read("str", name, None), _read("str", f"{name}_FILE", None)
+    if path is None:
+        return value or default
+    if value is not None:
+        raise ImproperlyConfigured(f"{name} and {name}_FILE: set one of them, not both")
+    try:
+        return Path(path).read_text().strip() or default
+    except OSError as exc:
+        raise ImproperlyConfigured(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ImproperlyConfigured(f"{name}_FILE: {path} is not UTF-8 text") from None
+
+
 DEBUG = _read("bool", "DEBUG", False)
-if DEBUG:
-    SECRET_KEY = _read("str", "SECRET_KEY", "insecure-development-key-do-not-use-in-production")
-else:
-    SECRET_KEY = _read("str", "SECRET_KEY", None)
-    if not SECRET_KEY:
-        raise ImproperlyConfigured("SECRET_KEY: required when DEBUG is off (set DEBUG=1 for development)")
+SECRET_KEY = _secret("SECRET_KEY", "insecure-development-key-do-not-use-in-production" if DEBUG else None)
+if not SECRET_KEY:
+    raise ImproperlyConfigured("SECRET_KEY: required when DEBUG is off (or SECRET_KEY_FILE; DEBUG=1 for development)")
 ALLOWED_HOSTS = _read("list", "ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = _read("list", "CSRF_TRUSTED_ORIGINS", [])
 
-DATABASES = {
-    "default": _read(
-        "dj_db_url",
-        "DATABASE_URL",
-        f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
-        conn_max_age=_read("int", "DATABASE_CONN_MAX_AGE", 600),
-    )
-}
+# Query parameters become connection options: postgres://...?sslmode=verify-full&sslrootcert=/path/ca.pem
+_conn_max_age = _read("int", "DATABASE_CONN_MAX_AGE", 600)
+try:
+    DATABASES = {
+        "default": dj_database_url.parse(
+            _secret("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"), conn_max_age=_conn_max_age
+        )
+    }
+except ValueError as exc:  # the message names the scheme at most, never the URL
+    raise ImproperlyConfigured(f"DATABASE_URL: {exc}") from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Three processes share the file: WAL lets readers run beside the writer, IMMEDIATE
     # transactions take the write lock up front instead of failing on upgrade.
@@ -61,17 +79,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 DATABASES["default"]["TEST"] = {"NAME": _read("str", "TEST_DATABASE_NAME", None)}
 
-RABBITMQ_URL = _read("str", "RABBITMQ_URL", "amqp://guest:guest@localhost:5672/%2F")
+# amqps:// for TLS: the broker's certificate is verified against its host name (outbox.broker).
+RABBITMQ_URL = _secret("RABBITMQ_URL", "amqp://guest:guest@localhost:5672/%2F")
 if not RABBITMQ_URL.startswith(("amqp://", "amqps://")):
-    raise ImproperlyConfigured(f"RABBITMQ_URL: must start with amqp:// or amqps://, got {RABBITMQ_URL!r}")
+    raise ImproperlyConfigured("RABBITMQ_URL: must start with amqp:// or amqps://")  # not echoed: it holds a password
 
 # The scheduler (jobs/).
 SCHEDULER_INSTANCE_ID = _read("str", "SCHEDULER_INSTANCE_ID", socket.gethostname())
-SCHEDULER_CONCURRENCY = _positive("int", "SCHEDULER_CONCURRENCY", os.cpu_count() or 1)
+# Both concurrencies default to the CPUs this process may use: its container's CPU quota, if any.
+SCHEDULER_CONCURRENCY = _positive("int", "SCHEDULER_CONCURRENCY", available_cpus())
 SCHEDULER_LEASE_SECONDS = _positive("int", "SCHEDULER_LEASE_SECONDS", 30)
 SCHEDULER_MISFIRE_GRACE_SECONDS = _positive("int", "SCHEDULER_MISFIRE_GRACE_SECONDS", 60)
 SCHEDULER_SHUTDOWN_TIMEOUT_SECONDS = _positive("int", "SCHEDULER_SHUTDOWN_TIMEOUT_SECONDS", 30)
-SCHEDULER_LONG_RUNNING_CONCURRENCY = _positive("int", "SCHEDULER_LONG_RUNNING_CONCURRENCY", os.cpu_count() or 1)
+SCHEDULER_LONG_RUNNING_CONCURRENCY = _positive("int", "SCHEDULER_LONG_RUNNING_CONCURRENCY", available_cpus())
 SCHEDULER_HISTORY_DAYS = _positive("int", "SCHEDULER_HISTORY_DAYS", 30)
 SCHEDULER_JOB_MODULES = _read("list", "SCHEDULER_JOB_MODULES", [])
 
@@ -89,6 +109,77 @@ OUTBOX_RETRY_MAX_SECONDS = _positive("int", "OUTBOX_RETRY_MAX_SECONDS", 300)
 OUTBOX_RETENTION_INTERVAL_SECONDS = _positive("int", "OUTBOX_RETENTION_INTERVAL_SECONDS", 300)
 OUTBOX_BLOCKED_TIMEOUT_SECONDS = _positive("int", "OUTBOX_BLOCKED_TIMEOUT_SECONDS", 60)
 
+# /health/ (bookworm_scheduler/health.py), judged by the database's clock: a scheduler or relay is
+# alive while its heartbeat is younger than HEALTH_HEARTBEAT_MAX_AGE_SECONDS; the outbox keeps up
+# while its oldest pending message is younger than HEALTH_OUTBOX_MAX_AGE_SECONDS.
+HEALTH_HEARTBEAT_MAX_AGE_SECONDS = _positive("int", "HEALTH_HEARTBEAT_MAX_AGE_SECONDS", 60)
+HEALTH_OUTBOX_MAX_AGE_SECONDS = _positive("int", "HEALTH_OUTBOX_MAX_AGE_SECONDS", 300)
+# Three heartbeats: a scheduler's come every third of its lease (jobs.leases), a relay's every
+# 5 s (outbox.relay.Heartbeat). A shorter age would report live ones dead between two beats.
+if HEALTH_HEARTBEAT_MAX_AGE_SECONDS < max(SCHEDULER_LEASE_SECONDS, 15):
+    raise ImproperlyConfigured(
+        f"HEALTH_HEARTBEAT_MAX_AGE_SECONDS: must be at least SCHEDULER_LEASE_SECONDS ({SCHEDULER_LEASE_SECONDS}) "
+        f"and 15, got {HEALTH_HEARTBEAT_MAX_AGE_SECONDS}"
+    )
+
+# Alerts (jobs/alerts.py): by email to ALERT_EMAILS and/or by a JSON POST to ALERT_WEBHOOK_URL
+# (a Slack or Microsoft Teams incoming webhook). With neither set, no alert is written or sent.
+ALERT_EMAILS = _read("list", "ALERT_EMAILS", [])
+for _address in ALERT_EMAILS:
+    if "@" not in _address:
+        raise ImproperlyConfigured(f"ALERT_EMAILS: not an email address: {_address!r}")
+ALERT_WEBHOOK_URL = _read("str", "ALERT_WEBHOOK_URL", "")
+ALERT_DASHBOARD_URL = _read("str", "ALERT_DASHBOARD_URL", "").rstrip("/")
+for _name, _url in (("ALERT_WEBHOOK_URL", ALERT_WEBHOOK_URL), ("ALERT_DASHBOARD_URL", ALERT_DASHBOARD_URL)):
+    if _url and not _url.startswith(("https://", "http://")):
+        raise ImproperlyConfigured(f"{_name}: must start with https:// or http://")
+# A channel's timeout (the webhook's and, unless EMAIL_URL sets one, SMTP's): alerts are sent
+# from the scheduler's main thread, so a dead channel must not hold it for long.
+ALERT_TIMEOUT_SECONDS = _positive("float", "ALERT_TIMEOUT_SECONDS", 5.0)
+ALERT_MAX_ATTEMPTS = _positive("int", "ALERT_MAX_ATTEMPTS", 10)
+# One alert when more than this share of the runs finished within the window failed for good
+# (with at least ALERT_FAILURE_RATE_MIN_RUNS of them), then none for the cool-down.
+ALERT_FAILURE_RATE_THRESHOLD = _read("float", "ALERT_FAILURE_RATE_THRESHOLD", 0.5)
+if not 0 <= ALERT_FAILURE_RATE_THRESHOLD <= 1:
+    raise ImproperlyConfigured(
+        f"ALERT_FAILURE_RATE_THRESHOLD: a share between 0 and 1 (1 turns it off), got {ALERT_FAILURE_RATE_THRESHOLD}"
+    )
+ALERT_FAILURE_RATE_WINDOW_MINUTES = _positive("int", "ALERT_FAILURE_RATE_WINDOW_MINUTES", 15)
+ALERT_FAILURE_RATE_MIN_RUNS = _positive("int", "ALERT_FAILURE_RATE_MIN_RUNS", 10)
+ALERT_COOLDOWN_MINUTES = _positive("int", "ALERT_COOLDOWN_MINUTES", 60)
+
+# Mail, for the alerts: EMAIL_URL such as submission://user:password@smtp.example.com:587
+# (STARTTLS), smtp://localhost:25 (the default) or console:// (print them); see dj-email-url.
+_email = _read("dj_email_url", "EMAIL_URL", "smtp://localhost:25")
+if "EMAIL_BACKEND" not in _email:
+    raise ImproperlyConfigured("EMAIL_URL: unknown scheme; use smtp://, submission://, console:// or dummy://")
+EMAIL_BACKEND = _email["EMAIL_BACKEND"]
+EMAIL_HOST = _email["EMAIL_HOST"] or "localhost"
+EMAIL_PORT = _email["EMAIL_PORT"] or 25
+EMAIL_HOST_USER = _email["EMAIL_HOST_USER"] or ""
+EMAIL_HOST_PASSWORD = _email["EMAIL_HOST_PASSWORD"] or ""
+EMAIL_USE_TLS = _email["EMAIL_USE_TLS"]
+EMAIL_USE_SSL = _email["EMAIL_USE_SSL"]
+EMAIL_TIMEOUT = _email["EMAIL_TIMEOUT"] or ALERT_TIMEOUT_SECONDS
+EMAIL_FILE_PATH = _email["EMAIL_FILE_PATH"] or None
+DEFAULT_FROM_EMAIL = _read("str", "DEFAULT_FROM_EMAIL", _email.get("DEFAULT_FROM_EMAIL", "scheduler@localhost"))
+
+
+# Prometheus (bookworm_scheduler/metrics.py): the port on which `runscheduler` and `relay_outbox`
+# serve their own process's metrics (0: not served), and the address they listen on. The web
+# app's /metrics needs no setting. Traces are configured by the standard OTEL_* variables alone
+# (bookworm_scheduler/tracing.py).
+def _port(name):
+    port = _read("int", name, 0)
+    if not 0 <= port <= 65535:
+        raise ImproperlyConfigured(f"{name}: a TCP port (1-65535), or 0 for none, got {port}")
+    return port
+
+
+SCHEDULER_METRICS_PORT = _port("SCHEDULER_METRICS_PORT")
+RELAY_METRICS_PORT = _port("RELAY_METRICS_PORT")
+METRICS_ADDRESS = _read("str", "METRICS_ADDRESS", "0.0.0.0")
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -102,9 +193,13 @@ INSTALLED_APPS = [
     "axes",
     "outbox",
     "jobs",
+    # Starts OpenTelemetry when the OTEL_* variables ask for it, before middleware and connections.
+    "bookworm_scheduler.tracing.TracingConfig",
 ]
 
 MIDDLEWARE = [
+    # First: answers /alive before the host check and the HTTPS redirect (bookworm_scheduler/health.py).
+    "bookworm_scheduler.health.AliveMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -136,8 +231,35 @@ AXES_LOCKOUT_CALLABLE = "bookworm_scheduler.basic_auth.lockout_response"
 AXES_VERBOSE = False
 
 if not DEBUG:
-    # Serves the admin's static files under gunicorn (collectstatic first; see the Dockerfile).
-    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+    # Serves the admin's static files under gunicorn, right after SecurityMiddleware as whitenoise
+    # asks: hashed, compressed copies made by collectstatic (the Dockerfile runs it).
+    MIDDLEWARE.insert(
+        MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+        "whitenoise.middleware.WhiteNoiseMiddleware",
+    )
+    STORAGES = {
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    }
+
+    # HTTPS. gunicorn speaks plain HTTP: TLS ends at a proxy in front of it, which tells Django the
+    # original scheme in the header SECURE_PROXY_SSL_HEADER names (e.g. X-Forwarded-Proto). Set it
+    # only when every request comes through that proxy, which must overwrite the header.
+    SECURE_SSL_REDIRECT = _read("bool", "SECURE_SSL_REDIRECT", True)
+    _proxy_header = _read("str", "SECURE_PROXY_SSL_HEADER", "")
+    if _proxy_header:
+        if not re.fullmatch(r"[A-Za-z0-9-]+", _proxy_header):
+            raise ImproperlyConfigured(
+                f"SECURE_PROXY_SSL_HEADER: a header name like X-Forwarded-Proto, not {_proxy_header!r}"
+            )
+        SECURE_PROXY_SSL_HEADER = ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https")
+    # Monitors inside the network ask over plain HTTP (/alive never reaches this middleware).
+    SECURE_REDIRECT_EXEMPT = [r"^health/$"]
+    SECURE_HSTS_SECONDS = _read("int", "SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = _read("bool", "SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = _read("bool", "SECURE_HSTS_PRELOAD", False)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
 
 ROOT_URLCONF = "bookworm_scheduler.urls"
 WSGI_APPLICATION = "bookworm_scheduler.wsgi.application"

@@ -20,6 +20,7 @@ from django.db.models import Count, OuterRef, Subquery
 from django.http import HttpResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django_celery_beat.models import CrontabSchedule, PeriodicTask, SolarSchedule
 
 from bookworm_scheduler.clock import default_clock
@@ -27,7 +28,7 @@ from bookworm_scheduler.paginator import CappedCountPaginator
 from outbox.models import OutboxMessage
 
 from .definitions import Definition, cron_expression, policy_of, run_now
-from .models import Attempt, JobPolicy, Occurrence, SchedulerInstance
+from .models import Alert, Attempt, JobPolicy, Occurrence, SchedulerInstance
 from .registry import get_job, registered_jobs
 from .schedules import InvalidSchedule, cron_instants, next_instants, validate_cron
 
@@ -489,7 +490,7 @@ class OccurrenceAdmin(admin.ModelAdmin):
         ]
         if not links:
             return "none"
-        return format_html_join(format_html("<br>"), '<a href="{}">{}</a> <code>{}</code> ({})', links)
+        return format_html_join(mark_safe("<br>"), '<a href="{}">{}</a> <code>{}</code> ({})', links)
 
     def has_add_permission(self, request):
         return False
@@ -559,10 +560,48 @@ class SchedulerInstanceAdmin(admin.ModelAdmin):
     def running_list(self, instance):
         rows = Occurrence.objects.filter(session=instance.session, status=Occurrence.Status.RUNNING)[:50]
         links = [(reverse("admin:jobs_occurrence_change", args=[o.id]), o.job_name, o.started_at) for o in rows]
-        return format_html_join(format_html("<br>"), '<a href="{}">{}</a> since {}', links) if links else "nothing"
+        return format_html_join(mark_safe("<br>"), '<a href="{}">{}</a> since {}', links) if links else "nothing"
 
     def has_add_permission(self, request):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+
+# Alerts.
+
+
+@admin.register(Alert)
+class AlertAdmin(admin.ModelAdmin):
+    """What was alerted and how each channel fared; read-only (jobs.alerts sends and retries)."""
+
+    list_display = ["created_at", "kind", "subject", "email_status", "webhook_status", "attempts", "next_try_at"]
+    list_filter = ["kind", "email_status", "webhook_status"]
+    fields = [
+        "kind",
+        "subject",
+        "text",
+        "occurrence",
+        "job_name",
+        "error",
+        "created_at",
+        "email_status",
+        "webhook_status",
+        "attempts",
+        "next_try_at",
+        "last_error",
+    ]
+    readonly_fields = fields
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    paginator = CappedCountPaginator
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False

@@ -169,7 +169,11 @@ class Planner:
         definitions, invalid = load_definitions()
         for task_id, reason in invalid.items():
             if self.invalid.get(task_id) != reason:
-                logger.error("definition not scheduled: %s", reason, extra={"action": "definition_invalid"})
+                logger.error(
+                    "definition not scheduled: %s",
+                    reason,
+                    extra={"action": "definition_invalid", "definition": task_id, "error": reason},
+                )
         self.definitions, self.invalid = definitions, invalid
         self.next_due = {}
         for task_id, definition in definitions.items():

@@ -6,6 +6,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from django.db import connection
 
+from . import metrics
 from .models import Occurrence
 
 
@@ -24,6 +25,8 @@ class WorkerPool:
         self._running: dict[Future, int] = {}
         self._lock = threading.Lock()
         self._on_done = on_done
+        for long_running, slots in self._limit.items():
+            metrics.POOL_SLOTS.labels(metrics.pool_kind(long_running)).set(slots)
 
     def free(self, long_running: bool) -> int:
         with self._lock:
@@ -41,6 +44,7 @@ class WorkerPool:
     def submit(self, occurrence: Occurrence, run: Callable[[Occurrence], None], *, long_running: bool) -> None:
         with self._lock:
             self._busy[long_running] += 1
+            metrics.POOL_BUSY.labels(metrics.pool_kind(long_running)).inc()
             future = self._executor.submit(self._run, run, occurrence)
             self._running[future] = occurrence.id
         future.add_done_callback(lambda done: self._finished(done, long_running))
@@ -76,5 +80,6 @@ class WorkerPool:
     def _finished(self, future: Future, long_running: bool) -> None:
         with self._lock:
             self._busy[long_running] -= 1
+            metrics.POOL_BUSY.labels(metrics.pool_kind(long_running)).dec()
             self._running.pop(future, None)
         self._on_done()

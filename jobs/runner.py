@@ -8,6 +8,9 @@ in a transaction of its own and retried per its policy.
 A lost database connection is the scheduler's problem, not the job's: the runner
 reconnects, finds out whether the run committed, and records it once. A run that did not
 commit through no fault of its job goes back to scheduled without counting an attempt.
+
+Each run is one span when tracing is on (what the job publishes carries its context to the
+relay, see bookworm_scheduler.tracing) and updates this process's metrics (jobs.metrics).
 """
 
 import logging
@@ -20,9 +23,11 @@ from datetime import datetime
 import psycopg
 from django.db import DatabaseError, connection, transaction
 
+from bookworm_scheduler import tracing
 from bookworm_scheduler.backoff import Backoff
 from outbox.publishing import origin
 
+from . import metrics
 from .definitions import Definition, load_definition
 from .models import LeaseLost, Occurrence
 from .registry import JobContext, get_job
@@ -77,22 +82,36 @@ class Runner:
 
     def run(self, occurrence: Occurrence, definition: Definition | None) -> None:
         """Run a claimed occurrence of definition (None: look it up) and record the attempt."""
-        try:
-            self._run(occurrence, definition or load_definition(occurrence.task_id))
-        except LeaseLost as exc:
-            _log(occurrence, "lease_lost", error=str(exc), level=logging.WARNING)
+        job = occurrence.job_name
+        metrics.RUNS_STARTED.labels(job).inc()
+        begun, lag = time.monotonic(), self.clock() - occurrence.scheduled_for
+        with tracing.span(f"run {job}", attributes=_span_attributes(occurrence)) as span:
+            try:
+                status, error = self._run(occurrence, definition or load_definition(occurrence.task_id))
+            except LeaseLost as exc:
+                status, error = metrics.LEASE_LOST, str(exc)
+                _log(occurrence, "lease_lost", error=error, level=logging.WARNING)
+            if span is not None:
+                span.set_attribute("bookworm.run.outcome", status)
+                if status in (metrics.FAILED, metrics.RETRY_SCHEDULED, metrics.LEASE_LOST):
+                    tracing.fail(span, error)
+        metrics.RUNS_FINISHED.labels(job, status).inc()
+        if status != metrics.SKIPPED:
+            metrics.RUN_DURATION.labels(job).observe(time.monotonic() - begun)
+            if occurrence.attempts == 1:  # a retry's lag would be its retry interval
+                metrics.FIRE_LAG.observe(max(lag.total_seconds(), 0.0))
 
-    def _run(self, occurrence: Occurrence, definition: Definition | None) -> None:
+    def _run(self, occurrence: Occurrence, definition: Definition | None) -> tuple[str, str]:
+        """Run and record; how it ended (a jobs.metrics outcome) and its error, if any."""
         started = self.clock()
         reason = skip_reason(occurrence, definition, started)
         if reason:
             self._write(occurrence, lambda: occurrence.skip(session=self.session, now=started, reason=reason))
-            _log(occurrence, "occurrence_skipped", reason=reason)
-            return
+            _log(occurrence, "occurrence_skipped", reason=reason, status="skipped")
+            return metrics.SKIPPED, ""
         spec = get_job(definition.job)
         if spec is None:
-            self._fail(occurrence, definition, started, f"no such job: {definition.job}", "", retry=False)
-            return
+            return self._fail(occurrence, definition, started, f"no such job: {definition.job}", "", retry=False)
         context = JobContext(
             job_name=occurrence.job_name,
             occurrence_id=occurrence.id,
@@ -123,17 +142,19 @@ class Runner:
             raise
         except JOB_FAILURES as exc:
             if connection_lost(exc):
-                self._settle_unknown(occurrence, error=_one_line(exc))
-            elif returned:
+                return self._settle_unknown(occurrence, error=_one_line(exc))
+            if returned:
                 # The job did its part; recording it failed for a reason of the database's.
-                self._fail(occurrence, definition, started, f"recording the run failed: {_one_line(exc)}", "")
-            else:
-                error = f"timed out after {timeout} s" if isinstance(exc, JobTimeout) else _one_line(exc)
-                self._fail(occurrence, definition, started, error, traceback.format_exc())
-            return
+                return self._fail(occurrence, definition, started, f"recording the run failed: {_one_line(exc)}", "")
+            tracing.record_exception(exc)
+            error = f"timed out after {timeout} s" if isinstance(exc, JobTimeout) else _one_line(exc)
+            return self._fail(occurrence, definition, started, error, traceback.format_exc())
         _log(occurrence, "occurrence_succeeded", duration_ms=_ms(self.clock() - started), status="succeeded")
+        return metrics.SUCCEEDED, ""
 
-    def _fail(self, occurrence, definition: Definition, started, error: str, trace: str, retry: bool = True) -> None:
+    def _fail(
+        self, occurrence, definition: Definition, started, error: str, trace: str, retry: bool = True
+    ) -> tuple[str, str]:
         finished = self.clock()
         retry_at = definition.policy.retry_at(occurrence.attempts, finished) if retry else None
         self._write(
@@ -151,20 +172,20 @@ class Runner:
             status="scheduled" if retry_at else "failed",
             level=logging.WARNING if retry_at else logging.ERROR,
         )
+        return (metrics.RETRY_SCHEDULED if retry_at else metrics.FAILED), error
 
-    def _settle_unknown(self, occurrence: Occurrence, error: str) -> None:
+    def _settle_unknown(self, occurrence: Occurrence, error: str) -> tuple[str, str]:
         """The connection broke during the run or its commit: did it commit? Record it once."""
-        logger.warning(
-            "database connection lost while running %s: %s",
-            occurrence.job_name,
-            error,
-            extra={"action": "run_interrupted", "occurrence": occurrence.id, "error": error},
-        )
+        _log(occurrence, "run_interrupted", error=error, level=logging.WARNING)
         reason = f"released: the database connection was lost during the run ({error})"
         if self._write(occurrence, lambda: occurrence.release(session=self.session, reason=reason), reconnect=True):
             _log(occurrence, "occurrence_released", error=error, status="scheduled", level=logging.WARNING)
-        elif occurrence.attempt_recorded():
+            return metrics.RELEASED, error
+        if occurrence.attempt_recorded():
             _log(occurrence, "occurrence_succeeded", status="succeeded", committed_before_loss=True)
+            return metrics.SUCCEEDED, ""
+        # Reaped by another scheduler, or given up while stopping: another scheduler records it.
+        return metrics.LEASE_LOST, error
 
     def _write(self, occurrence: Occurrence, write: Callable[[], object], *, reconnect: bool = False) -> bool:
         """Run write() in a transaction until it commits; False if the occurrence stopped being ours.
@@ -190,20 +211,23 @@ class Runner:
                 if not connection_lost(exc):
                     raise
                 if self.stopping():
-                    logger.error(
-                        "cannot record %s: the database is unreachable and the scheduler is stopping; "
-                        "its lease will expire and another scheduler will record it",
-                        occurrence.job_name,
-                        extra={"action": "record_abandoned", "occurrence": occurrence.id, "error": _one_line(exc)},
+                    _log(
+                        occurrence,
+                        "record_abandoned",
+                        error=_one_line(exc),
+                        level=logging.ERROR,
+                        detail="the database is unreachable and the scheduler is stopping; its lease will expire "
+                        "and another scheduler will record it",
                     )
                     return False
                 delay = backoff.next()
-                logger.warning(
-                    "database unreachable while recording %s, retrying in %.1f s: %s",
-                    occurrence.job_name,
-                    delay,
-                    _one_line(exc),
-                    extra={"action": "record_retry", "occurrence": occurrence.id, "retry_in": delay},
+                _log(
+                    occurrence,
+                    "record_retry",
+                    error=_one_line(exc),
+                    retry_in=delay,
+                    level=logging.WARNING,
+                    detail=f"the database is unreachable, retrying in {delay:.1f} s",
                 )
                 time.sleep(delay)
                 uncertain = True
@@ -239,14 +263,30 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _log(occurrence: Occurrence, action: str, level: int = logging.INFO, **fields) -> None:
+def _span_attributes(occurrence: Occurrence) -> dict:
+    return {
+        "bookworm.job.name": occurrence.job_name,
+        "bookworm.occurrence.id": occurrence.id,
+        "bookworm.occurrence.attempt": occurrence.attempts,
+        "bookworm.occurrence.scheduled_for": occurrence.scheduled_for.isoformat(),
+        "bookworm.occurrence.manual": occurrence.manual,
+        "bookworm.scheduler.instance": occurrence.scheduler,
+    }
+
+
+def _log(occurrence: Occurrence, action: str, level: int = logging.INFO, detail: str = "", **fields) -> None:
+    """One event about an occurrence, with the keys every run event has (docs/logging.md)."""
+    trace_id = tracing.trace_id()
+    if trace_id is not None:
+        fields["trace_id"] = trace_id
     logger.log(
         level,
-        "%s %s scheduled for %s (attempt %d)%s",
+        "%s %s scheduled for %s (attempt %d)%s%s",
         action.replace("_", " "),
         occurrence.job_name,
         occurrence.scheduled_for.isoformat(),
         occurrence.attempts,
+        f": {detail}" if detail else "",
         f": {fields['error']}" if fields.get("error") else "",
         extra={
             "action": action,

@@ -23,6 +23,7 @@ from bookworm_scheduler.backoff import Backoff
 from bookworm_scheduler.clock import DatabaseClock
 from bookworm_scheduler.listen import Listener
 
+from .alerts import AlertSender
 from .definitions import create_missing_definitions
 from .leases import Leases
 from .models import Occurrence, prune_history
@@ -62,6 +63,7 @@ class Scheduler:
         self.runner = Runner(session=self.session, clock=self.clock, stopping=lambda: self.stopping)
         self.pool = WorkerPool(concurrency, long_running_concurrency, on_done=self.wake)
         self.listener = Listener(NOTIFY_CHANNEL, self.wake)
+        self.alerts = AlertSender(history=history)
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._next_ready: datetime | None = None
@@ -108,6 +110,7 @@ class Scheduler:
                 found |= self.reap(now) > 0
             found |= self.planner.plan(now) > 0
             found |= self.prune(now)
+            found |= self.alerts.run(now)  # jobs.alerts: logs its failures, never raises
         found |= self.dispatch(now) > 0
         return found
 
@@ -226,11 +229,15 @@ class Scheduler:
                 "%d jobs still running after %s s; their leases will expire and they will be retried",
                 still_running,
                 timeout,
-                extra={"action": "shutdown_timeout", "running": still_running},
+                extra={"action": "shutdown_timeout", "count": still_running, "instance": self.instance_id},
             )
         self.leases.retire(self.clock())
         connection.close()
-        logger.info("scheduler %s stopped", self.instance_id, extra={"action": "scheduler_stopped"})
+        logger.info(
+            "scheduler %s stopped",
+            self.instance_id,
+            extra={"action": "scheduler_stopped", "instance": self.instance_id, "session": str(self.session)},
+        )
         return still_running
 
     def _claim(self, now: datetime, *, long_running: bool, limit: int) -> list[Occurrence]:
@@ -250,7 +257,12 @@ class Scheduler:
             logger.exception(
                 "running occurrence %s failed",
                 occurrence.id,
-                extra={"action": "worker_error", "occurrence": occurrence.id},
+                extra={
+                    "action": "worker_error",
+                    "occurrence": occurrence.id,
+                    "job": occurrence.job_name,
+                    "attempt": occurrence.attempts,
+                },
             )
             connection.close()
 
@@ -265,5 +277,9 @@ def log_database_error(exc: Exception, delay: float | None, *, where: str) -> No
         where,
         first_line,
         f"; retrying in {delay:.0f} s" if delay is not None else "",
-        extra={"action": "database_unavailable" if unavailable else "database_error", "retry_in": delay},
+        extra={
+            "action": "database_unavailable" if unavailable else "database_error",
+            "retry_in": delay,
+            "error": first_line,
+        },
     )

@@ -36,7 +36,7 @@ from bookworm_scheduler.clock import default_clock
 from .broker import connection_parameters
 from .envelope import EnvelopeWriter, broker_address
 from .events import IntegrationEvent
-from .models import OutboxMessage
+from .models import OutboxMessage, RelayInstance
 
 logger = logging.getLogger(__name__)
 
@@ -290,6 +290,24 @@ class OutboxMessageAdmin(admin.ModelAdmin):
 
     def has_discard_permission(self, request):
         return request.user.has_perm("outbox.discard_outboxmessage")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+# Relays: their heartbeats, read-only (outbox.relay.Heartbeat writes them).
+
+
+@admin.register(RelayInstance)
+class RelayInstanceAdmin(admin.ModelAdmin):
+    list_display = ["instance_id", "host", "pid", "version", "state", "started_at", "last_seen", "stopped_at"]
+    list_filter = ["state"]
 
     def has_add_permission(self, request):
         return False

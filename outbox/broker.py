@@ -22,6 +22,8 @@ import pika
 import pika.exceptions
 from pika.adapters.select_connection import SelectConnection
 
+from . import metrics
+
 logger = logging.getLogger(__name__)
 
 # How many messages are written between two non-blocking turns of the I/O loop: the socket
@@ -123,10 +125,12 @@ class Broker:
             self.close()
             raise BrokerUnavailable(f"cannot reach the broker at {self.endpoint}: {describe(error)}")
         self._open_channel()
+        metrics.BROKER_CONNECTED.set(1)
 
     def close(self) -> None:
         """Close the connection, if any, and release its I/O loop."""
         connection, self._connection, self._channel = self._connection, None, None
+        metrics.BROKER_CONNECTED.set(0)
         if connection is None:
             return
         if connection.is_open:
@@ -187,6 +191,7 @@ class Broker:
                 self._channel.basic_publish(message.exchanges[0], "", message.body, message.properties, mandatory=True)
             except pika.exceptions.AMQPError as error:
                 raise BrokerUnavailable(describe(error)) from error
+            metrics.PUBLISHED.inc()
             if index % PUMP_EVERY == PUMP_EVERY - 1:
                 self._run_until(lambda: self._lost, 0)
                 self._raise_if_lost()
@@ -313,6 +318,7 @@ class Broker:
     def _on_connection_closed(self, connection, reason) -> None:
         if connection is self._connection:
             self._lost = reason
+            metrics.BROKER_CONNECTED.set(0)
 
     def _raise_if_lost(self) -> None:
         if self._lost is not None:

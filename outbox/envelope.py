@@ -87,12 +87,14 @@ class EnvelopeWriter:
         ).encode()
 
     @staticmethod
-    def properties(row) -> BasicProperties:
+    def properties(row, headers: dict | None = None) -> BasicProperties:
+        """The AMQP properties MassTransit sets; headers are the transport headers (the trace context)."""
         return BasicProperties(
             content_type=CONTENT_TYPE,
             delivery_mode=PERSISTENT,
             message_id=str(row.message_id),
             correlation_id=str(row.correlation_id) if row.correlation_id else None,
+            headers=headers,
         )
 
 

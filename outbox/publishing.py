@@ -9,6 +9,7 @@ import uuid6
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, transaction
 
+from bookworm_scheduler import tracing
 from bookworm_scheduler.clock import default_clock
 from bookworm_scheduler.db import insert_row
 
@@ -50,6 +51,10 @@ def publish(
     given) was already published within OUTBOX_DUPLICATE_WINDOW_SECONDS is a no-op and returns
     None. On PostgreSQL a trigger on the outbox table sends NOTIFY outbox (NOTIFY_CHANNEL),
     which wakes the relay when the transaction commits.
+
+    When tracing is on, the current span's context (an occurrence's run, a web request) is
+    stored in the row's headers as W3C `traceparent` and `tracestate`, unless the caller gave
+    its own: the relay continues that trace when it publishes (bookworm_scheduler.tracing).
     """
     connection = transaction.get_connection(using)
     if not connection.in_atomic_block:
@@ -66,9 +71,17 @@ def publish(
         message_types=event.message_types(),
         exchange=event.exchange(),
         body=event.to_message(),
-        headers=headers or {},
+        headers=_with_trace_context(headers or {}),
         created_at=now,
         available_at=now,
         origin=_origin.get(),
     )
     return insert_row(message, using)
+
+
+def _with_trace_context(headers: dict) -> dict:
+    if not tracing.active() or tracing.TRACEPARENT in headers:
+        return headers
+    carrier: dict = {}
+    tracing.inject(carrier)
+    return {**headers, **carrier}

@@ -4,12 +4,17 @@ Relay.deliver_batch(now) is one pass: claim a batch of ready rows (FOR UPDATE SK
 publish it with a window of confirms, record the outcomes and commit, all in one transaction,
 so that several relays share the work without sending a row twice. run() is the thin loop
 around it that `manage.py relay_outbox` starts: reconnect with backoff, sleep until NOTIFY or
-the poll interval, purge old rows now and then. No error ends the loop: after one, the relay
-starts its connections afresh and tries again; the rows of a failed batch stay pending.
+the poll interval, purge old rows now and then, keep the relay's instance row beating
+(Heartbeat). No error ends the loop: after one, the relay starts its connections afresh and
+tries again; the rows of a failed batch stay pending.
 """
 
+import json
 import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 
@@ -22,13 +27,17 @@ from django.db import (
     connections,
     transaction,
 )
+from opentelemetry.trace import SpanKind
 
+import bookworm_scheduler
+from bookworm_scheduler import tracing
 from bookworm_scheduler.backoff import Backoff
 from bookworm_scheduler.clock import default_clock
 
+from . import metrics
 from .broker import Broker, BrokerUnavailable, Outgoing, describe
 from .envelope import EnvelopeWriter, exchange_chain
-from .models import OutboxMessage, PublishedKey
+from .models import OutboxMessage, PublishedKey, RelayInstance
 from .publishing import NOTIFY_CHANNEL
 
 logger = logging.getLogger(__name__)
@@ -72,17 +81,22 @@ class Relay:
         """
         if not self.broker.is_open:
             raise BrokerUnavailable("not connected")
-        with transaction.atomic(using=self.using):
-            claimed: list = []
-            outcome = self.broker.publish_batch(self._outgoing(now, claimed))
-            if not claimed:
-                return 0
-            self._record(outcome, self.clock())
+        spans: dict = {}  # row id -> its publish span, while tracing is on
+        try:
+            with transaction.atomic(using=self.using):
+                claimed: list = []
+                outcome = self.broker.publish_batch(self._outgoing(now, claimed, spans))
+                if claimed:
+                    self._record(outcome, self.clock(), spans)
+        finally:
+            for span in spans.values():  # no outcome: the connection was lost, or an error
+                _end_span(span, "lost", "no confirm: the batch did not finish")
         if outcome.lost:
             raise outcome.lost
+        metrics.LAST_BATCH.set_to_current_time()
         return len(claimed)
 
-    def _outgoing(self, now, claimed: list) -> Iterator[Outgoing]:
+    def _outgoing(self, now, claimed: list, spans: dict) -> Iterator[Outgoing]:
         """Claim rows and turn them into messages as the broker takes them; claimed collects the rows."""
         sent_at = self.clock()
         for row in OutboxMessage.objects.using(self.using).claim_batch(now, self.batch_size):
@@ -91,13 +105,50 @@ class Relay:
                 key=row,
                 exchanges=exchange_chain(row.exchange, row.types_json),
                 body=self.writer.body(row, sent_at),
-                properties=self.writer.properties(row),
+                properties=self.writer.properties(row, self._trace_headers(row, spans)),
             )
 
-    def _record(self, outcome, now) -> None:
+    def _trace_headers(self, row, spans: dict) -> dict | None:
+        """The AMQP headers that carry the row's trace on to its consumers (MassTransit's and W3C's).
+
+        With tracing on, a publish span, child of the context publish() stored in the row's
+        headers, from now until its confirm is recorded. With tracing off, the stored context
+        itself, so the consumer still joins the trace of the run that published the row. Rows
+        without a context cost a substring test.
+        """
+        stored = json.loads(row.headers_json) if tracing.TRACEPARENT in row.headers_json else None
+        if not tracing.active():
+            return tracing.amqp_headers(carrier=stored) if stored else None
+        message_id = str(row.message_id)
+        span = tracing.start_span(
+            f"publish {row.exchange}",
+            kind=SpanKind.PRODUCER,
+            parent=tracing.extract(stored) if stored else None,
+            attributes={
+                "messaging.system": "rabbitmq",
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "publish",
+                "messaging.destination.name": row.exchange,
+                "messaging.message.id": message_id,
+                "messaging.message.conversation_id": message_id,  # the envelope's conversationId
+                "server.address": self.broker.parameters.host,
+                "server.port": self.broker.parameters.port,
+                "bookworm.outbox.id": row.id,
+            },
+        )
+        spans[row.id] = span
+        return tracing.amqp_headers(span)
+
+    def _record(self, outcome, now, spans: dict) -> None:
         rows = OutboxMessage.objects.using(self.using)
         if outcome.delivered:
             rows.mark_delivered([row.id for row in outcome.delivered], now)
+            if metrics.measure_latency:
+                # The rows this batch delivered (stamped with now, index outbox_delivered), read
+                # back for their creation times: the claim does not read that column.
+                delivered = rows.filter(status=OutboxMessage.Status.DELIVERED, delivered_at=now)
+                for created_at in delivered.values_list("created_at", flat=True):
+                    metrics.PUBLISH_LATENCY.observe(max((now - created_at).total_seconds(), 0.0))
         by_reason: dict[str, list[int]] = {}
         for row, reason in outcome.unroutable.items():
             by_reason.setdefault(reason, []).append(row.id)
@@ -112,7 +163,25 @@ class Relay:
                 message.record_failure(error, now, self.max_attempts, self.retry_max_seconds)
                 failed.append((message, error))
             OutboxMessage.save_failures([message for message, _ in failed], self.using)
+        self._measure(outcome, failed, spans)
         self._log(outcome, failed)
+
+    @staticmethod
+    def _measure(outcome, failed: list, spans: dict) -> None:
+        """Count the outcomes (outbox.metrics) and end the publish spans that have one."""
+        metrics.CONFIRMED.inc(len(outcome.delivered))
+        metrics.RETURNED.inc(len(outcome.unroutable))
+        metrics.FAILED.inc(len(failed))
+        metrics.DEAD.inc(sum(1 for message, _ in failed if message.status == OutboxMessage.Status.DEAD))
+        if not spans:
+            return
+        for row in outcome.delivered:
+            _end_span(spans.pop(row.id, None), "delivered")
+        for row, reason in outcome.unroutable.items():
+            _end_span(spans.pop(row.id, None), "unroutable", reason)
+        for message, error in failed:
+            outcome_name = "dead" if message.status == OutboxMessage.Status.DEAD else "failed"
+            _end_span(spans.pop(message.id, None), outcome_name, error)
 
     @staticmethod
     def _log(outcome, failed: list) -> None:
@@ -128,7 +197,13 @@ class Relay:
                 row.message_id,
                 row.exchange,
                 reason,
-                extra={"action": "outbox_unroutable", "message_id": str(row.message_id), "error": reason},
+                extra={
+                    "action": "outbox_unroutable",
+                    "message_id": str(row.message_id),
+                    "exchange": row.exchange,
+                    "status": OutboxMessage.Status.UNROUTABLE,
+                    "error": reason,
+                },
             )
         for message, error in failed:
             action = "outbox_dead" if message.status == OutboxMessage.Status.DEAD else "outbox_retry"
@@ -138,7 +213,14 @@ class Relay:
                 message.exchange,
                 message.attempts,
                 error,
-                extra={"action": action, "message_id": str(message.message_id), "error": error},
+                extra={
+                    "action": action,
+                    "message_id": str(message.message_id),
+                    "exchange": message.exchange,
+                    "attempt": message.attempts,
+                    "status": message.status,
+                    "error": error,
+                },
             )
 
     def purge(self, now, retention: timedelta, duplicate_window: timedelta) -> int:
@@ -225,6 +307,60 @@ class Waker:
         return self._listener
 
 
+class Heartbeat:
+    """This relay's instance row (outbox.RelayInstance), as jobs.leases.Leases keeps a scheduler's.
+
+    beat() registers the row the first time, then renews it once EVERY has passed by the
+    database's clock; run() calls it at every turn of its loop and between the slices of its
+    waits, so a live relay beats at least every EVERY + Waker.SLICE seconds outside a batch.
+    Each renewal also marks the relays silent for LOST_AFTER lost and deletes the rows of
+    relays stopped or lost more than KEEP ago. retire() says goodbye at exit.
+    """
+
+    EVERY = timedelta(seconds=5)
+    # Longer than a live relay's longest silence with the default settings: a batch that waits
+    # OUTBOX_CONFIRM_TIMEOUT_SECONDS (30) for confirms on a connection blocked up to
+    # OUTBOX_BLOCKED_TIMEOUT_SECONDS (60). A relay marked lost that beats again is running again.
+    LOST_AFTER = timedelta(minutes=2)
+    KEEP = timedelta(days=1)
+
+    def __init__(self, clock: Callable[[], datetime], *, instance_id: str = "", using: str = DEFAULT_DB_ALIAS):
+        self.session = uuid.uuid4()
+        self.instance_id = instance_id or socket.gethostname()
+        self.clock = clock
+        self.using = using
+        self._beaten_at: datetime | None = None
+
+    def beat(self) -> None:
+        now = self.clock()
+        if self._beaten_at is not None and now - self._beaten_at < self.EVERY:
+            return
+        rows = RelayInstance.objects.using(self.using)
+        if not rows.beat(self.session, now):
+            rows.create(
+                session=self.session,
+                instance_id=self.instance_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                version=bookworm_scheduler.__version__,
+                started_at=now,
+                last_seen=now,
+            )
+        rows.mark_lost(now, self.LOST_AFTER)
+        rows.prune(now - self.KEEP)
+        self._beaten_at = now
+
+    def retire(self) -> None:
+        try:
+            RelayInstance.objects.using(self.using).retire(self.session, self.clock())
+        except DatabaseError:
+            pass  # the row then simply stops beating, and is marked lost
+
+
+def _no_heartbeat() -> None:
+    pass
+
+
 def run(
     relay: Relay,
     waker: Waker,
@@ -235,16 +371,24 @@ def run(
     duplicate_window: timedelta,
     stopping: Callable[[], bool],
     once: bool = False,
+    heartbeat: Callable[[], None] = _no_heartbeat,
 ) -> None:
     """Deliver until stopping() (or, once, until nothing is pending); the batch in flight finishes.
 
     With once, an unreachable broker raises BrokerUnavailable instead of being retried. Every
     other error, the waits between batches included, is logged and retried after a delay.
+    heartbeat (Heartbeat.beat) is called at every turn and between the slices of every wait.
     """
     broker_backoff, failure_backoff = reconnect_backoff(), reconnect_backoff()
     next_purge = time.monotonic()
+
+    def tick() -> None:
+        relay.broker.service(0)
+        heartbeat()
+
     while not stopping():
         try:
+            heartbeat()
             if not relay.broker.is_open:
                 relay.broker.connect()
                 logger.info(
@@ -262,7 +406,7 @@ def run(
                 if once:
                     break
                 close_old_connections()
-                waker.wait(poll_seconds, tick=lambda: relay.broker.service(0), stopping=stopping)
+                waker.wait(poll_seconds, tick=tick, stopping=stopping)
             failure_backoff.reset()
         except BrokerUnavailable as error:
             if once:
@@ -299,6 +443,16 @@ def run(
             _start_afresh(relay, waker)
             _sleep(delay, stopping)
     logger.info("relay stopped", extra={"action": "outbox_relay_stopped"})
+
+
+def _end_span(span, outcome: str, error: str = "") -> None:
+    """End a publish span with how its message fared: delivered, unroutable, failed, dead or lost."""
+    if span is None:
+        return
+    span.set_attribute("bookworm.outbox.outcome", outcome)
+    if outcome != "delivered":
+        tracing.fail(span, error or outcome)
+    span.end()
 
 
 def _start_afresh(relay: Relay, waker: Waker) -> None:

@@ -8,6 +8,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from bookworm_scheduler import metrics, tracing
 from jobs.scheduler import Scheduler
 
 
@@ -25,6 +26,11 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         if options["concurrency"] < 1:
             raise CommandError("--concurrency must be at least 1")
+        if settings.SCHEDULER_METRICS_PORT:
+            try:
+                metrics.serve(settings.SCHEDULER_METRICS_PORT, settings.METRICS_ADDRESS)
+            except OSError as error:
+                raise CommandError(f"SCHEDULER_METRICS_PORT: cannot serve metrics: {error}") from None
         scheduler = Scheduler(
             instance_id=options["instance_id"],
             concurrency=options["concurrency"],
@@ -38,6 +44,8 @@ class Command(BaseCommand):
         still_running = scheduler.run(once=options["once"], shutdown_timeout=options["shutdown_timeout"])
         if still_running:
             # The pool's threads cannot be stopped and Python would wait for them at exit;
-            # their leases expire and another scheduler retries what they ran.
+            # their leases expire and another scheduler retries what they ran. os._exit skips
+            # the atexit hooks: the spans still buffered are exported first.
+            tracing.shutdown()
             logging.shutdown()
             os._exit(0)

@@ -6,9 +6,11 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from bookworm_scheduler import metrics
+from outbox import metrics as relay_metrics
 from outbox.broker import Broker, BrokerUnavailable, connection_parameters
 from outbox.envelope import EnvelopeWriter, broker_address
-from outbox.relay import Relay, Waker, run
+from outbox.relay import Heartbeat, Relay, Waker, run
 
 
 class Command(BaseCommand):
@@ -32,6 +34,12 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
+        if settings.RELAY_METRICS_PORT:
+            try:
+                metrics.serve(settings.RELAY_METRICS_PORT, settings.METRICS_ADDRESS)
+            except OSError as error:
+                raise CommandError(f"RELAY_METRICS_PORT: cannot serve metrics: {error}") from None
+            relay_metrics.measure_latency = True
 
         parameters = connection_parameters(
             settings.RABBITMQ_URL, blocked_timeout=settings.OUTBOX_BLOCKED_TIMEOUT_SECONDS
@@ -50,6 +58,7 @@ class Command(BaseCommand):
             retry_max_seconds=settings.OUTBOX_RETRY_MAX_SECONDS,
         )
         waker = Waker()
+        heartbeat = Heartbeat(relay.clock)  # the instance row: registered at the loop's first turn
         try:
             run(
                 relay,
@@ -60,9 +69,11 @@ class Command(BaseCommand):
                 duplicate_window=timedelta(seconds=settings.OUTBOX_DUPLICATE_WINDOW_SECONDS),
                 stopping=lambda: bool(stop_requests),
                 once=once,
+                heartbeat=heartbeat.beat,
             )
         except BrokerUnavailable as error:
             raise CommandError(str(error)) from None
         finally:
+            heartbeat.retire()
             broker.close()
             waker.close()

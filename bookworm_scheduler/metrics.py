@@ -1,0 +1,184 @@
+"""Prometheus metrics: the web app's /metrics, read from the database, and the daemons' own servers.
+
+/metrics (metrics_view) answers what the database knows: runs per job and status over the last
+hour, occurrences waiting or running, live scheduler and relay instances, outbox rows per status
+and the age of the oldest pending one. DatabaseCollector computes them at scrape time with a few
+bounded queries, so every gunicorn worker answers the same and no multiprocess mode is needed:
+the registry it is served from holds nothing else (no per-worker counters, no process_*).
+
+The view is behind the dashboard's authentication: a staff user's session, or HTTP Basic with a
+staff user's credentials (Prometheus' `basic_auth`), checked by bookworm_scheduler.basic_auth
+(throttled by django-axes, hashed once per CACHE_SECONDS); anything else is answered 401 with a
+Basic challenge. It is mounted at /metrics, outside /tickerq/, so the view checks the
+credentials itself instead of BasicAuthMiddleware.
+
+`manage.py runscheduler` and `manage.py relay_outbox` serve their own process's metrics
+(jobs.metrics, outbox.metrics, plus prometheus-client's process_* and python_*) with serve(),
+on SCHEDULER_METRICS_PORT and RELAY_METRICS_PORT; off by default.
+"""
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import DatabaseError
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from jobs.models import Occurrence, SchedulerInstance
+from outbox.models import OutboxMessage, RelayInstance
+
+from .basic_auth import authenticate_basic, basic_header, unauthorized
+from .clock import default_clock
+
+logger = logging.getLogger(__name__)
+
+# The window of bookworm_job_runs_last_hour: finished runs are found through index occ_finished.
+RUNS_WINDOW = timedelta(hours=1)
+# The statuses of the partial index occ_finished, in its order: the query repeats its condition.
+FINISHED = ["succeeded", "failed", "skipped", "missed"]
+# Outbox rows are counted up to this many per status (a count of a large backlog reads the whole
+# index); the gauge then says "at least this many".
+OUTBOX_COUNT_CAP = 100_000
+# A running relay silent for longer is stale. It beats every 5 s outside a batch, and a batch may
+# wait OUTBOX_CONFIRM_TIMEOUT_SECONDS (30) for its confirms; it is marked lost after 2 minutes.
+RELAY_STALE_AFTER = timedelta(seconds=60)
+
+
+class DatabaseCollector(Collector):
+    """Gauges computed from the database at each scrape; bookworm_database_up 0 if it cannot be read."""
+
+    def describe(self):
+        return []  # nothing to query when the collector is registered
+
+    def collect(self):
+        try:
+            families = self.families(default_clock())
+        except DatabaseError as error:
+            logger.warning(
+                "metrics: the database cannot be read: %s",
+                error,
+                extra={"action": "metrics_database_error", "error": str(error)},
+            )
+            families = []
+        yield from families
+        yield GaugeMetricFamily(
+            "bookworm_database_up", "1 if this scrape could read the database, else 0.", value=1 if families else 0
+        )
+
+    def families(self, now) -> list:
+        return [
+            self.runs(now),
+            self.open_occurrences(),
+            *self.instances(now),
+            *self.outbox(now),
+        ]
+
+    @staticmethod
+    def runs(now) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(
+            "bookworm_job_runs_last_hour",
+            "Occurrences that finished in the last hour, by job and final status (succeeded, failed, skipped, missed).",
+            labels=["job", "status"],
+        )
+        rows = (
+            Occurrence.objects.filter(status__in=FINISHED, finished_at__gte=now - RUNS_WINDOW)
+            .values_list("job_name", "status")
+            .annotate(count=Count("id"))
+            .order_by()
+        )
+        for job, status, count in rows:
+            family.add_metric([job, status], count)
+        return family
+
+    @staticmethod
+    def open_occurrences() -> GaugeMetricFamily:
+        family = GaugeMetricFamily(
+            "bookworm_job_occurrences",
+            "Occurrences waiting (scheduled: due, or a pending retry) or running now, by job.",
+            labels=["job", "status"],
+        )
+        # One query per status, each over its partial index (occ_scheduled_run_after, occ_running_lease).
+        for status in (Occurrence.Status.SCHEDULED, Occurrence.Status.RUNNING):
+            rows = Occurrence.objects.filter(status=status).values_list("job_name").annotate(count=Count("id"))
+            for job, count in rows.order_by():
+                family.add_metric([job, status], count)
+        return family
+
+    @staticmethod
+    def instances(now) -> list:
+        lease = timedelta(seconds=settings.SCHEDULER_LEASE_SECONDS)
+        schedulers = list(SchedulerInstance.objects.alive())
+        stale = sum(1 for instance in schedulers if instance.is_stale(now, lease))
+        scheduler_family = GaugeMetricFamily(
+            "bookworm_scheduler_instances",
+            "Scheduler processes registered as running: live (beating), stale (silent for two heartbeats).",
+            labels=["state"],
+        )
+        scheduler_family.add_metric(["live"], len(schedulers) - stale)
+        scheduler_family.add_metric(["stale"], stale)
+        relays = list(RelayInstance.objects.alive())
+        stale = sum(1 for relay in relays if now - relay.last_seen > RELAY_STALE_AFTER)
+        relay_family = GaugeMetricFamily(
+            "bookworm_outbox_relays",
+            "Relay processes registered as running: live (beating), stale (silent for over a minute).",
+            labels=["state"],
+        )
+        relay_family.add_metric(["live"], len(relays) - stale)
+        relay_family.add_metric(["stale"], stale)
+        return [scheduler_family, relay_family]
+
+    @staticmethod
+    def outbox(now) -> list:
+        messages = GaugeMetricFamily(
+            "bookworm_outbox_messages",
+            f"Outbox rows waiting (pending) or needing a person (unroutable, dead), counted up to {OUTBOX_COUNT_CAP}.",
+            labels=["status"],
+        )
+        rows = OutboxMessage.objects
+        for status in (OutboxMessage.Status.PENDING, OutboxMessage.Status.UNROUTABLE, OutboxMessage.Status.DEAD):
+            # COUNT over a LIMIT subquery, over index outbox_pending or outbox_status_recent.
+            messages.add_metric([status], rows.filter(status=status)[:OUTBOX_COUNT_CAP].count())
+        # The first pending row in write order: one step into outbox_pending (as status_counts does).
+        oldest = (
+            rows.filter(status=OutboxMessage.Status.PENDING).order_by("id").values_list("created_at", flat=True).first()
+        )
+        age = GaugeMetricFamily(
+            "bookworm_outbox_oldest_pending_age_seconds",
+            "Age of the oldest pending outbox row (0 when none is pending).",
+            value=max((now - oldest).total_seconds(), 0.0) if oldest else 0.0,
+        )
+        return [messages, age]
+
+
+database_registry = CollectorRegistry(auto_describe=False)
+database_registry.register(DatabaseCollector())
+
+
+@never_cache
+@require_GET
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """The database's metrics in Prometheus' text format, for a staff session or staff Basic credentials."""
+    header = basic_header(request)
+    if header:
+        refusal = authenticate_basic(request, header)
+        if refusal is not None:
+            return refusal
+    if not (request.user.is_active and request.user.is_staff):
+        return unauthorized("Staff credentials required (HTTP Basic or a dashboard session).")
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return HttpResponse(encoder(database_registry), content_type=content_type)
+
+
+def serve(port: int, address: str):
+    """Serve this process's metrics (the default registry) on address:port from a daemon thread; the server."""
+    server, _thread = start_http_server(port, addr=address, registry=REGISTRY)
+    port = server.server_address[1]  # the one the system chose, for port 0
+    logger.info("serving metrics on %s:%d", address, port, extra={"action": "metrics_serving", "port": port})
+    return server

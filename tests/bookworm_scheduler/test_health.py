@@ -1,0 +1,235 @@
+"""/health/ and /alive against the real PostgreSQL and RabbitMQ.
+
+The checks run in threads with connections of their own, so these tests commit what the checks
+should see (transactional_db) rather than keep it in the test's transaction.
+"""
+
+import subprocess
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.db import connections
+
+from bookworm_scheduler.clock import database_now
+from jobs.models import SchedulerInstance
+from outbox.models import OutboxMessage, RelayInstance
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ALL_OK = {
+    "Database(alias='default')": "OK",
+    "RabbitMQ()": "OK",
+    "SchedulerHeartbeat()": "OK",
+    "RelayHeartbeat()": "OK",
+    "OutboxBacklog()": "OK",
+    "Migrations()": "OK",
+}
+
+
+def instance(model, *, age: float = 0, state="running"):
+    now = database_now()
+    return model.objects.create(
+        session=uuid.uuid4(),
+        instance_id=f"test-{model.__name__.lower()}",
+        host="test-host",
+        pid=4242,
+        version="1.0.0",
+        started_at=now - timedelta(seconds=age + 60),
+        last_seen=now - timedelta(seconds=age),
+        state=state,
+    )
+
+
+def pending_message(*, age: float, status="pending"):
+    created = database_now() - timedelta(seconds=age)
+    return OutboxMessage.objects.create(
+        message_types=["urn:message:BookWorm.Tests:Probe"],
+        exchange="BookWorm.Tests:Probe",
+        body={},
+        created_at=created,
+        available_at=created,
+        status=status,
+        delivered_at=created if status == "delivered" else None,
+    )
+
+
+def health(client):
+    response = client.get("/health/", HTTP_ACCEPT="application/json")
+    return response.status_code, response.json()
+
+
+def failing(results: dict) -> dict:
+    return {name: result for name, result in results.items() if result != "OK"}
+
+
+@pytest.fixture
+def scheduler():
+    return instance(SchedulerInstance)
+
+
+@pytest.fixture
+def relay():
+    return instance(RelayInstance)
+
+
+def test_it_is_200_when_every_check_passes(client, scheduler, relay):
+    assert health(client) == (200, ALL_OK)
+
+
+def test_it_answers_json_to_format_json_and_html_by_default(client, scheduler, relay):
+    assert client.get("/health/?format=json").json() == ALL_OK
+    response = client.get("/health/")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/html")
+    assert "SchedulerHeartbeat()" in response.text
+
+
+def test_a_stale_scheduler_heartbeat_fails_the_scheduler_check_alone(client, relay):
+    instance(SchedulerInstance, age=75)
+
+    status, results = health(client)
+
+    assert status == 500
+    assert failing(results) == {
+        "SchedulerHeartbeat()": "Unavailable: no scheduler has beaten in the last 60 s (the latest beat 75 s ago)"
+    }
+
+
+def test_the_heartbeat_age_is_a_setting(client, relay, settings):
+    instance(SchedulerInstance, age=75)
+    settings.HEALTH_HEARTBEAT_MAX_AGE_SECONDS = 90
+
+    assert health(client) == (200, ALL_OK)
+
+
+def test_a_scheduler_that_said_goodbye_is_not_alive_however_recent(client, relay):
+    instance(SchedulerInstance, state="stopped")
+
+    status, results = health(client)
+
+    assert status == 500
+    assert failing(results) == {
+        "SchedulerHeartbeat()": "Unavailable: no scheduler has beaten in the last 60 s (the latest beat 0 s ago)"
+    }
+
+
+def test_no_relay_fails_the_relay_check_and_the_html_names_it(client, scheduler):
+    status, results = health(client)
+
+    assert status == 500
+    assert failing(results) == {"RelayHeartbeat()": "Unavailable: no relay has registered"}
+    page = client.get("/health/")
+    assert page.status_code == 500
+    assert "RelayHeartbeat()" in page.text and "no relay has registered" in page.text
+
+
+def test_a_lost_relay_fails_the_relay_check(client, scheduler):
+    instance(RelayInstance, age=200, state="lost")
+
+    status, results = health(client)
+
+    assert status == 500
+    assert failing(results) == {
+        "RelayHeartbeat()": "Unavailable: no relay has beaten in the last 60 s (the latest beat 200 s ago)"
+    }
+
+
+def test_an_old_pending_message_fails_the_backlog_check(client, scheduler, relay):
+    pending_message(age=400)
+    pending_message(age=10)
+
+    status, results = health(client)
+
+    assert status == 500
+    assert failing(results) == {
+        "OutboxBacklog()": "Unavailable: the oldest pending message is 400 s old (more than 300 s)"
+    }
+
+
+def test_young_pending_messages_and_old_delivered_ones_pass_the_backlog_check(client, scheduler, relay):
+    pending_message(age=200)
+    pending_message(age=100_000, status="delivered")
+
+    assert health(client) == (200, ALL_OK)
+
+
+def test_the_backlog_age_is_a_setting(client, scheduler, relay, settings):
+    pending_message(age=400)
+    settings.HEALTH_OUTBOX_MAX_AGE_SECONDS = 500
+
+    assert health(client) == (200, ALL_OK)
+
+
+def test_an_unapplied_migration_fails_the_migrations_check(client, scheduler):
+    # Really unapplied: outbox is migrated back one step (the relay instance table is dropped)
+    # and forward again at the end.
+    call_command("migrate", "outbox", "0004_exchange_index", verbosity=0)
+    try:
+        status, results = health(client)
+    finally:
+        call_command("migrate", "outbox", verbosity=0)
+
+    assert status == 500
+    assert set(failing(results)) == {"Migrations()", "RelayHeartbeat()"}
+    assert results["Migrations()"].startswith("Unavailable: 1 unapplied: outbox.0005_relayinstance")
+    assert results["RelayHeartbeat()"] == "Unavailable: cannot read the database (ProgrammingError)"
+
+
+@pytest.mark.slow
+def test_a_stopped_broker_fails_the_rabbitmq_check(client, scheduler, relay):
+    try:
+        subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=120)
+        status, results = health(client)
+    finally:
+        subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=120)
+        subprocess.run(["rabbitmqctl", "await_startup"], check=True, capture_output=True, timeout=120)
+
+    assert status == 500
+    assert set(failing(results)) == {"RabbitMQ()"}
+    assert results["RabbitMQ()"].startswith("Unavailable: ")
+
+
+def test_no_output_shows_a_password_or_a_connection_string(client, settings):
+    """Both the database and the broker unreachable, with passwords in their settings."""
+    settings.RABBITMQ_URL = "amqp://bookworm:broker-pw-1234@127.0.0.1:1/%2F"
+    database = connections.settings["default"]
+    saved = {key: database[key] for key in ("PORT", "PASSWORD")}
+    database.update(PORT=1, PASSWORD="database-pw-5678")
+    try:
+        responses = [
+            client.get("/health/", HTTP_ACCEPT="application/json"),
+            client.get("/health/"),
+            client.get("/health/?format=text"),
+        ]
+    finally:
+        database.update(saved)
+
+    assert [response.status_code for response in responses] == [500, 500, 500]
+    assert responses[0].json() == {
+        "Database(alias='default')": "Unavailable: connection failed",
+        "RabbitMQ()": responses[0].json()["RabbitMQ()"],
+        "SchedulerHeartbeat()": "Unavailable: cannot read the database (OperationalError)",
+        "RelayHeartbeat()": "Unavailable: cannot read the database (OperationalError)",
+        "OutboxBacklog()": "Unavailable: cannot read the database (OperationalError)",
+        "Migrations()": "Unavailable: cannot read the database (OperationalError)",
+    }
+    assert responses[0].json()["RabbitMQ()"].startswith("Unavailable: 127.0.0.1:1: ")
+    for response in responses:
+        text = response.content.decode()
+        for secret in ("broker-pw-1234", "database-pw-5678", "amqp://", "postgres://", "bookworm:"):
+            assert secret not in text
+
+
+def test_alive_is_200_whatever_the_host_and_without_https(client, settings, django_assert_num_queries):
+    settings.SECURE_SSL_REDIRECT = True
+    settings.ALLOWED_HOSTS = ["scheduler.example.com"]
+
+    with django_assert_num_queries(0):
+        response = client.get("/alive", HTTP_HOST="10.1.2.3:8000")
+
+    assert response.status_code == 200
+    assert response.content == b"alive\n"
+    assert "no-cache" in response["Cache-Control"]
+    assert client.get("/health/", HTTP_HOST="10.1.2.3:8000").status_code == 400  # the rest checks the host

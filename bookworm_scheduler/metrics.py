@@ -115,7 +115,7 @@ class DatabaseCollector(Collector):
     def instances(now) -> list:
         lease = timedelta(seconds=settings.SCHEDULER_LEASE_SECONDS)
         schedulers = list(SchedulerInstance.objects.alive())
-        stale = sum(1 for instance in schedulers if instance.is_stale(now, lease))
+        stale = sum(1 for instance in schedulers if instance.is_stale(now, lease / 3))
         scheduler_family = GaugeMetricFamily(
             "bookworm_scheduler_instances",
             "Scheduler processes registered as running: live (beating), stale (silent for two heartbeats).",

@@ -25,6 +25,7 @@ from django_celery_beat.models import CrontabSchedule, PeriodicTask, SolarSchedu
 
 from bookworm_scheduler.clock import default_clock
 from bookworm_scheduler.paginator import CappedCountPaginator
+from bookworm_scheduler.read_only_admin import ReadOnlyAdmin
 from outbox.models import OutboxMessage
 
 from .definitions import Definition, cron_expression, policy_of, run_now
@@ -440,7 +441,7 @@ class WhenFilter(admin.SimpleListFilter):
 
 
 @admin.register(Occurrence)
-class OccurrenceAdmin(admin.ModelAdmin):
+class OccurrenceAdmin(ReadOnlyAdmin):
     list_display = [
         "job_name",
         "scheduled_for",
@@ -492,15 +493,6 @@ class OccurrenceAdmin(admin.ModelAdmin):
             return "none"
         return format_html_join(mark_safe("<br>"), '<a href="{}">{}</a> <code>{}</code> ({})', links)
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
     def has_retry_permission(self, request):
         return request.user.has_perm("jobs.retry_occurrence")
 
@@ -531,7 +523,7 @@ class OccurrenceAdmin(admin.ModelAdmin):
 
 
 @admin.register(SchedulerInstance)
-class SchedulerInstanceAdmin(admin.ModelAdmin):
+class SchedulerInstanceAdmin(ReadOnlyAdmin):
     list_display = ["instance_id", "host", "pid", "version", "started_at", "last_seen", "liveness", "running_now"]
     list_filter = ["state"]
     fields = ["instance_id", "host", "pid", "version", "state", "started_at", "last_seen", "stopped_at", "running_list"]
@@ -548,7 +540,7 @@ class SchedulerInstanceAdmin(admin.ModelAdmin):
     def liveness(self, instance):
         if instance.state != SchedulerInstance.State.RUNNING:
             return format_html('<span style="color:{}">{}</span>', STATUS_COLOURS["skipped"], instance.state)
-        stale = instance.is_stale(default_clock(), timedelta(seconds=settings.SCHEDULER_LEASE_SECONDS))
+        stale = instance.is_stale(default_clock(), timedelta(seconds=settings.SCHEDULER_LEASE_SECONDS) / 3)
         colour = STATUS_COLOURS["missed" if stale else "succeeded"]
         return format_html('<span style="color:{};font-weight:bold">{}</span>', colour, "stale" if stale else "alive")
 
@@ -562,18 +554,12 @@ class SchedulerInstanceAdmin(admin.ModelAdmin):
         links = [(reverse("admin:jobs_occurrence_change", args=[o.id]), o.job_name, o.started_at) for o in rows]
         return format_html_join(mark_safe("<br>"), '<a href="{}">{}</a> since {}', links) if links else "nothing"
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
 
 # Alerts.
 
 
 @admin.register(Alert)
-class AlertAdmin(admin.ModelAdmin):
+class AlertAdmin(ReadOnlyAdmin):
     """What was alerted and how each channel fared; read-only (jobs.alerts sends and retries)."""
 
     list_display = ["created_at", "kind", "subject", "email_status", "webhook_status", "attempts", "next_try_at"]
@@ -596,12 +582,3 @@ class AlertAdmin(admin.ModelAdmin):
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     paginator = CappedCountPaginator
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

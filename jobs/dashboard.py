@@ -63,8 +63,8 @@ def schedulers(now: datetime, lease: timedelta | None = None) -> dict:
     lease = lease or timedelta(seconds=settings.SCHEDULER_LEASE_SECONDS)
     instances = list(SchedulerInstance.objects.alive().order_by("instance_id", "started_at")[:MAX_SCHEDULERS])
     return {
-        "live": [i for i in instances if not i.is_stale(now, lease)],
-        "stale": [i for i in instances if i.is_stale(now, lease)],
+        "live": [i for i in instances if not i.is_stale(now, lease / 3)],
+        "stale": [i for i in instances if i.is_stale(now, lease / 3)],
     }
 
 

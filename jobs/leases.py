@@ -50,7 +50,7 @@ class Leases:
 
     def renew(self, now: datetime, running: list[int]) -> None:
         """Show this process alive and extend the leases of the occurrences it is running."""
-        SchedulerInstance.objects.filter(session=self.session).update(last_seen=now)
+        SchedulerInstance.objects.beat(self.session, now)
         Occurrence.renew_leases(running, session=self.session, now=now, lease=self.lease)
         self._renewed_at = now
 
@@ -100,8 +100,6 @@ class Leases:
     def retire(self, now: datetime) -> None:
         """Say goodbye: this instance stopped on purpose."""
         try:
-            SchedulerInstance.objects.filter(session=self.session).update(
-                state=SchedulerInstance.State.STOPPED, stopped_at=now, last_seen=now
-            )
+            SchedulerInstance.objects.retire(self.session, now)
         except DatabaseError:
             pass  # the row then simply stops beating, and is marked lost

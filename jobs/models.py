@@ -5,7 +5,6 @@ interval or clocked schedule); JobPolicy and PlanningCursor add what a scheduler
 owns beyond them. The SQL that the hot paths send is in jobs.sql.
 """
 
-import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -18,6 +17,7 @@ from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.clock import default_clock
 from bookworm_scheduler.db import insert_row
+from bookworm_scheduler.instances import ProcessInstance
 
 from . import sql
 from .policy import MisfirePolicy, Policy, Priority
@@ -604,56 +604,15 @@ class Alert(models.Model):
         self.save(update_fields=["email_status", "webhook_status", "attempts", "next_try_at", "last_error"])
 
 
-class SchedulerInstanceQuerySet(models.QuerySet):
-    def alive(self):
-        return self.filter(state=SchedulerInstance.State.RUNNING)
+class SchedulerInstance(ProcessInstance):
+    """The heartbeat of one runscheduler process (every third of its lease, jobs.leases).
 
-    def mark_lost(self, now, silence: timedelta) -> int:
-        """Instances that stopped beating without saying so (kill -9, a lost host) are lost."""
-        return (
-            self.alive()
-            .filter(last_seen__lt=now - silence)
-            .update(state=SchedulerInstance.State.LOST, stopped_at=F("last_seen"))
-        )
+    Another scheduler marks it lost once it has been silent for a whole lease; with none
+    running to do that, the dashboard shows it stale (is_stale with the heartbeat's period).
+    """
 
-    def prune(self, cutoff) -> int:
-        deleted, _ = self.exclude(state=SchedulerInstance.State.RUNNING).filter(last_seen__lt=cutoff).delete()
-        return deleted
-
-
-class SchedulerInstance(models.Model):
-    """The heartbeat of one runscheduler process."""
-
-    class State(models.TextChoices):
-        RUNNING = "running"
-        STOPPED = "stopped"  # said goodbye
-        LOST = "lost"  # stopped beating: killed, or its host went away
-
-    session = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    instance_id = models.CharField(max_length=200)
-    host = models.CharField(max_length=255)
-    pid = models.PositiveIntegerField()
-    version = models.CharField(max_length=40)
-    started_at = models.DateTimeField()
-    last_seen = models.DateTimeField(db_index=True)
-    state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
-    stopped_at = models.DateTimeField(null=True, blank=True)
-
-    objects = SchedulerInstanceQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["-last_seen"]
-
-    def __str__(self):
-        return f"{self.instance_id} (pid {self.pid})"
-
-    def is_stale(self, now: datetime, lease: timedelta) -> bool:
-        """Running, but silent for two heartbeats (one every third of the lease): dead or stuck.
-
-        Another scheduler marks it lost once it has been silent for a whole lease; with none
-        running to do that, it stays stale.
-        """
-        return self.state == self.State.RUNNING and now - self.last_seen > lease * 2 / 3
+    class Meta(ProcessInstance.Meta):
+        pass
 
 
 def prune_history(now: datetime, *, keep: timedelta, batch: int, batches: int) -> tuple[int, bool]:

@@ -32,6 +32,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 
 from bookworm_scheduler.clock import default_clock
+from bookworm_scheduler.read_only_admin import ReadOnlyAdmin
 
 from .broker import connection_parameters
 from .envelope import EnvelopeWriter, broker_address
@@ -175,7 +176,7 @@ def envelope_writer() -> EnvelopeWriter:
 
 
 @admin.register(OutboxMessage)
-class OutboxMessageAdmin(admin.ModelAdmin):
+class OutboxMessageAdmin(ReadOnlyAdmin):
     list_display = ["id", "exchange", "message_id", "status", "attempts", "created_at", "available_at", "delivered_at"]
     list_filter = ["status", MessageTypeFilter]
     search_fields = ["message_id"]
@@ -291,29 +292,11 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     def has_discard_permission(self, request):
         return request.user.has_perm("outbox.discard_outboxmessage")
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 # Relays: their heartbeats, read-only (outbox.relay.Heartbeat writes them).
 
 
 @admin.register(RelayInstance)
-class RelayInstanceAdmin(admin.ModelAdmin):
+class RelayInstanceAdmin(ReadOnlyAdmin):
     list_display = ["instance_id", "host", "pid", "version", "state", "started_at", "last_seen", "stopped_at"]
     list_filter = ["state"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

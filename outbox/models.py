@@ -1,12 +1,13 @@
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 
 import uuid6
 from django.db import connections, models
-from django.db.models import F, Q
+from django.db.models import Q
 from django.db.models.functions import Cast
 from django.utils import timezone
+
+from bookworm_scheduler.instances import ProcessInstance
 
 
 class OutboxQuerySet(models.QuerySet):
@@ -242,66 +243,15 @@ class PublishedKey(models.Model):
             return cursor.fetchone() is not None
 
 
-class RelayInstanceQuerySet(models.QuerySet):
-    def alive(self):
-        return self.filter(state=RelayInstance.State.RUNNING)
-
-    def beat(self, session, now) -> int:
-        """Renew one relay's heartbeat; 0 when it has no row (not registered yet, or pruned).
-
-        A relay that was marked lost but beats again was only slow: it is running again.
-        """
-        return self.filter(session=session).update(last_seen=now, state=RelayInstance.State.RUNNING, stopped_at=None)
-
-    def retire(self, session, now) -> int:
-        """The relay stopped on purpose."""
-        return self.filter(session=session).update(state=RelayInstance.State.STOPPED, stopped_at=now, last_seen=now)
-
-    def mark_lost(self, now, silence: timedelta) -> int:
-        """Relays that stopped beating without saying so (kill -9, a lost host) are lost."""
-        return (
-            self.alive()
-            .filter(last_seen__lt=now - silence)
-            .update(state=RelayInstance.State.LOST, stopped_at=F("last_seen"))
-        )
-
-    def prune(self, cutoff) -> int:
-        """Delete the rows of relays stopped or lost before cutoff."""
-        deleted, _ = self.exclude(state=RelayInstance.State.RUNNING).filter(last_seen__lt=cutoff).delete()
-        return deleted
-
-
-class RelayInstance(models.Model):
+class RelayInstance(ProcessInstance):
     """The heartbeat of one relay_outbox process, as jobs.SchedulerInstance is a scheduler's.
 
     Written by outbox.relay.Heartbeat; read by /health/ (a relay with a fresh heartbeat) and the admin.
     """
 
-    class State(models.TextChoices):
-        RUNNING = "running"
-        STOPPED = "stopped"  # said goodbye
-        LOST = "lost"  # stopped beating: killed, or its host went away
-
-    session = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    instance_id = models.CharField(max_length=200)
-    host = models.CharField(max_length=255)
-    pid = models.PositiveIntegerField()
-    version = models.CharField(max_length=40)
-    started_at = models.DateTimeField()
-    # RelayInstanceQuerySet.mark_lost and .prune, and /health/'s freshest relay.
-    last_seen = models.DateTimeField(db_index=True)
-    state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
-    stopped_at = models.DateTimeField(null=True, blank=True)
-
-    objects = RelayInstanceQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["-last_seen"]
+    class Meta(ProcessInstance.Meta):
         constraints = [
             models.CheckConstraint(
                 condition=Q(state__in=["running", "stopped", "lost"]), name="relay_instance_state_valid"
             ),
         ]
-
-    def __str__(self):
-        return f"{self.instance_id} (pid {self.pid})"

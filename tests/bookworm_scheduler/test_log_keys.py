@@ -94,9 +94,9 @@ def run_a_relay():
         )
     relay.broker.connect()
     try:
-        relay.deliver_batch(timezone.now())
+        relay.deliver_batch(relay.clock())
         OutboxMessage.objects.filter(id=refused.id).update(available_at=timezone.now())
-        relay.deliver_batch(timezone.now())
+        relay.deliver_batch(relay.clock())
     finally:
         relay.broker.close()
         rabbit.close()

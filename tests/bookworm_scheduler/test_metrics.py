@@ -268,7 +268,7 @@ def test_a_relay_counts_published_confirmed_and_returned_messages_and_their_late
     relay.broker.connect()
     try:
         assert sample_value("bookworm_outbox_broker_connected") == 1
-        assert relay.deliver_batch(timezone.now()) == 3
+        assert relay.deliver_batch(relay.clock()) == 3
     finally:
         relay.broker.close()
         rabbit.close()

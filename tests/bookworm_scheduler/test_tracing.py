@@ -10,7 +10,6 @@ import pytest
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
-from django.utils import timezone
 from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -177,7 +176,7 @@ def test_the_relay_publishes_in_the_runs_trace_and_the_message_carries_it_where_
     occurrence = run_one(clock, "publisher")
     row = OutboxMessage.objects.get(origin=f"occurrence:{occurrence.id}")
 
-    assert relay.deliver_batch(timezone.now()) >= 1
+    assert relay.deliver_batch(relay.clock()) >= 1
 
     [run] = named(spans, "run publisher")
     [publish_span] = [
@@ -216,7 +215,7 @@ def test_an_unroutable_message_ends_its_publish_span_with_an_error(spans, rabbit
     with tracing.span("caller"), transaction.atomic():
         row = publish(event_type())
 
-    relay.deliver_batch(timezone.now())
+    relay.deliver_batch(relay.clock())
 
     [publish_span] = named(spans, f"publish {row.exchange}")
     assert publish_span.attributes["bookworm.outbox.outcome"] == "unroutable"
@@ -233,7 +232,7 @@ def test_a_relay_that_does_not_trace_passes_the_stored_context_on(rabbit, relay)
         traced = publish(sample_jobs.SampleRanEvent(), headers={"traceparent": stored})
         untraced = publish(sample_jobs.SampleRanEvent())
 
-    relay.deliver_batch(timezone.now())
+    relay.deliver_batch(relay.clock())
 
     properties, _ = receive(rabbit, queue, str(traced.message_id))
     assert properties.headers == {

@@ -28,12 +28,12 @@ def test_a_batch_goes_out_in_write_order(rabbit, relay, event_type):
     queue = rabbit.bind_queue(event_type.exchange())
     rows = publish_events(event_type, 20)
 
-    assert relay.deliver_batch(timezone.now()) == 20
+    assert relay.deliver_batch(relay.clock()) == 20
 
     received = rabbit.receive(queue, 20)
     assert [envelope["messageId"] for _, envelope in received] == [str(row.message_id) for row in rows]
     assert OutboxMessage.objects.filter(status="delivered").count() == 20
-    assert relay.deliver_batch(timezone.now()) == 0
+    assert relay.deliver_batch(relay.clock()) == 0
 
 
 def test_headers_and_a_correlation_id_travel_in_the_envelope(rabbit, relay, event_type):
@@ -42,7 +42,7 @@ def test_headers_and_a_correlation_id_travel_in_the_envelope(rabbit, relay, even
     with transaction.atomic():
         row = publish(event_type(), correlation_id=correlation_id, headers={"tenant": "bookworm", "n": 1})
 
-    relay.deliver_batch(timezone.now())
+    relay.deliver_batch(relay.clock())
 
     [(properties, envelope)] = rabbit.receive(queue, 1)
     assert envelope["headers"] == {"tenant": "bookworm", "n": 1}
@@ -60,7 +60,7 @@ def test_rows_not_yet_available_wait_for_their_time(relay, event_type):
 def test_a_message_no_queue_receives_is_marked_unroutable_and_comes_back_with_requeue(rabbit, relay, event_type):
     [row] = publish_events(event_type, 1)
 
-    relay.deliver_batch(timezone.now())
+    relay.deliver_batch(relay.clock())
 
     row.refresh_from_db()
     assert row.status == "unroutable"
@@ -71,7 +71,7 @@ def test_a_message_no_queue_receives_is_marked_unroutable_and_comes_back_with_re
     row.refresh_from_db()
     assert (row.status, row.attempts, row.last_error) == ("pending", 0, "")
 
-    relay.deliver_batch(timezone.now())
+    relay.deliver_batch(relay.clock())
 
     [(properties, envelope)] = rabbit.receive(queue, 1)
     assert properties.message_id == envelope["messageId"] == str(row.message_id)

@@ -1,11 +1,40 @@
-"""The Celery app, for optional workers sharing the broker and the job definitions."""
+"""The Celery app: workers that run the occurrences a scheduler hands over (SCHEDULER_EXECUTOR=celery).
+
+`celery -A bookworm_scheduler worker` consumes the two queues below; the one task is
+jobs.tasks.run_occurrence. Schedulers publish to them (jobs.executors.CeleryExecutor).
+"""
 
 import os
 
 from celery import Celery
+from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bookworm_scheduler.settings")
 
+# Message priorities are jobs.policy.Priority values (Low 0, Normal 1, High 2); the queue of
+# ordinary jobs is a RabbitMQ priority queue with that many levels.
+MAX_PRIORITY = 3
+
+
+def job_queues(name: str) -> tuple[Queue, Queue]:
+    """The durable queues of ordinary jobs (by priority) and of LongRunning ones (name + ".long")."""
+    exchange = Exchange(name, type="direct", durable=True)
+    return (
+        Queue(name, exchange, routing_key=name, durable=True, queue_arguments={"x-max-priority": MAX_PRIORITY}),
+        Queue(f"{name}.long", exchange, routing_key=f"{name}.long", durable=True),
+    )
+
+
 app = Celery("bookworm_scheduler")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+
+
+@app.on_after_configure.connect
+def _declare_job_queues(sender, **kwargs):
+    from django.conf import settings
+
+    sender.conf.task_queues = job_queues(settings.SCHEDULER_CELERY_QUEUE)
+    sender.conf.task_default_queue = settings.SCHEDULER_CELERY_QUEUE
+
+
 app.autodiscover_tasks()

@@ -94,6 +94,17 @@ SCHEDULER_SHUTDOWN_TIMEOUT_SECONDS = _positive("int", "SCHEDULER_SHUTDOWN_TIMEOU
 SCHEDULER_LONG_RUNNING_CONCURRENCY = _positive("int", "SCHEDULER_LONG_RUNNING_CONCURRENCY", available_cpus())
 SCHEDULER_HISTORY_DAYS = _positive("int", "SCHEDULER_HISTORY_DAYS", 30)
 SCHEDULER_JOB_MODULES = _read("list", "SCHEDULER_JOB_MODULES", [])
+# Where claimed occurrences run (jobs/executors.py): "inline", in the scheduler's own threads, or
+# "celery", handed over through RabbitMQ to `celery -A bookworm_scheduler worker` processes.
+SCHEDULER_EXECUTOR = _read("str", "SCHEDULER_EXECUTOR", "inline")
+if SCHEDULER_EXECUTOR not in ("inline", "celery"):
+    raise ImproperlyConfigured(f"SCHEDULER_EXECUTOR: must be 'inline' or 'celery', got {SCHEDULER_EXECUTOR!r}")
+# With the celery executor: the queue of ordinary jobs (a priority queue; LongRunning jobs go to
+# its name + ".long"), the most occurrences one scheduler keeps handed over but not yet started by
+# a worker, and how long after the soft time limit (the job's timeout) a worker process is killed.
+SCHEDULER_CELERY_QUEUE = _read("str", "SCHEDULER_CELERY_QUEUE", "bookworm.jobs")
+SCHEDULER_CELERY_MAX_IN_FLIGHT = _positive("int", "SCHEDULER_CELERY_MAX_IN_FLIGHT", 100)
+SCHEDULER_CELERY_HARD_LIMIT_MARGIN_SECONDS = _positive("int", "SCHEDULER_CELERY_HARD_LIMIT_MARGIN_SECONDS", 10)
 
 # The outbox (outbox/).
 OUTBOX_DUPLICATE_WINDOW_SECONDS = _positive("int", "OUTBOX_DUPLICATE_WINDOW_SECONDS", 300)
@@ -297,6 +308,17 @@ LOGIN_URL = "admin:login"
 
 # Celery (optional workers): the broker is the same RabbitMQ.
 CELERY_BROKER_URL = RABBITMQ_URL
+# The worker's behaviour (jobs/tasks.py; its queues: bookworm_scheduler/celery.py): a message is
+# acknowledged after its run (a killed worker's message is delivered again), a worker holds no more
+# messages than it runs (so priorities decide what runs next), and a publish waits for the broker's
+# confirm.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = TIME_ZONE
 DJANGO_CELERY_BEAT_TZ_AWARE = True
 

@@ -17,7 +17,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import datetime
 
 import psycopg
@@ -75,10 +75,20 @@ def skip_reason(occurrence: Occurrence, definition: Definition | None, now: date
 class Runner:
     """Runs the occurrences one scheduler session claimed; safe to share between threads."""
 
-    def __init__(self, *, session, clock: Callable[[], datetime], stopping: Callable[[], bool] = lambda: False):
+    def __init__(
+        self,
+        *,
+        session,
+        clock: Callable[[], datetime],
+        stopping: Callable[[], bool] = lambda: False,
+        watchdog: Callable[[int | None], AbstractContextManager] = Watchdog,
+    ):
         self.session = session
         self.clock = clock
         self.stopping = stopping
+        # What raises JobTimeout in the job after its timeout: a timer thread in a scheduler;
+        # Celery's soft time limit in a worker process (jobs.executors.SoftTimeLimit).
+        self.watchdog = watchdog
 
     def run(self, occurrence: Occurrence, definition: Definition | None) -> None:
         """Run a claimed occurrence of definition (None: look it up) and record the attempt."""
@@ -126,12 +136,12 @@ class Runner:
         try:
             if spec.atomic:
                 with transaction.atomic():
-                    with _statement_timeout(timeout, local=True), Watchdog(timeout), origin(source):
+                    with _statement_timeout(timeout, local=True), self.watchdog(timeout), origin(source):
                         spec.func(context)
                     returned = True
                     occurrence.record_attempt(session=self.session, started_at=started, now=self.clock())
             else:
-                with _statement_timeout(timeout, local=False), Watchdog(timeout), origin(source):
+                with _statement_timeout(timeout, local=False), self.watchdog(timeout), origin(source):
                     spec.func(context)
                 returned = True
                 self._write(

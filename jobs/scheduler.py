@@ -2,8 +2,10 @@
 
 - planning.Planner turns due instants into occurrence rows (the project's own cursors);
 - leases.Leases keeps this process's heartbeat and claims alive, and reaps dead ones;
-- pool.WorkerPool runs claimed occurrences in threads, through runner.Runner;
-- models.prune_history keeps the history bounded.
+- the executor (jobs.executors) runs claimed occurrences: pool.WorkerPool in threads, through
+  runner.Runner, or CeleryExecutor hands them to Celery workers (SCHEDULER_EXECUTOR);
+- models.prune_history keeps the history bounded;
+- alerts.AlertSender sends the alerts of failed jobs, recorded with the failures.
 
 All shared state is in the database, and all time is the database's (DatabaseClock). The
 main thread wakes at the next due instant, when a run finishes, when another process
@@ -24,11 +26,11 @@ from bookworm_scheduler.clock import DatabaseClock
 from bookworm_scheduler.listen import Listener
 
 from .alerts import AlertSender
-from .definitions import create_missing_definitions
+from .definitions import create_missing_definitions, load_definition
+from .executors import build_executor
 from .leases import Leases
 from .models import Occurrence, prune_history
 from .planning import Planner
-from .pool import WorkerPool
 from .runner import Runner
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ class Scheduler:
         long_running_concurrency: int = 1,
         history: timedelta = timedelta(days=30),
         clock: Callable[[], datetime] | None = None,
+        executor: str = "inline",
     ):
         self.instance_id = instance_id
         self.session = uuid.uuid4()
@@ -61,7 +64,14 @@ class Scheduler:
         self.planner = Planner(grace=grace)
         self.leases = Leases(session=self.session, scheduler=instance_id, lease=lease)
         self.runner = Runner(session=self.session, clock=self.clock, stopping=lambda: self.stopping)
-        self.pool = WorkerPool(concurrency, long_running_concurrency, on_done=self.wake)
+        self.pool = build_executor(
+            executor,
+            session=self.session,
+            concurrency=concurrency,
+            long_running_concurrency=long_running_concurrency,
+            on_done=self.wake,
+            definition_of=self._definition_of,
+        )
         self.listener = Listener(NOTIFY_CHANNEL, self.wake)
         self.alerts = AlertSender(history=history)
         self._stopping = threading.Event()
@@ -139,7 +149,7 @@ class Scheduler:
         return self.leases.reap(now, self.planner.definitions)
 
     def dispatch(self, now: datetime) -> int:
-        """Claim what is ready, as many as there are free slots, and hand it to the pool."""
+        """Claim what is ready, as many as there are free slots, and hand it to the executor."""
         claimed, drained = 0, True
         for long_running in (False, True):
             free = self.pool.free(long_running)
@@ -222,8 +232,8 @@ class Scheduler:
                 self.leases.renew(self.clock(), self.pool.running_ids())
             except DatabaseError:
                 connection.close()
+        self.pool.shutdown()  # the celery executor gives back what no worker took over
         still_running = len(self.pool.running_ids())
-        self.pool.shutdown()
         if still_running:
             logger.warning(
                 "%d jobs still running after %s s; their leases will expire and they will be retried",
@@ -249,6 +259,9 @@ class Scheduler:
             long_running=long_running,
             limit=limit,
         )
+
+    def _definition_of(self, task_id: int | None):
+        return self.planner.definitions.get(task_id) or load_definition(task_id)
 
     def _run(self, occurrence: Occurrence) -> None:
         try:

@@ -38,6 +38,7 @@ class Command(BaseCommand):
             lease=timedelta(seconds=settings.SCHEDULER_LEASE_SECONDS),
             grace=timedelta(seconds=settings.SCHEDULER_MISFIRE_GRACE_SECONDS),
             history=timedelta(days=settings.SCHEDULER_HISTORY_DAYS),
+            executor=settings.SCHEDULER_EXECUTOR,
         )
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: scheduler.stop())

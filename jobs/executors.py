@@ -1,0 +1,300 @@
+"""Where claimed occurrences run: the scheduler's own threads (inline) or Celery workers (celery).
+
+Both executors answer the scheduler's questions alike: free() (how many to claim), idle,
+running_ids() (the claims whose leases this process renews), submit() and shutdown().
+
+With the celery executor the scheduler still plans and claims (exactly once, jobs.sql.claim);
+submit() publishes one message per claim, naming (occurrence, session, attempt), and waits
+for the broker's confirm. A worker (jobs.tasks.run_occurrence) then takes the claim over with
+a compare-and-set from the scheduler's session to its own (take_over), renews the lease while
+the job runs and records the attempt with jobs.runner.Runner, as the inline executor does. The
+occurrence row decides, never the message: a message delivered twice, or one whose claim was
+released or reaped meanwhile, finds nothing to take over and does nothing.
+"""
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import DatabaseError, connection, transaction
+
+from bookworm_scheduler.backoff import Backoff
+from bookworm_scheduler.celery import app as celery_app
+from bookworm_scheduler.celery import job_queues
+from bookworm_scheduler.clock import database_now
+
+from .definitions import Definition
+from .models import LeaseLost, Occurrence
+from .policy import Priority
+from .pool import WorkerPool
+from .timeouts import JobTimeout
+
+logger = logging.getLogger(__name__)
+
+TASK_NAME = "jobs.run_occurrence"
+# Seconds a hand-over waits for the broker's confirm (a broker under a resource alarm never sends
+# it); the claim is then released. A message that arrives after all is still judged by the row: one run.
+CONFIRM_TIMEOUT = 10.0
+
+
+def build_executor(
+    kind: str,
+    *,
+    session,
+    concurrency: int,
+    long_running_concurrency: int,
+    on_done: Callable[[], None],
+    definition_of: Callable[[int | None], Definition | None],
+):
+    """The executor that SCHEDULER_EXECUTOR names ("inline" or "celery")."""
+    if kind == "inline":
+        return WorkerPool(concurrency, long_running_concurrency, on_done=on_done)
+    if kind == "celery":
+        return CeleryExecutor(
+            session=session,
+            definition_of=definition_of,
+            queue=settings.SCHEDULER_CELERY_QUEUE,
+            max_in_flight=settings.SCHEDULER_CELERY_MAX_IN_FLIGHT,
+            hard_limit_margin=settings.SCHEDULER_CELERY_HARD_LIMIT_MARGIN_SECONDS,
+        )
+    raise ValueError(f"unknown executor {kind!r}")
+
+
+class CeleryExecutor:
+    """Hands claimed occurrences to Celery workers through RabbitMQ; runs nothing itself.
+
+    Until a worker takes one over, a handed-over occurrence stays claimed by this scheduler's
+    session (status running), and this scheduler renews its lease (running_ids). At most
+    max_in_flight of them wait at a time, so a stopped worker fleet does not make a scheduler
+    claim everything that falls due. A publish the broker does not confirm releases the claim
+    (back to scheduled, the attempt not counted) and pauses handing over with a backoff: the
+    occurrence is handed over when the broker is back.
+    """
+
+    def __init__(
+        self,
+        *,
+        session,
+        definition_of: Callable[[int | None], Definition | None],
+        queue: str,
+        max_in_flight: int,
+        hard_limit_margin: int,
+        app=celery_app,
+    ):
+        self.session = session
+        self.definition_of = definition_of
+        self.queues = dict(zip((False, True), job_queues(queue), strict=True))
+        self.max_in_flight = max_in_flight
+        self.hard_limit_margin = hard_limit_margin
+        self.app = app
+        self._backoff = Backoff(first=1.0, ceiling=30.0)
+        self._paused_until = 0.0  # time.monotonic(): no hand-over before this, after a failed publish
+        self._left: list[int] | None = None  # after shutdown(): the claims it could not give back
+
+    def free(self, long_running: bool) -> int:
+        if time.monotonic() < self._paused_until:
+            return 0
+        return max(self.max_in_flight - len(self.running_ids()), 0)
+
+    @property
+    def idle(self) -> bool:
+        return True  # nothing runs in this process
+
+    def running_ids(self) -> list[int]:
+        """The occurrences handed over by this session that no worker has taken over yet."""
+        if self._left is not None:
+            return self._left
+        return list(
+            Occurrence.objects.filter(status=Occurrence.Status.RUNNING, session=self.session).values_list(
+                "id", flat=True
+            )
+        )
+
+    def wait(self, timeout: float) -> bool:
+        return True
+
+    def submit(self, occurrence: Occurrence, run=None, *, long_running: bool) -> None:
+        """Publish occurrence to the workers, or release its claim if the broker does not confirm."""
+        if time.monotonic() < self._paused_until:
+            self._release(occurrence, "released: the broker was unavailable; it is handed over when it returns")
+            return
+        try:
+            self.publish(occurrence, long_running=long_running)
+        except Exception as exc:  # whatever kept the broker from confirming: the claim goes back
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            delay = self._backoff.next()
+            self._paused_until = time.monotonic() + delay
+            logger.error(
+                "handing %s over to Celery failed: %s; retrying in %.0f s",
+                occurrence.job_name,
+                error,
+                delay,
+                extra={
+                    "action": "handover_failed",
+                    "occurrence": occurrence.id,
+                    "job": occurrence.job_name,
+                    "error": error,
+                    "retry_in": delay,
+                },
+            )
+            self._release(
+                occurrence, f"released: the broker did not take it ({error}); it is handed over when it returns"
+            )
+            return
+        self._backoff.reset()
+        logger.info(
+            "handed %s scheduled for %s over to Celery (attempt %d)",
+            occurrence.job_name,
+            occurrence.scheduled_for.isoformat(),
+            occurrence.attempts,
+            extra={
+                "action": "occurrence_handed_over",
+                "occurrence": occurrence.id,
+                "job": occurrence.job_name,
+                "attempt": occurrence.attempts,
+                "instance": occurrence.scheduler,
+            },
+        )
+
+    def publish(self, occurrence: Occurrence, *, long_running: bool) -> None:
+        """One persistent message for this claim, confirmed by the broker (confirm_publish)."""
+        definition = self.definition_of(occurrence.task_id)
+        timeout = definition.policy.timeout if definition else None
+        limits = {}
+        if timeout:
+            limits = {"soft_time_limit": timeout, "time_limit": timeout + self.hard_limit_margin}
+        queue = self.queues[long_running]
+        self.app.send_task(
+            TASK_NAME,
+            args=[occurrence.id, str(self.session), occurrence.attempts],
+            task_id=f"occurrence-{occurrence.id}-{occurrence.attempts}-{self.session}",
+            queue=queue,
+            routing_key=queue.routing_key,
+            priority=min(int(occurrence.priority), Priority.HIGH),
+            retry=False,
+            confirm_timeout=CONFIRM_TIMEOUT,
+            **limits,
+        )
+
+    def shutdown(self) -> None:
+        """Give back the claims no worker took over: another scheduler hands them over again."""
+        left = []
+        try:
+            left = self.running_ids()
+            for occurrence in Occurrence.objects.filter(id__in=left):
+                self._release(occurrence, "released: its scheduler stopped before a worker took it over")
+                left.remove(occurrence.id)
+        except DatabaseError:
+            connection.close()  # their leases expire; another scheduler reaps and retries them
+        self._left = left
+
+    def _release(self, occurrence: Occurrence, reason: str) -> None:
+        try:
+            with transaction.atomic():
+                occurrence.release(session=self.session, reason=reason)
+        except LeaseLost:
+            return  # a worker took it over meanwhile: its message had reached the broker
+        logger.warning(
+            "released %s scheduled for %s: %s",
+            occurrence.job_name,
+            occurrence.scheduled_for.isoformat(),
+            reason,
+            extra={
+                "action": "occurrence_released",
+                "occurrence": occurrence.id,
+                "job": occurrence.job_name,
+                "status": "scheduled",
+                "error": reason,
+            },
+        )
+
+
+# The worker's side (jobs.tasks.run_occurrence runs in a Celery worker process).
+
+_worker_identity: tuple[int, uuid.UUID, str] | None = None
+
+
+def worker_identity() -> tuple[uuid.UUID, str]:
+    """This worker process's session and name (a new one after a fork: each pool process is its own)."""
+    global _worker_identity
+    pid = os.getpid()
+    if _worker_identity is None or _worker_identity[0] != pid:
+        _worker_identity = (pid, uuid.uuid4(), f"celery@{socket.gethostname()}/{pid}")
+    return _worker_identity[1], _worker_identity[2]
+
+
+def take_over(occurrence_id: int, *, handed_by, attempt: int, session, worker: str, lease: timedelta, now: datetime):
+    """-- take_over --: move the claim from the scheduler that handed it over to this worker.
+
+    A compare-and-set on (running, handed_by, attempt) with a fresh lease; None when the
+    occurrence is no longer that claim (taken already, released or reaped): a duplicate.
+    """
+    updated = Occurrence.objects.filter(
+        id=occurrence_id, status=Occurrence.Status.RUNNING, session=handed_by, attempts=attempt
+    ).update(session=session, scheduler=worker, lease_expires_at=now + lease, started_at=now)
+    return Occurrence.objects.get(id=occurrence_id) if updated else None
+
+
+class LeaseKeeper:
+    """Renews one occurrence's lease every third of it, from a thread, while its job runs."""
+
+    def __init__(self, occurrence_id: int, *, session, lease: timedelta):
+        self.occurrence_id, self.session, self.lease = occurrence_id, session, lease
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{occurrence_id}", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=10)
+        return False
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.lease.total_seconds() / 3):
+                try:
+                    Occurrence.renew_leases(
+                        [self.occurrence_id], session=self.session, now=database_now(), lease=self.lease
+                    )
+                except DatabaseError:
+                    connection.close()  # tried again at the next beat; the lease has two more
+        finally:
+            connection.close()
+
+
+class SoftTimeLimit:
+    """The job's timeout in a Celery worker process: Celery's soft time limit, as JobTimeout.
+
+    The pool signals the process (SIGUSR1) when the soft limit passes; while the job runs that
+    raises JobTimeout (not an Exception: the job's `except Exception:` cannot swallow it, as
+    Celery's SoftTimeLimitExceeded could be). A job stuck in a C call that ignores the signal is
+    killed at the hard limit. Outside the job the signal is ignored (the recording is not cut).
+    """
+
+    def __init__(self, seconds: int | None):
+        self.seconds = seconds
+        self._previous = None
+
+    def __enter__(self):
+        if self.seconds and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGUSR1, self._fire)
+        return self
+
+    @staticmethod
+    def _fire(signum, frame):
+        raise JobTimeout()
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        return False

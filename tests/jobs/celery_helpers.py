@@ -1,0 +1,106 @@
+"""Helpers of the celery executor's tests: a real `celery -A bookworm_scheduler worker` subprocess.
+
+Workers load this module through SCHEDULER_JOB_MODULES for its job.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+from kombu import Connection
+
+from bookworm_scheduler.celery import job_queues
+from jobs.registry import JobContext, job
+from tests.jobs.helpers import wait_for
+
+CELERY = [sys.executable, "-m", "celery", "-A", "bookworm_scheduler"]
+
+
+def unique_queue() -> str:
+    """A queue name of its own per test: no test sees another's messages."""
+    return f"bookworm.test.{uuid.uuid4().hex[:12]}"
+
+
+def delete_queues(name: str, url: str) -> None:
+    with Connection(url) as conn:
+        channel = conn.default_channel
+        for queue in job_queues(name):
+            queue.bind(channel).delete()
+        job_queues(name)[0].exchange.bind(channel).delete()
+
+
+class WorkerProcess:
+    """A Celery worker in a process group of its own (so that kill() takes its pool processes too)."""
+
+    def __init__(self, env, *, concurrency=1, name="worker"):
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [
+                *CELERY,
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                str(concurrency),
+                "--hostname",
+                f"{name}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_ready(self, timeout=30.0) -> None:
+        try:
+            wait_for(lambda: " ready." in self.output or self.process.poll() is not None, timeout=timeout)
+        except AssertionError:
+            raise AssertionError(f"the worker did not start within {timeout} s:\n{self.output}") from None
+        assert self.process.poll() is None, self.output
+
+    def pool_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes at once: a machine that went away."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self, timeout=20.0) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@job("test.stuck_in_c_call")
+def stuck_in_c_call(context: JobContext) -> None:
+    """Sleep with SIGUSR1 (the soft limit) and SIGTERM blocked: a C call that never returns to Python."""
+    signals = {signal.SIGUSR1, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        time.sleep(context.kwargs.get("seconds", 30))
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)

@@ -1,0 +1,228 @@
+"""The celery executor: schedulers claim and hand over, real Celery workers run, over a real RabbitMQ."""
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from celery import Celery
+from django.conf import settings
+
+from bookworm_scheduler.clock import database_now
+from jobs.definitions import load_definition
+from jobs.executors import CeleryExecutor
+from jobs.models import Attempt, Occurrence, Priority
+from outbox.models import OutboxMessage
+from tests.jobs.celery_helpers import WorkerProcess, delete_queues, unique_queue
+from tests.jobs.helpers import make_definition, wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+@pytest.fixture
+def celery_queue():
+    name = unique_queue()
+    yield name
+    delete_queues(name, settings.RABBITMQ_URL)
+
+
+@pytest.fixture
+def celery_env(scheduler_env, celery_queue):
+    return dict(
+        scheduler_env,
+        SCHEDULER_EXECUTOR="celery",
+        SCHEDULER_CELERY_QUEUE=celery_queue,
+        SCHEDULER_LEASE_SECONDS="3",
+        SCHEDULER_JOB_MODULES="tests.jobs.sample_jobs,tests.jobs.celery_helpers",
+    )
+
+
+@pytest.fixture
+def workers(celery_env):
+    started = []
+
+    def start(**kwargs):
+        worker = WorkerProcess(celery_env, **kwargs)
+        started.append(worker)
+        worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()
+
+
+@pytest.fixture
+def executor(celery_queue):
+    """This test's scheduler side, in process: claims with its own session and hands over."""
+    return CeleryExecutor(
+        session=uuid.uuid4(), definition_of=load_definition, queue=celery_queue, max_in_flight=100, hard_limit_margin=1
+    )
+
+
+def claim_one(executor) -> Occurrence:
+    now = database_now()
+    (occurrence,) = Occurrence.claim(
+        now=now, session=executor.session, scheduler="test", lease=timedelta(seconds=60), long_running=False, limit=1
+    )
+    return occurrence
+
+
+def hand_over(executor, task, priority=Priority.NORMAL) -> Occurrence:
+    Occurrence.trigger(task, priority=priority)
+    occurrence = claim_one(executor)
+    executor.submit(occurrence, long_running=False)
+    return occurrence
+
+
+def status_of(occurrence) -> str:
+    return Occurrence.objects.values_list("status", flat=True).get(id=occurrence.id)
+
+
+def test_a_job_run_by_a_worker_records_success_and_publishes_its_event(
+    scheduler_processes, celery_env, workers, no_seed_definitions
+):
+    task = make_definition("published-by-a-worker", "test.publish", every=3600)
+    workers()
+    scheduler_processes(env=celery_env, instance_id="hands-over")
+    occurrence = Occurrence.trigger(task, priority=Priority.NORMAL)
+
+    wait_for(lambda: status_of(occurrence) == "succeeded", timeout=30)
+    occurrence.refresh_from_db()
+    (attempt,) = Attempt.objects.filter(occurrence=occurrence)
+    assert occurrence.attempts == 1 and attempt.status == "succeeded"
+    assert occurrence.scheduler.startswith("celery@") and attempt.scheduler == occurrence.scheduler
+    assert list(OutboxMessage.objects.values_list("body__occurrence", flat=True)) == [occurrence.id]
+
+
+def test_a_worker_killed_mid_job_is_noticed_and_its_run_retried(
+    scheduler_processes, celery_env, workers, no_seed_definitions
+):
+    task = make_definition(
+        "killed-mid-job", "test.sleep", every=3600, kwargs={"seconds": 60, "on_attempt": 1}, max_retries=1
+    )
+    victim = workers(name="victim")
+    scheduler_processes(env=celery_env, instance_id="hands-over")
+    occurrence = Occurrence.trigger(task, priority=Priority.NORMAL)
+    wait_for(lambda: Occurrence.objects.filter(id=occurrence.id, scheduler__startswith="celery@").exists(), timeout=30)
+    victim.kill()
+    workers(name="survivor")
+
+    wait_for(lambda: status_of(occurrence) == "succeeded", timeout=45)
+    lost, retried = Attempt.objects.filter(occurrence=occurrence).order_by("number")
+    assert lost.status == "failed" and "presumed dead" in lost.error
+    assert retried.status == "succeeded" and retried.scheduler.startswith("celery@")
+    assert OutboxMessage.objects.filter(body__occurrence=occurrence.id).count() == 1
+
+
+def test_a_task_delivered_twice_runs_the_job_once(executor, workers, no_seed_definitions):
+    task = make_definition("delivered-twice", "test.publish", every=3600)
+    worker = workers()
+    Occurrence.trigger(task, priority=Priority.NORMAL)
+    occurrence = claim_one(executor)
+    executor.publish(occurrence, long_running=False)
+    executor.publish(occurrence, long_running=False)
+
+    wait_for(lambda: status_of(occurrence) == "succeeded", timeout=30)
+    wait_for(lambda: "no longer the claim handed over" in worker.output, timeout=30)
+    assert Attempt.objects.filter(occurrence=occurrence).count() == 1
+    assert OutboxMessage.objects.filter(body__occurrence=occurrence.id).count() == 1
+
+
+def test_a_saturated_worker_runs_the_high_priority_job_before_the_low_ones(executor, workers, no_seed_definitions):
+    blocker = make_definition("blocker", "test.sleep", every=3600, kwargs={"seconds": 2})
+    low = make_definition("low", "test.publish", every=3600, priority=Priority.LOW)
+    high = make_definition("high", "test.publish", every=3600, priority=Priority.HIGH)
+    workers(concurrency=1)
+    first = hand_over(executor, blocker)
+    wait_for(lambda: Occurrence.objects.filter(id=first.id, scheduler__startswith="celery@").exists(), timeout=30)
+    queued = [hand_over(executor, low, Priority.LOW), hand_over(executor, low, Priority.LOW)]
+    queued.append(hand_over(executor, high, Priority.HIGH))
+    assert status_of(first) == "running", "the worker must still be busy with the blocker"
+
+    wait_for(lambda: all(status_of(o) == "succeeded" for o in [first, *queued]), timeout=30)
+    order = list(
+        Occurrence.objects.filter(id__in=[o.id for o in queued])
+        .order_by("started_at")
+        .values_list("job_name", flat=True)
+    )
+    assert order == ["high", "low", "low"]
+
+
+def test_the_soft_time_limit_records_a_timeout_even_if_the_job_swallows_exceptions(
+    executor, workers, no_seed_definitions
+):
+    task = make_definition("swallower", "test.swallow", every=3600, kwargs={"seconds": 30}, timeout_seconds=1)
+    workers()
+    occurrence = hand_over(executor, task)
+
+    wait_for(lambda: status_of(occurrence) == "failed", timeout=30)
+    occurrence.refresh_from_db()
+    (attempt,) = Attempt.objects.filter(occurrence=occurrence)
+    assert occurrence.reason == "timed out after 1 s" and attempt.error == "timed out after 1 s"
+    assert attempt.duration < timedelta(seconds=5)
+
+
+def test_the_hard_time_limit_stops_a_job_stuck_in_a_c_call_and_it_is_retried(
+    executor, scheduler_processes, celery_env, workers, no_seed_definitions
+):
+    task = make_definition(
+        "stuck", "test.stuck_in_c_call", every=3600, kwargs={"seconds": 60}, timeout_seconds=1, max_retries=1
+    )
+    workers()
+    occurrence = hand_over(executor, task)  # soft limit 1 s, hard limit 2 s
+    wait_for(lambda: Occurrence.objects.filter(id=occurrence.id, scheduler__startswith="celery@").exists(), timeout=30)
+    scheduler_processes(env=celery_env, instance_id="reaper")  # records the lost attempt, hands the retry over
+
+    wait_for(lambda: Attempt.objects.filter(occurrence=occurrence).count() >= 1, timeout=30)
+    first = Attempt.objects.get(occurrence=occurrence, number=1)
+    assert first.status == "failed" and "presumed dead" in first.error
+    assert first.finished_at - first.started_at < timedelta(seconds=15)
+    wait_for(lambda: status_of(occurrence) == "failed", timeout=40)  # the retry is stuck and stopped too
+    assert list(Attempt.objects.filter(occurrence=occurrence).values_list("status", flat=True)) == ["failed", "failed"]
+
+
+def test_a_claim_the_broker_does_not_take_is_released_and_handed_over_when_it_returns(
+    celery_queue, workers, no_seed_definitions
+):
+    task = make_definition("broker-down", "test.publish", every=3600)
+    down = Celery(broker="amqp://guest:guest@127.0.0.1:1//")
+    down.conf.broker_connection_timeout = 1
+    session = uuid.uuid4()
+    broken = CeleryExecutor(
+        session=session,
+        definition_of=load_definition,
+        queue=celery_queue,
+        max_in_flight=100,
+        hard_limit_margin=1,
+        app=down,
+    )
+    Occurrence.trigger(task, priority=Priority.NORMAL)
+    occurrence = claim_one(broken)
+    broken.submit(occurrence, long_running=False)
+
+    occurrence.refresh_from_db()
+    assert (occurrence.status, occurrence.attempts) == ("scheduled", 0)
+    assert occurrence.reason.startswith("released: the broker did not take it")
+    assert broken.free(long_running=False) == 0  # it waits before trying again
+
+    workers()
+    back = CeleryExecutor(
+        session=session, definition_of=load_definition, queue=celery_queue, max_in_flight=100, hard_limit_margin=1
+    )
+    back.submit(claim_one(back), long_running=False)
+    wait_for(lambda: status_of(occurrence) == "succeeded", timeout=30)
+    assert Attempt.objects.filter(occurrence=occurrence).count() == 1
+
+
+def test_the_scheduler_claims_no_more_than_the_in_flight_bound(celery_queue, no_seed_definitions):
+    task = make_definition("many", "test.publish", every=3600)
+    executor = CeleryExecutor(
+        session=uuid.uuid4(), definition_of=load_definition, queue=celery_queue, max_in_flight=2, hard_limit_margin=1
+    )
+    assert executor.free(long_running=False) == 2
+    hand_over(executor, task)
+    hand_over(executor, task)
+    assert executor.free(long_running=False) == 0  # no worker runs: nothing more is claimed
+    executor.shutdown()
+    assert list(Occurrence.objects.values_list("status", "attempts")) == [("scheduled", 0), ("scheduled", 0)]
+    assert executor.running_ids() == []

@@ -124,7 +124,15 @@ class OccurrenceQuerySet(models.QuerySet):
         return self.filter(status__in=Occurrence.FINISHED, finished_at__lt=cutoff)
 
     def prune_batch(self, cutoff: datetime, size: int) -> int:
-        """Delete one batch of occurrences finished before cutoff, with their attempts; the count."""
+        """Delete one batch of occurrences finished before cutoff, with their attempts; the count.
+
+        One statement on PostgreSQL (sql.prune_occurrences); elsewhere Django's delete.
+        """
+        connection = connections[self.db]
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(sql.prune_occurrences(self.db), [list(Occurrence.FINISHED), cutoff, size])
+                return cursor.fetchone()[0]
         ids = list(self.finished_before(cutoff).order_by("finished_at").values_list("id", flat=True)[:size])
         if ids:
             self.filter(id__in=ids).delete()
@@ -195,6 +203,8 @@ class Occurrence(models.Model):
         indexes = [
             # sql.claim: the ready rows, highest priority and oldest first.
             models.Index(F("priority").desc(), "run_after", "id", condition=Q(status="scheduled"), name="occ_ready"),
+            # sql.claim of LongRunning jobs: their ready rows only.
+            models.Index("run_after", "id", condition=Q(status="scheduled", priority=3), name="occ_ready_long"),
             # Occurrence.next_ready_at: the earliest first run or pending retry.
             models.Index(fields=["run_after"], condition=Q(status="scheduled"), name="occ_scheduled_run_after"),
             # Occurrence.expired_leases and lease renewal.
@@ -205,7 +215,14 @@ class Occurrence(models.Model):
             # History of all jobs, newest first.
             models.Index(fields=["-scheduled_for", "-id"], name="occ_recent"),
             # The admin's exact, case-insensitive search by job name, newest first.
-            models.Index(Upper("job_name"), F("scheduled_for").desc(), F("id").desc(), name="occ_job_name_recent"),
+            # job_name included: the admin's capped count of a search is an index-only scan.
+            models.Index(
+                Upper("job_name"),
+                F("scheduled_for").desc(),
+                F("id").desc(),
+                include=["job_name"],
+                name="occ_job_name_recent",
+            ),
             # OccurrenceQuerySet.prune_batch: the oldest finished rows.
             models.Index(
                 fields=["finished_at"],

@@ -40,7 +40,7 @@ POLL_INTERVAL = timedelta(seconds=1)
 # The channel of the NOTIFY sent when occurrences are inserted (migration 0003).
 NOTIFY_CHANNEL = "jobs_occurrence"
 # History pruning: rows per transaction, transactions per pass, and how often to look.
-PRUNE_BATCH, PRUNE_BATCHES, PRUNE_EVERY = 2000, 10, timedelta(minutes=10)
+PRUNE_BATCH, PRUNE_BATCHES, PRUNE_EVERY = 2000, 2, timedelta(minutes=10)
 
 
 class Scheduler:

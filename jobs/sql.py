@@ -36,7 +36,8 @@ def claim(alias: str, long_running: bool):
     occ = _Names("Occurrence", alias)
     fields = occ.model._meta.concrete_fields
     lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
-    kind = "=" if long_running else "<>"
+    # A range on occ_ready's first column for ordinary jobs; occ_ready_long for LongRunning ones.
+    kind = "=" if long_running else "<"
     statement = (
         f"UPDATE {occ.table} SET {occ.status} = %s, {occ.attempts} = {occ.attempts} + 1, {occ.scheduler} = %s, "
         f"{occ.session} = %s, {occ.lease_expires_at} = %s, {occ.started_at} = %s "
@@ -94,6 +95,32 @@ def insert_occurrences(alias: str, rows: int) -> str:
         f"INSERT INTO {occ.table} ({', '.join(columns)}) VALUES {', '.join([row] * rows)} "
         f"ON CONFLICT DO NOTHING RETURNING {occ.status}"
     )
+
+
+@functools.cache
+def prune_occurrences(alias: str) -> str:
+    """-- prune_occurrences -- (PostgreSQL): one batch of old finished occurrences, one round trip.
+
+    Parameters: the finished statuses, the cutoff, the batch size. Deletes their attempts,
+    unlinks their alerts (which keep their own copy of the job and error) and deletes them;
+    returns how many occurrences went. The oldest first, by index occ_finished; rows another
+    transaction holds are left for the next batch.
+    """
+    occ, att, alert = _Names("Occurrence", alias), _Names("Attempt", alias), _Names("Alert", alias)
+    return f"""
+        WITH doomed AS (
+            SELECT {occ.id} FROM {occ.table}
+             WHERE {occ.status} = ANY(%s) AND {occ.finished_at} < %s
+             ORDER BY {occ.finished_at} LIMIT %s FOR UPDATE SKIP LOCKED
+        ), unlinked AS (
+            UPDATE {alert.table} SET {alert.occurrence} = NULL WHERE {alert.occurrence} IN (SELECT {occ.id} FROM doomed)
+        ), attempts AS (
+            DELETE FROM {att.table} WHERE {att.occurrence} IN (SELECT {occ.id} FROM doomed)
+        ), gone AS (
+            DELETE FROM {occ.table} WHERE {occ.id} IN (SELECT {occ.id} FROM doomed) RETURNING 1
+        )
+        SELECT count(*) FROM gone
+    """
 
 
 def try_lock(name: str) -> bool:

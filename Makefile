@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/bookworm_scheduler
 TEST_RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672/%2F
 
-.PHONY: run test services system-packages migrate bench-scheduler bench-relay bench-dashboard clean
+.PHONY: run test services system-packages migrate bench-scheduler bench-relay bench-dashboard bench-beat soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,20 @@ bench-relay: $(VENV)/.installed services
 # Seeds 1M occurrences and 1M outbox rows in its own database, times every dashboard page through gunicorn.
 bench-dashboard: $(VENV)/.installed services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/dashboard_pages.py
+
+# runscheduler beside celery beat (DatabaseScheduler) on the same definitions, in its own database and
+# RabbitMQ vhost: about 25 minutes with the defaults. BENCH_BEAT_ARGS="--definitions 1000 --minutes 1 --burst 0".
+bench-beat: $(VENV)/.installed services
+	DATABASE_URL=$(TEST_DATABASE_URL) PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python bench/celery_beat.py $(BENCH_BEAT_ARGS)
+
+# The real service under faults (bench/soak.py): 3 schedulers (one a minute fast), 2 relays and a consumer in
+# a database and a RabbitMQ vhost of its own; SIGKILLs, pauses, a RabbitMQ stop, a PostgreSQL restart, admin
+# edits; then it checks that nothing was lost, duplicated or stuck. Run by hand (SOAK_SECONDS=120: about 2.5 minutes).
+SOAK_SECONDS ?= 600
+SOAK_SEED ?= 1
+soak: $(VENV)/.installed services system-packages
+	DATABASE_URL=$(TEST_DATABASE_URL) RABBITMQ_URL=$(TEST_RABBITMQ_URL) \
+		$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS) --seed $(SOAK_SEED) $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) db.sqlite3 db.sqlite3-wal db.sqlite3-shm

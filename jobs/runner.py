@@ -14,6 +14,7 @@ relay, see bookworm_scheduler.tracing) and updates this process's metrics (jobs.
 """
 
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -239,7 +240,7 @@ class Runner:
                     level=logging.WARNING,
                     detail=f"the database is unreachable, retrying in {delay:.1f} s",
                 )
-                time.sleep(delay)
+                threading.Event().wait(delay)  # not time.sleep, which fails under libfaketime (EINVAL)
                 uncertain = True
 
     def _still_claimed(self, occurrence: Occurrence) -> bool:

@@ -8,6 +8,7 @@ or an interval or clocked schedule; the policy inline. Actions write rows for th
 History and schedulers are read-only. Lists never count a big table in full.
 """
 
+import functools
 import json
 import zoneinfo
 from datetime import timedelta
@@ -57,11 +58,18 @@ def describe_cron(expression: str, zone: str) -> tuple[str, list, str]:
         validate_cron(expression, zone)
         tz = zoneinfo.ZoneInfo(zone)
         instants = next_instants(cron_instants(expression, tz, default_clock()), 5)
-        return get_description(expression), [i.astimezone(tz) for i in instants], ""
+        return cron_words(expression), [i.astimezone(tz) for i in instants], ""
     except (InvalidSchedule, ValueError, zoneinfo.ZoneInfoNotFoundError) as exc:
         return "", [], str(exc)
+
+
+@functools.lru_cache(maxsize=4096)
+def cron_words(expression: str) -> str:
+    """A valid expression in words; cron-descriptor reloads its translations on every call."""
+    try:
+        return get_description(expression)
     except Exception as exc:  # cron-descriptor's own errors: the expression is valid, its words are not
-        return f"({type(exc).__name__})", [], ""
+        return f"({type(exc).__name__})"
 
 
 # Definitions.
@@ -295,8 +303,7 @@ class JobDefinitionAdmin(admin.ModelAdmin):
     def schedule(self, task):
         if task.crontab_id:
             expression = cron_expression(task.crontab)
-            words, _, _ = describe_cron(expression, str(task.crontab.timezone))
-            return format_html("{}<br><code>{}</code>", words, expression)
+            return format_html("{}<br><code>{}</code>", cron_words(expression), expression)
         return str(task.interval or task.clocked or task.solar or "")
 
     @admin.display(description="Zone")

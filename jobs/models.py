@@ -223,6 +223,12 @@ class Occurrence(models.Model):
                 include=["job_name"],
                 name="occ_job_name_recent",
             ),
+            # The history filtered by scheduler, by manual runs, or by a status other than succeeded.
+            models.Index(fields=["scheduler", "-scheduled_for", "-id"], name="occ_scheduler_recent"),
+            models.Index(fields=["-scheduled_for", "-id"], condition=Q(manual=True), name="occ_manual_recent"),
+            models.Index(
+                fields=["status", "-scheduled_for", "-id"], condition=~Q(status="succeeded"), name="occ_status_recent"
+            ),
             # OccurrenceQuerySet.prune_batch: the oldest finished rows.
             models.Index(
                 fields=["finished_at"],

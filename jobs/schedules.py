@@ -6,6 +6,7 @@ at a fixed time that falls in a skipped hour runs right after the change while o
 repeated hour runs once; wildcard jobs follow the clock. Results are UTC instants.
 """
 
+import functools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -29,6 +30,7 @@ def get_zone(name) -> ZoneInfo:
         raise InvalidSchedule(f"unknown time zone: {name}") from None
 
 
+@functools.lru_cache(maxsize=4096)
 def validate_cron(expr: str, zone="UTC") -> None:
     """Raise InvalidSchedule with a readable reason if expr is not a five-field cron expression."""
     fields = expr.split()

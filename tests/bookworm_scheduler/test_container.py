@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.parse
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 from django.conf import settings
 
 from bookworm_scheduler.cpus import available_cpus, cpu_quota
+from tests.jobs.helpers import wait_for
 
 BASE_DIR = Path(settings.BASE_DIR)
 BIN = Path(sys.executable).parent
@@ -148,16 +148,21 @@ def gunicorn(image_settings):
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
+
+    def answering() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"gunicorn exited: {process.communicate()[1]}")
         try:
             get(f"{base}/alive")
-            break
         except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"gunicorn did not start: {process.communicate()[1]}")
-            time.sleep(0.2)
+            return False
+        return True
+
+    try:
+        wait_for(answering, timeout=30, interval=0.2)
+    except AssertionError:
+        process.kill()
+        pytest.fail(f"gunicorn did not start within 30 s: {process.communicate()[1]}")
     yield base, port
     process.terminate()
     process.wait(timeout=30)

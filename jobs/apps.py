@@ -20,7 +20,12 @@ class JobsConfig(AppConfig):
     verbose_name = "Jobs"
 
     def ready(self):
-        from . import checks  # noqa: F401  (registers the system checks)
+        from . import (
+            checks,  # noqa: F401  (registers the system checks)
+            schedule_changes,
+        )
+
+        schedule_changes.connect()
 
         # Job code lives in a `scheduled_jobs` module of any installed app, or in the modules
         # that SCHEDULER_JOB_MODULES names.

@@ -84,7 +84,8 @@ class PlanningCursor(models.Model):
 
     Kept by the database (triggers of migration 0003) for every path that writes definitions:
     a new definition starts from the moment it was created; a changed schedule (its crontab,
-    interval or clocked row, or the start time) plans from the moment of the change; disabling
+    interval or clocked row, or the start time) plans from the moment of the change (a save() first
+    plans what the old schedule owed: jobs/schedule_changes.py); disabling
     sets paused_at and enabling sets resumed_at, and the planner never plans an instant in
     (paused_at, resumed_at]. Planning moves planned_through and clears the pause once past it.
     """

@@ -11,11 +11,14 @@ import dataclasses
 import logging
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import connection, transaction
 from django_celery_beat.models import PeriodicTask
 
+from bookworm_scheduler.clock import default_clock
+
 from . import sql
-from .definitions import Cursor, Definition, definitions_version, load_definitions
+from .definitions import Cursor, Definition, definitions_version, load_definition, load_definitions
 from .models import Occurrence, PlanningCursor
 from .policy import MisfirePolicy
 from .schedules import instants_between
@@ -61,44 +64,90 @@ def plan_due(definitions: dict[int, Definition], due_ids, *, now: datetime, grac
     instants due): the caller's next due instant follows from it. A definition whose cursor
     another scheduler holds, or that is no longer enabled, is left out.
     """
-    rows, cursors, one_offs = [], {}, []
+    batch = _Batch(now=now, grace=grace)
     with transaction.atomic():
         locked = (
             PlanningCursor.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(task_id__in=list(due_ids), task__enabled=True)
             .order_by("task_id")
         )
-        moved: dict[int, Cursor] = {}
         for row in locked:
-            definition = definitions.get(row.task_id)
-            cursor = Cursor.of(row)
-            cursors[row.task_id] = cursor
-            if definition is None or definition.schedule is None:
-                continue
-            instants, more_left = instants_between(cursor.unplanned(definition.schedule), now, MAX_INSTANTS_PER_PASS)
-            if not instants:
-                continue
-            if definition.one_off:
-                instants, more_left = instants[:1], False
-                one_offs.append(definition.id)
-            policy = definition.policy
-            for planned in apply_misfire_policy(
-                instants, more_left=more_left, now=now, grace=grace, policy=policy.misfire
-            ):
-                rows.append(_occurrence_row(definition, planned, now))
-            moved[definition.id] = cursors[definition.id] = cursor.moved_to(instants[-1])
-        if not moved:
-            return cursors
-        statuses = _insert(rows, now)
-        _save_cursors(moved)
-        if one_offs:
-            PeriodicTask.objects.filter(id__in=one_offs).update(enabled=False)
-    missed = statuses.count(Occurrence.Status.MISSED)
-    if missed:
-        logger.warning(
-            "recorded %d missed occurrences", missed, extra={"action": "occurrences_missed", "count": missed}
-        )
-    return cursors
+            batch.cursors[row.task_id] = Cursor.of(row)
+            batch.add(definitions.get(row.task_id), Cursor.of(row), through=now)
+        batch.save()
+    batch.log_missed()
+    return batch.cursors
+
+
+def plan_before_change(task_id: int) -> None:
+    """Plan what a definition's current schedule owes up to now, before that schedule is changed.
+
+    A change of schedule restarts the planning cursor from the moment of the change (migration
+    0003's triggers). Instants of the old schedule that fell before it but were not planned yet
+    (every scheduler down, busy or behind) would be neither run nor recorded: they are planned
+    here first (at most MAX_INSTANTS_PER_PASS, the oldest), run or recorded missed by the misfire
+    policy. While the definition is disabled
+    the old schedule owes nothing after its pause. Waits for a scheduler planning it meanwhile.
+    """
+    definition = load_definition(task_id)
+    if definition is None or definition.schedule is None:
+        return
+    now = default_clock()
+    batch = _Batch(now=now, grace=timedelta(seconds=settings.SCHEDULER_MISFIRE_GRACE_SECONDS))
+    with transaction.atomic():
+        row = PlanningCursor.objects.select_for_update().filter(task_id=task_id).first()
+        if row is None:
+            return
+        cursor = Cursor.of(row)
+        through = now
+        if row.paused_at is not None and row.resumed_at is None:
+            through = min(now, row.paused_at)
+        batch.add(definition, cursor, through=through)
+        batch.save()
+    batch.log_missed()
+
+
+class _Batch:
+    """The occurrence rows and cursor moves of one planning transaction."""
+
+    def __init__(self, *, now: datetime, grace: timedelta):
+        self.now, self.grace = now, grace
+        self.rows: list[list] = []
+        self.cursors: dict[int, Cursor] = {}
+        self.moved: dict[int, Cursor] = {}
+        self.one_offs: list[int] = []
+        self.statuses: list[str] = []
+
+    def add(self, definition: Definition | None, cursor: Cursor, *, through: datetime) -> None:
+        """The definition's instants after cursor up to through, under its misfire policy."""
+        if definition is None or definition.schedule is None:
+            return
+        instants, more_left = instants_between(cursor.unplanned(definition.schedule), through, MAX_INSTANTS_PER_PASS)
+        if not instants:
+            return
+        if definition.one_off:
+            instants, more_left = instants[:1], False
+            self.one_offs.append(definition.id)
+        for planned in apply_misfire_policy(
+            instants, more_left=more_left, now=self.now, grace=self.grace, policy=definition.policy.misfire
+        ):
+            self.rows.append(_occurrence_row(definition, planned, self.now))
+        self.moved[definition.id] = self.cursors[definition.id] = cursor.moved_to(instants[-1])
+
+    def save(self) -> None:
+        if not self.moved:
+            return
+        self.statuses = _insert(self.rows, self.now)
+        _save_cursors(self.moved)
+        if self.one_offs:
+            PeriodicTask.objects.filter(id__in=self.one_offs).update(enabled=False)
+
+    def log_missed(self) -> None:
+        missed = self.statuses.count(Occurrence.Status.MISSED)
+        if missed:
+            logger.warning(
+                "recorded %d missed occurrences", missed, extra={"action": "occurrences_missed", "count": missed}
+            )
 
 
 def _occurrence_row(definition: Definition, planned: Planned, now: datetime) -> list:

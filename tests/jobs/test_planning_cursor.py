@@ -9,6 +9,7 @@ from django.db import connection
 from django.test import Client
 from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTasks
 
+from bookworm_scheduler.clock import database_now
 from jobs.definitions import Cursor, Schedule
 from jobs.models import DefinitionsVersion, JobPolicy, Occurrence, PlanningCursor
 from tests.jobs.helpers import make_definition, make_scheduler
@@ -97,6 +98,71 @@ def test_a_changed_start_time_plans_from_the_moment_of_the_change(no_seed_defini
     PlanningCursor.objects.filter(task=task).update(planned_through="2000-01-01T00:00:00Z")
     PeriodicTask.objects.filter(id=task.id).update(start_time="2000-01-01T00:00:00Z")
     assert cursor_of(task).planned_through.year > 2000
+
+
+def this_hour():
+    """The database's current hour, as the schedulers see it."""
+    return database_now().replace(minute=0, second=0, microsecond=0)
+
+
+def edit_crontab_with_save(task, minute):
+    task.crontab = CrontabSchedule.objects.get_or_create(
+        minute=minute, hour="*", day_of_month="*", month_of_year="*", day_of_week="*", timezone="UTC"
+    )[0]
+    task.save()
+
+
+def edit_crontab_in_place(task, minute):
+    crontab = CrontabSchedule.objects.get(id=task.crontab_id)
+    crontab.minute = minute
+    crontab.save()
+
+
+@pytest.mark.parametrize("edit", [edit_crontab_with_save, edit_crontab_in_place], ids=["definition", "crontab row"])
+def test_a_schedule_edited_with_save_first_plans_what_the_old_schedule_owes(no_seed_definitions, edit):
+    hour = this_hour()
+    task = make_definition("hourly", cron="0 * * * *", planned_through=hour - 3 * HOUR, misfire_policy="run_all")
+    edit(task, "30")
+    assert list(
+        Occurrence.objects.filter(task=task).order_by("scheduled_for").values_list("scheduled_for", "status")
+    ) == [
+        (hour - 2 * HOUR, "scheduled"),
+        (hour - HOUR, "scheduled"),
+        (hour, "scheduled"),
+    ]
+    assert cursor_of(task).planned_through > hour
+
+
+def test_a_disabled_definition_edited_owes_only_what_fell_before_its_pause(no_seed_definitions):
+    hour = this_hour()
+    task = make_definition("hourly", cron="0 * * * *", misfire_policy="skip")
+    disable_with_save(task, False)
+    PlanningCursor.objects.filter(task=task).update(
+        planned_through=hour - 3 * HOUR, paused_at=hour - 2 * HOUR + timedelta(minutes=30)
+    )
+    edit_crontab_with_save(task, "30")
+    assert list(Occurrence.objects.filter(task=task).values_list("scheduled_for", "status")) == [
+        (hour - 2 * HOUR, "missed")
+    ]
+    assert Occurrence.objects.get(task=task).reason.startswith("missed: no scheduler ran from its due time until ")
+
+
+def test_a_schedule_edited_with_a_queryset_update_restarts_without_catching_up(no_seed_definitions):
+    hour = this_hour()
+    task = make_definition("hourly", cron="0 * * * *", planned_through=hour - 3 * HOUR)
+    crontab = CrontabSchedule.objects.get_or_create(
+        minute="30", hour="*", day_of_month="*", month_of_year="*", day_of_week="*", timezone="UTC"
+    )[0]
+    PeriodicTask.objects.filter(id=task.id).update(crontab=crontab)
+    assert Occurrence.objects.filter(task=task).count() == 0
+    assert cursor_of(task).planned_through > hour
+
+
+def test_saving_a_definition_without_a_schedule_change_plans_nothing(no_seed_definitions):
+    task = make_definition("hourly", cron="0 * * * *", planned_through=this_hour() - 3 * HOUR)
+    task.description = "renamed"
+    task.save()
+    assert Occurrence.objects.filter(task=task).count() == 0
 
 
 def test_the_cursor_goes_with_its_definition(no_seed_definitions):

@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/bookworm_scheduler
 TEST_RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672/%2F
+# The soak's short run, part of `make test` (TEST_SOAK_SECONDS=0 leaves it out while developing).
+TEST_SOAK_SECONDS ?= 120
 
 .PHONY: run test services system-packages migrate bench-scheduler bench-relay bench-dashboard bench-beat soak clean
 
@@ -60,6 +62,9 @@ test: $(VENV)/.installed services system-packages $(BIN)/promtool
 		$(BIN)/python manage.py makemigrations --check --dry-run
 	DATABASE_URL=$(TEST_DATABASE_URL) RABBITMQ_URL=$(TEST_RABBITMQ_URL) DEBUG=1 \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
+ifneq ($(TEST_SOAK_SECONDS),0)
+	$(MAKE) --no-print-directory soak SOAK_SECONDS=$(TEST_SOAK_SECONDS) SOAK_ARGS="--report $(VENV)/soak-report.json"
+endif
 
 bench-scheduler: $(VENV)/.installed services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/scheduler_throughput.py
@@ -78,7 +83,7 @@ bench-beat: $(VENV)/.installed services
 
 # The real service under faults (bench/soak.py): 3 schedulers (one a minute fast), 2 relays and a consumer in
 # a database and a RabbitMQ vhost of its own; SIGKILLs, pauses, a RabbitMQ stop, a PostgreSQL restart, admin
-# edits; then it checks that nothing was lost, duplicated or stuck. Run by hand (SOAK_SECONDS=120: about 2.5 minutes).
+# edits; then it checks that nothing was lost, duplicated or stuck. `make test` runs it for 120 s (about 2.5 minutes).
 SOAK_SECONDS ?= 600
 SOAK_SEED ?= 1
 soak: $(VENV)/.installed services system-packages

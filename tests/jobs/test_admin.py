@@ -1,4 +1,6 @@
+import re
 import uuid
+import zoneinfo
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -134,6 +136,17 @@ def test_a_definition_is_made_from_a_registered_job_and_a_cron_expression(admin_
         "2",
     )
     assert task.policy.priority == 2
+
+
+def test_the_change_form_shows_the_definitions_zone_selected(admin_client):
+    admin_client.post("/tickerq/django_celery_beat/periodictask/add/", definition_form())
+    task = PeriodicTask.objects.get(name="nightly")
+    page = admin_client.get(f"/tickerq/django_celery_beat/periodictask/{task.id}/change/").content.decode()
+    zones = re.search(r'<select[^>]* name="timezone".*?</select>', page, re.S).group(0)
+    assert zones.count("<option ") == len(zoneinfo.available_timezones())
+    assert zones.count(" selected>") == 1
+    assert '<option value="Europe/Berlin" selected>Europe/Berlin</option>' in zones
+    assert 'hx-include="[name=cron],[name=timezone]"' in zones
 
 
 @pytest.mark.parametrize(

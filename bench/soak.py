@@ -1,6 +1,6 @@
 """Soak test: the real service under faults, checked from the database and a consumer's record.
 
-    make soak                                   # 600 s inline, then 120 s with Celery workers (--executor celery --scale 0.25)
+    make soak                                   # 600 s inline, then 120 s with Celery workers
     make soak SOAK_SECONDS=120 SOAK_CELERY_SECONDS=60   # make test's run
     # or: DATABASE_URL=postgres://postgres@127.0.0.1:5432/bookworm_scheduler \
     #     RABBITMQ_URL=amqp://guest:guest@127.0.0.1:5672/%2F \

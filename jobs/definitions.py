@@ -6,6 +6,7 @@ and creates the definitions of registered jobs that have none.
 """
 
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import Iterator
@@ -138,6 +139,17 @@ class Cursor:
         return dataclasses.replace(self, planned_through=instant)
 
 
+@functools.lru_cache(maxsize=4096)
+def first_unplanned(schedule: Schedule, cursor: Cursor) -> datetime | None:
+    """The schedule's first instant after cursor: a function of the two values, so kept per pair.
+
+    Definitions that share a schedule also share their cursor once planned (planning moves it to
+    the instant it planned): the jobs list, the API and a scheduler's reload evaluate each
+    crontab about once, not once per definition.
+    """
+    return next(cursor.unplanned(schedule), None)
+
+
 @dataclasses.dataclass(frozen=True)
 class Definition:
     """An immutable snapshot of one PeriodicTask: what to run, when, and how."""
@@ -186,7 +198,7 @@ class Definition:
         cursor = cursor or self.cursor
         if cursor is None or self.schedule is None:
             return None
-        return next(cursor.unplanned(self.schedule), None)
+        return first_unplanned(self.schedule, cursor)
 
     def expired(self, scheduled_for: datetime, now: datetime) -> bool:
         if self.expires is not None and now > self.expires:

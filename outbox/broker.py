@@ -1,10 +1,12 @@
 """One RabbitMQ connection that publishes batches with a window of asynchronous confirms.
 
 pika's BlockingChannel waits for each confirm in basic_publish, one round trip per message.
-Here a SelectConnection's I/O loop is stepped by hand instead: a whole batch is written, then
-the loop runs until the broker has acked, nacked or returned every message of it. The caller
-stays synchronous (it holds a database transaction around the batch) and pays one round trip
-per batch.
+Here a SelectConnection's I/O loop is stepped by hand instead: the messages of a batch are
+written as the caller produces them, confirms are taken in between, and at the end the loop runs
+until the broker has acked, nacked or returned every message. The caller stays synchronous; a
+caller whose batch spans several database transactions (outbox.relay) can wait, while it
+produces the batch, for the broker's answer to its earlier messages (await_outcomes) and read
+it from the outcome in progress.
 
 Publishes use MassTransit's publish topology: a durable fanout exchange per message type, each
 derived type's exchange bound to its base type's, declared once per connection. They are
@@ -143,6 +145,28 @@ class Broker:
             connection.ioloop.remove_timeout(timer)
         connection.ioloop.close()
 
+    @property
+    def outcome(self) -> Outcome | None:
+        """The outcome of the publish_batch in progress, filled in as the broker answers."""
+        return self._outcome
+
+    def await_outcomes(self, done: Callable[[], Any]) -> None:
+        """Run the I/O loop until done(), from within the batch publish_batch is reading.
+
+        Messages of a channel the broker closed fail then, as at the end of a batch. Raises
+        BrokerUnavailable if the connection is lost or no answer comes within confirm_timeout.
+        """
+        while not done():
+            channel = self._channel
+            self._run_until(
+                lambda channel=channel: done() or self._channel is not channel or self._lost, self.confirm_timeout
+            )
+            self._raise_if_lost()
+            if self._channel is not channel:
+                self._open_channel()
+            elif not done():
+                raise self._stalled()
+
     def service(self, seconds: float) -> bool:
         """Process I/O (heartbeats) for up to seconds; False if the connection is gone."""
         if not self.is_open:
@@ -260,7 +284,8 @@ class Broker:
     def _on_confirm(self, frame) -> None:
         method = frame.method
         if method.multiple:
-            tags = [tag for tag in self._unconfirmed if tag <= method.delivery_tag]
+            # Tags were added in order: the ones acked are a prefix, so stop at the first beyond.
+            tags = list(itertools.takewhile(lambda tag: tag <= method.delivery_tag, self._unconfirmed))
         else:
             tags = [method.delivery_tag] if method.delivery_tag in self._unconfirmed else []
         acked = isinstance(method, pika.spec.Basic.Ack)

@@ -71,7 +71,7 @@ class EnvelopeWriter:
         return self.base_address + quote(exchange, safe=":+")
 
     def body(self, row, sent_at: datetime) -> bytes:
-        """The JSON envelope of a claimed row (OutboxQuerySet.claim_batch), as bytes."""
+        """The JSON envelope of a claimed row (outbox.sql.claim), as bytes."""
         message_id = str(row.message_id)
         correlation_id = f'"{row.correlation_id}"' if row.correlation_id else "null"
         destination = self._destinations.get(row.exchange)

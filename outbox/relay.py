@@ -102,7 +102,8 @@ class Slot:
         if connection.vendor == "postgresql":
             columns = [list(column) for column in zip(*others, strict=True)] if others else [[]] * 5
             with connection.cursor() as cursor:
-                cursor.execute(sql.record_outcomes(self.using, returning), [now, delivered, *columns])
+                ids = "{" + ",".join(map(str, delivered)) + "}"
+                cursor.execute(sql.record_outcomes(self.using, returning), [now, ids, *columns])
                 created = [at for (at,) in cursor.fetchall() if at is not None] if returning else []
             self.holding = False
             return created

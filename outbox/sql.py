@@ -15,7 +15,8 @@ from django.db import connections
 from .models import OutboxMessage
 
 # A claimed row: what the envelope needs (EnvelopeWriter.body reads the JSON columns as text, as
-# they are stored) and attempts, for the retry rule (OutboxMessage.record_failure) if its send fails.
+# they are stored; on PostgreSQL the ids too) and attempts, for the retry rule
+# (OutboxMessage.record_failure) if its send fails.
 Claimed = namedtuple("Claimed", "id message_id correlation_id exchange types_json body_json headers_json attempts")
 
 
@@ -44,13 +45,16 @@ def claim(alias: str) -> tuple[str, object]:
     Returns the statement and a converter of the fetched rows into Claimed tuples.
     """
     connection = connections[alias]
+    postgresql = connection.vendor == "postgresql"
     m = _Names(alias)
+    # PostgreSQL's text of a uuid is its canonical form, what the envelope needs: no UUID object.
+    message_id, correlation_id = (f"CAST({c} AS text)" if postgresql else c for c in (m.message_id, m.correlation_id))
     select = (
-        f"SELECT {m.id}, {m.message_id}, {m.correlation_id}, {m.exchange}, CAST({m.message_types} AS text), "
+        f"SELECT {m.id}, {message_id}, {correlation_id}, {m.exchange}, CAST({m.message_types} AS text), "
         f"CAST({m.body} AS text), CAST({m.headers} AS text), {m.attempts} FROM {m.table} "
         f"WHERE {m.status} = 'pending' AND {m.available_at} <= %s ORDER BY {m.id} LIMIT %s"
     )
-    if connection.vendor == "postgresql":
+    if postgresql:
         statement = f"BEGIN; SET LOCAL enable_bitmapscan = off; {select} FOR UPDATE SKIP LOCKED"
     else:
         statement = select
@@ -74,11 +78,11 @@ def claim(alias: str) -> tuple[str, object]:
 def record_outcomes(alias: str, returning: bool) -> str:
     """-- record_outcomes -- (PostgreSQL): every outcome of a batch in one UPDATE, then COMMIT.
 
-    Parameters: now (delivered_at), the ids delivered (an array: the common case costs one
-    parameter), then five arrays of equal length for the other rows: id, status, last_error,
-    attempts and available_at (NULL: unchanged). A compare-and-set: only rows still pending
-    change. With returning, the statement returns the created_at of the rows delivered (for
-    outbox.metrics.PUBLISH_LATENCY).
+    Parameters: now (delivered_at), the ids delivered (an array literal, e.g. '{1,2}': the common
+    case costs one parameter, and no adaptation of each id), then five arrays of equal length
+    for the other rows: id, status, last_error, attempts and available_at (NULL: unchanged). A
+    compare-and-set: only rows still pending change. With returning, the statement returns the
+    created_at of the rows delivered (for outbox.metrics.PUBLISH_LATENCY).
     """
     m = _Names(alias)
     delivered = OutboxMessage.Status.DELIVERED
@@ -90,7 +94,7 @@ def record_outcomes(alias: str, returning: bool) -> str:
                {m.available_at} = COALESCE(o.available_at, m.{m.available_at})
           FROM (SELECT id, '{delivered}'::varchar AS status, ''::text AS last_error, NULL::integer AS attempts,
                        NULL::timestamptz AS available_at
-                  FROM unnest(%s::bigint[]) AS id
+                  FROM unnest(%s::text::bigint[]) AS id
                  UNION ALL
                 SELECT * FROM unnest(%s::bigint[], %s::varchar[], %s::text[], %s::integer[], %s::timestamptz[])
                ) AS o (id, status, last_error, attempts, available_at)

@@ -1,0 +1,246 @@
+"""Batches back to back: the next claimed while the confirms of the last arrive, each recorded once answered."""
+
+import logging
+import time
+import uuid
+from collections import defaultdict
+from datetime import timedelta
+
+import pytest
+from django.db import connections, transaction
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from outbox.models import OutboxMessage
+from outbox.publishing import publish
+from outbox.relay import Waker, run
+from tests.jobs.helpers import wait_for
+
+from .conftest import build_relay, run_command
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def publish_events(event_type, count):
+    with transaction.atomic():
+        return [publish(event_type()) for _ in range(count)]
+
+
+def message_ids_by_event(received):
+    ids = defaultdict(set)
+    for _properties, envelope in received:
+        ids[envelope["message"]["id"]].add(envelope["messageId"])
+    return ids
+
+
+@pytest.fixture
+def side_connection():
+    """A connection of the test's own, beside the relay's (which include Django's default one)."""
+    connection = connections.create_connection("default")
+    yield connection
+    connection.close()
+
+
+def delivered_and_free(connection) -> tuple[int, int]:
+    """Rows marked delivered, and pending rows no transaction holds (SKIP LOCKED skips the claimed)."""
+    connection.set_autocommit(False)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM outbox_outboxmessage WHERE status = 'delivered'")
+            [delivered] = cursor.fetchone()
+            cursor.execute(
+                "SELECT count(*) FROM (SELECT id FROM outbox_outboxmessage WHERE status = 'pending' "
+                "FOR UPDATE SKIP LOCKED) AS free"
+            )
+            [free] = cursor.fetchone()
+        return delivered, free
+    finally:
+        connection.rollback()
+        connection.set_autocommit(True)
+
+
+def test_a_pass_sends_batch_after_batch_in_write_order_with_two_statements_a_batch(rabbit, event_type):
+    queue = rabbit.bind_queue(event_type.exchange())
+    rows = publish_events(event_type, 230)
+    relay = build_relay(batch_size=50)
+    relay.broker.connect()
+    [first, second] = [slot.connection for slot in relay.slots(2)]
+    now = relay.clock()  # synced now if it had to: no clock query in the pass
+    try:
+        with CaptureQueriesContext(first) as one, CaptureQueriesContext(second) as other:
+            assert relay.deliver(now) == 230
+    finally:
+        relay.broker.close()
+        relay.close()
+
+    received = rabbit.receive(queue, 230)
+    assert [envelope["messageId"] for _, envelope in received] == [str(row.message_id) for row in rows]
+    assert OutboxMessage.objects.filter(status="delivered").count() == 230
+    # Batches of 50, 50, 50, 50 and 30: a claim and a record (with its commit) each.
+    statements = [query["sql"].split()[0] for query in one.captured_queries + other.captured_queries]
+    assert sorted(statements) == ["BEGIN;"] * 5 + ["UPDATE"] * 5
+
+
+def test_the_next_batch_is_claimed_before_the_last_is_recorded_and_rows_are_marked_only_once_answered(
+    rabbit, event_type, side_connection, monkeypatch
+):
+    rabbit.bind_queue(event_type.exchange())
+    publish_events(event_type, 300)
+    relay = build_relay(batch_size=100)
+    relay.broker.connect()
+    seen = []
+    await_outcomes = relay.broker.await_outcomes
+
+    def look_then_wait(done):
+        # The relay is about to wait for the broker's answer to its oldest open batch.
+        seen.append(delivered_and_free(side_connection))
+        return await_outcomes(done)
+
+    monkeypatch.setattr(relay.broker, "await_outcomes", look_then_wait)
+    try:
+        assert relay.deliver(relay.clock()) == 300
+    finally:
+        relay.broker.close()
+        relay.close()
+
+    # Before the third claim: the first two batches held, none marked, the third free. Before
+    # the fourth: the first recorded, the second and third held.
+    assert seen == [(0, 100), (100, 0)]
+    assert OutboxMessage.objects.filter(status="delivered").count() == 300
+
+
+def test_outcomes_of_every_kind_are_recorded_across_batch_boundaries(rabbit, event_type):
+    queue = rabbit.bind_queue(event_type.exchange())
+    with transaction.atomic():
+        first, second = publish(event_type()), publish(event_type())
+        # The broker refuses to declare exchanges named amq.*: the send fails and is retried.
+        refused = OutboxMessage.objects.create(
+            exchange=f"amq.bookworm-test-{uuid.uuid4().hex[:8]}", message_types=[], body={"id": "x"}
+        )
+        third = publish(event_type())
+        unroutable = OutboxMessage.objects.create(
+            exchange=f"BookWorm.Tests.Unbound{uuid.uuid4().hex[:8]}:ProbeIntegrationEvent",
+            message_types=[],
+            body={"id": "y"},
+        )
+    rabbit.exchanges.append(unroutable.exchange)
+    relay = build_relay(batch_size=2)
+    relay.broker.connect()
+    now = timezone.now()
+    try:
+        assert relay.deliver(now) == 5
+    finally:
+        relay.broker.close()
+        relay.close()
+
+    statuses = {row.id: (row.status, row.attempts) for row in OutboxMessage.objects.all()}
+    assert statuses == {
+        first.id: ("delivered", 0),
+        second.id: ("delivered", 0),
+        refused.id: ("pending", 1),
+        third.id: ("delivered", 0),
+        unroutable.id: ("unroutable", 0),
+    }
+    refused.refresh_from_db()
+    assert "ACCESS_REFUSED" in refused.last_error
+    assert refused.available_at > now
+    assert "NO_ROUTE" in OutboxMessage.objects.get(id=unroutable.id).last_error
+    received = rabbit.receive(queue, 3)
+    assert [envelope["messageId"] for _, envelope in received] == [
+        str(first.message_id),
+        str(second.message_id),
+        str(third.message_id),
+    ]
+
+
+def test_sessions_ended_mid_pass_lose_nothing_and_a_resend_keeps_its_message_id(
+    rabbit, event_type, side_connection, monkeypatch, caplog
+):
+    queue = rabbit.bind_queue(event_type.exchange())
+    rows = publish_events(event_type, 400)
+    relay = build_relay(batch_size=100)
+    relay.broker.connect()
+    await_outcomes = relay.broker.await_outcomes
+    ended = []
+
+    def end_sessions_once(done):
+        if not ended:
+            # What a PostgreSQL restart does to the relay in the middle of a pass.
+            with side_connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                ended.append(cursor.rowcount)
+        return await_outcomes(done)
+
+    monkeypatch.setattr(relay.broker, "await_outcomes", end_sessions_once)
+    deadline = time.monotonic() + 60
+    waker = Waker()
+
+    def done():
+        with side_connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM outbox_outboxmessage WHERE status <> 'delivered'")
+            return cursor.fetchone()[0] == 0
+
+    try:
+        with caplog.at_level(logging.INFO, logger="outbox"):
+            run(
+                relay,
+                waker,
+                poll_seconds=0.2,
+                purge_every=3600,
+                retention=timedelta(days=7),
+                duplicate_window=timedelta(minutes=5),
+                stopping=lambda: done() or time.monotonic() > deadline,
+            )
+    finally:
+        waker.close()
+        relay.broker.close()
+        relay.close()
+
+    assert ended and ended[0] >= 2  # both of the relay's sessions, and the listener if it was open
+    assert "outbox_database_unavailable" in [getattr(record, "action", None) for record in caplog.records]
+    received = rabbit.drain(queue)
+    assert message_ids_by_event(received) == {row.body["id"]: {str(row.message_id)} for row in rows}
+    assert OutboxMessage.objects.exclude(status="delivered").count() == 0
+
+
+@pytest.mark.slow
+def test_a_relay_killed_with_two_batches_claimed_marks_nothing_unconfirmed_and_loses_nothing(
+    rabbit, event_type, start_relay, subprocess_env, side_connection
+):
+    queue = rabbit.bind_queue(event_type.exchange())
+    rows = publish_events(event_type, 5000)
+
+    def claims_held():
+        with side_connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND state = 'idle in transaction' AND pid <> pg_backend_pid()"
+            )
+            return cursor.fetchone()[0] == 2
+
+    relay = start_relay(OUTBOX_BATCH_SIZE="100")
+    # Both of its connections hold a claimed batch: the confirms of one are outstanding while
+    # the other's messages go out.
+    wait_for(claims_held, timeout=60, interval=0.005)
+    relay.kill()
+    relay.wait()
+
+    sent_before = rabbit.drain(queue)
+    delivered = set(
+        str(message_id)
+        for message_id in OutboxMessage.objects.filter(status="delivered").values_list("message_id", flat=True)
+    )
+    # Marked delivered only once confirmed: each of them is in the queue.
+    assert delivered <= {envelope["messageId"] for _, envelope in sent_before}
+    assert OutboxMessage.objects.filter(status="pending").exists()
+
+    finished = run_command(subprocess_env, "relay_outbox", "--once", OUTBOX_BATCH_SIZE="100", timeout=120)
+
+    assert finished.returncode == 0, finished.stderr
+    received = sent_before + rabbit.drain(queue)
+    assert len(received) >= 5000
+    assert message_ids_by_event(received) == {row.body["id"]: {str(row.message_id)} for row in rows}
+    assert OutboxMessage.objects.exclude(status="delivered").count() == 0

@@ -13,7 +13,7 @@ type's), and one durable queue fed by the first. Measured:
 1. --rounds alternating rounds, each on a fresh backlog of --messages outbox rows:
    raw pika publishing the relay's own envelopes of those rows (same bodies, same AMQP
    properties with message_id, mandatory, same exchange) with a window of --window
-   asynchronous confirms, the practical ceiling of a Python publisher; then one relay
+   asynchronous confirms, the practical ceiling of a Python publisher; and one relay
    draining the backlog (Relay.deliver in a loop, as run() calls it), claims and records
    included. For each: messages per second and CPU per message of this process (the
    publisher), of the broker (beam.smp) and of PostgreSQL (every postgres process), read
@@ -24,6 +24,7 @@ type's), and one durable queue fed by the first. Measured:
 """
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -56,11 +57,11 @@ django.setup()
 import pika  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
-from django.db import connections, reset_queries, transaction  # noqa: E402
+from django.db import DatabaseError, InterfaceError, connections, reset_queries, transaction  # noqa: E402
 from django.utils import timezone  # noqa: E402
 from pika.adapters.select_connection import SelectConnection  # noqa: E402
 
-from outbox.broker import Broker, connection_parameters  # noqa: E402
+from outbox.broker import Broker, BrokerUnavailable, connection_parameters, describe  # noqa: E402
 from outbox.envelope import EnvelopeWriter, broker_address, exchange_chain  # noqa: E402
 from outbox.events import IntegrationEvent  # noqa: E402
 from outbox.models import OutboxMessage  # noqa: E402
@@ -252,7 +253,7 @@ def declare_topology(parameters, exchanges: tuple[str, ...]) -> tuple[pika.Block
     for source, destination in zip(exchanges, exchanges[1:], strict=False):
         channel.exchange_bind(destination=destination, source=source)
     queue = "bench-relay"
-    channel.queue_declare(queue, durable=True)
+    channel.queue_declare(queue, durable=True)  # declared again after a broker restart: a no-op
     channel.queue_bind(queue, exchanges[0])
     return admin, queue
 
@@ -344,6 +345,50 @@ def report(name: str, messages: int, cpu: dict) -> str:
     )
 
 
+def measure_round(number: int, parameters, args, meter: CpuMeter) -> tuple[dict, dict]:
+    """One round on a fresh backlog: raw pika, then the relay.
+
+    Run again from the start if the broker or the database went away meanwhile: other test runs
+    on the host stop RabbitMQ's app and restart PostgreSQL now and then.
+    """
+    event = ThroughputIntegrationEvent
+    chain = exchange_chain(event.exchange(), json.dumps(event.message_types()))
+    for _ in range(5):
+        admin = broker = relay = None
+        try:
+            admin, queue = declare_topology(parameters, chain)
+            channel = admin.channel()
+            channel.queue_purge(queue)
+            broker = Broker(parameters, confirm_timeout=60)
+            broker.connect()
+            relay = build_relay(broker, args.batch_size)
+            write_backlog(args.messages)
+            messages = envelopes(relay, args.messages)
+            meter.start()
+            raw_windowed(parameters, messages, args.window)
+            raw = meter.stop()
+            channel.queue_purge(queue)
+            del messages  # 50,000 envelopes held would slow the relay's garbage collections
+            gc.collect()
+            meter.start()
+            assert drain(relay) == args.messages
+            relayed = meter.stop()
+            channel.queue_purge(queue)
+            return raw, relayed
+        except (pika.exceptions.AMQPError, BrokerUnavailable, DatabaseError, InterfaceError) as error:
+            print(f"round {number} interrupted ({describe(error)}); waiting for the broker, then again")
+            connections.close_all()
+            rabbitmqctl("await_startup")
+        finally:
+            for closing in (relay, broker, admin):
+                try:
+                    if closing is not None:
+                        closing.close()
+                except pika.exceptions.AMQPError:
+                    pass
+    raise RuntimeError(f"round {number}: interrupted five times")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=50_000, help="per round and per publisher")
@@ -357,32 +402,16 @@ def main():
     vhost = Vhost(settings.RABBITMQ_URL)
     vhost.create()
     parameters = connection_parameters(vhost.url, blocked_timeout=60)
-    event = ThroughputIntegrationEvent
-    admin, queue = declare_topology(parameters, exchange_chain(event.exchange(), json.dumps(event.message_types())))
-    channel = admin.channel()
     recreate_database()
     meter = CpuMeter()
     rates = []
     try:
-        broker = Broker(parameters, confirm_timeout=60)
-        broker.connect()
-        relay = build_relay(broker, args.batch_size)
         print(
             f"{args.rounds} rounds of {args.messages:,} messages each, batch {args.batch_size}, "
             f"raw window {args.window}, vhost {vhost.name}"
         )
         for number in range(1, args.rounds + 1):
-            write_backlog(args.messages)
-            messages = envelopes(relay, args.messages)
-            meter.start()
-            raw_windowed(parameters, messages, args.window)
-            raw = meter.stop()
-            channel.queue_purge(queue)
-            meter.start()
-            total = drain(relay)
-            relayed = meter.stop()
-            channel.queue_purge(queue)
-            assert total == args.messages, total
+            raw, relayed = measure_round(number, parameters, args, meter)
             ratio = raw["elapsed"] / relayed["elapsed"]
             rates.append((args.messages / raw["elapsed"], args.messages / relayed["elapsed"], ratio))
             print(f"round {number}:")
@@ -397,12 +426,13 @@ def main():
             f"relay {statistics.median(r[1] for r in rates):,.0f} msg/s, "
             f"ratio {statistics.median(r[2] for r in rates):.0%}"
         )
-        print(
-            f"database statements (round trips) per batch of {args.batch_size}: {statements_per_batch(relay, 10):.1f}"
-        )
+        broker = Broker(parameters, confirm_timeout=60)
+        broker.connect()
+        relay = build_relay(broker, args.batch_size)
+        statements = statements_per_batch(relay, 10)
+        print(f"database statements (round trips) per batch of {args.batch_size}: {statements:.1f}")
         broker.close()
         relay.close()
-        channel.queue_purge(queue)
 
         delays = latency(parameters, args.rate, args.seconds)
         print(
@@ -411,7 +441,6 @@ def main():
             f"max {max(delays):.1f} ms, mean {statistics.mean(delays):.1f} ms"
         )
     finally:
-        admin.close()
         vhost.delete()
         DATABASE.drop()
 

@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 # How many messages are written between two non-blocking turns of the I/O loop: the socket
 # drains and confirms come in while the rest of the batch is serialised.
 PUMP_EVERY = 128
+# The most messages unconfirmed at once: a sliding window, as publishers with asynchronous
+# confirms keep. Enough to keep the broker busy while the relay's database work for a batch
+# takes its turn, little enough that a lost connection leaves few messages to send again.
+WINDOW = 1000
 
 
 class BrokerUnavailable(Exception):
@@ -85,9 +89,10 @@ def describe(error: BaseException) -> str:
 class Broker:
     """A publisher-confirms channel on one connection; connect() again after it is lost."""
 
-    def __init__(self, parameters: pika.ConnectionParameters, *, confirm_timeout: float):
+    def __init__(self, parameters: pika.ConnectionParameters, *, confirm_timeout: float, window: int = WINDOW):
         self.parameters = parameters
         self.confirm_timeout = confirm_timeout
+        self.window = window
         self._connection: SelectConnection | None = None
         self._lost: BaseException | None = None
         self._channel = None
@@ -177,8 +182,9 @@ class Broker:
     def publish_batch(self, batch: Iterable[Outgoing]) -> Outcome:
         """Publish batch in order and wait for the broker's verdict on every message.
 
-        batch may be a generator: each message goes out as soon as it is produced, so the broker
-        stores and confirms the first ones while the caller is still reading the rest.
+        batch may be a generator: each message goes out as soon as it is produced (and fewer
+        than window are unconfirmed), so the broker stores and confirms the first ones while the
+        caller is still reading the rest.
 
         A message is delivered when the broker acked it, unroutable when it was returned then
         acked, failed when it was nacked, its channel closed before the ack, or its exchanges
@@ -207,6 +213,8 @@ class Broker:
             if chain_errors[chain] is not None:
                 outcome.failed[message.key] = chain_errors[chain]
                 continue
+            if len(self._unconfirmed) >= self.window:
+                self._await_room()
             if self._channel is None:
                 # The broker closed the channel (its unconfirmed messages failed): go on in a new one.
                 self._open_channel()
@@ -235,6 +243,17 @@ class Broker:
         if self._channel is not channel:
             self._open_channel()
         elif self._unconfirmed:
+            raise self._stalled()
+
+    def _await_room(self) -> None:
+        """Wait until fewer than window messages are unconfirmed, or the channel has closed."""
+        channel = self._channel
+        self._run_until(
+            lambda: len(self._unconfirmed) < self.window or self._channel is not channel or self._lost,
+            self.confirm_timeout,
+        )
+        self._raise_if_lost()
+        if self._channel is channel and len(self._unconfirmed) >= self.window:
             raise self._stalled()
 
     # Topology.

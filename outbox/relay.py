@@ -2,7 +2,7 @@
 
 Relay.deliver(now) is one pass: batches of ready rows claimed (FOR UPDATE SKIP LOCKED) and
 published back to back through one window of confirms. Each batch is claimed in a transaction
-of its own, on a database connection of its own (a Slot: two on PostgreSQL), and that
+of its own, on a database connection of its own (a Slot: three on PostgreSQL), and that
 transaction records the batch's outcomes and commits once the broker has answered for every
 message of it. So the next batch is claimed and on its way while the last confirms of this one
 arrive, and the broker is not left idle at a batch boundary; a row stays locked from its claim
@@ -104,6 +104,7 @@ class Slot:
             with connection.cursor() as cursor:
                 ids = "{" + ",".join(map(str, delivered)) + "}"
                 cursor.execute(sql.record_outcomes(self.using, returning), [now, ids, *columns])
+                cursor.nextset()  # past SET LOCAL to the UPDATE
                 created = [at for (at,) in cursor.fetchall() if at is not None] if returning else []
             self.holding = False
             return created
@@ -159,6 +160,9 @@ class Relay:
     # Batches in one pass of deliver(): a pass ends with the window drained (a few milliseconds
     # at most), so it may be long; between passes run() beats, purges and sees stop requests.
     PASS_BATCHES = 20
+    # Batches claimed at once on PostgreSQL, a connection each: one being recorded, one whose
+    # confirms arrive, one going out.
+    SLOTS = 3
 
     def __init__(
         self,
@@ -215,7 +219,7 @@ class Relay:
     def slots(self, batches: int) -> list[Slot]:
         """The slots a pass of batches uses: one for one batch, or on a database with one writer."""
         if batches > 1 and len(self._slots) == 1 and connections[self.using].vendor == "postgresql":
-            self._slots.append(Slot(self.using, own=True))
+            self._slots += [Slot(self.using, own=True) for _ in range(self.SLOTS - 1)]
         return self._slots if batches > 1 else self._slots[:1]
 
     def outgoing(self, row: sql.Claimed, sent_at: datetime, spans: dict) -> Outgoing:
@@ -360,9 +364,10 @@ class Relay:
 class _Pass:
     """The batches of one Relay.deliver(): claimed as the broker takes their messages, recorded once answered.
 
-    messages() is the generator Broker.publish_batch reads. Before it claims a batch in a slot
-    whose last batch is still open, it waits for the broker's answer to that batch's messages
-    (the window meanwhile holds the batch after it) and records them, releasing the slot.
+    messages() is the generator Broker.publish_batch reads. Between two batches it records
+    those the broker has answered for in full, which frees their slots, and claims the next
+    batch in a free slot; only when every slot holds a batch does it wait, for the oldest. The
+    broker's window (Broker.window) meanwhile holds the messages of the batches after it.
     """
 
     def __init__(self, relay: Relay, now, batches: int, stopping: Callable[[], bool]):
@@ -374,26 +379,43 @@ class _Pass:
         self.spans: dict = {}  # row id -> its publish span, while tracing is on
         self._open: dict[Slot, _Batch] = {}  # the batches without a record, oldest first
         self._waiting: dict[int, _Batch] = {}  # row id -> its batch, until the row has an outcome
+        self._claimed: set[int] = set()  # every row id claimed in this pass
         self._seen = [0, 0, 0]  # how many of the outcome's delivered, unroutable, failed are sorted
 
     def messages(self) -> Iterator[Outgoing]:
         relay = self.relay
         sent_at = relay.clock()
         slots = relay.slots(self.batches)
-        for number in range(self.batches):
-            slot = slots[number % len(slots)]
-            earlier = self._open.pop(slot, None)
-            if earlier is not None:
-                relay.broker.await_outcomes(lambda b=earlier: self._sort(relay.broker.outcome) or not b.waiting)
-                relay.record(earlier, relay.clock(), self.spans)
+        for _ in range(self.batches):
+            if self._open:
+                self._record_answered(relay.broker.outcome)
+            slot = next((slot for slot in slots if slot not in self._open), None)
+            if slot is None:
+                slot, oldest = next(iter(self._open.items()))
+                relay.broker.await_outcomes(lambda b=oldest: self._sort(relay.broker.outcome) or not b.waiting)
+                self._record_answered(relay.broker.outcome)
             rows = slot.claim(self.now, relay.batch_size)
             batch = self._open[slot] = _Batch(slot, len(rows))
             self.claimed += len(rows)
+            for row in rows:
+                if row.id in self._claimed:
+                    # The session of an earlier claim ended (a restart, a timeout, an operator):
+                    # its rows were free to claim again. What it held goes out again next pass.
+                    raise DatabaseError("a claim's session ended before its outcomes were recorded")
+                self._claimed.add(row.id)
             for row in rows:
                 self._waiting[row.id] = batch
                 yield relay.outgoing(row, sent_at, self.spans)
             if len(rows) < relay.batch_size or self.stopping():
                 return
+
+    def _record_answered(self, outcome: Outcome) -> None:
+        """Record the open batches whose every message has an outcome."""
+        self._sort(outcome)
+        for slot, batch in list(self._open.items()):
+            if not batch.waiting:
+                del self._open[slot]
+                self.relay.record(batch, self.relay.clock(), self.spans)
 
     def finish(self, outcome: Outcome) -> None:
         """Record every batch still open, with what outcome holds for it (all of it, unless lost)."""

@@ -76,7 +76,7 @@ def claim(alias: str) -> tuple[str, object]:
 
 @functools.cache
 def record_outcomes(alias: str, returning: bool) -> str:
-    """-- record_outcomes -- (PostgreSQL): every outcome of a batch in one UPDATE, then COMMIT.
+    """-- record_outcomes -- (PostgreSQL): every outcome of a batch in one UPDATE, then COMMIT (asynchronous).
 
     Parameters: now (delivered_at), the ids delivered (an array literal, e.g. '{1,2}': the common
     case costs one parameter, and no adaptation of each id), then five arrays of equal length
@@ -101,7 +101,10 @@ def record_outcomes(alias: str, returning: bool) -> str:
          WHERE m.{m.id} = o.id AND m.{m.status} = 'pending'"""
     if returning:
         statement += f" RETURNING CASE WHEN o.status = '{delivered}' THEN m.{m.created_at} END"
-    return statement + "; COMMIT"
+    # The commit does not wait for the WAL to reach the disk: should PostgreSQL crash in the next
+    # moment and lose the record, its rows are pending again and are sent again with their message
+    # ids, as after any lost record; the relay does not wait for a flush per batch meanwhile.
+    return "SET LOCAL synchronous_commit = off; " + statement + "; COMMIT"
 
 
 @functools.cache

@@ -1,5 +1,6 @@
 """Batches back to back: the next claimed while the confirms of the last arrive, each recorded once answered."""
 
+import contextlib
 import logging
 import time
 import uuid
@@ -13,7 +14,7 @@ from django.utils import timezone
 
 from outbox.models import OutboxMessage
 from outbox.publishing import publish
-from outbox.relay import Waker, run
+from outbox.relay import Slot, Waker, run
 from tests.jobs.helpers import wait_for
 
 from .conftest import build_relay, run_command
@@ -41,13 +42,13 @@ def side_connection():
     connection.close()
 
 
-def delivered_and_free(connection) -> tuple[int, int]:
-    """Rows marked delivered, and pending rows no transaction holds (SKIP LOCKED skips the claimed)."""
+def delivered_and_free(connection) -> tuple[set[int], int]:
+    """Rows marked delivered, and how many pending rows no transaction holds (SKIP LOCKED skips the claimed)."""
     connection.set_autocommit(False)
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM outbox_outboxmessage WHERE status = 'delivered'")
-            [delivered] = cursor.fetchone()
+            cursor.execute("SELECT id FROM outbox_outboxmessage WHERE status = 'delivered'")
+            delivered = {row_id for (row_id,) in cursor.fetchall()}
             cursor.execute(
                 "SELECT count(*) FROM (SELECT id FROM outbox_outboxmessage WHERE status = 'pending' "
                 "FOR UPDATE SKIP LOCKED) AS free"
@@ -64,10 +65,10 @@ def test_a_pass_sends_batch_after_batch_in_write_order_with_two_statements_a_bat
     rows = publish_events(event_type, 230)
     relay = build_relay(batch_size=50)
     relay.broker.connect()
-    [first, second] = [slot.connection for slot in relay.slots(2)]
     now = relay.clock()  # synced now if it had to: no clock query in the pass
     try:
-        with CaptureQueriesContext(first) as one, CaptureQueriesContext(second) as other:
+        with contextlib.ExitStack() as stack:
+            captured = [stack.enter_context(CaptureQueriesContext(slot.connection)) for slot in relay.slots(2)]
             assert relay.deliver(now) == 230
     finally:
         relay.broker.close()
@@ -76,9 +77,10 @@ def test_a_pass_sends_batch_after_batch_in_write_order_with_two_statements_a_bat
     received = rabbit.receive(queue, 230)
     assert [envelope["messageId"] for _, envelope in received] == [str(row.message_id) for row in rows]
     assert OutboxMessage.objects.filter(status="delivered").count() == 230
-    # Batches of 50, 50, 50, 50 and 30: a claim and a record (with its commit) each.
-    statements = [query["sql"].split()[0] for query in one.captured_queries + other.captured_queries]
-    assert sorted(statements) == ["BEGIN;"] * 5 + ["UPDATE"] * 5
+    # Batches of 50, 50, 50, 50 and 30: a claim (BEGIN; ... SELECT) and a record (SET LOCAL
+    # synchronous_commit = off; UPDATE ...; COMMIT) each.
+    statements = [query["sql"].split()[0] for capture in captured for query in capture.captured_queries]
+    assert sorted(statements) == ["BEGIN;"] * 5 + ["SET"] * 5
 
 
 def test_the_next_batch_is_claimed_before_the_last_is_recorded_and_rows_are_marked_only_once_answered(
@@ -89,23 +91,27 @@ def test_the_next_batch_is_claimed_before_the_last_is_recorded_and_rows_are_mark
     relay = build_relay(batch_size=100)
     relay.broker.connect()
     seen = []
-    await_outcomes = relay.broker.await_outcomes
+    claim = Slot.claim
 
-    def look_then_wait(done):
-        # The relay is about to wait for the broker's answer to its oldest open batch.
-        seen.append(delivered_and_free(side_connection))
-        return await_outcomes(done)
+    def look_then_claim(slot, now, limit):
+        delivered, free = delivered_and_free(side_connection)
+        outcome = relay.broker.outcome
+        answered = {row.id for row in outcome.delivered} if outcome else set()
+        seen.append((len(delivered), free, delivered <= answered))
+        return claim(slot, now, limit)
 
-    monkeypatch.setattr(relay.broker, "await_outcomes", look_then_wait)
+    monkeypatch.setattr(Slot, "claim", look_then_claim)
     try:
         assert relay.deliver(relay.clock()) == 300
     finally:
         relay.broker.close()
         relay.close()
 
-    # Before the third claim: the first two batches held, none marked, the third free. Before
-    # the fourth: the first recorded, the second and third held.
-    assert seen == [(0, 100), (100, 0)]
+    # The second batch is claimed while the first is held and none of it is recorded (its
+    # confirms are read no sooner than after the 128th message). Every row marked delivered at
+    # any claim had its confirm.
+    assert seen[:2] == [(0, 300, True), (0, 200, True)]
+    assert all(answered_first for _, _, answered_first in seen)
     assert OutboxMessage.objects.filter(status="delivered").count() == 300
 
 
@@ -160,21 +166,22 @@ def test_sessions_ended_mid_pass_lose_nothing_and_a_resend_keeps_its_message_id(
     rows = publish_events(event_type, 400)
     relay = build_relay(batch_size=100)
     relay.broker.connect()
-    await_outcomes = relay.broker.await_outcomes
-    ended = []
+    claim = Slot.claim
+    claims, ended = [], []
 
-    def end_sessions_once(done):
-        if not ended:
-            # What a PostgreSQL restart does to the relay in the middle of a pass.
+    def end_sessions_at_the_third_claim(slot, now, limit):
+        claims.append(limit)
+        if len(claims) == 3:
+            # What a PostgreSQL restart does to the relay while two batches are out.
             with side_connection.cursor() as cursor:
                 cursor.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                     "WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 )
                 ended.append(cursor.rowcount)
-        return await_outcomes(done)
+        return claim(slot, now, limit)
 
-    monkeypatch.setattr(relay.broker, "await_outcomes", end_sessions_once)
+    monkeypatch.setattr(Slot, "claim", end_sessions_at_the_third_claim)
     deadline = time.monotonic() + 60
     waker = Waker()
 
@@ -199,7 +206,7 @@ def test_sessions_ended_mid_pass_lose_nothing_and_a_resend_keeps_its_message_id(
         relay.broker.close()
         relay.close()
 
-    assert ended and ended[0] >= 2  # both of the relay's sessions, and the listener if it was open
+    assert ended and ended[0] >= 2  # the two sessions holding the first batches (the third opens at its claim)
     assert "outbox_database_unavailable" in [getattr(record, "action", None) for record in caplog.records]
     received = rabbit.drain(queue)
     assert message_ids_by_event(received) == {row.body["id"]: {str(row.message_id)} for row in rows}

@@ -23,6 +23,8 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import psycopg
@@ -62,16 +64,23 @@ def reconnect_backoff() -> Backoff:
 class Slot:
     """One database connection that holds the claim of one batch: its rows stay locked until record().
 
-    The first slot is Django's connection of the alias; others have a connection of their own
-    (Relay.close() closes those). On PostgreSQL claim() and record() are one round trip each
-    (outbox.sql); elsewhere (SQLite: one relay, one slot) Django's transaction functions open and
-    close the transaction and each row's outcome is a statement of its own.
+    Either Django's connection of the alias, or (own) a connection of the slot's own, which the
+    relay's recording thread may use too, never at the same time (Relay.close() closes it). On
+    PostgreSQL claim() and record() are one round trip each (outbox.sql); elsewhere (SQLite: one
+    relay, one slot) Django's transaction functions open and close the transaction and each row's
+    outcome is a statement of its own.
     """
 
     def __init__(self, using: str, *, own: bool = False):
         self.using = using
         self._own = connections.create_connection(using) if own else None
+        if self._own is not None:
+            self._own.inc_thread_sharing()
         self.holding = False  # a claim's transaction is open
+
+    @property
+    def own(self) -> bool:
+        return self._own is not None
 
     @property
     def connection(self):
@@ -160,8 +169,8 @@ class Relay:
     # Batches in one pass of deliver(): a pass ends with the window drained (a few milliseconds
     # at most), so it may be long; between passes run() beats, purges and sees stop requests.
     PASS_BATCHES = 20
-    # Batches claimed at once on PostgreSQL, a connection each: one being recorded, one whose
-    # confirms arrive, one going out.
+    # Batches claimed at once on PostgreSQL, a connection each: one being recorded (by the
+    # recording thread), one whose confirms arrive, one going out.
     SLOTS = 3
 
     def __init__(
@@ -183,6 +192,8 @@ class Relay:
         self.using = using
         self.clock = clock  # the database's time: rows are stamped with it by whoever publishes
         self._slots = [Slot(using)]
+        self._pipeline: list[Slot] = []
+        self._recorder: ThreadPoolExecutor | None = None
 
     def deliver_batch(self, now) -> int:
         """Send one batch of rows ready at now; the number of rows handled (0: nothing to do)."""
@@ -213,14 +224,27 @@ class Relay:
 
     def close(self) -> None:
         """Close the database connections of the relay's own (Django's are closed with the others)."""
-        for slot in self._slots:
+        if self._recorder is not None:
+            self._recorder.shutdown()
+            self._recorder = None
+        for slot in self._slots + self._pipeline:
             slot.close()
 
     def slots(self, batches: int) -> list[Slot]:
-        """The slots a pass of batches uses: one for one batch, or on a database with one writer."""
-        if batches > 1 and len(self._slots) == 1 and connections[self.using].vendor == "postgresql":
-            self._slots += [Slot(self.using, own=True) for _ in range(self.SLOTS - 1)]
-        return self._slots if batches > 1 else self._slots[:1]
+        """The slots a pass of batches uses: on PostgreSQL, SLOTS of their own for several batches;
+        else Django's connection (one batch, or a database with one writer)."""
+        if batches > 1 and connections[self.using].vendor == "postgresql":
+            if not self._pipeline:
+                self._pipeline = [Slot(self.using, own=True) for _ in range(self.SLOTS)]
+            return self._pipeline
+        return self._slots
+
+    @property
+    def recorder(self) -> ThreadPoolExecutor:
+        """The thread that records batches of slots of their own, while this one publishes the next."""
+        if self._recorder is None:
+            self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-record")
+        return self._recorder
 
     def outgoing(self, row: sql.Claimed, sent_at: datetime, spans: dict) -> Outgoing:
         return Outgoing(
@@ -364,10 +388,12 @@ class Relay:
 class _Pass:
     """The batches of one Relay.deliver(): claimed as the broker takes their messages, recorded once answered.
 
-    messages() is the generator Broker.publish_batch reads. Between two batches it records
-    those the broker has answered for in full, which frees their slots, and claims the next
-    batch in a free slot; only when every slot holds a batch does it wait, for the oldest. The
-    broker's window (Broker.window) meanwhile holds the messages of the batches after it.
+    messages() is the generator Broker.publish_batch reads. Between two batches it hands the
+    batches the broker has answered for in full to be recorded (by the relay's recording thread
+    when their slot has a connection of its own, so that the database's work on them overlaps
+    the publishing of the next), and claims the next batch in a free slot; only when every slot
+    is taken does it wait, for the oldest batch's answers or a record. The broker's window
+    (Broker.window) meanwhile holds the messages of the batches after it.
     """
 
     def __init__(self, relay: Relay, now, batches: int, stopping: Callable[[], bool]):
@@ -378,6 +404,7 @@ class _Pass:
         self.claimed = 0
         self.spans: dict = {}  # row id -> its publish span, while tracing is on
         self._open: dict[Slot, _Batch] = {}  # the batches without a record, oldest first
+        self._recording: dict[Slot, Future] = {}  # records in the recording thread
         self._waiting: dict[int, _Batch] = {}  # row id -> its batch, until the row has an outcome
         self._claimed: set[int] = set()  # every row id claimed in this pass
         self._seen = [0, 0, 0]  # how many of the outcome's delivered, unroutable, failed are sorted
@@ -387,13 +414,7 @@ class _Pass:
         sent_at = relay.clock()
         slots = relay.slots(self.batches)
         for _ in range(self.batches):
-            if self._open:
-                self._record_answered(relay.broker.outcome)
-            slot = next((slot for slot in slots if slot not in self._open), None)
-            if slot is None:
-                slot, oldest = next(iter(self._open.items()))
-                relay.broker.await_outcomes(lambda b=oldest: self._sort(relay.broker.outcome) or not b.waiting)
-                self._record_answered(relay.broker.outcome)
+            slot = self._free_slot(slots)
             rows = slot.claim(self.now, relay.batch_size)
             batch = self._open[slot] = _Batch(slot, len(rows))
             self.claimed += len(rows)
@@ -409,30 +430,65 @@ class _Pass:
             if len(rows) < relay.batch_size or self.stopping():
                 return
 
+    def finish(self, outcome: Outcome) -> None:
+        """Record every batch still open, with what outcome holds for it (all of it, unless lost)."""
+        self._sort(outcome)
+        for slot, batch in list(self._open.items()):
+            del self._open[slot]
+            if batch.outcome.delivered or batch.outcome.unroutable or batch.outcome.failed:
+                self._record(slot, batch)
+            else:
+                slot.release()
+        for slot in list(self._recording):
+            self._recording.pop(slot).result()
+
+    def release(self) -> None:
+        """After an error: let the records under way end, roll back the batches left open."""
+        futures.wait(self._recording.values())
+        self._recording.clear()
+        for slot in self._open:
+            slot.release()
+        self._open.clear()
+
+    def _free_slot(self, slots: list[Slot]) -> Slot:
+        """A slot with neither a batch nor a record under way: record what is answered, wait if need be."""
+        broker = self.relay.broker
+        while True:
+            if self._open:
+                self._record_answered(broker.outcome)
+            for slot in slots:
+                if slot not in self._open and not self._still_recording(slot):
+                    return slot
+            if len(self._open) == len(slots):
+                oldest = next(iter(self._open.values()))
+                broker.await_outcomes(lambda b=oldest: self._sort(broker.outcome) or not b.waiting)
+            else:
+                futures.wait(self._recording.values(), return_when=futures.FIRST_COMPLETED)
+
+    def _still_recording(self, slot: Slot) -> bool:
+        future = self._recording.get(slot)
+        if future is None:
+            return False
+        if not future.done():
+            return True
+        del self._recording[slot]
+        future.result()  # the record's error, if any, ends the pass
+        return False
+
     def _record_answered(self, outcome: Outcome) -> None:
         """Record the open batches whose every message has an outcome."""
         self._sort(outcome)
         for slot, batch in list(self._open.items()):
             if not batch.waiting:
                 del self._open[slot]
-                self.relay.record(batch, self.relay.clock(), self.spans)
+                self._record(slot, batch)
 
-    def finish(self, outcome: Outcome) -> None:
-        """Record every batch still open, with what outcome holds for it (all of it, unless lost)."""
-        self._sort(outcome)
-        while self._open:
-            slot, batch = next(iter(self._open.items()))
-            del self._open[slot]
-            if batch.outcome.delivered or batch.outcome.unroutable or batch.outcome.failed:
-                self.relay.record(batch, self.relay.clock(), self.spans)
-            else:
-                slot.release()
-
-    def release(self) -> None:
-        """Roll back the batches left open by an error."""
-        for slot in self._open:
-            slot.release()
-        self._open.clear()
+    def _record(self, slot: Slot, batch: _Batch) -> None:
+        now = self.relay.clock()
+        if slot.own:
+            self._recording[slot] = self.relay.recorder.submit(self.relay.record, batch, now, self.spans)
+        else:
+            self.relay.record(batch, now, self.spans)
 
     def _sort(self, outcome: Outcome) -> None:
         """Hand the outcomes the broker added since the last call to the batches of their rows."""
@@ -588,6 +644,7 @@ def run(
     With once, an unreachable broker raises BrokerUnavailable instead of being retried. Every
     other error, the waits between batches included, is logged and retried after a delay.
     heartbeat (Heartbeat.beat) is called at every turn and between the slices of every wait.
+    When it returns, the relay's own database connections are closed (Relay.close).
     """
     broker_backoff, failure_backoff = reconnect_backoff(), reconnect_backoff()
     next_purge = time.monotonic()
@@ -652,6 +709,7 @@ def run(
             )
             _start_afresh(relay, waker)
             _sleep(delay, stopping)
+    relay.close()  # its own connections; the caller closes the broker, the waker and Django's
     logger.info("relay stopped", extra={"action": "outbox_relay_stopped"})
 
 

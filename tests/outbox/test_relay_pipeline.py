@@ -214,7 +214,7 @@ def test_sessions_ended_mid_pass_lose_nothing_and_a_resend_keeps_its_message_id(
 
 
 @pytest.mark.slow
-def test_a_relay_killed_with_two_batches_claimed_marks_nothing_unconfirmed_and_loses_nothing(
+def test_a_relay_killed_with_batches_claimed_side_by_side_marks_nothing_unconfirmed_and_loses_nothing(
     rabbit, event_type, start_relay, subprocess_env, side_connection
 ):
     queue = rabbit.bind_queue(event_type.exchange())
@@ -226,11 +226,11 @@ def test_a_relay_killed_with_two_batches_claimed_marks_nothing_unconfirmed_and_l
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND state = 'idle in transaction' AND pid <> pg_backend_pid()"
             )
-            return cursor.fetchone()[0] == 2
+            return cursor.fetchone()[0] >= 2
 
     relay = start_relay(OUTBOX_BATCH_SIZE="100")
-    # Both of its connections hold a claimed batch: the confirms of one are outstanding while
-    # the other's messages go out.
+    # Two of its connections (or three) hold a claimed batch: the confirms of one are
+    # outstanding while the next one's messages go out.
     wait_for(claims_held, timeout=60, interval=0.005)
     relay.kill()
     relay.wait()

@@ -86,8 +86,8 @@ class Slot:
     def connection(self):
         return self._own or connections[self.using]
 
-    def claim(self, now, limit: int) -> list[sql.Claimed]:
-        """Lock up to limit rows ready at now (outbox.sql.claim), in a transaction left open."""
+    def claim(self, now, limit: int, after: int = 0) -> list[sql.Claimed]:
+        """Lock up to limit rows ready at now with ids above after (outbox.sql.claim), in a transaction left open."""
         connection = self.connection
         statement, convert = sql.claim(self.using)
         postgresql = connection.vendor == "postgresql"
@@ -95,7 +95,7 @@ class Slot:
             connection.set_autocommit(False)
         self.holding = True
         with connection.cursor() as cursor:
-            cursor.execute(statement, [connection.ops.adapt_datetimefield_value(now), limit])
+            cursor.execute(statement, [connection.ops.adapt_datetimefield_value(now), after, limit])
             if postgresql:
                 cursor.nextset()  # past BEGIN and SET LOCAL to the rows
                 cursor.nextset()
@@ -413,9 +413,10 @@ class _Pass:
         relay = self.relay
         sent_at = relay.clock()
         slots = relay.slots(self.batches)
+        after = 0  # the last id claimed (outbox.sql.claim)
         for _ in range(self.batches):
             slot = self._free_slot(slots)
-            rows = slot.claim(self.now, relay.batch_size)
+            rows = slot.claim(self.now, relay.batch_size, after)
             batch = self._open[slot] = _Batch(slot, len(rows))
             self.claimed += len(rows)
             for row in rows:
@@ -429,6 +430,7 @@ class _Pass:
                 yield relay.outgoing(row, sent_at, self.spans)
             if len(rows) < relay.batch_size or self.stopping():
                 return
+            after = rows[-1].id
 
     def finish(self, outcome: Outcome) -> None:
         """Record every batch still open, with what outcome holds for it (all of it, unless lost)."""

@@ -35,7 +35,12 @@ class _Names:
 def claim(alias: str) -> tuple[str, object]:
     """-- claim --: lock up to N rows ready at now, in write order, skipping rows another relay holds.
 
-    Parameters: now, N. On PostgreSQL the statement begins the transaction whose commit (see
+    Parameters: now, an id to start after, N. A pass of the relay starts after 0, then after the
+    last row it claimed: the scan of outbox_pending then starts where the last claim stopped
+    instead of stepping again over the rows the pass holds or has just recorded (their entries
+    stay in the index until vacuum). A row below that, committed late, waits for the next pass.
+
+    On PostgreSQL the statement begins the transaction whose commit (see
     record_outcomes) releases the locks, so two relays never hold the same row; SET LOCAL
     enable_bitmapscan = off keeps the plan on the partial index outbox_pending: LockRows between
     Sort and Limit rules out a top-N sort, and with statistics older than a backlog the planner
@@ -52,7 +57,7 @@ def claim(alias: str) -> tuple[str, object]:
     select = (
         f"SELECT {m.id}, {message_id}, {correlation_id}, {m.exchange}, CAST({m.message_types} AS text), "
         f"CAST({m.body} AS text), CAST({m.headers} AS text), {m.attempts} FROM {m.table} "
-        f"WHERE {m.status} = 'pending' AND {m.available_at} <= %s ORDER BY {m.id} LIMIT %s"
+        f"WHERE {m.status} = 'pending' AND {m.available_at} <= %s AND {m.id} > %s ORDER BY {m.id} LIMIT %s"
     )
     if postgresql:
         statement = f"BEGIN; SET LOCAL enable_bitmapscan = off; {select} FOR UPDATE SKIP LOCKED"

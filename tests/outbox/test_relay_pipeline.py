@@ -1,6 +1,7 @@
 """Batches back to back: the next claimed while the confirms of the last arrive, each recorded once answered."""
 
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -93,12 +94,12 @@ def test_the_next_batch_is_claimed_before_the_last_is_recorded_and_rows_are_mark
     seen = []
     claim = Slot.claim
 
-    def look_then_claim(slot, now, limit):
+    def look_then_claim(slot, now, limit, after=0):
         delivered, free = delivered_and_free(side_connection)
         outcome = relay.broker.outcome
         answered = {row.id for row in outcome.delivered} if outcome else set()
         seen.append((len(delivered), free, delivered <= answered))
-        return claim(slot, now, limit)
+        return claim(slot, now, limit, after)
 
     monkeypatch.setattr(Slot, "claim", look_then_claim)
     try:
@@ -169,7 +170,7 @@ def test_sessions_ended_mid_pass_lose_nothing_and_a_resend_keeps_its_message_id(
     claim = Slot.claim
     claims, ended = [], []
 
-    def end_sessions_at_the_third_claim(slot, now, limit):
+    def end_sessions_at_the_third_claim(slot, now, limit, after=0):
         claims.append(limit)
         if len(claims) == 3:
             # What a PostgreSQL restart does to the relay while two batches are out.
@@ -179,7 +180,7 @@ def test_sessions_ended_mid_pass_lose_nothing_and_a_resend_keeps_its_message_id(
                     "WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 )
                 ended.append(cursor.rowcount)
-        return claim(slot, now, limit)
+        return claim(slot, now, limit, after)
 
     monkeypatch.setattr(Slot, "claim", end_sessions_at_the_third_claim)
     deadline = time.monotonic() + 60
@@ -250,4 +251,48 @@ def test_a_relay_killed_with_batches_claimed_side_by_side_marks_nothing_unconfir
     received = sent_before + rabbit.drain(queue)
     assert len(received) >= 5000
     assert message_ids_by_event(received) == {row.body["id"]: {str(row.message_id)} for row in rows}
+    assert OutboxMessage.objects.exclude(status="delivered").count() == 0
+
+
+def test_a_row_committed_late_below_the_rows_a_pass_claimed_goes_out_in_the_next_pass(
+    rabbit, event_type, side_connection, monkeypatch
+):
+    queue = rabbit.bind_queue(event_type.exchange())
+    # A transaction that takes its id first and commits after the rows written after it.
+    side_connection.set_autocommit(False)
+    with side_connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO outbox_outboxmessage (message_id, message_types, exchange, body, headers, created_at, "
+            "status, attempts, available_at, last_error, origin) VALUES (%s, %s, %s, '{\"id\": \"late\"}', '{}', "
+            "now(), 'pending', 0, now(), '', '') RETURNING id",
+            [uuid.uuid4(), json.dumps(event_type.message_types()), event_type.exchange()],
+        )
+        [late_id] = cursor.fetchone()
+    rows = publish_events(event_type, 250)
+    relay = build_relay(batch_size=100)
+    relay.broker.connect()
+    claim = Slot.claim
+    committed = []
+
+    def commit_the_late_row_at_the_second_claim(slot, now, limit, after=0):
+        if after and not committed:
+            side_connection.commit()
+            side_connection.set_autocommit(True)
+            committed.append(late_id)
+        return claim(slot, now, limit, after)
+
+    monkeypatch.setattr(Slot, "claim", commit_the_late_row_at_the_second_claim)
+    try:
+        assert relay.deliver(relay.clock()) == 250
+        assert committed == [late_id]
+        assert OutboxMessage.objects.get(id=late_id).status == "pending"
+
+        assert relay.deliver(relay.clock()) == 1
+    finally:
+        relay.broker.close()
+        relay.close()
+
+    received = rabbit.receive(queue, 251)
+    assert [envelope["message"]["id"] for _, envelope in received][-1] == "late"
+    assert sorted(envelope["messageId"] for _, envelope in received[:-1]) == sorted(str(r.message_id) for r in rows)
     assert OutboxMessage.objects.exclude(status="delivered").count() == 0

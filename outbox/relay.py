@@ -2,10 +2,11 @@
 
 Relay.deliver(now) is one pass: batches of ready rows claimed (FOR UPDATE SKIP LOCKED) and
 published back to back through one window of confirms. Each batch is claimed in a transaction
-of its own, on a database connection of its own (a Slot: three on PostgreSQL), and that
+of its own, on a database connection of its own (a Slot: four on PostgreSQL), and that
 transaction records the batch's outcomes and commits once the broker has answered for every
-message of it. So the next batch is claimed and on its way while the last confirms of this one
-arrive, and the broker is not left idle at a batch boundary; a row stays locked from its claim
+message of it. Claims and records run in a recording thread while the publishing thread sends:
+the next batch is claimed and on its way while the last confirms of this one arrive, and the
+broker is not left idle at a batch boundary. A row stays locked from its claim
 to the commit of its outcome, so several relays share the work without sending a row twice, and
 a relay that dies releases its rows at once. deliver_batch(now) is a pass of one batch.
 
@@ -169,9 +170,10 @@ class Relay:
     # Batches in one pass of deliver(): a pass ends with the window drained (a few milliseconds
     # at most), so it may be long; between passes run() beats, purges and sees stop requests.
     PASS_BATCHES = 20
-    # Batches claimed at once on PostgreSQL, a connection each: one being recorded (by the
-    # recording thread), one whose confirms arrive, one going out.
-    SLOTS = 3
+    # Batches claimed at once on PostgreSQL, a connection each: one being recorded and the next
+    # being claimed (by the recording thread), one whose last confirms arrive, one going out.
+    # With batches of 500 the broker's window of 1,000 then stays full across batch boundaries.
+    SLOTS = 4
 
     def __init__(
         self,
@@ -241,7 +243,7 @@ class Relay:
 
     @property
     def recorder(self) -> ThreadPoolExecutor:
-        """The thread that records batches of slots of their own, while this one publishes the next."""
+        """The thread that claims and records the batches of slots of their own, while this one publishes."""
         if self._recorder is None:
             self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-record")
         return self._recorder
@@ -388,12 +390,14 @@ class Relay:
 class _Pass:
     """The batches of one Relay.deliver(): claimed as the broker takes their messages, recorded once answered.
 
-    messages() is the generator Broker.publish_batch reads. Between two batches it hands the
-    batches the broker has answered for in full to be recorded (by the relay's recording thread
-    when their slot has a connection of its own, so that the database's work on them overlaps
-    the publishing of the next), and claims the next batch in a free slot; only when every slot
-    is taken does it wait, for the oldest batch's answers or a record. The broker's window
-    (Broker.window) meanwhile holds the messages of the batches after it.
+    messages() is the generator Broker.publish_batch reads. On slots of their own (PostgreSQL,
+    several batches) the relay's recording thread claims the next batch while this one goes
+    out, and records each batch once the broker has answered for all its messages, so the
+    publishing thread does not wait on the database; the thread takes its work in order, so a
+    slot's next claim follows its record. A slot is taken for the next claim once its batch is
+    answered; only when every slot holds an unanswered batch does the publishing thread wait,
+    for the oldest one's answers, while the broker's window (Broker.window) holds the batches
+    after it. Elsewhere (one batch, or SQLite) claims and records are made in turn, in place.
     """
 
     def __init__(self, relay: Relay, now, batches: int, stopping: Callable[[], bool]):
@@ -403,34 +407,36 @@ class _Pass:
         self.stopping = stopping
         self.claimed = 0
         self.spans: dict = {}  # row id -> its publish span, while tracing is on
+        self._slots: list[Slot] = []
         self._open: dict[Slot, _Batch] = {}  # the batches without a record, oldest first
-        self._recording: dict[Slot, Future] = {}  # records in the recording thread
+        self._tasks: list[Future] = []  # claims and records handed to the recording thread
         self._waiting: dict[int, _Batch] = {}  # row id -> its batch, until the row has an outcome
         self._claimed: set[int] = set()  # every row id claimed in this pass
         self._seen = [0, 0, 0]  # how many of the outcome's delivered, unroutable, failed are sorted
 
     def messages(self) -> Iterator[Outgoing]:
-        relay = self.relay
+        relay, size = self.relay, self.relay.batch_size
         sent_at = relay.clock()
-        slots = relay.slots(self.batches)
-        after = 0  # the last id claimed (outbox.sql.claim)
-        for _ in range(self.batches):
-            slot = self._free_slot(slots)
-            rows = slot.claim(self.now, relay.batch_size, after)
-            batch = self._open[slot] = _Batch(slot, len(rows))
-            self.claimed += len(rows)
+        slots = self._slots = relay.slots(self.batches)
+        ahead = slots[0].own
+        slot = self._free_slot()
+        rows = slot.claim(self.now, size)
+        for number in range(1, self.batches + 1):
+            self._hold(slot, rows)
+            more = len(rows) == size and number < self.batches and not self.stopping()
+            if more and ahead:
+                slot = self._free_slot()
+                upcoming = self._submit(slot.claim, self.now, size, rows[-1].id)
             for row in rows:
-                if row.id in self._claimed:
-                    # The session of an earlier claim ended (a restart, a timeout, an operator):
-                    # its rows were free to claim again. What it held goes out again next pass.
-                    raise DatabaseError("a claim's session ended before its outcomes were recorded")
-                self._claimed.add(row.id)
-            for row in rows:
-                self._waiting[row.id] = batch
                 yield relay.outgoing(row, sent_at, self.spans)
-            if len(rows) < relay.batch_size or self.stopping():
+            if not more:
                 return
-            after = rows[-1].id
+            if ahead:
+                rows = upcoming.result()
+            else:
+                after = rows[-1].id
+                slot = self._free_slot()
+                rows = slot.claim(self.now, size, after)
 
     def finish(self, outcome: Outcome) -> None:
         """Record every batch still open, with what outcome holds for it (all of it, unless lost)."""
@@ -441,41 +447,44 @@ class _Pass:
                 self._record(slot, batch)
             else:
                 slot.release()
-        for slot in list(self._recording):
-            self._recording.pop(slot).result()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.result()
 
     def release(self) -> None:
-        """After an error: let the records under way end, roll back the batches left open."""
-        futures.wait(self._recording.values())
-        self._recording.clear()
-        for slot in self._open:
+        """After an error: let the recording thread's work end, roll back the claims left open."""
+        futures.wait(self._tasks)
+        self._tasks = []
+        for slot in self._slots:
             slot.release()
         self._open.clear()
 
-    def _free_slot(self, slots: list[Slot]) -> Slot:
-        """A slot with neither a batch nor a record under way: record what is answered, wait if need be."""
+    def _hold(self, slot: Slot, rows: list) -> None:
+        """Take rows as the batch open in slot."""
+        batch = self._open[slot] = _Batch(slot, len(rows))
+        self.claimed += len(rows)
+        for row in rows:
+            if row.id in self._claimed:
+                # The session of an earlier claim ended (a restart, a timeout, an operator): its
+                # rows were free to claim again. What it held goes out again in the next pass.
+                raise DatabaseError("a claim's session ended before its outcomes were recorded")
+            self._claimed.add(row.id)
+            self._waiting[row.id] = batch
+
+    def _free_slot(self) -> Slot:
+        """A slot without an open batch: record the batches answered, wait for the oldest if need be."""
         broker = self.relay.broker
         while True:
-            if self._open:
+            for task in [task for task in self._tasks if task.done()]:
+                self._tasks.remove(task)
+                task.result()  # a record's error ends the pass
+            if self._open and broker.outcome is not None:
                 self._record_answered(broker.outcome)
-            for slot in slots:
-                if slot not in self._open and not self._still_recording(slot):
+            for slot in self._slots:
+                if slot not in self._open:
                     return slot
-            if len(self._open) == len(slots):
-                oldest = next(iter(self._open.values()))
-                broker.await_outcomes(lambda b=oldest: self._sort(broker.outcome) or not b.waiting)
-            else:
-                futures.wait(self._recording.values(), return_when=futures.FIRST_COMPLETED)
-
-    def _still_recording(self, slot: Slot) -> bool:
-        future = self._recording.get(slot)
-        if future is None:
-            return False
-        if not future.done():
-            return True
-        del self._recording[slot]
-        future.result()  # the record's error, if any, ends the pass
-        return False
+            oldest = next(iter(self._open.values()))
+            broker.await_outcomes(lambda b=oldest: self._sort(broker.outcome) or not b.waiting)
 
     def _record_answered(self, outcome: Outcome) -> None:
         """Record the open batches whose every message has an outcome."""
@@ -488,9 +497,14 @@ class _Pass:
     def _record(self, slot: Slot, batch: _Batch) -> None:
         now = self.relay.clock()
         if slot.own:
-            self._recording[slot] = self.relay.recorder.submit(self.relay.record, batch, now, self.spans)
+            self._submit(self.relay.record, batch, now, self.spans)
         else:
             self.relay.record(batch, now, self.spans)
+
+    def _submit(self, work: Callable, *args) -> Future:
+        task = self.relay.recorder.submit(work, *args)
+        self._tasks.append(task)
+        return task
 
     def _sort(self, outcome: Outcome) -> None:
         """Hand the outcomes the broker added since the last call to the batches of their rows."""

@@ -37,8 +37,12 @@ def message_ids_by_event(received):
 
 @pytest.fixture
 def side_connection():
-    """A connection of the test's own, beside the relay's (which include Django's default one)."""
+    """A connection of the test's own, beside the relay's (which include Django's default one).
+
+    Hooks on Slot.claim use it from the relay's recording thread too.
+    """
     connection = connections.create_connection("default")
+    connection.inc_thread_sharing()
     yield connection
     connection.close()
 

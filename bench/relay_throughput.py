@@ -1,30 +1,42 @@
-"""Relay throughput and latency against the local PostgreSQL and RabbitMQ (run by hand).
+"""Relay throughput beside raw pika, and commit -> confirm latency, on the local PostgreSQL and RabbitMQ.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/bookworm_scheduler \
     RABBITMQ_URL='amqp://guest:guest@127.0.0.1:5672/%2F' DEBUG=1 \
-    .venv/bin/python bench/relay_throughput.py [--messages 100000] [--batch-size 500]
+    .venv/bin/python bench/relay_throughput.py [--messages 50000] [--rounds 3] [--batch-size 500]
 
 It creates (and drops at the end) its own database, `<name>_bench`, so test and development
-data are untouched, and its own exchange and durable queue, deleted at the end. Measured:
+data are untouched, and its own RabbitMQ virtual host (rabbitmqctl add_vhost, deleted at the
+end), so bindings left by anything else on the broker cannot skew it. In the vhost: the
+exchanges of the bench's event type, bound as MassTransit binds them (the type's to its base
+type's), and one durable queue fed by the first. Measured:
 
-1. a backlog of --messages outbox rows drained by one relay (Relay.deliver_batch in a loop):
-   confirmed messages per second, database claim/mark included;
-2. anchors on the same broker with the same envelopes: raw pika with one blocking confirm per
-   message (BlockingChannel.confirm_delivery), and raw pika with a window of asynchronous
-   confirms (SelectConnection), the practical ceiling for a Python publisher;
+1. --rounds alternating rounds, each on a fresh backlog of --messages outbox rows:
+   raw pika publishing the relay's own envelopes of those rows (same bodies, same AMQP
+   properties with message_id, mandatory, same exchange) with a window of --window
+   asynchronous confirms, the practical ceiling of a Python publisher; and one relay
+   draining the backlog (Relay.deliver in a loop, as run() calls it), claims and records
+   included. For each: messages per second and CPU per message of this process (the
+   publisher), of the broker (beam.smp) and of PostgreSQL (every postgres process), read
+   from /proc, with the load average of the host;
+2. the database round trips (statements sent) per batch of the relay;
 3. latency from the commit of an outbox row to the broker's confirm of its message, with the
    relay loop idle between rows (LISTEN/NOTIFY), at --rate rows per second for --seconds.
 """
 
 import argparse
+import gc
+import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import threading
 import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bookworm_scheduler.settings")
@@ -45,16 +57,18 @@ django.setup()
 import pika  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
-from django.db import connections, transaction  # noqa: E402
+from django.db import DatabaseError, InterfaceError, connections, reset_queries, transaction  # noqa: E402
 from django.utils import timezone  # noqa: E402
 from pika.adapters.select_connection import SelectConnection  # noqa: E402
 
-from outbox.broker import Broker, connection_parameters  # noqa: E402
-from outbox.envelope import EnvelopeWriter, broker_address  # noqa: E402
+from outbox.broker import Broker, BrokerUnavailable, connection_parameters, describe  # noqa: E402
+from outbox.envelope import EnvelopeWriter, broker_address, exchange_chain  # noqa: E402
 from outbox.events import IntegrationEvent  # noqa: E402
 from outbox.models import OutboxMessage  # noqa: E402
 from outbox.publishing import publish  # noqa: E402
-from outbox.relay import Relay, Waker, run  # noqa: E402
+from outbox.relay import Relay, Slot, Waker, run  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class ThroughputIntegrationEvent(IntegrationEvent):
@@ -64,6 +78,81 @@ class ThroughputIntegrationEvent(IntegrationEvent):
 def recreate_database() -> None:
     DATABASE.recreate()
     call_command("migrate", verbosity=0)
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+class Vhost:
+    """A virtual host of the bench's own on the configured broker, and the URL that reaches it."""
+
+    def __init__(self, url: str):
+        self.name = f"bench-relay-{uuid.uuid4().hex[:8]}"
+        self.url = urlunsplit(urlsplit(url)._replace(path="/" + quote(self.name, safe="")))
+
+    def create(self) -> None:
+        rabbitmqctl("await_startup")  # other test runs on the host stop the broker's app now and then
+        rabbitmqctl("add_vhost", self.name)
+        try:
+            rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
+        except subprocess.CalledProcessError:
+            self.delete()
+            raise
+
+    def delete(self) -> None:
+        rabbitmqctl("await_startup")
+        rabbitmqctl("delete_vhost", self.name)
+
+
+def process_ticks(names: tuple[str, ...]) -> dict[int, int]:
+    """CPU (user + system, in clock ticks) used so far by each process whose command is in names."""
+    ticks = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                fields = stat.read()
+        except OSError:
+            continue  # ended meanwhile
+        command = fields[fields.index("(") + 1 : fields.rindex(")")]
+        if command in names:
+            rest = fields[fields.rindex(")") + 2 :].split()
+            ticks[int(entry.name)] = int(rest[11]) + int(rest[12])  # utime, stime: fields 14 and 15 of stat
+    return ticks
+
+
+def ticks_between(before: dict[int, int], after: dict[int, int]) -> int:
+    """CPU ticks used between two readings: a process started meanwhile counts from zero, one that
+    ended meanwhile is missing its last ticks (PostgreSQL sessions of other users come and go)."""
+    return sum(used - before.get(pid, 0) for pid, used in after.items())
+
+
+class CpuMeter:
+    """CPU used between start() and stop() by this process, the broker and PostgreSQL, in seconds."""
+
+    def start(self) -> None:
+        self._self = self._own()
+        self._broker = process_ticks(("beam.smp",))
+        self._postgres = process_ticks(("postgres",))
+        self._load = os.getloadavg()[0]
+        self._at = time.perf_counter()
+
+    def stop(self) -> dict:
+        elapsed = time.perf_counter() - self._at
+        return {
+            "elapsed": elapsed,
+            "self": self._own() - self._self,
+            "broker": ticks_between(self._broker, process_ticks(("beam.smp",))) / TICKS,
+            "postgres": ticks_between(self._postgres, process_ticks(("postgres",))) / TICKS,
+            "load": (self._load + os.getloadavg()[0]) / 2,
+        }
+
+    @staticmethod
+    def _own() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
 
 
 def build_relay(broker: Broker, batch_size: int) -> Relay:
@@ -86,45 +175,36 @@ def write_backlog(count: int) -> None:
                 available_at=now,
             )
         )
+    table = OutboxMessage._meta.db_table
+    with connections["default"].cursor() as cursor:
+        cursor.execute(f"TRUNCATE {table}")  # every round starts from the same table
     OutboxMessage.objects.bulk_create(rows, batch_size=5000)
+    with connections["default"].cursor() as cursor:
+        cursor.execute(f"VACUUM ANALYZE {table}")
 
 
-def drain(relay: Relay) -> tuple[int, float]:
-    started = time.perf_counter()
+def drain(relay: Relay) -> int:
+    """Deliver the backlog as run() does: passes back to back while they find rows."""
     total = 0
-    while handled := relay.deliver_batch(timezone.now()):
+    while handled := relay.deliver(relay.clock()):
         total += handled
-    return total, time.perf_counter() - started
+    return total
 
 
 def envelopes(relay: Relay, count: int) -> list[tuple[str, bytes, pika.BasicProperties]]:
-    """The relay's own envelopes of the backlog, for the raw anchors (claimed, then released)."""
-    sent_at = timezone.now()
-    with transaction.atomic():
-        messages = [
-            (row.exchange, relay.writer.body(row, sent_at), relay.writer.properties(row))
-            for row in OutboxMessage.objects.claim_batch(timezone.now(), count)
-        ]
-        transaction.set_rollback(True)
-    return messages
+    """The relay's own envelopes of the backlog, for the raw anchor (claimed, then released)."""
+    sent_at = relay.clock()
+    slot = Slot("default")
+    try:
+        rows = slot.claim(relay.clock(), count)
+    finally:
+        slot.release()
+    return [(row.exchange, relay.writer.body(row, sent_at), relay.writer.properties(row)) for row in rows]
 
 
-def raw_blocking(parameters, messages) -> float:
-    """Messages per second with one blocking confirm per basic_publish."""
-    conn = pika.BlockingConnection(parameters)
-    channel = conn.channel()
-    channel.confirm_delivery()
-    started = time.perf_counter()
-    for exchange, body, properties in messages:
-        channel.basic_publish(exchange, "", body, properties, mandatory=True)
-    elapsed = time.perf_counter() - started
-    conn.close()
-    return len(messages) / elapsed
-
-
-def raw_windowed(parameters, messages, window: int) -> float:
-    """Messages per second with up to window unconfirmed messages in flight."""
-    state = {"sent": 0, "low": 1, "acked": set(), "channel": None, "started": 0.0, "elapsed": 0.0}
+def raw_windowed(parameters, messages, window: int) -> None:
+    """Publish messages with up to window unconfirmed messages in flight; returns once all are confirmed."""
+    state = {"sent": 0, "low": 1, "acked": set(), "channel": None}
     total = len(messages)
 
     def confirmed() -> int:
@@ -148,19 +228,13 @@ def raw_windowed(parameters, messages, window: int) -> float:
             state["acked"].remove(state["low"])
             state["low"] += 1
         if confirmed() >= total:
-            state["elapsed"] = time.perf_counter() - state["started"]
             conn.close()
         else:
             send()
 
     def on_channel(channel):
         state["channel"] = channel
-
-        def selected(frame):
-            state["started"] = time.perf_counter()
-            send()
-
-        channel.confirm_delivery(on_confirm, callback=selected)
+        channel.confirm_delivery(on_confirm, callback=lambda frame: send())
 
     conn = SelectConnection(
         parameters,
@@ -168,7 +242,36 @@ def raw_windowed(parameters, messages, window: int) -> float:
         on_close_callback=lambda c, reason: c.ioloop.stop(),
     )
     conn.ioloop.start()
-    return total / state["elapsed"]
+
+
+def declare_topology(parameters, exchanges: tuple[str, ...]) -> tuple[pika.BlockingConnection, str]:
+    """The exchanges as MassTransit binds them, and a durable queue fed by the first; the admin connection."""
+    admin = pika.BlockingConnection(parameters)
+    channel = admin.channel()
+    for name in exchanges:
+        channel.exchange_declare(name, exchange_type="fanout", durable=True)
+    for source, destination in zip(exchanges, exchanges[1:], strict=False):
+        channel.exchange_bind(destination=destination, source=source)
+    queue = "bench-relay"
+    channel.queue_declare(queue, durable=True)  # declared again after a broker restart: a no-op
+    channel.queue_bind(queue, exchanges[0])
+    return admin, queue
+
+
+def statements_per_batch(relay: Relay, batches: int) -> float:
+    """Statements (each one round trip) the relay sends per batch draining batches full ones, on every connection.
+
+    Included: each pass's last claim, which finds nothing and is rolled back, and the clock's sync.
+    """
+    write_backlog(relay.batch_size * batches)
+    wrappers = list({id(slot.connection): slot.connection for slot in relay.slots(2)}.values())
+    for wrapper in wrappers:
+        wrapper.force_debug_cursor = True
+    reset_queries()
+    for wrapper in wrappers[1:]:
+        wrapper.queries_log.clear()
+    drain(relay)
+    return sum(len(wrapper.queries_log) for wrapper in wrappers) / batches
 
 
 class TimedBroker(Broker):
@@ -223,6 +326,7 @@ def latency(parameters, rate: float, seconds: float) -> list[float]:
     finally:
         producer.join()
         broker.close()
+        relay.close()
         waker.close()
     return [(broker.confirmed_at[key] - at) * 1000 for key, at in committed_at.items()]
 
@@ -232,45 +336,103 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def report(name: str, messages: int, cpu: dict) -> str:
+    per_message = {key: cpu[key] / messages * 1e6 for key in ("self", "broker", "postgres")}
+    return (
+        f"{name:9} {messages / cpu['elapsed']:8,.0f} msg/s   CPU per message: publisher {per_message['self']:5.1f} us, "
+        f"broker {per_message['broker']:5.1f} us, PostgreSQL {per_message['postgres']:5.1f} us   "
+        f"(load average {cpu['load']:.2f})"
+    )
+
+
+def measure_round(number: int, parameters, args, meter: CpuMeter) -> tuple[dict, dict]:
+    """One round on a fresh backlog: raw pika, then the relay.
+
+    Run again from the start if the broker or the database went away meanwhile: other test runs
+    on the host stop RabbitMQ's app and restart PostgreSQL now and then.
+    """
+    event = ThroughputIntegrationEvent
+    chain = exchange_chain(event.exchange(), json.dumps(event.message_types()))
+    for _ in range(5):
+        admin = broker = relay = None
+        try:
+            admin, queue = declare_topology(parameters, chain)
+            channel = admin.channel()
+            channel.queue_purge(queue)
+            broker = Broker(parameters, confirm_timeout=60)
+            broker.connect()
+            relay = build_relay(broker, args.batch_size)
+            write_backlog(args.messages)
+            messages = envelopes(relay, args.messages)
+            meter.start()
+            raw_windowed(parameters, messages, args.window)
+            raw = meter.stop()
+            channel.queue_purge(queue)
+            del messages  # 50,000 envelopes held would slow the relay's garbage collections
+            gc.collect()
+            meter.start()
+            assert drain(relay) == args.messages
+            relayed = meter.stop()
+            channel.queue_purge(queue)
+            return raw, relayed
+        except (pika.exceptions.AMQPError, BrokerUnavailable, DatabaseError, InterfaceError) as error:
+            print(f"round {number} interrupted ({describe(error)}); waiting for the broker, then again")
+            connections.close_all()
+            rabbitmqctl("await_startup")
+        finally:
+            for closing in (relay, broker, admin):
+                try:
+                    if closing is not None:
+                        closing.close()
+                except pika.exceptions.AMQPError:
+                    pass
+    raise RuntimeError(f"round {number}: interrupted five times")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--messages", type=int, default=50_000, help="per round and per publisher")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=settings.OUTBOX_BATCH_SIZE)
-    parser.add_argument("--blocking-messages", type=int, default=5_000, help="for the blocking anchor")
     parser.add_argument("--window", type=int, default=1_000, help="confirm window of the raw anchor")
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
 
-    parameters = connection_parameters(settings.RABBITMQ_URL, blocked_timeout=60)
-    exchange = ThroughputIntegrationEvent.exchange()
-    queue = f"bench-relay-{uuid.uuid4().hex[:8]}"
-    admin = pika.BlockingConnection(parameters)
-    channel = admin.channel()
-    channel.exchange_declare(exchange, exchange_type="fanout", durable=True)
-    channel.queue_declare(queue, durable=True)
-    channel.queue_bind(queue, exchange)
-
+    vhost = Vhost(settings.RABBITMQ_URL)
+    vhost.create()
+    parameters = connection_parameters(vhost.url, blocked_timeout=60)
     recreate_database()
+    meter = CpuMeter()
+    rates = []
     try:
-        write_backlog(args.messages)
+        print(
+            f"{args.rounds} rounds of {args.messages:,} messages each, batch {args.batch_size}, "
+            f"raw window {args.window}, vhost {vhost.name}"
+        )
+        for number in range(1, args.rounds + 1):
+            raw, relayed = measure_round(number, parameters, args, meter)
+            ratio = raw["elapsed"] / relayed["elapsed"]
+            rates.append((args.messages / raw["elapsed"], args.messages / relayed["elapsed"], ratio))
+            print(f"round {number}:")
+            print("  " + report("raw pika", args.messages, raw))
+            print("  " + report("relay", args.messages, relayed))
+            print(
+                f"  relay / raw pika: {ratio:.0%} of the msg/s, "
+                f"{relayed['self'] / raw['self']:.2f}x the publisher's CPU per message"
+            )
+        print(
+            f"median of {args.rounds} rounds: raw pika {statistics.median(r[0] for r in rates):,.0f} msg/s, "
+            f"relay {statistics.median(r[1] for r in rates):,.0f} msg/s, "
+            f"ratio {statistics.median(r[2] for r in rates):.0%}"
+        )
         broker = Broker(parameters, confirm_timeout=60)
         broker.connect()
         relay = build_relay(broker, args.batch_size)
-        messages = envelopes(relay, args.messages)
-        total, elapsed = drain(relay)
+        statements = statements_per_batch(relay, 10)
+        print(f"database statements (round trips) per batch of {args.batch_size}: {statements:.1f}")
         broker.close()
-        relay_rate = total / elapsed
-        print(f"relay: {total} messages in {elapsed:.2f}s = {relay_rate:,.0f} msg/s (batch {args.batch_size})")
-        channel.queue_purge(queue)
-
-        blocking = raw_blocking(parameters, messages[: args.blocking_messages])
-        print(f"raw pika, blocking confirm per message: {blocking:,.0f} msg/s ({args.blocking_messages} messages)")
-        channel.queue_purge(queue)
-        windowed = raw_windowed(parameters, messages, args.window)
-        print(f"raw pika, window of {args.window} async confirms: {windowed:,.0f} msg/s ({len(messages)} messages)")
-        print(f"relay / windowed ceiling: {relay_rate / windowed:.0%}")
-        channel.queue_purge(queue)
+        relay.close()
 
         delays = latency(parameters, args.rate, args.seconds)
         print(
@@ -279,9 +441,7 @@ def main():
             f"max {max(delays):.1f} ms, mean {statistics.mean(delays):.1f} ms"
         )
     finally:
-        channel.queue_delete(queue)
-        channel.exchange_delete(exchange)
-        admin.close()
+        vhost.delete()
         DATABASE.drop()
 
 

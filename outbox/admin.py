@@ -144,7 +144,7 @@ class MessageTypeFilter(admin.SimpleListFilter):
 
 
 class WireRow(NamedTuple):
-    """A row as the relay claims it (OutboxQuerySet.claim_batch), for EnvelopeWriter.body."""
+    """A row as the relay claims it (outbox.sql.claim), for EnvelopeWriter.body."""
 
     message_id: uuid.UUID
     correlation_id: uuid.UUID | None

@@ -1,10 +1,12 @@
 """One RabbitMQ connection that publishes batches with a window of asynchronous confirms.
 
 pika's BlockingChannel waits for each confirm in basic_publish, one round trip per message.
-Here a SelectConnection's I/O loop is stepped by hand instead: a whole batch is written, then
-the loop runs until the broker has acked, nacked or returned every message of it. The caller
-stays synchronous (it holds a database transaction around the batch) and pays one round trip
-per batch.
+Here a SelectConnection's I/O loop is stepped by hand instead: the messages of a batch are
+written as the caller produces them, confirms are taken in between, and at the end the loop runs
+until the broker has acked, nacked or returned every message. The caller stays synchronous; a
+caller whose batch spans several database transactions (outbox.relay) can wait, while it
+produces the batch, for the broker's answer to its earlier messages (await_outcomes) and read
+it from the outcome in progress.
 
 Publishes use MassTransit's publish topology: a durable fanout exchange per message type, each
 derived type's exchange bound to its base type's, declared once per connection. They are
@@ -29,6 +31,10 @@ logger = logging.getLogger(__name__)
 # How many messages are written between two non-blocking turns of the I/O loop: the socket
 # drains and confirms come in while the rest of the batch is serialised.
 PUMP_EVERY = 128
+# The most messages unconfirmed at once: a sliding window, as publishers with asynchronous
+# confirms keep. Enough to keep the broker busy while the relay's database work for a batch
+# takes its turn, little enough that a lost connection leaves few messages to send again.
+WINDOW = 1000
 
 
 class BrokerUnavailable(Exception):
@@ -47,7 +53,7 @@ def connection_parameters(url: str, *, blocked_timeout: float) -> pika.URLParame
     return parameters
 
 
-@dataclass
+@dataclass(slots=True)
 class Outgoing:
     """One message to publish. key is the caller's handle for it, echoed in the Outcome."""
 
@@ -83,9 +89,10 @@ def describe(error: BaseException) -> str:
 class Broker:
     """A publisher-confirms channel on one connection; connect() again after it is lost."""
 
-    def __init__(self, parameters: pika.ConnectionParameters, *, confirm_timeout: float):
+    def __init__(self, parameters: pika.ConnectionParameters, *, confirm_timeout: float, window: int = WINDOW):
         self.parameters = parameters
         self.confirm_timeout = confirm_timeout
+        self.window = window
         self._connection: SelectConnection | None = None
         self._lost: BaseException | None = None
         self._channel = None
@@ -143,6 +150,28 @@ class Broker:
             connection.ioloop.remove_timeout(timer)
         connection.ioloop.close()
 
+    @property
+    def outcome(self) -> Outcome | None:
+        """The outcome of the publish_batch in progress, filled in as the broker answers."""
+        return self._outcome
+
+    def await_outcomes(self, done: Callable[[], Any]) -> None:
+        """Run the I/O loop until done(), from within the batch publish_batch is reading.
+
+        Messages of a channel the broker closed fail then, as at the end of a batch. Raises
+        BrokerUnavailable if the connection is lost or no answer comes within confirm_timeout.
+        """
+        while not done():
+            channel = self._channel
+            self._run_until(
+                lambda channel=channel: done() or self._channel is not channel or self._lost, self.confirm_timeout
+            )
+            self._raise_if_lost()
+            if self._channel is not channel:
+                self._open_channel()
+            elif not done():
+                raise self._stalled()
+
     def service(self, seconds: float) -> bool:
         """Process I/O (heartbeats) for up to seconds; False if the connection is gone."""
         if not self.is_open:
@@ -153,8 +182,9 @@ class Broker:
     def publish_batch(self, batch: Iterable[Outgoing]) -> Outcome:
         """Publish batch in order and wait for the broker's verdict on every message.
 
-        batch may be a generator: each message goes out as soon as it is produced, so the broker
-        stores and confirms the first ones while the caller is still reading the rest.
+        batch may be a generator: each message goes out as soon as it is produced (and fewer
+        than window are unconfirmed), so the broker stores and confirms the first ones while the
+        caller is still reading the rest.
 
         A message is delivered when the broker acked it, unroutable when it was returned then
         acked, failed when it was nacked, its channel closed before the ack, or its exchanges
@@ -175,6 +205,7 @@ class Broker:
 
     def _publish(self, batch: Iterable[Outgoing], outcome: Outcome) -> None:
         chain_errors: dict[tuple, str | None] = {}
+        written = 0  # since the last count in metrics.PUBLISHED
         for index, message in enumerate(batch):
             chain = message.exchanges
             if chain not in chain_errors:
@@ -182,6 +213,8 @@ class Broker:
             if chain_errors[chain] is not None:
                 outcome.failed[message.key] = chain_errors[chain]
                 continue
+            if len(self._unconfirmed) >= self.window:
+                self._await_room()
             if self._channel is None:
                 # The broker closed the channel (its unconfirmed messages failed): go on in a new one.
                 self._open_channel()
@@ -191,10 +224,13 @@ class Broker:
                 self._channel.basic_publish(message.exchanges[0], "", message.body, message.properties, mandatory=True)
             except pika.exceptions.AMQPError as error:
                 raise BrokerUnavailable(describe(error)) from error
-            metrics.PUBLISHED.inc()
+            written += 1
             if index % PUMP_EVERY == PUMP_EVERY - 1:
+                metrics.PUBLISHED.inc(written)
+                written = 0
                 self._run_until(lambda: self._lost, 0)
                 self._raise_if_lost()
+        metrics.PUBLISHED.inc(written)
         self._await_confirms()
 
     def _await_confirms(self) -> None:
@@ -207,6 +243,17 @@ class Broker:
         if self._channel is not channel:
             self._open_channel()
         elif self._unconfirmed:
+            raise self._stalled()
+
+    def _await_room(self) -> None:
+        """Wait until fewer than window messages are unconfirmed, or the channel has closed."""
+        channel = self._channel
+        self._run_until(
+            lambda: len(self._unconfirmed) < self.window or self._channel is not channel or self._lost,
+            self.confirm_timeout,
+        )
+        self._raise_if_lost()
+        if self._channel is channel and len(self._unconfirmed) >= self.window:
             raise self._stalled()
 
     # Topology.
@@ -260,7 +307,8 @@ class Broker:
     def _on_confirm(self, frame) -> None:
         method = frame.method
         if method.multiple:
-            tags = [tag for tag in self._unconfirmed if tag <= method.delivery_tag]
+            # Tags were added in order: the ones acked are a prefix, so stop at the first beyond.
+            tags = list(itertools.takewhile(lambda tag: tag <= method.delivery_tag, self._unconfirmed))
         else:
             tags = [method.delivery_tag] if method.delivery_tag in self._unconfirmed else []
         acked = isinstance(method, pika.spec.Basic.Ack)

@@ -65,15 +65,18 @@ class EnvelopeWriter:
         self._source_json = json.dumps(self.source_address)
         self._host_json = json.dumps(host_info(), separators=(",", ":"))
         self._destinations: dict[str, str] = {}
+        self._sent: tuple[datetime, str] | None = None  # the last sentTime and its text: one per batch
 
     def destination(self, exchange: str) -> str:
         # ':' and '+' are valid in a path segment; MassTransit writes exchange names verbatim.
         return self.base_address + quote(exchange, safe=":+")
 
     def body(self, row, sent_at: datetime) -> bytes:
-        """The JSON envelope of a claimed row (OutboxQuerySet.claim_batch), as bytes."""
+        """The JSON envelope of a claimed row (outbox.sql.claim), as bytes."""
         message_id = str(row.message_id)
         correlation_id = f'"{row.correlation_id}"' if row.correlation_id else "null"
+        if self._sent is None or self._sent[0] != sent_at:
+            self._sent = (sent_at, wire_time(sent_at))
         destination = self._destinations.get(row.exchange)
         if destination is None:
             destination = self._destinations[row.exchange] = json.dumps(self.destination(row.exchange))
@@ -83,7 +86,7 @@ class EnvelopeWriter:
             f'"conversationId":"{message_id}","initiatorId":null,"sourceAddress":{self._source_json},'
             f'"destinationAddress":{destination},"responseAddress":null,"faultAddress":null,'
             f'"messageType":{row.types_json},"message":{row.body_json},"expirationTime":null,'
-            f'"sentTime":"{wire_time(sent_at)}","headers":{row.headers_json},"host":{self._host_json}}}'
+            f'"sentTime":"{self._sent[1]}","headers":{row.headers_json},"host":{self._host_json}}}'
         ).encode()
 
     @staticmethod

@@ -1,64 +1,15 @@
-from collections.abc import Iterator
 from datetime import timedelta
 
 import uuid6
 from django.db import connections, models
 from django.db.models import Q
-from django.db.models.functions import Cast
 from django.utils import timezone
 
 from bookworm_scheduler.instances import ProcessInstance
 
 
 class OutboxQuerySet(models.QuerySet):
-    """The relay's and the CLI's operations on many rows, each one statement."""
-
-    def claim_batch(self, now, limit: int, chunk_size: int = 100) -> Iterator[tuple]:
-        """Lock up to limit rows ready at now, in write order, skipping rows another relay holds.
-
-        Call inside transaction.atomic(): the locks last until the caller commits the outcomes,
-        so two relays never hold the same row. Rows are read chunk_size at a time through a
-        server-side cursor (PostgreSQL), so the caller can send the first while the database
-        reads the next. Served by the partial index outbox_pending.
-
-        Each row is a named tuple (id, message_id, correlation_id, exchange, types_json,
-        body_json, headers_json) with the JSON columns left as text: the relay embeds them in
-        the envelope as they are. Model instances and a JSON decode and re-encode per message
-        cost more than the rest of the relay's work on a message together.
-        """
-        connection = connections[self.db]
-        if connection.vendor == "postgresql":
-            # LockRows between Sort and Limit rules out a top-N sort: with statistics that
-            # predate a backlog, the planner picks a bitmap scan and sorts every pending row for
-            # each batch. Without bitmap scans it walks an index in id order and stops at limit.
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL enable_bitmapscan = off")
-        return (
-            self.filter(status=OutboxMessage.Status.PENDING, available_at__lte=now)
-            .order_by("id")
-            .select_for_update(skip_locked=True)
-            .annotate(
-                types_json=Cast("message_types", models.TextField()),
-                body_json=Cast("body", models.TextField()),
-                headers_json=Cast("headers", models.TextField()),
-            )
-            .values_list(
-                "id", "message_id", "correlation_id", "exchange", "types_json", "body_json", "headers_json", named=True
-            )[:limit]
-            .iterator(chunk_size=chunk_size)
-        )
-
-    def mark_delivered(self, ids, now) -> int:
-        """Compare-and-set: only rows still pending become delivered."""
-        return self.filter(id__in=ids, status=OutboxMessage.Status.PENDING).update(
-            status=OutboxMessage.Status.DELIVERED, delivered_at=now, last_error=""
-        )
-
-    def mark_unroutable(self, ids, reason: str) -> int:
-        """The broker returned them: no queue is bound. Kept, visible and requeue-able."""
-        return self.filter(id__in=ids, status=OutboxMessage.Status.PENDING).update(
-            status=OutboxMessage.Status.UNROUTABLE, last_error=reason
-        )
+    """The CLI's and the admin's operations on many rows, each one statement (the relay's are in outbox.sql)."""
 
     def requeue(self, now) -> int:
         """Send dead and unroutable rows again, with their message ids unchanged."""
@@ -192,7 +143,8 @@ class OutboxMessage(models.Model):
     def record_failure(self, error: str, now, max_attempts: int, max_delay_seconds: int) -> None:
         """Count a failed send: retry after a doubling delay, or give up as dead.
 
-        Only sets the fields; the relay saves a batch of failures with one bulk_update.
+        Only sets the fields; the relay writes them with the rest of its batch's outcomes
+        (outbox.sql.record_outcomes).
         """
         self.attempts += 1
         self.last_error = error
@@ -201,11 +153,6 @@ class OutboxMessage(models.Model):
         else:
             delay = min(2 ** (self.attempts - 1), max_delay_seconds)
             self.available_at = now + timedelta(seconds=delay)
-
-    @classmethod
-    def save_failures(cls, messages: list["OutboxMessage"], using: str) -> None:
-        """Write what record_failure set, for many rows in one statement."""
-        cls.objects.using(using).bulk_update(messages, ["attempts", "last_error", "status", "available_at"])
 
 
 class PublishedKey(models.Model):
@@ -230,7 +177,6 @@ class PublishedKey(models.Model):
         One statement, so two transactions racing for the same key cannot both win: the
         second waits on the first's row and then sees its published_at.
         """
-        from django.db import connections
 
         table = connections[using].ops.quote_name(cls._meta.db_table)
         with connections[using].cursor() as cursor:

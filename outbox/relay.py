@@ -1,14 +1,22 @@
 """The relay: committed outbox rows to RabbitMQ, marked delivered once the broker confirmed them.
 
-Relay.deliver_batch(now) is one pass: claim a batch of ready rows (FOR UPDATE SKIP LOCKED),
-publish it with a window of confirms, record the outcomes and commit, all in one transaction,
-so that several relays share the work without sending a row twice. run() is the thin loop
-around it that `manage.py relay_outbox` starts: reconnect with backoff, sleep until NOTIFY or
-the poll interval, purge old rows now and then, keep the relay's instance row beating
-(Heartbeat). No error ends the loop: after one, the relay starts its connections afresh and
-tries again; the rows of a failed batch stay pending.
+Relay.deliver(now) is one pass: batches of ready rows claimed (FOR UPDATE SKIP LOCKED) and
+published back to back through one window of confirms. Each batch is claimed in a transaction
+of its own, on a database connection of its own (a Slot: four on PostgreSQL), and that
+transaction records the batch's outcomes and commits once the broker has answered for every
+message of it. Claims and records run in a recording thread while the publishing thread sends:
+the next batch is claimed and on its way while the last confirms of this one arrive, and the
+broker is not left idle at a batch boundary. A row stays locked from its claim
+to the commit of its outcome, so several relays share the work without sending a row twice, and
+a relay that dies releases its rows at once. deliver_batch(now) is a pass of one batch.
+
+run() is the thin loop around it that `manage.py relay_outbox` starts: reconnect with backoff,
+sleep until NOTIFY or the poll interval, purge old rows now and then, keep the relay's instance
+row beating (Heartbeat). No error ends the loop: after one, the relay starts its connections
+afresh and tries again; the rows of a batch whose outcomes were not committed stay pending.
 """
 
+import itertools
 import json
 import logging
 import os
@@ -16,12 +24,15 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import psycopg
 from django.db import (
     DEFAULT_DB_ALIAS,
     DatabaseError,
+    Error,
     InterfaceError,
     close_old_connections,
     connections,
@@ -34,8 +45,8 @@ from bookworm_scheduler import tracing
 from bookworm_scheduler.backoff import Backoff
 from bookworm_scheduler.clock import default_clock
 
-from . import metrics
-from .broker import Broker, BrokerUnavailable, Outgoing, describe
+from . import metrics, sql
+from .broker import Broker, BrokerUnavailable, Outcome, Outgoing, describe
 from .envelope import EnvelopeWriter, exchange_chain
 from .models import OutboxMessage, PublishedKey, RelayInstance
 from .publishing import NOTIFY_CHANNEL
@@ -51,8 +62,118 @@ def reconnect_backoff() -> Backoff:
     return Backoff(first=0.5, ceiling=5.0)
 
 
+class Slot:
+    """One database connection that holds the claim of one batch: its rows stay locked until record().
+
+    Either Django's connection of the alias, or (own) a connection of the slot's own, which the
+    relay's recording thread may use too, never at the same time (Relay.close() closes it). On
+    PostgreSQL claim() and record() are one round trip each (outbox.sql); elsewhere (SQLite: one
+    relay, one slot) Django's transaction functions open and close the transaction and each row's
+    outcome is a statement of its own.
+    """
+
+    def __init__(self, using: str, *, own: bool = False):
+        self.using = using
+        self._own = connections.create_connection(using) if own else None
+        if self._own is not None:
+            self._own.inc_thread_sharing()
+        self.holding = False  # a claim's transaction is open
+
+    @property
+    def own(self) -> bool:
+        return self._own is not None
+
+    @property
+    def connection(self):
+        return self._own or connections[self.using]
+
+    def claim(self, now, limit: int, after: int = 0) -> list[sql.Claimed]:
+        """Lock up to limit rows ready at now with ids above after (outbox.sql.claim), in a transaction left open."""
+        connection = self.connection
+        statement, convert = sql.claim(self.using)
+        postgresql = connection.vendor == "postgresql"
+        if not postgresql:
+            connection.set_autocommit(False)
+        self.holding = True
+        with connection.cursor() as cursor:
+            cursor.execute(statement, [connection.ops.adapt_datetimefield_value(now), after, limit])
+            if postgresql:
+                cursor.nextset()  # past BEGIN and SET LOCAL to the rows
+                cursor.nextset()
+            return convert(cursor.fetchall())
+
+    def record(self, now, delivered: list[int], others: list[tuple], returning: bool) -> list[datetime]:
+        """Write the outcomes and commit; the created_at of the rows delivered, if returning.
+
+        others: (id, status, last_error, attempts, available_at) for each row not delivered,
+        attempts and available_at None where they stay as they are.
+        """
+        connection = self.connection
+        if connection.vendor == "postgresql":
+            columns = [list(column) for column in zip(*others, strict=True)] if others else [[]] * 5
+            with connection.cursor() as cursor:
+                ids = "{" + ",".join(map(str, delivered)) + "}"
+                cursor.execute(sql.record_outcomes(self.using, returning), [now, ids, *columns])
+                cursor.nextset()  # past SET LOCAL to the UPDATE
+                created = [at for (at,) in cursor.fetchall() if at is not None] if returning else []
+            self.holding = False
+            return created
+        adapt = connection.ops.adapt_datetimefield_value
+        params = [(OutboxMessage.Status.DELIVERED, "", adapt(now), None, None, row_id) for row_id in delivered]
+        params += [(status, error, None, attempts, adapt(at), row_id) for row_id, status, error, attempts, at in others]
+        with connection.cursor() as cursor:
+            cursor.executemany(sql.record_outcome(self.using), params)
+        connection.commit()
+        connection.set_autocommit(True)
+        self.holding = False
+        if not returning:
+            return []
+        rows = OutboxMessage.objects.using(self.using).filter(id__in=delivered)
+        return list(rows.values_list("created_at", flat=True))
+
+    def release(self) -> None:
+        """Roll back the claim, if one is open: its rows stay pending and are free again."""
+        if not self.holding:
+            return
+        self.holding = False
+        connection = self.connection
+        try:
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute("ROLLBACK")
+            else:
+                connection.rollback()
+                connection.set_autocommit(True)
+        except Error:
+            connection.close()  # the server ends the transaction with the session
+
+    def close(self) -> None:
+        self.holding = False
+        if self._own is not None:
+            self._own.close()
+
+
+class _Batch:
+    """One claimed batch: its slot, the outcomes known so far, how many messages still wait for one."""
+
+    __slots__ = ("slot", "outcome", "waiting")
+
+    def __init__(self, slot: Slot, size: int):
+        self.slot = slot
+        self.outcome = Outcome()
+        self.waiting = size
+
+
 class Relay:
     """Delivers outbox rows of one database through one Broker."""
+
+    # Batches in one pass of deliver(): a pass ends with the window drained (a few milliseconds
+    # at most), so it may be long; between passes run() beats, purges and sees stop requests.
+    PASS_BATCHES = 20
+    # Batches claimed at once on PostgreSQL, a connection each: one being recorded and the next
+    # being claimed (by the recording thread), one whose last confirms arrive, one going out.
+    # With batches of 500 the broker's window of 1,000 then stays full across batch boundaries.
+    SLOTS = 4
 
     def __init__(
         self,
@@ -72,41 +193,68 @@ class Relay:
         self.retry_max_seconds = retry_max_seconds
         self.using = using
         self.clock = clock  # the database's time: rows are stamped with it by whoever publishes
+        self._slots = [Slot(using)]
+        self._pipeline: list[Slot] = []
+        self._recorder: ThreadPoolExecutor | None = None
 
     def deliver_batch(self, now) -> int:
-        """Send one batch of rows ready at now; the number of rows handled (0: nothing to do).
+        """Send one batch of rows ready at now; the number of rows handled (0: nothing to do)."""
+        return self.deliver(now, batches=1)
 
+    def deliver(self, now, batches: int | None = None, stopping: Callable[[], bool] = lambda: False) -> int:
+        """Send batches of rows ready at now back to back; the number of rows handled (0: nothing to do).
+
+        Claims the next batch while a full one is ready, up to batches (PASS_BATCHES) or until
+        stopping(), then waits for the broker's answer to every message and records the rest.
         Raises BrokerUnavailable if the broker is not connected or the connection was lost
-        mid-batch; what was confirmed by then is recorded, the rest stays pending untouched.
+        mid-pass; what was confirmed by then is recorded, the rest stays pending untouched.
         """
         if not self.broker.is_open:
             raise BrokerUnavailable("not connected")
-        spans: dict = {}  # row id -> its publish span, while tracing is on
+        delivery = _Pass(self, now, batches or self.PASS_BATCHES, stopping)
         try:
-            with transaction.atomic(using=self.using):
-                claimed: list = []
-                outcome = self.broker.publish_batch(self._outgoing(now, claimed, spans))
-                if claimed:
-                    self._record(outcome, self.clock(), spans)
+            outcome = self.broker.publish_batch(delivery.messages())
+            delivery.finish(outcome)
         finally:
-            for span in spans.values():  # no outcome: the connection was lost, or an error
+            delivery.release()  # after an error: the batches without a record roll back
+            for span in delivery.spans.values():  # no outcome: the connection was lost, or an error
                 _end_span(span, "lost", "no confirm: the batch did not finish")
         if outcome.lost:
             raise outcome.lost
         metrics.LAST_BATCH.set_to_current_time()
-        return len(claimed)
+        return delivery.claimed
 
-    def _outgoing(self, now, claimed: list, spans: dict) -> Iterator[Outgoing]:
-        """Claim rows and turn them into messages as the broker takes them; claimed collects the rows."""
-        sent_at = self.clock()
-        for row in OutboxMessage.objects.using(self.using).claim_batch(now, self.batch_size):
-            claimed.append(row)
-            yield Outgoing(
-                key=row,
-                exchanges=exchange_chain(row.exchange, row.types_json),
-                body=self.writer.body(row, sent_at),
-                properties=self.writer.properties(row, self._trace_headers(row, spans)),
-            )
+    def close(self) -> None:
+        """Close the database connections of the relay's own (Django's are closed with the others)."""
+        if self._recorder is not None:
+            self._recorder.shutdown()
+            self._recorder = None
+        for slot in self._slots + self._pipeline:
+            slot.close()
+
+    def slots(self, batches: int) -> list[Slot]:
+        """The slots a pass of batches uses: on PostgreSQL, SLOTS of their own for several batches;
+        else Django's connection (one batch, or a database with one writer)."""
+        if batches > 1 and connections[self.using].vendor == "postgresql":
+            if not self._pipeline:
+                self._pipeline = [Slot(self.using, own=True) for _ in range(self.SLOTS)]
+            return self._pipeline
+        return self._slots
+
+    @property
+    def recorder(self) -> ThreadPoolExecutor:
+        """The thread that claims and records the batches of slots of their own, while this one publishes."""
+        if self._recorder is None:
+            self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-record")
+        return self._recorder
+
+    def outgoing(self, row: sql.Claimed, sent_at: datetime, spans: dict) -> Outgoing:
+        return Outgoing(
+            key=row,
+            exchanges=exchange_chain(row.exchange, row.types_json),
+            body=self.writer.body(row, sent_at),
+            properties=self.writer.properties(row, self._trace_headers(row, spans)),
+        )
 
     def _trace_headers(self, row, spans: dict) -> dict | None:
         """The AMQP headers that carry the row's trace on to its consumers (MassTransit's and W3C's).
@@ -139,30 +287,27 @@ class Relay:
         spans[row.id] = span
         return tracing.amqp_headers(span)
 
-    def _record(self, outcome, now, spans: dict) -> None:
-        rows = OutboxMessage.objects.using(self.using)
-        if outcome.delivered:
-            rows.mark_delivered([row.id for row in outcome.delivered], now)
-            if metrics.measure_latency:
-                # The rows this batch delivered (stamped with now, index outbox_delivered), read
-                # back for their creation times: the claim does not read that column.
-                delivered = rows.filter(status=OutboxMessage.Status.DELIVERED, delivered_at=now)
-                for created_at in delivered.values_list("created_at", flat=True):
-                    metrics.PUBLISH_LATENCY.observe(max((now - created_at).total_seconds(), 0.0))
-        by_reason: dict[str, list[int]] = {}
-        for row, reason in outcome.unroutable.items():
-            by_reason.setdefault(reason, []).append(row.id)
-        for reason, ids in by_reason.items():
-            rows.mark_unroutable(ids, reason)
+    def record(self, batch: _Batch, now, spans: dict) -> None:
+        """Write a batch's outcomes in one statement and commit: its rows are free again.
+
+        Rows without an outcome (the connection was lost first) stay pending as they were.
+        """
+        outcome = batch.outcome
+        unroutable = OutboxMessage.Status.UNROUTABLE
+        others = [(row.id, unroutable, reason, None, None) for row, reason in outcome.unroutable.items()]
         failed = []
-        if outcome.failed:
-            # Rare: load the failed rows (locked by this transaction) to count their attempts.
-            messages = rows.in_bulk([row.id for row in outcome.failed])
-            for row, error in outcome.failed.items():
-                message = messages[row.id]
-                message.record_failure(error, now, self.max_attempts, self.retry_max_seconds)
-                failed.append((message, error))
-            OutboxMessage.save_failures([message for message, _ in failed], self.using)
+        for row, error in outcome.failed.items():
+            # Rare: the rule of the retry is the model's (record_failure), fed the claimed attempts.
+            message = OutboxMessage(
+                id=row.id, message_id=row.message_id, exchange=row.exchange, attempts=row.attempts, available_at=None
+            )
+            message.record_failure(error, now, self.max_attempts, self.retry_max_seconds)
+            others.append((row.id, message.status, message.last_error, message.attempts, message.available_at))
+            failed.append((message, error))
+        delivered = [row.id for row in outcome.delivered]
+        created = batch.slot.record(now, delivered, others, metrics.measure_latency)
+        for created_at in created:
+            metrics.PUBLISH_LATENCY.observe(max((now - created_at).total_seconds(), 0.0))
         self._measure(outcome, failed, spans)
         self._log(outcome, failed)
 
@@ -240,6 +385,143 @@ class Relay:
                 extra={"action": "outbox_purged", "count": deleted, "keys": keys},
             )
         return deleted
+
+
+class _Pass:
+    """The batches of one Relay.deliver(): claimed as the broker takes their messages, recorded once answered.
+
+    messages() is the generator Broker.publish_batch reads. On slots of their own (PostgreSQL,
+    several batches) the relay's recording thread claims the next batch while this one goes
+    out, and records each batch once the broker has answered for all its messages, so the
+    publishing thread does not wait on the database; the thread takes its work in order, so a
+    slot's next claim follows its record. A slot is taken for the next claim once its batch is
+    answered; only when every slot holds an unanswered batch does the publishing thread wait,
+    for the oldest one's answers, while the broker's window (Broker.window) holds the batches
+    after it. Elsewhere (one batch, or SQLite) claims and records are made in turn, in place.
+    """
+
+    def __init__(self, relay: Relay, now, batches: int, stopping: Callable[[], bool]):
+        self.relay = relay
+        self.now = now
+        self.batches = batches
+        self.stopping = stopping
+        self.claimed = 0
+        self.spans: dict = {}  # row id -> its publish span, while tracing is on
+        self._slots: list[Slot] = []
+        self._open: dict[Slot, _Batch] = {}  # the batches without a record, oldest first
+        self._tasks: list[Future] = []  # claims and records handed to the recording thread
+        self._waiting: dict[int, _Batch] = {}  # row id -> its batch, until the row has an outcome
+        self._claimed: set[int] = set()  # every row id claimed in this pass
+        self._seen = [0, 0, 0]  # how many of the outcome's delivered, unroutable, failed are sorted
+
+    def messages(self) -> Iterator[Outgoing]:
+        relay, size = self.relay, self.relay.batch_size
+        sent_at = relay.clock()
+        slots = self._slots = relay.slots(self.batches)
+        ahead = slots[0].own
+        slot = self._free_slot()
+        rows = slot.claim(self.now, size)
+        for number in range(1, self.batches + 1):
+            self._hold(slot, rows)
+            more = len(rows) == size and number < self.batches and not self.stopping()
+            if more and ahead:
+                slot = self._free_slot()
+                upcoming = self._submit(slot.claim, self.now, size, rows[-1].id)
+            for row in rows:
+                yield relay.outgoing(row, sent_at, self.spans)
+            if not more:
+                return
+            if ahead:
+                rows = upcoming.result()
+            else:
+                after = rows[-1].id
+                slot = self._free_slot()
+                rows = slot.claim(self.now, size, after)
+
+    def finish(self, outcome: Outcome) -> None:
+        """Record every batch still open, with what outcome holds for it (all of it, unless lost)."""
+        self._sort(outcome)
+        for slot, batch in list(self._open.items()):
+            del self._open[slot]
+            if batch.outcome.delivered or batch.outcome.unroutable or batch.outcome.failed:
+                self._record(slot, batch)
+            else:
+                slot.release()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.result()
+
+    def release(self) -> None:
+        """After an error: let the recording thread's work end, roll back the claims left open."""
+        futures.wait(self._tasks)
+        self._tasks = []
+        for slot in self._slots:
+            slot.release()
+        self._open.clear()
+
+    def _hold(self, slot: Slot, rows: list) -> None:
+        """Take rows as the batch open in slot."""
+        batch = self._open[slot] = _Batch(slot, len(rows))
+        self.claimed += len(rows)
+        for row in rows:
+            if row.id in self._claimed:
+                # The session of an earlier claim ended (a restart, a timeout, an operator): its
+                # rows were free to claim again. What it held goes out again in the next pass.
+                raise DatabaseError("a claim's session ended before its outcomes were recorded")
+            self._claimed.add(row.id)
+            self._waiting[row.id] = batch
+
+    def _free_slot(self) -> Slot:
+        """A slot without an open batch: record the batches answered, wait for the oldest if need be."""
+        broker = self.relay.broker
+        while True:
+            for task in [task for task in self._tasks if task.done()]:
+                self._tasks.remove(task)
+                task.result()  # a record's error ends the pass
+            if self._open and broker.outcome is not None:
+                self._record_answered(broker.outcome)
+            for slot in self._slots:
+                if slot not in self._open:
+                    return slot
+            oldest = next(iter(self._open.values()))
+            broker.await_outcomes(lambda b=oldest: self._sort(broker.outcome) or not b.waiting)
+
+    def _record_answered(self, outcome: Outcome) -> None:
+        """Record the open batches whose every message has an outcome."""
+        self._sort(outcome)
+        for slot, batch in list(self._open.items()):
+            if not batch.waiting:
+                del self._open[slot]
+                self._record(slot, batch)
+
+    def _record(self, slot: Slot, batch: _Batch) -> None:
+        now = self.relay.clock()
+        if slot.own:
+            self._submit(self.relay.record, batch, now, self.spans)
+        else:
+            self.relay.record(batch, now, self.spans)
+
+    def _submit(self, work: Callable, *args) -> Future:
+        task = self.relay.recorder.submit(work, *args)
+        self._tasks.append(task)
+        return task
+
+    def _sort(self, outcome: Outcome) -> None:
+        """Hand the outcomes the broker added since the last call to the batches of their rows."""
+        seen = self._seen
+        if len(outcome.delivered) > seen[0]:
+            for row in outcome.delivered[seen[0] :]:
+                batch = self._waiting.pop(row.id)
+                batch.outcome.delivered.append(row)
+                batch.waiting -= 1
+            seen[0] = len(outcome.delivered)
+        for index, found, name in ((1, outcome.unroutable, "unroutable"), (2, outcome.failed, "failed")):
+            if len(found) > seen[index]:
+                for row, detail in itertools.islice(found.items(), seen[index], None):
+                    batch = self._waiting.pop(row.id)
+                    getattr(batch.outcome, name)[row] = detail
+                    batch.waiting -= 1
+                seen[index] = len(found)
 
 
 class Waker:
@@ -373,11 +655,12 @@ def run(
     once: bool = False,
     heartbeat: Callable[[], None] = _no_heartbeat,
 ) -> None:
-    """Deliver until stopping() (or, once, until nothing is pending); the batch in flight finishes.
+    """Deliver until stopping() (or, once, until nothing is pending); the batches in flight finish.
 
     With once, an unreachable broker raises BrokerUnavailable instead of being retried. Every
     other error, the waits between batches included, is logged and retried after a delay.
     heartbeat (Heartbeat.beat) is called at every turn and between the slices of every wait.
+    When it returns, the relay's own database connections are closed (Relay.close).
     """
     broker_backoff, failure_backoff = reconnect_backoff(), reconnect_backoff()
     next_purge = time.monotonic()
@@ -397,7 +680,7 @@ def run(
                     extra={"action": "outbox_broker_connected"},
                 )
             broker_backoff.reset()
-            handled = relay.deliver_batch(relay.clock())
+            handled = relay.deliver(relay.clock(), stopping=stopping)
             if time.monotonic() >= next_purge:
                 while relay.purge(relay.clock(), retention, duplicate_window) == PURGE_BATCH and not stopping():
                     pass
@@ -442,6 +725,7 @@ def run(
             )
             _start_afresh(relay, waker)
             _sleep(delay, stopping)
+    relay.close()  # its own connections; the caller closes the broker, the waker and Django's
     logger.info("relay stopped", extra={"action": "outbox_relay_stopped"})
 
 
@@ -458,6 +742,7 @@ def _end_span(span, outcome: str, error: str = "") -> None:
 def _start_afresh(relay: Relay, waker: Waker) -> None:
     """Drop every connection after a failed pass; the next pass opens new ones."""
     connections[relay.using].close()
+    relay.close()
     waker.close()
     # The batch's transaction is gone: start the broker side afresh too, rather than
     # match confirms of a half-published batch against the next one.

@@ -16,7 +16,7 @@ from outbox.relay import Heartbeat, Relay, Waker, run
 class Command(BaseCommand):
     help = (
         "Send committed outbox messages to RabbitMQ and mark them delivered once confirmed. "
-        "Runs until SIGTERM/SIGINT, which let the batch in flight finish."
+        "Runs until SIGTERM/SIGINT, which let the batches in flight finish."
     )
 
     def add_arguments(self, parser):
@@ -76,4 +76,5 @@ class Command(BaseCommand):
         finally:
             heartbeat.retire()
             broker.close()
+            relay.close()
             waker.close()

@@ -1,0 +1,126 @@
+"""The statements of the relay's hot path, named and kept together (as jobs/sql.py is the scheduler's).
+
+Table and column names come from the model's _meta; each statement is built once per database
+alias (functools.cache). On PostgreSQL the claim opens its transaction and the record of the
+outcomes closes it in the same round trip as the statement itself (`BEGIN; ...` and `...;
+COMMIT` in one string, which psycopg's client-side binding cursor, Django's default, sends as
+one query): two round trips per batch, whatever its size.
+"""
+
+import functools
+from collections import namedtuple
+
+from django.db import connections
+
+from .models import OutboxMessage
+
+# A claimed row: what the envelope needs (EnvelopeWriter.body reads the JSON columns as text, as
+# they are stored; on PostgreSQL the ids too) and attempts, for the retry rule
+# (OutboxMessage.record_failure) if its send fails.
+Claimed = namedtuple("Claimed", "id message_id correlation_id exchange types_json body_json headers_json attempts")
+
+
+class _Names:
+    """Quoted table and column names of OutboxMessage: names.table, names.column_name."""
+
+    def __init__(self, alias: str):
+        self.quote = connections[alias].ops.quote_name
+        self.table = self.quote(OutboxMessage._meta.db_table)
+
+    def __getattr__(self, field: str) -> str:
+        return self.quote(OutboxMessage._meta.get_field(field).column)
+
+
+@functools.cache
+def claim(alias: str) -> tuple[str, object]:
+    """-- claim --: lock up to N rows ready at now, in write order, skipping rows another relay holds.
+
+    Parameters: now, an id to start after, N. A pass of the relay starts after 0, then after the
+    last row it claimed: the scan of outbox_pending then starts where the last claim stopped
+    instead of stepping again over the rows the pass holds or has just recorded (their entries
+    stay in the index until vacuum). A row below that, committed late, waits for the next pass.
+
+    On PostgreSQL the statement begins the transaction whose commit (see
+    record_outcomes) releases the locks, so two relays never hold the same row; SET LOCAL
+    enable_bitmapscan = off keeps the plan on the partial index outbox_pending: LockRows between
+    Sort and Limit rules out a top-N sort, and with statistics older than a backlog the planner
+    would otherwise pick a bitmap scan and sort every pending row for each batch. Elsewhere
+    (SQLite) the caller opens the transaction and one relay is assumed.
+
+    Returns the statement and a converter of the fetched rows into Claimed tuples.
+    """
+    connection = connections[alias]
+    postgresql = connection.vendor == "postgresql"
+    m = _Names(alias)
+    # PostgreSQL's text of a uuid is its canonical form, what the envelope needs: no UUID object.
+    message_id, correlation_id = (f"CAST({c} AS text)" if postgresql else c for c in (m.message_id, m.correlation_id))
+    select = (
+        f"SELECT {m.id}, {message_id}, {correlation_id}, {m.exchange}, CAST({m.message_types} AS text), "
+        f"CAST({m.body} AS text), CAST({m.headers} AS text), {m.attempts} FROM {m.table} "
+        f"WHERE {m.status} = 'pending' AND {m.available_at} <= %s AND {m.id} > %s ORDER BY {m.id} LIMIT %s"
+    )
+    if postgresql:
+        statement = f"BEGIN; SET LOCAL enable_bitmapscan = off; {select} FOR UPDATE SKIP LOCKED"
+    else:
+        statement = select
+    fields = [OutboxMessage._meta.get_field(name) for name in ("id", "message_id", "correlation_id")]
+    compiler = OutboxMessage.objects.none().query.get_compiler(alias)
+    converters = compiler.get_converters([field.get_col(OutboxMessage._meta.db_table) for field in fields])
+    if converters:  # SQLite stores UUIDs as text
+
+        def convert(rows):
+            return [Claimed._make(row) for row in compiler.apply_converters(rows, converters)]
+
+    else:
+
+        def convert(rows):
+            return list(map(Claimed._make, rows))
+
+    return statement, convert
+
+
+@functools.cache
+def record_outcomes(alias: str, returning: bool) -> str:
+    """-- record_outcomes -- (PostgreSQL): every outcome of a batch in one UPDATE, then COMMIT (asynchronous).
+
+    Parameters: now (delivered_at), the ids delivered (an array literal, e.g. '{1,2}': the common
+    case costs one parameter, and no adaptation of each id), then five arrays of equal length
+    for the other rows: id, status, last_error, attempts and available_at (NULL: unchanged). A
+    compare-and-set: only rows still pending change. With returning, the statement returns the
+    created_at of the rows delivered (for outbox.metrics.PUBLISH_LATENCY).
+    """
+    m = _Names(alias)
+    delivered = OutboxMessage.Status.DELIVERED
+    statement = f"""
+        UPDATE {m.table} AS m
+           SET {m.status} = o.status, {m.last_error} = o.last_error,
+               {m.delivered_at} = CASE WHEN o.status = '{delivered}' THEN %s::timestamptz END,
+               {m.attempts} = COALESCE(o.attempts, m.{m.attempts}),
+               {m.available_at} = COALESCE(o.available_at, m.{m.available_at})
+          FROM (SELECT id, '{delivered}'::varchar AS status, ''::text AS last_error, NULL::integer AS attempts,
+                       NULL::timestamptz AS available_at
+                  FROM unnest(%s::text::bigint[]) AS id
+                 UNION ALL
+                SELECT * FROM unnest(%s::bigint[], %s::varchar[], %s::text[], %s::integer[], %s::timestamptz[])
+               ) AS o (id, status, last_error, attempts, available_at)
+         WHERE m.{m.id} = o.id AND m.{m.status} = 'pending'"""
+    if returning:
+        statement += f" RETURNING CASE WHEN o.status = '{delivered}' THEN m.{m.created_at} END"
+    # The commit does not wait for the WAL to reach the disk: should PostgreSQL crash in the next
+    # moment and lose the record, its rows are pending again and are sent again with their message
+    # ids, as after any lost record; the relay does not wait for a flush per batch meanwhile.
+    return "SET LOCAL synchronous_commit = off; " + statement + "; COMMIT"
+
+
+@functools.cache
+def record_outcome(alias: str) -> str:
+    """-- record_outcome -- (SQLite): one row's outcome, executed once per row, as record_outcomes.
+
+    Parameters: status, last_error, delivered_at, attempts and available_at (NULL: unchanged), id.
+    """
+    m = _Names(alias)
+    return (
+        f"UPDATE {m.table} SET {m.status} = %s, {m.last_error} = %s, {m.delivered_at} = %s, "
+        f"{m.attempts} = COALESCE(%s, {m.attempts}), {m.available_at} = COALESCE(%s, {m.available_at}) "
+        f"WHERE {m.id} = %s AND {m.status} = 'pending'"
+    )

@@ -10,8 +10,10 @@ It creates (and drops at the end) its own database, `<name>_bench_scheduler`, an
 1. --jobs definitions due at the same instant, each publishing one outbox message, with one
    scheduler instance and with two: occurrences per second from the due instant to the last
    recorded success, and fire lag (due instant to attempt start) p50 and p99;
-2. the fire lag of a lone due job: one definition every second, --lone-samples instants;
-3. the CPU time of an idle runscheduler over --idle-seconds with --idle-definitions enabled
+2. the statements and round trips per occurrence of the same burst on one instance, counted in a
+   run of its own from libpq's trace of every connection (bench/traced_manage.py);
+3. the fire lag of a lone due job: one definition every second, --lone-samples instants;
+4. the CPU time of an idle runscheduler over --idle-seconds with --idle-definitions enabled
    cron definitions (none due during the window), read from /proc.
 """
 
@@ -22,6 +24,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -60,8 +63,13 @@ def percentile(values, q):
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def start_schedulers(count: int, concurrency: int | None = None) -> list[subprocess.Popen]:
-    args = [sys.executable, str(ROOT / "manage.py"), "runscheduler"]
+def start_schedulers(
+    count: int, concurrency: int | None = None, trace_dir: str | None = None
+) -> list[subprocess.Popen]:
+    if trace_dir:
+        args = [sys.executable, str(ROOT / "bench" / "traced_manage.py"), trace_dir, "runscheduler"]
+    else:
+        args = [sys.executable, str(ROOT / "manage.py"), "runscheduler"]
     if concurrency:
         args += ["--concurrency", str(concurrency)]
     env = dict(os.environ, DATABASE_CONN_MAX_AGE="600")
@@ -85,10 +93,10 @@ def reset() -> None:
     PeriodicTask.objects.all().delete()
 
 
-def due_together(jobs: int, instances: int, concurrency: int | None) -> dict:
+def due_together(jobs: int, instances: int, concurrency: int | None, trace_dir: str | None = None) -> dict:
     """`jobs` definitions with one instant, all at the same moment a few seconds ahead."""
     reset()
-    processes = start_schedulers(instances, concurrency)
+    processes = start_schedulers(instances, concurrency, trace_dir)
     time.sleep(3)  # started and idle
     due = timezone.now().replace(microsecond=0) + timedelta(seconds=4)
     interval, _ = IntervalSchedule.objects.get_or_create(every=3600, period=IntervalSchedule.SECONDS)
@@ -116,6 +124,16 @@ def due_together(jobs: int, instances: int, concurrency: int | None) -> dict:
         "lag_p99_ms": percentile(lags, 99),
         "instances": sorted(set(done.values_list("scheduler", flat=True))),
     }
+
+
+def statements_per_occurrence(jobs: int, concurrency: int | None) -> dict:
+    """What one instance sends to PostgreSQL for a burst, per occurrence (start-up and idle passes included)."""
+    from bench.traced_manage import count_round_trips
+
+    with tempfile.TemporaryDirectory(prefix="bench-trace-") as trace_dir:
+        due_together(jobs, 1, concurrency, trace_dir)
+        counts = count_round_trips(Path(trace_dir))
+    return {kind: count / jobs for kind, count in counts.items()}
 
 
 def lone_job_lag(samples: int) -> dict:
@@ -172,9 +190,10 @@ def main():
     parser.add_argument("--concurrency", type=int, default=None, help="default: SCHEDULER_CONCURRENCY")
     parser.add_argument("--lone-samples", type=int, default=30)
     parser.add_argument("--idle-definitions", type=int, default=10000)
-    parser.add_argument("--idle-seconds", type=int, default=60)
+    parser.add_argument("--idle-seconds", type=int, default=60, help="0: skip the idle measure")
     options = parser.parse_args()
     call_command("migrate", verbosity=0)
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     try:
         for instances in (1, 2):
             result = due_together(options.jobs, instances, options.concurrency)
@@ -184,18 +203,27 @@ def main():
                 f"(ran on {', '.join(result['instances'])})",
                 flush=True,
             )
+        per = statements_per_occurrence(options.jobs, options.concurrency)
+        detail = ", ".join(f"{kind} {n:.2f}" for kind, n in sorted(per.items(), key=lambda kv: -kv[1])[:8])
+        print(
+            f"{options.jobs} due together, one instance, traced: {per['statements']:.2f} statements and "
+            f"{per['round_trips']:.2f} round trips per occurrence ({detail})",
+            flush=True,
+        )
         result = lone_job_lag(options.lone_samples)
         print(
             f"lone due job, {result['samples']} instants: lag p50 {result['lag_p50_ms']:.1f} ms, "
             f"p99 {result['lag_p99_ms']:.1f} ms",
             flush=True,
         )
-        result = idle_cpu(options.idle_definitions, options.idle_seconds)
-        print(
-            f"idle with {result['definitions']} cron definitions over {result['seconds']} s: "
-            f"{result['cpu_percent']:.2f} % CPU",
-            flush=True,
-        )
+        if options.idle_seconds:
+            result = idle_cpu(options.idle_definitions, options.idle_seconds)
+            print(
+                f"idle with {result['definitions']} cron definitions over {result['seconds']} s: "
+                f"{result['cpu_percent']:.2f} % CPU",
+                flush=True,
+            )
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     finally:
         connection.close()
         DATABASE.drop()

@@ -191,11 +191,15 @@ def main():
     parser.add_argument("--lone-samples", type=int, default=30)
     parser.add_argument("--idle-definitions", type=int, default=10000)
     parser.add_argument("--idle-seconds", type=int, default=60, help="0: skip the idle measure")
+    parser.add_argument(
+        "--measures", default="burst,statements,lone,idle", help="which of burst,statements,lone,idle,procrastinate"
+    )
     options = parser.parse_args()
+    measures = set(options.measures.split(","))
     call_command("migrate", verbosity=0)
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     try:
-        for instances in (1, 2):
+        for instances in (1, 2) if "burst" in measures else ():
             result = due_together(options.jobs, instances, options.concurrency)
             print(
                 f"{options.jobs} due together, {instances} instance(s): {result['per_second']:.0f} occurrences/s, "
@@ -203,20 +207,22 @@ def main():
                 f"(ran on {', '.join(result['instances'])})",
                 flush=True,
             )
-        per = statements_per_occurrence(options.jobs, options.concurrency)
-        detail = ", ".join(f"{kind} {n:.2f}" for kind, n in sorted(per.items(), key=lambda kv: -kv[1])[:8])
-        print(
-            f"{options.jobs} due together, one instance, traced: {per['statements']:.2f} statements and "
-            f"{per['round_trips']:.2f} round trips per occurrence ({detail})",
-            flush=True,
-        )
-        result = lone_job_lag(options.lone_samples)
-        print(
-            f"lone due job, {result['samples']} instants: lag p50 {result['lag_p50_ms']:.1f} ms, "
-            f"p99 {result['lag_p99_ms']:.1f} ms",
-            flush=True,
-        )
-        if options.idle_seconds:
+        if "statements" in measures:
+            per = statements_per_occurrence(options.jobs, options.concurrency)
+            detail = ", ".join(f"{kind} {n:.2f}" for kind, n in sorted(per.items(), key=lambda kv: -kv[1])[:8])
+            print(
+                f"{options.jobs} due together, one instance, traced: {per['statements']:.2f} statements and "
+                f"{per['round_trips']:.2f} round trips per occurrence ({detail})",
+                flush=True,
+            )
+        if "lone" in measures:
+            result = lone_job_lag(options.lone_samples)
+            print(
+                f"lone due job, {result['samples']} instants: lag p50 {result['lag_p50_ms']:.1f} ms, "
+                f"p99 {result['lag_p99_ms']:.1f} ms",
+                flush=True,
+            )
+        if "idle" in measures and options.idle_seconds:
             result = idle_cpu(options.idle_definitions, options.idle_seconds)
             print(
                 f"idle with {result['definitions']} cron definitions over {result['seconds']} s: "

@@ -23,8 +23,8 @@ def count_round_trips(trace_dir: Path) -> Counter:
     for path in trace_dir.glob("*.trace"):
         with path.open() as trace:
             for line in trace:
-                direction, _, kind, *rest = line.rstrip("\n").split("\t") + [""]
-                if direction != "B":
+                direction, _, kind, *rest = line.rstrip("\n").split("\t") + ["", "", ""]
+                if direction != "B":  # a message the server sent (or a line a long message wrapped)
                     continue
                 if kind in ("CommandComplete", "ErrorResponse"):
                     counts["statements"] += 1

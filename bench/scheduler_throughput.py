@@ -14,10 +14,15 @@ It creates (and drops at the end) its own database, `<name>_bench_scheduler`, an
    run of its own from libpq's trace of every connection (bench/traced_manage.py);
 3. the fire lag of a lone due job: one definition every second, --lone-samples instants;
 4. the CPU time of an idle runscheduler over --idle-seconds with --idle-definitions enabled
-   cron definitions (none due during the window), read from /proc.
+   cron definitions (none due during the window), read from /proc;
+5. beside it, the PostgreSQL peer: Procrastinate 3.x, one worker with the same concurrency draining
+   --jobs deferred jobs that each insert a row, in a database of its own on the same server
+   (bench/procrastinate_peer.py, run with .venv-procrastinate/bin/python, which `make
+   bench-scheduler` creates from bench/requirements-procrastinate.txt).
 """
 
 import argparse
+import json
 import os
 import random
 import signal
@@ -49,6 +54,7 @@ import django  # noqa: E402
 DATABASE.recreate()
 django.setup()
 
+from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.utils import timezone  # noqa: E402
@@ -136,6 +142,24 @@ def statements_per_occurrence(jobs: int, concurrency: int | None) -> dict:
     return {kind: count / jobs for kind, count in counts.items()}
 
 
+def procrastinate_peer(jobs: int, concurrency: int) -> dict:
+    python = Path(os.environ.get("PROCRASTINATE_PYTHON", ROOT / ".venv-procrastinate" / "bin" / "python"))
+    if not python.exists():
+        raise SystemExit(
+            f"{python} is missing: `make bench-scheduler` creates it (bench/requirements-procrastinate.txt)"
+        )
+    database = DATABASE.name.removesuffix("_bench_scheduler") + "_bench_procrastinate"
+    result = subprocess.run(
+        [str(python), str(ROOT / "bench" / "procrastinate_peer.py"), DATABASE.url, database, "--jobs", str(jobs)]
+        + ["--concurrency", str(concurrency)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def lone_job_lag(samples: int) -> dict:
     reset()
     processes = start_schedulers(1)
@@ -192,7 +216,9 @@ def main():
     parser.add_argument("--idle-definitions", type=int, default=10000)
     parser.add_argument("--idle-seconds", type=int, default=60, help="0: skip the idle measure")
     parser.add_argument(
-        "--measures", default="burst,statements,lone,idle", help="which of burst,statements,lone,idle,procrastinate"
+        "--measures",
+        default="burst,procrastinate,statements,lone,idle",
+        help="which of burst,procrastinate,statements,lone,idle",
     )
     options = parser.parse_args()
     measures = set(options.measures.split(","))
@@ -205,6 +231,15 @@ def main():
                 f"{options.jobs} due together, {instances} instance(s): {result['per_second']:.0f} occurrences/s, "
                 f"lag p50 {result['lag_p50_ms']:.0f} ms, p99 {result['lag_p99_ms']:.0f} ms "
                 f"(ran on {', '.join(result['instances'])})",
+                flush=True,
+            )
+        if "procrastinate" in measures:
+            concurrency = options.concurrency or settings.SCHEDULER_CONCURRENCY
+            peer = procrastinate_peer(options.jobs, concurrency)
+            print(
+                f"Procrastinate {peer['version']}, one worker (concurrency {concurrency}) draining {options.jobs} "
+                f"deferred jobs that each insert a row: {peer['per_second']:.0f} jobs/s "
+                f"(worker start to exit: {peer['per_second_wall']:.0f} jobs/s)",
                 flush=True,
             )
         if "statements" in measures:

@@ -31,6 +31,7 @@ from datetime import datetime
 
 import psycopg
 from django.db import DatabaseError, connection, transaction
+from django.db.transaction import TransactionManagementError
 
 from bookworm_scheduler import tracing
 from bookworm_scheduler.backoff import Backoff
@@ -52,7 +53,7 @@ JOB_FAILURES = (Exception, JobTimeout, SystemExit, KeyboardInterrupt)
 # A group stops locking more occurrences once it ran GROUP_RUNS of them or its transaction has been
 # open GROUP_SECONDS; it locks GROUP_LOCK at a time. Only a job whose last run here took less than
 # GROUP_SECONDS joins a group: a job not seen yet, or a slow one, runs on its own (Runner.run).
-GROUP_RUNS, GROUP_SECONDS, GROUP_LOCK = 20, 0.005, 5
+GROUP_RUNS, GROUP_SECONDS, GROUP_LOCK = 20, 0.005, 10
 
 # SQLSTATEs of a connection that broke (class 08) or a server that shut down or restarts.
 LOST_CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
@@ -127,7 +128,8 @@ class Runner:
         # What raises JobTimeout in the job after its timeout: a timer thread in a scheduler;
         # Celery's soft time limit in a worker process (jobs.executors.SoftTimeLimit).
         self.watchdog = watchdog
-        # Seconds the last run of each job (by name) took in this process: who may join a group.
+        # Seconds the runs of each job (by name) took in this process, an exponential average (one
+        # run slowed by a busy machine does not send a quick job out of groups): who may join a group.
         self._took: dict[str, float] = {}
         self.group_runs, self.group_seconds, self.group_lock = GROUP_RUNS, GROUP_SECONDS, GROUP_LOCK
 
@@ -181,7 +183,7 @@ class Runner:
                         try:
                             spec.func(context)
                         finally:
-                            self._took[spec.name] = time.monotonic() - begun
+                            self._timed(spec, begun)
                     returned = True
                     occurrence.record_attempt(session=self.session, started_at=started, now=self.clock())
             else:
@@ -342,8 +344,8 @@ class Runner:
         """The job, if this occurrence may run in a group: an atomic job, due to run, last seen to be quick.
 
         A skip, an unknown job, a job that runs its own transactions (atomic=False), one not run
-        yet in this process or one whose last run took group_seconds or more runs on its own: a
-        slow job in a group would hold back the commit of the runs before it.
+        yet in this process or one whose runs took group_seconds or more (on average) runs on its
+        own: a slow job in a group would hold back the commit of the runs before it.
         """
         if definition is None or skip_reason(occurrence, definition, self.clock()):
             return None
@@ -370,7 +372,7 @@ class Runner:
         begun = time.monotonic()
         with tracing.span(f"run {occurrence.job_name}", attributes=_span_attributes(occurrence)) as span:
             try:
-                with transaction.atomic():  # the job's savepoint
+                with _savepoint():
                     with (
                         _statement_timeout(timeout, local=True),
                         self.watchdog(timeout),
@@ -379,7 +381,7 @@ class Runner:
                         try:
                             spec.func(context)
                         finally:
-                            self._took[spec.name] = time.monotonic() - begun
+                            self._timed(spec, begun)
                 if timeout:
                     _reset_statement_timeout()  # SET LOCAL outlives the savepoint; the next job has its own
             except JOB_FAILURES as exc:
@@ -397,6 +399,10 @@ class Runner:
                 if run.error:
                     tracing.fail(span, run.error)
         return run
+
+    def _timed(self, spec: JobSpec, begun: float) -> None:
+        took, average = time.monotonic() - begun, self._took.get(spec.name)
+        self._took[spec.name] = took if average is None else average + (took - average) * 0.2
 
     def _finished_in_group(self, run: GroupRun) -> None:
         """After the group committed: the run's event and metrics, as run() has them."""
@@ -453,6 +459,35 @@ class Runner:
                 _log(run.occurrence, "occurrence_released", error=error, status="scheduled", level=logging.WARNING)
                 metrics.RUNS_FINISHED.labels(run.occurrence.job_name, metrics.RELEASED).inc()
         return len(runs) if committed else 0
+
+
+@contextmanager
+def _savepoint():
+    """The savepoint of one job in a group: rolled back if the job raises, left for the commit if it returns.
+
+    Not released: that would be one more round trip per run, and the group's commit ends them
+    all (a group of GROUP_RUNS nests that many). Like transaction.atomic() it drops the on_commit
+    callbacks of a job rolled back and clears needs_rollback after the rollback; a job that
+    returns with its transaction marked for rollback (an error it swallowed inside
+    atomic(savepoint=False), say) has failed: its work is rolled back, not committed silently.
+    """
+    sid = connection.savepoint()
+    connection.savepoint_ids.append(sid)
+    returned = False
+    try:
+        yield
+        if connection.needs_rollback:
+            raise TransactionManagementError("the job returned with its transaction marked for rollback")
+        returned = True
+    finally:
+        connection.savepoint_ids.pop()
+        if not returned:
+            connection.needs_rollback = False  # cleared first, or Django refuses the rollback itself
+            try:
+                connection.savepoint_rollback(sid)
+            except DatabaseError:
+                connection.needs_rollback = True  # the connection broke: the group is lost (connection_lost)
+                raise
 
 
 @contextmanager

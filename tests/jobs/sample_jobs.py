@@ -5,7 +5,7 @@ import os
 import time
 
 import psycopg
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 
 from jobs.registry import JobContext, job
 from outbox.events import IntegrationEvent
@@ -123,3 +123,14 @@ def bad_sql(context: JobContext) -> None:
     publish(SampleRanEvent(occurrence=context.occurrence_id, attempt=context.attempt))
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1 / 0")
+
+
+@job("test.swallow_database_error")
+def swallow_database_error(context: JobContext) -> None:
+    """Publish, then swallow a database error inside atomic(savepoint=False): its transaction can only roll back."""
+    publish(SampleRanEvent(occurrence=context.occurrence_id, attempt=context.attempt))
+    try:
+        with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+            cursor.execute("SELECT 1 / 0")
+    except DatabaseError:
+        pass

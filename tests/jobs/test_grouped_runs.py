@@ -132,6 +132,26 @@ def test_a_statement_the_database_rejects_in_a_group_aborts_only_its_own_job(clo
 
 
 @pytest.mark.django_db
+def test_a_job_that_returns_with_its_transaction_marked_for_rollback_in_a_group_has_failed(clock, no_seed_definitions):
+    scheduler = make_scheduler(clock)
+    known_quick(scheduler, clock, "test.publish", "test.swallow_database_error")
+    [swallower] = trigger(make_definition("swallower", "test.swallow_database_error", every=3600), clock)
+    after = trigger(make_definition("after", every=3600), clock, 2)
+    scheduler.planner.refresh()
+
+    assert scheduler.run_group(clock.advance(seconds=1)) == (3, False)
+
+    swallower.refresh_from_db()
+    assert (swallower.status, swallower.reason) == (
+        "failed",
+        "TransactionManagementError: the job returned with its transaction marked for rollback",
+    )
+    assert not events_of([swallower]).exists()
+    assert statuses(after) == ["succeeded", "succeeded"]
+    assert events_of(after).count() == 2
+
+
+@pytest.mark.django_db
 def test_a_job_not_seen_to_be_quick_runs_alone_after_the_group(clock, no_seed_definitions):
     scheduler = make_scheduler(clock)
     known_quick(scheduler, clock, "test.publish")

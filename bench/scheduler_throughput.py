@@ -112,9 +112,12 @@ def due_together(jobs: int, instances: int, concurrency: int | None, trace_dir: 
     from django_celery_beat.models import PeriodicTasks
 
     PeriodicTasks.update_changed()
+    time.sleep(max((due - timezone.now()).total_seconds() - 0.3, 0))
+    before = cpu_snapshot(processes)
     deadline = time.monotonic() + 120
     while Occurrence.objects.filter(status="succeeded").count() < jobs and time.monotonic() < deadline:
         time.sleep(0.2)
+    after = cpu_snapshot(processes)
     stop(processes)
     done = Occurrence.objects.filter(status="succeeded")
     assert done.count() == jobs, f"only {done.count()} of {jobs} succeeded"
@@ -124,12 +127,36 @@ def due_together(jobs: int, instances: int, concurrency: int | None, trace_dir: 
         (started - scheduled).total_seconds() * 1000
         for started, scheduled in Attempt.objects.values_list("started_at", "occurrence__scheduled_for")
     ]
+    used = {kind: sum(cpu - before.get((k, pid), 0.0) for (k, pid), cpu in after.items() if k == kind) for kind in "sp"}
     return {
         "per_second": jobs / (last - due).total_seconds(),
+        "cpu_ms": {"scheduler": 1000 * used["s"] / jobs, "postgresql": 1000 * used["p"] / jobs},
         "lag_p50_ms": statistics.median(lags),
         "lag_p99_ms": percentile(lags, 99),
         "instances": sorted(set(done.values_list("scheduler", flat=True))),
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (0 if it has gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(processes) -> dict:
+    """CPU seconds of the schedulers ("s", pid) and of the PostgreSQL backends serving them ("p", pid).
+
+    Backends of the bench's database other than this script's own; one started later counts whole.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        backends = [pid for (pid,) in cursor.fetchall()]
+    return {("s", p.pid): cpu_seconds(p.pid) for p in processes} | {("p", pid): cpu_seconds(pid) for pid in backends}
 
 
 def statements_per_occurrence(jobs: int, concurrency: int | None) -> dict:
@@ -194,15 +221,9 @@ def idle_cpu(definitions: int, seconds: int) -> dict:
     )
     [process] = start_schedulers(1)
     time.sleep(15)  # start-up: load and compute 10,000 next instants
-    ticks = os.sysconf("SC_CLK_TCK")
-
-    def cpu_seconds():
-        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
-
-    before, started = cpu_seconds(), time.monotonic()
+    before, started = cpu_seconds(process.pid), time.monotonic()
     time.sleep(seconds)
-    used, elapsed = cpu_seconds() - before, time.monotonic() - started
+    used, elapsed = cpu_seconds(process.pid) - before, time.monotonic() - started
     stop([process])
     assert not Occurrence.objects.exists(), "something fell due during the idle window"
     return {"definitions": definitions, "seconds": round(elapsed), "cpu_percent": 100 * used / elapsed}
@@ -230,7 +251,8 @@ def main():
             print(
                 f"{options.jobs} due together, {instances} instance(s): {result['per_second']:.0f} occurrences/s, "
                 f"lag p50 {result['lag_p50_ms']:.0f} ms, p99 {result['lag_p99_ms']:.0f} ms "
-                f"(ran on {', '.join(result['instances'])})",
+                f"(ran on {', '.join(result['instances'])}); CPU per occurrence: scheduler "
+                f"{result['cpu_ms']['scheduler']:.2f} ms + PostgreSQL {result['cpu_ms']['postgresql']:.2f} ms",
                 flush=True,
             )
         if "procrastinate" in measures:

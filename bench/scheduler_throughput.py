@@ -103,22 +103,24 @@ def due_together(jobs: int, instances: int, concurrency: int | None, trace_dir: 
     """`jobs` definitions with one instant, all at the same moment a few seconds ahead."""
     reset()
     processes = start_schedulers(instances, concurrency, trace_dir)
-    time.sleep(3)  # started and idle
-    due = timezone.now().replace(microsecond=0) + timedelta(seconds=4)
-    interval, _ = IntervalSchedule.objects.get_or_create(every=3600, period=IntervalSchedule.SECONDS)
-    PeriodicTask.objects.bulk_create(
-        PeriodicTask(name=f"due-{n}", task="bench.publish", interval=interval, start_time=due) for n in range(jobs)
-    )
-    from django_celery_beat.models import PeriodicTasks
+    try:
+        time.sleep(3)  # started and idle
+        due = timezone.now().replace(microsecond=0) + timedelta(seconds=4)
+        interval, _ = IntervalSchedule.objects.get_or_create(every=3600, period=IntervalSchedule.SECONDS)
+        PeriodicTask.objects.bulk_create(
+            PeriodicTask(name=f"due-{n}", task="bench.publish", interval=interval, start_time=due) for n in range(jobs)
+        )
+        from django_celery_beat.models import PeriodicTasks
 
-    PeriodicTasks.update_changed()
-    time.sleep(max((due - timezone.now()).total_seconds() - 0.3, 0))
-    before = cpu_snapshot(processes)
-    deadline = time.monotonic() + 120
-    while Occurrence.objects.filter(status="succeeded").count() < jobs and time.monotonic() < deadline:
-        time.sleep(0.2)
-    after = cpu_snapshot(processes)
-    stop(processes)
+        PeriodicTasks.update_changed()
+        time.sleep(max((due - timezone.now()).total_seconds() - 0.3, 0))
+        before = cpu_snapshot(processes)
+        deadline = time.monotonic() + 120
+        while Occurrence.objects.filter(status="succeeded").count() < jobs and time.monotonic() < deadline:
+            time.sleep(0.2)
+        after = cpu_snapshot(processes)
+    finally:
+        stop(processes)  # also when this script fails (PostgreSQL restarted under it, say): no orphans
     done = Occurrence.objects.filter(status="succeeded")
     assert done.count() == jobs, f"only {done.count()} of {jobs} succeeded"
     assert OutboxMessage.objects.count() == jobs
@@ -190,14 +192,16 @@ def procrastinate_peer(jobs: int, concurrency: int) -> dict:
 def lone_job_lag(samples: int) -> dict:
     reset()
     processes = start_schedulers(1)
-    time.sleep(3)
-    start = timezone.now().replace(microsecond=0) + timedelta(seconds=2)
-    interval, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
-    PeriodicTask.objects.create(name="lone", task="bench.publish", interval=interval, start_time=start)
-    deadline = time.monotonic() + samples + 30
-    while Occurrence.objects.filter(status="succeeded").count() < samples and time.monotonic() < deadline:
-        time.sleep(0.5)
-    stop(processes)
+    try:
+        time.sleep(3)
+        start = timezone.now().replace(microsecond=0) + timedelta(seconds=2)
+        interval, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
+        PeriodicTask.objects.create(name="lone", task="bench.publish", interval=interval, start_time=start)
+        deadline = time.monotonic() + samples + 30
+        while Occurrence.objects.filter(status="succeeded").count() < samples and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        stop(processes)
     lags = [
         (started - scheduled).total_seconds() * 1000
         for started, scheduled in Attempt.objects.values_list("started_at", "occurrence__scheduled_for")[:samples]

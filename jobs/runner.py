@@ -50,10 +50,11 @@ logger = logging.getLogger(__name__)
 JOB_FAILURES = (Exception, JobTimeout, SystemExit, KeyboardInterrupt)
 
 
-# A group stops locking more occurrences once it ran GROUP_RUNS of them or its transaction has been
-# open GROUP_SECONDS; it locks GROUP_LOCK at a time. Only a job whose last run here took less than
-# GROUP_SECONDS joins a group: a job not seen yet, or a slow one, runs on its own (Runner.run).
-GROUP_RUNS, GROUP_SECONDS, GROUP_LOCK = 20, 0.005, 10
+# A group starts no more runs once it ran GROUP_RUNS or its transaction has been open GROUP_SECONDS;
+# it locks GROUP_LOCK ready occurrences at a time. Only a job whose runs here took less than
+# GROUP_JOB_FACTOR times GROUP_SECONDS (on average) joins a group, so a run waits for its commit at
+# most about that long: a job not seen yet, or a slower one, runs on its own (Runner.run).
+GROUP_RUNS, GROUP_SECONDS, GROUP_LOCK, GROUP_JOB_FACTOR = 20, 0.01, 10, 5
 
 # SQLSTATEs of a connection that broke (class 08) or a server that shut down or restarts.
 LOST_CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
@@ -322,6 +323,8 @@ class Runner:
                     wanted = min(self.group_lock, self.group_runs - len(runs))
                     ready = lock_ready(wanted, [run.occurrence.id for run in runs])
                     for occurrence in ready:
+                        if runs and time.monotonic() - began >= self.group_seconds:
+                            break  # what is left of the batch stays scheduled: unlocked at the commit
                         definition = definition_of(occurrence.task_id)
                         spec = self._groupable(occurrence, definition)
                         if spec is None:
@@ -344,13 +347,15 @@ class Runner:
         """The job, if this occurrence may run in a group: an atomic job, due to run, last seen to be quick.
 
         A skip, an unknown job, a job that runs its own transactions (atomic=False), one not run
-        yet in this process or one whose runs took group_seconds or more (on average) runs on its
-        own: a slow job in a group would hold back the commit of the runs before it.
+        yet in this process or one whose runs took GROUP_JOB_FACTOR times group_seconds or more (on
+        average) runs on its own: a slow job in a group would hold back the commit of the runs
+        before it.
         """
         if definition is None or skip_reason(occurrence, definition, self.clock()):
             return None
         spec = get_job(definition.job)
-        if spec is None or not spec.atomic or self._took.get(spec.name, self.group_seconds) >= self.group_seconds:
+        slow = GROUP_JOB_FACTOR * self.group_seconds
+        if spec is None or not spec.atomic or self._took.get(spec.name, slow) >= slow:
             return None
         return spec
 

@@ -298,9 +298,8 @@ class Occurrence(models.Model):
     def lock_ready(cls, *, now, limit: int, besides=()) -> list["Occurrence"]:
         """Lock up to `limit` ready ordinary occurrences for the current transaction, unchanged (sql.lock_ready).
 
-        Inside transaction.atomic() they stay locked (the group's claim, see Runner.run_group)
-        until it ends; besides: the ids this transaction locked already. In autocommit the lock
-        ends with the statement: what is ready now and held by no other transaction.
+        Call inside transaction.atomic(): they stay locked (the group's claim, see
+        Runner.run_group) until it ends. besides: the ids this transaction locked already.
         """
         using = router.db_for_write(cls)
         statement, names, convert = sql.lock_ready(using)

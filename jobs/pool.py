@@ -24,10 +24,10 @@ class Slot:
 class WorkerPool:
     """Runs claimed occurrences in threads: `concurrency` at once, plus `long_running` LongRunning ones.
 
-    The scheduler asks free() how many to claim, so a claim never waits for a slot; or, for
-    ordinary jobs, hands a free slot a drain (submit_drain) that claims and runs what is ready
-    itself, a group at a time. on_done is called from the worker thread after each run or
-    drain (the scheduler claims more then).
+    The scheduler asks free() how many to claim, so a claim never waits for a slot. An
+    ordinary claim may come with a drain (submit_drain) that, once it ran the claim, goes on
+    with what else is ready, a group at a time. on_done is called from the worker thread after
+    each run or drain (the scheduler claims more then).
     """
 
     def __init__(self, concurrency: int, long_running: int, on_done: Callable[[], None] = lambda: None):
@@ -58,9 +58,9 @@ class WorkerPool:
     def submit(self, occurrence: Occurrence, run: Callable[[Occurrence], None], *, long_running: bool) -> None:
         self._start(lambda slot: run(occurrence), Slot(occurrence.id), long_running)
 
-    def submit_drain(self, drain: Callable[[Slot], None]) -> None:
-        """Give an ordinary slot to drain(slot), which claims and runs ready occurrences until none is left."""
-        self._start(drain, Slot(), False)
+    def submit_drain(self, occurrence: Occurrence, drain: Callable[[Occurrence, Slot], None]) -> None:
+        """Give an ordinary slot to drain(occurrence, slot): it runs its claim, then what else is ready."""
+        self._start(lambda slot: drain(occurrence, slot), Slot(occurrence.id), False)
 
     def _start(self, work: Callable[[Slot], None], slot: Slot, long_running: bool) -> None:
         with self._lock:

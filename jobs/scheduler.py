@@ -162,8 +162,8 @@ class Scheduler:
     def dispatch(self, now: datetime) -> int:
         """Claim what is ready, as many as there are free slots, and hand it to the executor.
 
-        With the thread pool, ordinary slots are not given claims but drains (_drain): as many
-        as there are ready occurrences that no other transaction holds, up to the free slots.
+        With the thread pool, an ordinary slot is given a drain (_drain) that runs its claim and
+        then goes on with what else is ready, a group at a time.
         """
         claimed, drained = 0, True
         for long_running in (False, True):
@@ -171,16 +171,13 @@ class Scheduler:
             if free <= 0 or self.stopping:
                 drained = False
                 continue
-            if not long_running and self._groups():
-                ready = len(Occurrence.lock_ready(now=now, limit=free))  # autocommit: the locks end at once
-                for _ in range(ready):
-                    self.pool.submit_drain(self._drain)
-                claimed += ready
-                drained &= ready < free
-                continue
             occurrences = self._claim(now, long_running=long_running, limit=free)
+            drains = not long_running and self._groups()
             for occurrence in occurrences:
-                self.pool.submit(occurrence, self._run, long_running=long_running)
+                if drains:
+                    self.pool.submit_drain(occurrence, self._drain)
+                else:
+                    self.pool.submit(occurrence, self._run, long_running=long_running)
             claimed += len(occurrences)
             drained &= len(occurrences) < free
         if drained:  # nothing more is ready: when will something be? (a finished run wakes us otherwise)
@@ -299,8 +296,11 @@ class Scheduler:
             and time.monotonic() >= self._groups_paused_until
         )
 
-    def _drain(self, slot: Slot) -> None:
-        """A pool slot's loop while ordinary work is ready: groups of short jobs, the others one at a time."""
+    def _drain(self, first: Occurrence, slot: Slot) -> None:
+        """A pool slot's work: its claim, run alone (as a lone job's always is), then while ordinary
+        work is ready, groups of short jobs and the others one at a time."""
+        self._run(first)
+        slot.occurrence_id = None
         try:
             while not self.stopping:
                 ran, alone_next = self.run_group(self.clock())

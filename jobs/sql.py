@@ -73,9 +73,9 @@ def lock_ready(alias: str):
 
     A group (jobs.runner.Runner.run_group) runs them and records them in the same transaction
     (record_group): the row lock is their claim, so a crash before the commit leaves them
-    scheduled, as if never taken. In autocommit it only counts what another scheduler does not
-    hold. Same order and rule as claim (_ready), less the ids of the last parameter but one: the
-    rows this transaction locked already, which SKIP LOCKED does not skip.
+    scheduled, as if never taken. Same order and rule as claim (_ready), less the ids of the
+    last parameter but one: the rows this transaction locked already, which SKIP LOCKED does not
+    skip.
     """
     occ = _Names("Occurrence", alias)
     columns, names, convert = _rows(occ, alias)

@@ -185,28 +185,27 @@ def test_a_scheduler_killed_in_the_middle_of_a_group_reruns_only_what_had_not_co
     scheduler_processes, scheduler_env, no_seed_definitions, tmp_path
 ):
     marker = tmp_path / "holding"
-    # A generous group time: on a loaded machine a quick job may take more than the default 5 ms.
+    # A generous group time: on a loaded machine a quick job may take longer than the default.
     env = dict(scheduler_env, SCHEDULER_LEASE_SECONDS="3", SCHEDULER_GROUP_MILLISECONDS="1000")
     victim = scheduler_processes("--concurrency", "1", env=env, instance_id="victim")
     [done] = trigger(make_definition("done", "test.hold_once", every=3600))
     wait_for(lambda: Occurrence.objects.filter(id=done.id, status="succeeded").exists(), timeout=30)
-    # Now known to be quick: these three run as one group (they commit together), and the third holds it open.
+    # The slot's claim runs alone and commits; the next three run as one group, the last holding it open.
     pending_task = make_definition("pending", "test.hold_once", every=3600)
     holder = make_definition("holder", "test.hold_once", every=3600, kwargs={"marker": str(marker), "seconds": 60})
     with transaction.atomic():
-        pending = trigger(pending_task, count=2) + trigger(holder)
+        [alone, *grouped] = trigger(pending_task, count=3) + trigger(holder)
     wait_for(marker.exists, timeout=30)
-    assert Occurrence.objects.filter(id__in=[o.id for o in pending], status="scheduled").count() == 3
+    assert statuses([alone, *grouped]) == ["succeeded", "scheduled", "scheduled", "scheduled"]
     victim.kill()
 
     scheduler_processes(env=env, instance_id="survivor")
-    wait_for(lambda: statuses(pending) == ["succeeded"] * 3, timeout=30)
-    assert Occurrence.objects.get(id=done.id).scheduler == "victim"
-    ran = Occurrence.objects.filter(id__in=[o.id for o in pending]).values_list("scheduler", "attempts")
-    assert list(ran) == [("survivor", 1)] * 3  # the lost group counted no attempt
-    assert Attempt.objects.filter(occurrence__in=pending).count() == 3
-    assert Counter(events_of([done, *pending]).values_list("body__occurrence", flat=True)) == {
-        o.id: 1 for o in [done, *pending]
+    wait_for(lambda: statuses(grouped) == ["succeeded"] * 3, timeout=30)
+    ran = Occurrence.objects.filter(id__in=[o.id for o in [done, alone, *grouped]]).order_by("id")
+    assert list(ran.values_list("scheduler", "attempts")) == [("victim", 1)] * 2 + [("survivor", 1)] * 3
+    assert Attempt.objects.filter(occurrence__in=[done, alone, *grouped]).count() == 5  # the lost group counted none
+    assert Counter(events_of([done, alone, *grouped]).values_list("body__occurrence", flat=True)) == {
+        o.id: 1 for o in [done, alone, *grouped]
     }
     assert not Occurrence.objects.filter(status="running").exists()
 

@@ -4,8 +4,8 @@
 - leases.Leases keeps this process's heartbeat and claims alive, and reaps dead ones;
 - the executor (jobs.executors) runs claimed occurrences: pool.WorkerPool in threads, through
   runner.Runner, or CeleryExecutor hands them to Celery workers (SCHEDULER_EXECUTOR). With the
-  pool, a free ordinary slot drains what is ready itself: short atomic jobs a group per
-  transaction (Runner.run_group), the others claimed and run one at a time;
+  pool, a slot given an ordinary claim runs it, then drains what else is ready: short atomic
+  jobs a group per transaction (Runner.run_group), the others claimed and run one at a time;
 - models.prune_history keeps the history bounded;
 - alerts.AlertSender sends the alerts of failed jobs, recorded with the failures.
 

@@ -67,8 +67,15 @@ ifneq ($(TEST_SOAK_SECONDS),0)
 		SOAK_REPORTS=$(VENV)
 endif
 
-bench-scheduler: $(VENV)/.installed services
-	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/scheduler_throughput.py
+# Procrastinate, the PostgreSQL peer that bench-scheduler measures beside runscheduler, in a virtualenv of its own.
+PEER_VENV := .venv-procrastinate
+$(PEER_VENV)/.installed: bench/requirements-procrastinate.txt
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install --quiet -r bench/requirements-procrastinate.txt
+	touch $@
+
+bench-scheduler: $(VENV)/.installed $(PEER_VENV)/.installed services
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/scheduler_throughput.py $(BENCH_SCHEDULER_ARGS)
 
 bench-relay: $(VENV)/.installed services
 	DATABASE_URL=$(TEST_DATABASE_URL) RABBITMQ_URL=$(TEST_RABBITMQ_URL) DEBUG=1 $(BIN)/python bench/relay_throughput.py

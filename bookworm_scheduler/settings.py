@@ -93,6 +93,11 @@ SCHEDULER_MISFIRE_GRACE_SECONDS = _positive("int", "SCHEDULER_MISFIRE_GRACE_SECO
 SCHEDULER_SHUTDOWN_TIMEOUT_SECONDS = _positive("int", "SCHEDULER_SHUTDOWN_TIMEOUT_SECONDS", 30)
 SCHEDULER_LONG_RUNNING_CONCURRENCY = _positive("int", "SCHEDULER_LONG_RUNNING_CONCURRENCY", available_cpus())
 SCHEDULER_HISTORY_DAYS = _positive("int", "SCHEDULER_HISTORY_DAYS", 30)
+# Runs of short jobs grouped in one transaction (jobs.runner.Runner.run_group): at most this many, and
+# none started once the group has been open this long; a job that takes five times as long runs on its
+# own. SCHEDULER_GROUP_RUNS=1: no groups.
+SCHEDULER_GROUP_RUNS = _positive("int", "SCHEDULER_GROUP_RUNS", 20)
+SCHEDULER_GROUP_MILLISECONDS = _positive("int", "SCHEDULER_GROUP_MILLISECONDS", 10)
 SCHEDULER_JOB_MODULES = _read("list", "SCHEDULER_JOB_MODULES", [])
 # Where claimed occurrences run (jobs/executors.py): "inline", in the scheduler's own threads, or
 # "celery", handed over through RabbitMQ to `celery -A bookworm_scheduler worker` processes.

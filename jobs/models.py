@@ -293,13 +293,35 @@ class Occurrence(models.Model):
             limit,
         ]
         # One statement in autocommit mode: atomic on its own, one round trip.
-        with connection.cursor() as cursor:
+        return cls._fetch(using, statement, params, names, convert)
+
+    @classmethod
+    def lock_ready(cls, *, now, limit: int, besides=()) -> list["Occurrence"]:
+        """Lock up to `limit` ready ordinary occurrences for the current transaction, unchanged (sql.lock_ready).
+
+        Call inside transaction.atomic(): they stay locked (the group's claim, see
+        Runner.run_group) until it ends. besides: the ids this transaction locked already.
+        """
+        using = router.db_for_write(cls)
+        statement, names, convert = sql.lock_ready(using)
+        value = cls._meta.get_field("run_after").get_db_prep_value(now, connections[using])
+        params = [cls.Status.SCHEDULED, value, Priority.LONG_RUNNING, list(besides), limit]
+        return cls._fetch(using, statement, params, names, convert)
+
+    @classmethod
+    def _fetch(cls, using: str, statement: str, params, names, convert) -> list["Occurrence"]:
+        with connections[using].cursor() as cursor:
             cursor.execute(statement, params)
             rows = cursor.fetchall()
         if convert:
             rows = convert(rows)
         claimed = [cls.from_db(using, names, row) for row in rows]
         return sorted(claimed, key=lambda o: (-o.priority, o.run_after, o.id))
+
+    def take(self, *, session, scheduler: str, now) -> None:
+        """Claim this occurrence (locked by lock_ready) in memory only: record_group writes it with the outcome."""
+        self.status, self.attempts, self.started_at = self.Status.RUNNING, self.attempts + 1, now
+        self.scheduler, self.session = scheduler, session
 
     @classmethod
     def renew_leases(cls, ids, *, session, now, lease: timedelta) -> int:
@@ -342,22 +364,8 @@ class Occurrence(models.Model):
         if another scheduler reaped the claim meanwhile, so the caller's transaction (the job's
         own work included) rolls back.
         """
-        if not error:
-            fields = dict(status=self.Status.SUCCEEDED, finished_at=now, reason="")
-        elif retry_at is not None:
-            fields = dict(status=self.Status.SCHEDULED, run_after=max(retry_at, self.scheduled_for), reason=error)
-        else:
-            fields = dict(status=self.Status.FAILED, finished_at=now, reason=error)
-        attempt = Attempt(
-            occurrence=self,
-            number=self.attempts,
-            status=Attempt.Status.FAILED if error else Attempt.Status.SUCCEEDED,
-            scheduler=self.scheduler,
-            started_at=min(started_at, now),
-            finished_at=now,
-            duration=now - min(started_at, now),
-            error=error,
-            traceback=traceback,
+        fields, attempt = self._outcome(
+            started_at=started_at, now=now, error=error, traceback=traceback, retry_at=retry_at
         )
         using = router.db_for_write(Occurrence)
         connection = connections[using]
@@ -394,6 +402,69 @@ class Occurrence(models.Model):
         attempt.pk = row[0]
         self._alert_if_failed(now, using)
         return attempt
+
+    @classmethod
+    def record_group(cls, outcomes, *, session, scheduler: str) -> None:
+        """Record the attempts of a group's runs in one statement (sql.record_group), alerts included.
+
+        outcomes: (occurrence, started_at, now, error, traceback, retry_at) per run, each
+        occurrence taken (take()) from the rows this transaction locked with lock_ready. Raises
+        LeaseLost, and so rolls the whole group back, if a row was not where the lock left it.
+        """
+        using = router.db_for_write(cls)
+        columns: list[list] = [[] for _ in range(11)]
+        finished = []
+        for occurrence, started_at, now, error, traceback, retry_at in outcomes:
+            fields, attempt = occurrence._outcome(
+                started_at=started_at, now=now, error=error, traceback=traceback, retry_at=retry_at
+            )
+            row = (
+                occurrence.pk,
+                attempt.number,
+                fields["status"],
+                fields.get("run_after"),
+                fields.get("finished_at"),
+                fields["reason"],
+                attempt.status,
+                attempt.started_at,
+                now,
+                error,
+                traceback,
+            )
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+            finished.append((occurrence, fields, now))
+        with connections[using].cursor() as cursor:
+            cursor.execute(sql.record_group(using), [*columns, scheduler, session])
+            recorded = len(cursor.fetchall())
+        if recorded != len(finished):
+            raise LeaseLost(f"{len(finished) - recorded} of the group's {len(finished)} locked occurrences moved")
+        for occurrence, fields, now in finished:
+            for name, value in fields.items():
+                setattr(occurrence, name, value)
+            occurrence.lease_expires_at = None
+            occurrence._alert_if_failed(now, using)
+
+    def _outcome(self, *, started_at, now, error: str, traceback: str, retry_at) -> tuple[dict, "Attempt"]:
+        """The fields an ended attempt sets on the occurrence, and its Attempt row (unsaved)."""
+        if not error:
+            fields = dict(status=self.Status.SUCCEEDED, finished_at=now, reason="")
+        elif retry_at is not None:
+            fields = dict(status=self.Status.SCHEDULED, run_after=max(retry_at, self.scheduled_for), reason=error)
+        else:
+            fields = dict(status=self.Status.FAILED, finished_at=now, reason=error)
+        attempt = Attempt(
+            occurrence=self,
+            number=self.attempts,
+            status=Attempt.Status.FAILED if error else Attempt.Status.SUCCEEDED,
+            scheduler=self.scheduler,
+            started_at=min(started_at, now),
+            finished_at=now,
+            duration=now - min(started_at, now),
+            error=error,
+            traceback=traceback,
+        )
+        return fields, attempt
 
     def _alert_if_failed(self, now, using: str) -> None:
         """A run that failed for good writes its alert in the same transaction; jobs.alerts sends it."""

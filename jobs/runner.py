@@ -9,10 +9,18 @@ A lost database connection is the scheduler's problem, not the job's: the runner
 reconnects, finds out whether the run committed, and records it once. A run that did not
 commit through no fault of its job goes back to scheduled without counting an attempt.
 
+Occurrences of short atomic jobs can run together (run_group): one transaction locks a few
+ready occurrences, runs each job in a savepoint of its own and records them all in one
+statement before one commit. A job that raises or times out rolls back to its savepoint: only
+its own work is gone, and its failure is recorded with the others. The row locks are the
+group's claim: a crash before the commit leaves every occurrence of the group scheduled, with
+no attempt counted, for any scheduler to run again; what committed stays committed.
+
 Each run is one span when tracing is on (what the job publishes carries its context to the
 relay, see bookworm_scheduler.tracing) and updates this process's metrics (jobs.metrics).
 """
 
+import dataclasses
 import logging
 import threading
 import time
@@ -23,6 +31,7 @@ from datetime import datetime
 
 import psycopg
 from django.db import DatabaseError, connection, transaction
+from django.db.transaction import TransactionManagementError
 
 from bookworm_scheduler import tracing
 from bookworm_scheduler.backoff import Backoff
@@ -30,8 +39,8 @@ from outbox.publishing import origin
 
 from . import metrics
 from .definitions import Definition, load_definition
-from .models import LeaseLost, Occurrence
-from .registry import JobContext, get_job
+from .models import Attempt, LeaseLost, Occurrence
+from .registry import JobContext, JobSpec, get_job
 from .timeouts import JobTimeout, Watchdog
 
 logger = logging.getLogger(__name__)
@@ -40,6 +49,12 @@ logger = logging.getLogger(__name__)
 # KeyboardInterrupt are not Exceptions (a job's `except Exception:` cannot swallow them).
 JOB_FAILURES = (Exception, JobTimeout, SystemExit, KeyboardInterrupt)
 
+
+# A group starts no more runs once it ran GROUP_RUNS or its transaction has been open GROUP_SECONDS;
+# it locks GROUP_LOCK ready occurrences at a time. Only a job whose runs here took less than
+# GROUP_JOB_FACTOR times GROUP_SECONDS (on average) joins a group, so a run waits for its commit at
+# most about that long: a job not seen yet, or a slower one, runs on its own (Runner.run).
+GROUP_RUNS, GROUP_SECONDS, GROUP_LOCK, GROUP_JOB_FACTOR = 20, 0.01, 10, 5
 
 # SQLSTATEs of a connection that broke (class 08) or a server that shut down or restarts.
 LOST_CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
@@ -73,6 +88,30 @@ def skip_reason(occurrence: Occurrence, definition: Definition | None, now: date
     return ""
 
 
+@dataclasses.dataclass
+class GroupRun:
+    """One run of a group, until the group commits: what record_group writes and what is logged after."""
+
+    occurrence: Occurrence
+    definition: Definition
+    started: datetime
+    finished: datetime
+    error: str = ""
+    traceback: str = ""
+    retry_at: datetime | None = None
+    duration: float = 0.0
+
+    @property
+    def outcome(self) -> tuple:
+        return (self.occurrence, self.started, self.finished, self.error, self.traceback, self.retry_at)
+
+    @property
+    def status(self) -> str:
+        if not self.error:
+            return metrics.SUCCEEDED
+        return metrics.RETRY_SCHEDULED if self.retry_at else metrics.FAILED
+
+
 class Runner:
     """Runs the occurrences one scheduler session claimed; safe to share between threads."""
 
@@ -90,6 +129,10 @@ class Runner:
         # What raises JobTimeout in the job after its timeout: a timer thread in a scheduler;
         # Celery's soft time limit in a worker process (jobs.executors.SoftTimeLimit).
         self.watchdog = watchdog
+        # Seconds the runs of each job (by name) took in this process, an exponential average (one
+        # run slowed by a busy machine does not send a quick job out of groups): who may join a group.
+        self._took: dict[str, float] = {}
+        self.group_runs, self.group_seconds, self.group_lock = GROUP_RUNS, GROUP_SECONDS, GROUP_LOCK
 
     def run(self, occurrence: Occurrence, definition: Definition | None) -> None:
         """Run a claimed occurrence of definition (None: look it up) and record the attempt."""
@@ -133,12 +176,15 @@ class Runner:
         )
         timeout = definition.policy.timeout
         source = f"occurrence:{occurrence.id}"  # the origin of what the job publishes
-        returned = False
+        returned, begun = False, time.monotonic()
         try:
             if spec.atomic:
                 with transaction.atomic():
                     with _statement_timeout(timeout, local=True), self.watchdog(timeout), origin(source):
-                        spec.func(context)
+                        try:
+                            spec.func(context)
+                        finally:
+                            self._timed(spec, begun)
                     returned = True
                     occurrence.record_attempt(session=self.session, started_at=started, now=self.clock())
             else:
@@ -248,6 +294,206 @@ class Runner:
             id=occurrence.id, status=Occurrence.Status.RUNNING, session=self.session, attempts=occurrence.attempts
         ).exists()
 
+    # Groups.
+
+    def run_group(
+        self,
+        lock_ready: Callable[[int, list[int]], list[Occurrence]],
+        *,
+        scheduler: str,
+        definition_of: Callable[[int | None], Definition | None] = load_definition,
+    ) -> tuple[int, bool]:
+        """Lock ready occurrences and run them in one transaction, each job in a savepoint.
+
+        lock_ready(limit, ids) locks up to limit more, besides the ids this group has. Stops
+        before an occurrence that cannot join a group (see _groupable) and leaves it scheduled.
+        Returns how many ran, and whether such an occurrence is next: the caller claims and runs
+        it on its own (run).
+        """
+        runs: list[GroupRun] = []
+        alone_next = False
+        try:
+            with transaction.atomic():
+                began = time.monotonic()
+                while (
+                    len(runs) < self.group_runs
+                    and not alone_next
+                    and (not runs or time.monotonic() - began < self.group_seconds)
+                ):
+                    wanted = min(self.group_lock, self.group_runs - len(runs))
+                    ready = lock_ready(wanted, [run.occurrence.id for run in runs])
+                    for occurrence in ready:
+                        if runs and time.monotonic() - began >= self.group_seconds:
+                            break  # what is left of the batch stays scheduled: unlocked at the commit
+                        definition = definition_of(occurrence.task_id)
+                        spec = self._groupable(occurrence, definition)
+                        if spec is None:
+                            alone_next = True
+                            break  # it and what follows stay scheduled: unlocked at the commit
+                        runs.append(self._run_in_group(occurrence, definition, spec, scheduler))
+                    if len(ready) < wanted:
+                        break
+                if runs:
+                    Occurrence.record_group([run.outcome for run in runs], session=self.session, scheduler=scheduler)
+        except JOB_FAILURES as exc:
+            if not connection_lost(exc):
+                raise
+            return self._settle_group(runs, _one_line(exc)), False
+        for run in runs:
+            self._finished_in_group(run)
+        return len(runs), alone_next
+
+    def _groupable(self, occurrence: Occurrence, definition: Definition | None) -> JobSpec | None:
+        """The job, if this occurrence may run in a group: an atomic job, due to run, last seen to be quick.
+
+        A skip, an unknown job, a job that runs its own transactions (atomic=False), one not run
+        yet in this process or one whose runs took GROUP_JOB_FACTOR times group_seconds or more (on
+        average) runs on its own: a slow job in a group would hold back the commit of the runs
+        before it.
+        """
+        if definition is None or skip_reason(occurrence, definition, self.clock()):
+            return None
+        spec = get_job(definition.job)
+        slow = GROUP_JOB_FACTOR * self.group_seconds
+        if spec is None or not spec.atomic or self._took.get(spec.name, slow) >= slow:
+            return None
+        return spec
+
+    def _run_in_group(self, occurrence: Occurrence, definition: Definition, spec: JobSpec, scheduler: str) -> GroupRun:
+        """Run one job of a group in a savepoint; how it ended (recorded later, with the group)."""
+        started = self.clock()
+        occurrence.take(session=self.session, scheduler=scheduler, now=started)
+        metrics.RUNS_STARTED.labels(occurrence.job_name).inc()
+        context = JobContext(
+            job_name=occurrence.job_name,
+            occurrence_id=occurrence.id,
+            scheduled_for=occurrence.scheduled_for,
+            attempt=occurrence.attempts,
+            manual=occurrence.manual,
+            kwargs=definition.kwargs,
+        )
+        timeout = definition.policy.timeout
+        run = GroupRun(occurrence, definition, started, started)
+        begun = time.monotonic()
+        with tracing.span(f"run {occurrence.job_name}", attributes=_span_attributes(occurrence)) as span:
+            try:
+                with _savepoint():
+                    with (
+                        _statement_timeout(timeout, local=True),
+                        self.watchdog(timeout),
+                        origin(f"occurrence:{occurrence.id}"),
+                    ):
+                        try:
+                            spec.func(context)
+                        finally:
+                            self._timed(spec, begun)
+                if timeout:
+                    _reset_statement_timeout()  # SET LOCAL outlives the savepoint; the next job has its own
+            except JOB_FAILURES as exc:
+                if connection_lost(exc):
+                    raise  # the group is lost with the connection
+                tracing.record_exception(exc)
+                run.error = f"timed out after {timeout} s" if isinstance(exc, JobTimeout) else _one_line(exc)
+                run.traceback = traceback.format_exc()
+            run.finished = self.clock()
+            run.duration = time.monotonic() - begun
+            if run.error:
+                run.retry_at = definition.policy.retry_at(occurrence.attempts, run.finished)
+            if span is not None:
+                span.set_attribute("bookworm.run.outcome", run.status)
+                if run.error:
+                    tracing.fail(span, run.error)
+        return run
+
+    def _timed(self, spec: JobSpec, begun: float) -> None:
+        took, average = time.monotonic() - begun, self._took.get(spec.name)
+        self._took[spec.name] = took if average is None else average + (took - average) * 0.2
+
+    def _finished_in_group(self, run: GroupRun) -> None:
+        """After the group committed: the run's event and metrics, as run() has them."""
+        occurrence, status = run.occurrence, run.status
+        duration_ms = _ms(run.finished - run.started)
+        if status == metrics.SUCCEEDED:
+            _log(occurrence, "occurrence_succeeded", duration_ms=duration_ms, status="succeeded", grouped=True)
+        else:
+            _log(
+                occurrence,
+                "retry_scheduled" if run.retry_at else "occurrence_failed",
+                error=run.error,
+                retry_at=run.retry_at.isoformat() if run.retry_at else None,
+                duration_ms=duration_ms,
+                status="scheduled" if run.retry_at else "failed",
+                grouped=True,
+                level=logging.WARNING if run.retry_at else logging.ERROR,
+            )
+        job = occurrence.job_name
+        metrics.RUNS_FINISHED.labels(job, status).inc()
+        metrics.RUN_DURATION.labels(job).observe(run.duration)
+        if occurrence.attempts == 1:
+            metrics.FIRE_LAG.observe(max((run.started - occurrence.scheduled_for).total_seconds(), 0.0))
+
+    def _settle_group(self, runs: list[GroupRun], error: str) -> int:
+        """The connection broke during a group or its commit: did it commit? Nothing was claimed outside it.
+
+        Either every run of the group committed, or none did and their occurrences are still
+        scheduled, their attempts not counted (the lock was the claim). Returns how many ran.
+        """
+        for run in runs:
+            _log(run.occurrence, "run_interrupted", error=error, grouped=True, level=logging.WARNING)
+        if not runs:
+            return 0
+        first = runs[0]
+        backoff = Backoff(first=0.2, ceiling=5.0)
+        while True:
+            try:
+                connection.close()
+                committed = Attempt.objects.filter(
+                    occurrence_id=first.occurrence.id,
+                    number=first.occurrence.attempts,
+                    started_at=min(first.started, first.finished),
+                ).exists()
+                break
+            except DatabaseError:
+                if self.stopping():
+                    return 0  # committed or not, nothing is held: the history says which
+                threading.Event().wait(backoff.next())
+        for run in runs:
+            if committed:
+                self._finished_in_group(run)
+            else:
+                _log(run.occurrence, "occurrence_released", error=error, status="scheduled", level=logging.WARNING)
+                metrics.RUNS_FINISHED.labels(run.occurrence.job_name, metrics.RELEASED).inc()
+        return len(runs) if committed else 0
+
+
+@contextmanager
+def _savepoint():
+    """The savepoint of one job in a group: rolled back if the job raises, left for the commit if it returns.
+
+    Not released: that would be one more round trip per run, and the group's commit ends them
+    all (a group of GROUP_RUNS nests that many). Like transaction.atomic() it drops the on_commit
+    callbacks of a job rolled back and clears needs_rollback after the rollback; a job that
+    returns with its transaction marked for rollback (an error it swallowed inside
+    atomic(savepoint=False), say) has failed: its work is rolled back, not committed silently.
+    """
+    sid = connection.savepoint()
+    connection.savepoint_ids.append(sid)
+    returned = False
+    try:
+        yield
+        if connection.needs_rollback:
+            raise TransactionManagementError("the job returned with its transaction marked for rollback")
+        returned = True
+    finally:
+        connection.savepoint_ids.pop()
+        if not returned:
+            connection.needs_rollback = False  # cleared first, or Django refuses the rollback itself
+            try:
+                connection.savepoint_rollback(sid)
+            except DatabaseError:
+                connection.needs_rollback = True  # the connection broke: the group is lost (connection_lost)
+                raise
+
 
 @contextmanager
 def _statement_timeout(seconds: int | None, *, local: bool):
@@ -263,6 +509,12 @@ def _statement_timeout(seconds: int | None, *, local: bool):
         if not local:
             with suppress(DatabaseError), connection.cursor() as cursor:
                 cursor.execute("RESET statement_timeout")
+
+
+def _reset_statement_timeout() -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("RESET statement_timeout")
 
 
 def _ms(delta) -> float:

@@ -3,7 +3,9 @@
 - planning.Planner turns due instants into occurrence rows (the project's own cursors);
 - leases.Leases keeps this process's heartbeat and claims alive, and reaps dead ones;
 - the executor (jobs.executors) runs claimed occurrences: pool.WorkerPool in threads, through
-  runner.Runner, or CeleryExecutor hands them to Celery workers (SCHEDULER_EXECUTOR);
+  runner.Runner, or CeleryExecutor hands them to Celery workers (SCHEDULER_EXECUTOR). With the
+  pool, a slot given an ordinary claim runs it, then drains what else is ready: short atomic
+  jobs a group per transaction (Runner.run_group), the others claimed and run one at a time;
 - models.prune_history keeps the history bounded;
 - alerts.AlertSender sends the alerts of failed jobs, recorded with the failures.
 
@@ -14,6 +16,7 @@ inserts occurrences (NOTIFY), and at least once a second to see admin changes.
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -31,7 +34,8 @@ from .executors import build_executor
 from .leases import Leases
 from .models import Occurrence, prune_history
 from .planning import Planner
-from .runner import Runner
+from .pool import Slot, WorkerPool
+from .runner import GROUP_RUNS, GROUP_SECONDS, Runner, connection_lost
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +45,9 @@ POLL_INTERVAL = timedelta(seconds=1)
 NOTIFY_CHANNEL = "jobs_occurrence"
 # History pruning: rows per transaction, transactions per pass, and how often to look.
 PRUNE_BATCH, PRUNE_BATCHES, PRUNE_EVERY = 2000, 2, timedelta(minutes=10)
+# After a group failed for a reason other than a lost connection, ordinary jobs are claimed and run
+# one at a time for this long: a job whose work only fails at the commit is then recorded as failed.
+GROUPS_PAUSE = 60.0
 
 
 class Scheduler:
@@ -55,6 +62,8 @@ class Scheduler:
         history: timedelta = timedelta(days=30),
         clock: Callable[[], datetime] | None = None,
         executor: str = "inline",
+        group_runs: int = GROUP_RUNS,
+        group_seconds: float = GROUP_SECONDS,
     ):
         self.instance_id = instance_id
         self.session = uuid.uuid4()
@@ -64,6 +73,7 @@ class Scheduler:
         self.planner = Planner(grace=grace)
         self.leases = Leases(session=self.session, scheduler=instance_id, lease=lease)
         self.runner = Runner(session=self.session, clock=self.clock, stopping=lambda: self.stopping)
+        self.runner.group_runs, self.runner.group_seconds = group_runs, group_seconds
         self.pool = build_executor(
             executor,
             session=self.session,
@@ -79,6 +89,7 @@ class Scheduler:
         self._next_ready: datetime | None = None
         self._next_prune: datetime | None = None
         self._housekeeping_at: datetime | None = None
+        self._groups_paused_until = 0.0  # time.monotonic()
 
     def run(self, *, once: bool = False, shutdown_timeout: float = 30) -> int:
         """Until stop() (or, once, until nothing is due or running); the jobs still running at the end."""
@@ -149,7 +160,11 @@ class Scheduler:
         return self.leases.reap(now, self.planner.definitions)
 
     def dispatch(self, now: datetime) -> int:
-        """Claim what is ready, as many as there are free slots, and hand it to the executor."""
+        """Claim what is ready, as many as there are free slots, and hand it to the executor.
+
+        With the thread pool, an ordinary slot is given a drain (_drain) that runs its claim and
+        then goes on with what else is ready, a group at a time.
+        """
         claimed, drained = 0, True
         for long_running in (False, True):
             free = self.pool.free(long_running)
@@ -157,8 +172,12 @@ class Scheduler:
                 drained = False
                 continue
             occurrences = self._claim(now, long_running=long_running, limit=free)
+            drains = not long_running and self._groups()
             for occurrence in occurrences:
-                self.pool.submit(occurrence, self._run, long_running=long_running)
+                if drains:
+                    self.pool.submit_drain(occurrence, self._drain)
+                else:
+                    self.pool.submit(occurrence, self._run, long_running=long_running)
             claimed += len(occurrences)
             drained &= len(occurrences) < free
         if drained:  # nothing more is ready: when will something be? (a finished run wakes us otherwise)
@@ -175,6 +194,14 @@ class Scheduler:
             self._run(claimed[0])
             count += 1
         return count
+
+    def run_group(self, now: datetime) -> tuple[int, bool]:
+        """Run ordinary occurrences ready at `now` as one group in this thread (Runner.run_group)."""
+        return self.runner.run_group(
+            lambda limit, besides: Occurrence.lock_ready(now=now, limit=limit, besides=besides),
+            scheduler=self.instance_id,
+            definition_of=self._definition_of,
+        )
 
     def prune(self, now: datetime) -> bool:
         """Delete old history now and then (one scheduler at a time); True if more is left."""
@@ -259,6 +286,46 @@ class Scheduler:
             long_running=long_running,
             limit=limit,
         )
+
+    def _groups(self) -> bool:
+        """Whether free ordinary slots drain in groups: the thread pool, on PostgreSQL (sql.record_group)."""
+        return (
+            isinstance(self.pool, WorkerPool)
+            and self.runner.group_runs > 1
+            and connection.vendor == "postgresql"
+            and time.monotonic() >= self._groups_paused_until
+        )
+
+    def _drain(self, first: Occurrence, slot: Slot) -> None:
+        """A pool slot's work: its claim, run alone (as a lone job's always is), then while ordinary
+        work is ready, groups of short jobs and the others one at a time."""
+        self._run(first)
+        slot.occurrence_id = None
+        try:
+            while not self.stopping:
+                ran, alone_next = self.run_group(self.clock())
+                if alone_next:
+                    claimed = self._claim(self.clock(), long_running=False, limit=1)
+                    for occurrence in claimed:
+                        slot.occurrence_id = occurrence.id  # a committed claim: its lease is renewed
+                        self._run(occurrence)
+                        slot.occurrence_id = None
+                    ran += len(claimed)
+                if not ran:
+                    break
+        except Exception as exc:
+            connection.close()
+            if connection_lost(exc):  # the main thread notices too, and backs off
+                log_database_error(exc, None, where="worker")
+                return
+            # A bug of ours, or a group that failed at its commit (a deferred constraint of a job's
+            # work, say): one at a time for a while, so that the job's failure is recorded as its own.
+            self._groups_paused_until = time.monotonic() + GROUPS_PAUSE
+            logger.exception(
+                "a group of runs failed; ordinary jobs run one at a time for %.0f s",
+                GROUPS_PAUSE,
+                extra={"action": "group_failed", "instance": self.instance_id, "retry_in": GROUPS_PAUSE},
+            )
 
     def _definition_of(self, task_id: int | None):
         return self.planner.definitions.get(task_id) or load_definition(task_id)

@@ -23,32 +23,101 @@ class _Names:
         return self.quote(self.model._meta.get_field(field).column)
 
 
+def _ready(occ: "_Names", alias: str, long_running: bool, also: str = "") -> str:
+    """The SELECT of ready occurrences that claim and lock_ready share: one rule for what is ready, in what order.
+
+    Parameters: the scheduled status, now, the LongRunning priority, those of `also` (a further
+    condition), the limit. FOR UPDATE SKIP
+    LOCKED (on PostgreSQL): concurrent schedulers never take the same row. A range on
+    occ_ready's first column for ordinary jobs; occ_ready_long for LongRunning ones.
+    """
+    lock = " FOR UPDATE SKIP LOCKED" if connections[alias].features.has_select_for_update_skip_locked else ""
+    kind = "=" if long_running else "<"
+    return (
+        f"FROM {occ.table} WHERE {occ.status} = %s AND {occ.run_after} <= %s AND {occ.priority} {kind} %s {also}"
+        f"ORDER BY {occ.priority} DESC, {occ.run_after}, {occ.id} LIMIT %s{lock}"
+    )
+
+
+def _rows(occ: "_Names", alias: str):
+    """The columns a statement returns to build Occurrence instances, their attnames and a row converter."""
+    fields = occ.model._meta.concrete_fields
+    compiler = occ.model.objects.none().query.get_compiler(alias)
+    converters = compiler.get_converters([f.get_col(occ.model._meta.db_table) for f in fields])
+    convert = (lambda rows: list(compiler.apply_converters(rows, converters))) if converters else None
+    return ", ".join(occ.quote(f.column) for f in fields), [f.attname for f in fields], convert
+
+
 @functools.cache
 def claim(alias: str, long_running: bool):
     """-- claim --: move up to N ready occurrences to running with a lease, in one statement.
 
-    The inner SELECT takes the rows with FOR UPDATE SKIP LOCKED (on PostgreSQL), so concurrent
-    schedulers never claim the same row; index occ_ready. Each claim starts an attempt:
-    attempts + 1, started_at = now. Returns the statement, the attribute names of the
+    The inner SELECT (_ready) takes the rows with FOR UPDATE SKIP LOCKED. Each claim starts an
+    attempt: attempts + 1, started_at = now. Returns the statement, the attribute names of the
     returned columns and a converter of the rows (or None).
     """
-    connection = connections[alias]
     occ = _Names("Occurrence", alias)
-    fields = occ.model._meta.concrete_fields
-    lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
-    # A range on occ_ready's first column for ordinary jobs; occ_ready_long for LongRunning ones.
-    kind = "=" if long_running else "<"
+    columns, names, convert = _rows(occ, alias)
     statement = (
         f"UPDATE {occ.table} SET {occ.status} = %s, {occ.attempts} = {occ.attempts} + 1, {occ.scheduler} = %s, "
         f"{occ.session} = %s, {occ.lease_expires_at} = %s, {occ.started_at} = %s "
-        f"WHERE {occ.id} IN (SELECT {occ.id} FROM {occ.table} WHERE {occ.status} = %s AND {occ.run_after} <= %s "
-        f"AND {occ.priority} {kind} %s ORDER BY {occ.priority} DESC, {occ.run_after}, {occ.id} LIMIT %s{lock}) "
-        f"RETURNING {', '.join(occ.quote(f.column) for f in fields)}"
+        f"WHERE {occ.id} IN (SELECT {occ.id} {_ready(occ, alias, long_running)}) "
+        f"RETURNING {columns}"
     )
-    compiler = occ.model.objects.none().query.get_compiler(alias)
-    converters = compiler.get_converters([f.get_col(occ.model._meta.db_table) for f in fields])
-    convert = (lambda rows: list(compiler.apply_converters(rows, converters))) if converters else None
-    return statement, [f.attname for f in fields], convert
+    return statement, names, convert
+
+
+@functools.cache
+def lock_ready(alias: str):
+    """-- lock_ready --: lock up to N ready ordinary occurrences for the current transaction, unchanged.
+
+    A group (jobs.runner.Runner.run_group) runs them and records them in the same transaction
+    (record_group): the row lock is their claim, so a crash before the commit leaves them
+    scheduled, as if never taken. Same order and rule as claim (_ready), less the ids of the
+    last parameter but one: the rows this transaction locked already, which SKIP LOCKED does not
+    skip.
+    """
+    occ = _Names("Occurrence", alias)
+    columns, names, convert = _rows(occ, alias)
+    return f"SELECT {columns} {_ready(occ, alias, False, also=f'AND {occ.id} <> ALL(%s) ')}", names, convert
+
+
+@functools.cache
+def record_group(alias: str) -> str:
+    """-- record_group -- (PostgreSQL): how the runs of a group ended, one row each, in one statement.
+
+    The occurrences were locked by lock_ready in this transaction and are still scheduled in the
+    table: a compare-and-set from (scheduled, attempts - 1) to the outcome, with the claim's
+    scheduler, session and start, and one attempt row each. Parameters: arrays (one element per
+    run) of id, number, status, run_after, finished_at, reason, attempt status, started_at,
+    ended_at, error and traceback; then scheduler and session. Returns one row per attempt
+    inserted.
+    """
+    occ, att = _Names("Occurrence", alias), _Names("Attempt", alias)
+    return f"""
+        WITH done AS (
+            SELECT * FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::timestamptz[], %s::timestamptz[],
+                                 %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[], %s::text[])
+                AS d(id, number, status, run_after, finished_at, reason, attempt_status, started_at, ended_at,
+                     error, traceback)
+        ), finished AS (
+            UPDATE {occ.table} AS o
+               SET {occ.status} = done.status, {occ.attempts} = done.number, {occ.scheduler} = %s,
+                   {occ.session} = %s, {occ.started_at} = done.started_at,
+                   {occ.run_after} = COALESCE(done.run_after, o.{occ.run_after}),
+                   {occ.finished_at} = done.finished_at, {occ.reason} = done.reason, {occ.lease_expires_at} = NULL
+              FROM done
+             WHERE o.{occ.id} = done.id AND o.{occ.status} = 'scheduled' AND o.{occ.attempts} = done.number - 1
+         RETURNING o.{occ.id}, o.{occ.scheduler}
+        )
+        INSERT INTO {att.table}
+               ({att.occurrence}, {att.number}, {att.status}, {att.scheduler}, {att.started_at}, {att.finished_at},
+                {att.duration}, {att.error}, {att.traceback})
+        SELECT done.id, done.number, done.attempt_status, finished.{occ.scheduler}, done.started_at, done.ended_at,
+               done.ended_at - done.started_at, done.error, done.traceback
+          FROM done JOIN finished ON finished.{occ.id} = done.id
+        RETURNING {att.occurrence}
+    """
 
 
 @functools.cache

@@ -1,10 +1,11 @@
 """Jobs the tests run. Subprocess schedulers load them through SCHEDULER_JOB_MODULES."""
 
 import dataclasses
+import os
 import time
 
 import psycopg
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 
 from jobs.registry import JobContext, job
 from outbox.events import IntegrationEvent
@@ -89,3 +90,47 @@ def own_transactions(context: JobContext) -> None:
         publish(SampleRanEvent(occurrence=context.occurrence_id, attempt=context.attempt))
     if context.kwargs.get("fail"):
         raise RuntimeError("failed after its own commit")
+
+
+@job("test.publish_then_sleep")
+def publish_then_sleep(context: JobContext) -> None:
+    """Publish, then sleep kwargs["seconds"] in short slices: a timeout stops it after its event was written."""
+    publish(SampleRanEvent(occurrence=context.occurrence_id, attempt=context.attempt))
+    deadline = time.monotonic() + context.kwargs.get("seconds", 0)
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+@job("test.hold_once")
+def hold_once(context: JobContext) -> None:
+    """Publish; then, the first time only, create the file kwargs["marker"] and sleep kwargs["seconds"].
+
+    Lets a test kill a scheduler while this run, and the runs of its group before it, have not committed.
+    """
+    publish(SampleRanEvent(occurrence=context.occurrence_id, attempt=context.attempt))
+    marker = context.kwargs.get("marker")
+    if marker and not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        deadline = time.monotonic() + context.kwargs.get("seconds", 60)
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+@job("test.bad_sql")
+def bad_sql(context: JobContext) -> None:
+    """Publish, then send a statement the database rejects: the error aborts what the job did."""
+    publish(SampleRanEvent(occurrence=context.occurrence_id, attempt=context.attempt))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 / 0")
+
+
+@job("test.swallow_database_error")
+def swallow_database_error(context: JobContext) -> None:
+    """Publish, then swallow a database error inside atomic(savepoint=False): its transaction can only roll back."""
+    publish(SampleRanEvent(occurrence=context.occurrence_id, attempt=context.attempt))
+    try:
+        with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+            cursor.execute("SELECT 1 / 0")
+    except DatabaseError:
+        pass

@@ -39,6 +39,8 @@ class Command(BaseCommand):
             grace=timedelta(seconds=settings.SCHEDULER_MISFIRE_GRACE_SECONDS),
             history=timedelta(days=settings.SCHEDULER_HISTORY_DAYS),
             executor=settings.SCHEDULER_EXECUTOR,
+            group_runs=settings.SCHEDULER_GROUP_RUNS,
+            group_seconds=settings.SCHEDULER_GROUP_MILLISECONDS / 1000,
         )
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: scheduler.stop())

@@ -5,50 +5,15 @@ from datetime import timedelta
 
 import pytest
 from celery import Celery
-from django.conf import settings
 
 from bookworm_scheduler.clock import database_now
 from jobs.definitions import load_definition
 from jobs.executors import CeleryExecutor
 from jobs.models import Attempt, Occurrence, Priority
 from outbox.models import OutboxMessage
-from tests.jobs.celery_helpers import WorkerProcess, delete_queues, unique_queue
 from tests.jobs.helpers import make_definition, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
-
-
-@pytest.fixture
-def celery_queue():
-    name = unique_queue()
-    yield name
-    delete_queues(name, settings.RABBITMQ_URL)
-
-
-@pytest.fixture
-def celery_env(scheduler_env, celery_queue):
-    return dict(
-        scheduler_env,
-        SCHEDULER_EXECUTOR="celery",
-        SCHEDULER_CELERY_QUEUE=celery_queue,
-        SCHEDULER_LEASE_SECONDS="3",
-        SCHEDULER_JOB_MODULES="tests.jobs.sample_jobs,tests.jobs.celery_helpers",
-    )
-
-
-@pytest.fixture
-def workers(celery_env):
-    started = []
-
-    def start(**kwargs):
-        worker = WorkerProcess(celery_env, **kwargs)
-        started.append(worker)
-        worker.wait_ready()
-        return worker
-
-    yield start
-    for worker in started:
-        worker.kill()
 
 
 @pytest.fixture

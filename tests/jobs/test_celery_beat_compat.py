@@ -1,0 +1,79 @@
+"""Stock celery beat (DatabaseScheduler) on the same definitions, a real Celery worker, a real RabbitMQ.
+
+Beat sends each due PeriodicTask row's `task` (a registered @job) by name; the worker's task of
+that name records a manual occurrence tagged "celery beat" and runs it as a scheduler would.
+"""
+
+import pytest
+
+from bookworm_scheduler.celery import app, job_queues
+from jobs.models import Attempt, Occurrence
+from outbox.models import OutboxMessage
+from tests.jobs.celery_helpers import BeatProcess
+from tests.jobs.helpers import make_definition, wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+@pytest.fixture
+def beat(celery_env):
+    started = []
+
+    def start():
+        process = BeatProcess(celery_env)
+        started.append(process)
+        process.wait_ready()
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+def beat_occurrences(task):
+    return Occurrence.objects.filter(task=task, triggered_by__startswith="celery beat").order_by("id")
+
+
+def test_a_definition_fired_by_celery_beat_is_recorded_with_its_event(beat, workers, no_seed_definitions):
+    task = make_definition("beat-every-second", "test.publish", every=1)
+    workers()
+    beat()
+
+    wait_for(lambda: beat_occurrences(task).filter(status="succeeded").count() >= 2, timeout=30)
+    first = beat_occurrences(task).first()
+    assert (first.status, first.manual, first.attempts, first.job_name) == (
+        "succeeded",
+        True,
+        1,
+        "beat-every-second",
+    )
+    assert first.scheduler.startswith("celery@")
+    (attempt,) = Attempt.objects.filter(occurrence=first)
+    assert attempt.status == "succeeded"
+    assert OutboxMessage.objects.filter(body__occurrence=first.id).count() == 1
+
+
+def test_a_failed_run_under_celery_beat_is_retried_per_the_job_policy(beat, workers, no_seed_definitions):
+    task = make_definition(
+        "beat-retried", "test.fail_until", every=1, kwargs={"succeed_on": 2}, max_retries=1, retry_intervals=[1]
+    )
+    workers(concurrency=2)
+    beat()
+
+    first = wait_for(lambda: beat_occurrences(task).first())
+    wait_for(lambda: Occurrence.objects.filter(id=first.id, status="succeeded").exists(), timeout=30)
+    attempts = list(Attempt.objects.filter(occurrence=first).order_by("number").values_list("number", "status"))
+    assert attempts == [(1, "failed"), (2, "succeeded")]
+    assert list(OutboxMessage.objects.filter(body__occurrence=first.id).values_list("body__attempt", flat=True)) == [2]
+
+
+def test_a_message_that_names_no_single_definition_runs_nothing(celery_queue, workers, no_seed_definitions):
+    make_definition("beat-one", "test.publish", every=3600)
+    make_definition("beat-two", "test.publish", every=3600)
+    worker = workers()
+    queue = job_queues(celery_queue)[0]
+    # Sent by hand without beat's periodic_task_name header: two definitions of test.publish, which one?
+    app.send_task("test.publish", queue=queue, routing_key=queue.routing_key)
+
+    wait_for(lambda: "matches 2 definitions" in worker.output, timeout=30)
+    assert Occurrence.objects.count() == 0

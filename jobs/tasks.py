@@ -17,6 +17,7 @@ from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
+from django.db import transaction
 from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.clock import DatabaseClock
@@ -25,6 +26,7 @@ from .definitions import policy_of
 from .executors import LeaseKeeper, SoftTimeLimit, take_over, worker_identity
 from .leases import Leases
 from .models import Occurrence
+from .planning import hand_over_through
 from .registry import registered_jobs
 from .runner import Runner
 
@@ -73,7 +75,9 @@ def run_occurrence(occurrence_id: int, session: str, attempt: int) -> str:
 # name, which turns such a message into a manual occurrence of that definition, claimed by this
 # worker in the same insert, and runs it through jobs.runner.Runner as a scheduler would: history,
 # attempts, the outbox write in the run's transaction. A pending retry (the job's policy) comes
-# back as a Celery retry of the same task carrying the occurrence id (BEAT_OCCURRENCE).
+# back as a Celery retry of the same task carrying the occurrence id (BEAT_OCCURRENCE). The
+# definition's planning cursor moves to the run, so that a runscheduler started in beat's place
+# plans from there (jobs.planning.hand_over_through).
 
 BEAT_OCCURRENCE = "bookworm_occurrence"  # the keyword of a retry's message: the occurrence to resume
 BEAT_TRIGGERED_BY = "celery beat (message {id})"  # an occurrence's triggered_by: the message that made it
@@ -95,19 +99,24 @@ def run_beat_message(task, *args, **kwargs) -> str:
             return "unmatched"
         marker = BEAT_TRIGGERED_BY.format(id=task.request.id)
         redelivered = (task.request.delivery_info or {}).get("redelivered")
-        existing = Occurrence.objects.filter(task=definition, manual=True, triggered_by=marker).first()
-        if redelivered and existing is not None:
-            occurrence_id = existing.id  # its first worker died: resume the occurrence it made
+        existing = None
+        if redelivered:  # its first worker may have died after making the occurrence: resume that one
+            existing = Occurrence.objects.filter(task=definition, manual=True, triggered_by=marker).first()
+        if existing is not None:
+            occurrence_id = existing.id
         else:
-            occurrence = Occurrence.trigger_claimed(
-                definition,
-                priority=policy_of(definition).priority,
-                by=marker,
-                session=own_session,
-                scheduler=worker,
-                lease=lease,
-                now=clock(),
-            )
+            now = clock()
+            with transaction.atomic():
+                occurrence = Occurrence.trigger_claimed(
+                    definition,
+                    priority=policy_of(definition).priority,
+                    by=marker,
+                    session=own_session,
+                    scheduler=worker,
+                    lease=lease,
+                    now=now,
+                )
+                hand_over_through(definition.id, now)
             logger.info(
                 "celery beat sent %s: occurrence %s",
                 definition.name,

@@ -4,10 +4,13 @@ Beat sends each due PeriodicTask row's `task` (a registered @job) by name; the w
 that name records a manual occurrence tagged "celery beat" and runs it as a scheduler would.
 """
 
+from datetime import timedelta
+
 import pytest
 
 from bookworm_scheduler.celery import app, job_queues
-from jobs.models import Attempt, Occurrence
+from bookworm_scheduler.clock import database_now
+from jobs.models import Attempt, Occurrence, PlanningCursor
 from outbox.models import OutboxMessage
 from tests.jobs.celery_helpers import BeatProcess
 from tests.jobs.helpers import make_definition, wait_for
@@ -51,6 +54,25 @@ def test_a_definition_fired_by_celery_beat_is_recorded_with_its_event(beat, work
     (attempt,) = Attempt.objects.filter(occurrence=first)
     assert attempt.status == "succeeded"
     assert OutboxMessage.objects.filter(body__occurrence=first.id).count() == 1
+    assert PlanningCursor.objects.get(task=task).planned_through >= first.scheduled_for
+
+
+def test_a_runscheduler_started_in_beats_place_plans_from_beats_last_run(
+    beat, workers, scheduler_processes, no_seed_definitions
+):
+    an_hour_ago = database_now() - timedelta(hours=1)
+    task = make_definition("beat-then-runscheduler", "test.publish", every=1, planned_through=an_hour_ago)
+    workers()
+    beating = beat()
+    wait_for(lambda: beat_occurrences(task).filter(status="succeeded").exists(), timeout=30)
+    beating.stop()  # beat's runs moved the definition's cursor
+    scheduler_processes(instance_id="in-beats-place")  # the same rows, nothing converted
+
+    wait_for(lambda: Occurrence.objects.filter(task=task, manual=False, status="succeeded").count() >= 2, timeout=30)
+    # Planned from beat's last run, not from an hour ago: no instant of beat's hour is recorded missed.
+    assert Occurrence.objects.filter(task=task, status="missed").count() == 0
+    first_planned = Occurrence.objects.filter(task=task, manual=False).order_by("scheduled_for").first()
+    assert first_planned.scheduled_for > beat_occurrences(task).first().scheduled_for
 
 
 def test_a_failed_run_under_celery_beat_is_retried_per_the_job_policy(beat, workers, no_seed_definitions):

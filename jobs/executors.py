@@ -39,6 +39,9 @@ from .timeouts import JobTimeout
 logger = logging.getLogger(__name__)
 
 TASK_NAME = "jobs.run_occurrence"
+# The channel schedulers LISTEN on to wake up: migration 0003 notifies it when occurrences are
+# inserted, a worker's take_over when a scheduler's hand-over room frees.
+NOTIFY_CHANNEL = "jobs_occurrence"
 # Seconds a hand-over waits for the broker's confirm (a broker under a resource alarm never sends
 # it); the claim is then released. A message that arrives after all is still judged by the row: one run.
 CONFIRM_TIMEOUT = 10.0
@@ -235,11 +238,18 @@ def take_over(occurrence_id: int, *, handed_by, attempt: int, session, worker: s
 
     A compare-and-set on (running, handed_by, attempt) with a fresh lease; None when the
     occurrence is no longer that claim (taken already, released or reaped): a duplicate.
+    The schedulers are then woken (NOTIFY_CHANNEL): the one that handed it over has room for
+    another hand-over (CeleryExecutor.free) and uses it at once rather than at its next poll.
     """
     updated = Occurrence.objects.filter(
         id=occurrence_id, status=Occurrence.Status.RUNNING, session=handed_by, attempts=attempt
     ).update(session=session, scheduler=worker, lease_expires_at=now + lease, started_at=now)
-    return Occurrence.objects.get(id=occurrence_id) if updated else None
+    if not updated:
+        return None
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [NOTIFY_CHANNEL])
+    return Occurrence.objects.get(id=occurrence_id)
 
 
 class LeaseKeeper:

@@ -32,7 +32,8 @@ from bookworm_scheduler.clock import database_now
 
 from .definitions import Definition
 from .models import LeaseLost, Occurrence
-from .policy import Priority
+from .planning import apply_misfire_policy
+from .policy import Policy, Priority
 from .pool import WorkerPool
 from .timeouts import JobTimeout
 
@@ -66,6 +67,7 @@ def build_executor(
             queue=settings.SCHEDULER_CELERY_QUEUE,
             max_in_flight=settings.SCHEDULER_CELERY_MAX_IN_FLIGHT,
             hard_limit_margin=settings.SCHEDULER_CELERY_HARD_LIMIT_MARGIN_SECONDS,
+            grace=timedelta(seconds=settings.SCHEDULER_MISFIRE_GRACE_SECONDS),
         )
     raise ValueError(f"unknown executor {kind!r}")
 
@@ -78,7 +80,10 @@ class CeleryExecutor:
     max_in_flight of them wait at a time, so a stopped worker fleet does not make a scheduler
     claim everything that falls due. A publish the broker does not confirm releases the claim
     (back to scheduled, the attempt not counted) and pauses handing over with a backoff: the
-    occurrence is handed over when the broker is back.
+    occurrence is handed over when the broker is back. A scheduled instant whose first hand-over
+    comes later than the misfire grace after it (the broker was down that long, or no worker
+    took anything over) is judged by its job's misfire policy, as planning judges the instants
+    no scheduler was up for: recorded missed, or handed over late (misfired()).
     """
 
     def __init__(
@@ -89,9 +94,11 @@ class CeleryExecutor:
         queue: str,
         max_in_flight: int,
         hard_limit_margin: int,
+        grace: timedelta | None = None,
         app=celery_app,
     ):
         self.session = session
+        self.grace = grace if grace is not None else timedelta(seconds=settings.SCHEDULER_MISFIRE_GRACE_SECONDS)
         self.definition_of = definition_of
         self.queues = dict(zip((False, True), job_queues(queue), strict=True))
         self.max_in_flight = max_in_flight
@@ -125,6 +132,8 @@ class CeleryExecutor:
 
     def submit(self, occurrence: Occurrence, run=None, *, long_running: bool) -> None:
         """Publish occurrence to the workers, or release its claim if the broker does not confirm."""
+        if self.misfired(occurrence):
+            return
         if time.monotonic() < self._paused_until:
             self._release(occurrence, "released: the broker was unavailable; it is handed over when it returns")
             return
@@ -165,6 +174,56 @@ class CeleryExecutor:
                 "instance": occurrence.scheduler,
             },
         )
+
+    def misfired(self, occurrence: Occurrence) -> bool:
+        """Record a claimed instant missed if its misfire policy says so (True), rather than hand it over late.
+
+        Only a scheduled instant's first attempt, claimed (started_at) more than the grace after
+        its due time. The rule is planning's (apply_misfire_policy), given the instant and the
+        next one of its definition already planned: skip misses every late instant, run_once
+        all but the latest (and that one too if a later instant is on time), run_all none.
+        """
+        if occurrence.manual or occurrence.attempts != 1:
+            return False
+        now, due = occurrence.started_at, occurrence.scheduled_for
+        if now - due <= self.grace:
+            return False
+        definition = self.definition_of(occurrence.task_id)
+        policy = definition.policy if definition else Policy()
+        later = (
+            Occurrence.objects.filter(task_id=occurrence.task_id, manual=False, scheduled_for__gt=due)
+            .order_by("scheduled_for")
+            .values_list("scheduled_for", flat=True)
+            .first()
+        )
+        instants = [due] if later is None else [due, later]
+        verdict = apply_misfire_policy(instants, more_left=False, now=now, grace=self.grace, policy=policy.misfire)[0]
+        if not verdict.missed:
+            return False
+        late = (now - due).total_seconds()
+        reason = (
+            f"missed: not handed over to Celery until {now.isoformat()}, {late:.0f} s after its due time "
+            f"(the broker or the workers were unavailable; misfire policy {policy.misfire})"
+        )
+        try:
+            with transaction.atomic():
+                occurrence.miss(session=self.session, now=now, reason=reason)
+        except LeaseLost:
+            return True  # reaped meanwhile: whoever holds it now decides
+        logger.warning(
+            "recorded %s scheduled for %s as missed: %s",
+            occurrence.job_name,
+            due.isoformat(),
+            reason,
+            extra={
+                "action": "occurrence_missed",
+                "occurrence": occurrence.id,
+                "job": occurrence.job_name,
+                "status": "missed",
+                "error": reason,
+            },
+        )
+        return True
 
     def publish(self, occurrence: Occurrence, *, long_running: bool) -> None:
         """One persistent message for this claim, confirmed by the broker (confirm_publish)."""

@@ -453,6 +453,12 @@ class Occurrence(models.Model):
             )
         )
 
+    def miss(self, *, session, now, reason: str) -> None:
+        """Finish as missed without running (its misfire policy: it could not start in time); no attempt is counted."""
+        self._transition(
+            session=session, status=self.Status.MISSED, finished_at=now, reason=reason, attempts=self.attempts - 1
+        )
+
     def skip(self, *, session, now, reason: str) -> None:
         """Finish without running (definition disabled, deleted or expired); no attempt is counted."""
         self._transition(

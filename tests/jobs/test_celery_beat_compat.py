@@ -7,6 +7,7 @@ that name records a manual occurrence tagged "celery beat" and runs it as a sche
 from datetime import timedelta
 
 import pytest
+from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.celery import app, job_queues
 from bookworm_scheduler.clock import database_now
@@ -87,6 +88,25 @@ def test_a_failed_run_under_celery_beat_is_retried_per_the_job_policy(beat, work
     attempts = list(Attempt.objects.filter(occurrence=first).order_by("number").values_list("number", "status"))
     assert attempts == [(1, "failed"), (2, "succeeded")]
     assert list(OutboxMessage.objects.filter(body__occurrence=first.id).values_list("body__attempt", flat=True)) == [2]
+
+
+def test_a_worker_killed_mid_job_under_celery_beat_is_noticed_and_its_run_retried(beat, workers, no_seed_definitions):
+    task = make_definition(
+        "beat-killed-mid-job", "test.sleep", every=1, kwargs={"seconds": 60, "on_attempt": 1}, max_retries=1
+    )
+    PeriodicTask.objects.filter(id=task.id).update(one_off=True)  # beat sends it once, then disables it
+    victim = workers(name="victim")
+    beat()
+    running = wait_for(lambda: beat_occurrences(task).filter(status="running").first(), timeout=30)
+    victim.kill()  # its message was not acknowledged: RabbitMQ delivers it again
+    workers(name="survivor", concurrency=2)
+
+    wait_for(lambda: Occurrence.objects.filter(id=running.id, status="succeeded").exists(), timeout=60)
+    lost, retried = Attempt.objects.filter(occurrence=running).order_by("number")
+    assert lost.status == "failed" and "presumed dead" in lost.error
+    assert retried.status == "succeeded" and retried.scheduler.startswith("celery@")
+    assert beat_occurrences(task).count() == 1
+    assert OutboxMessage.objects.filter(body__occurrence=running.id).count() == 1
 
 
 def test_a_message_that_names_no_single_definition_runs_nothing(celery_queue, workers, no_seed_definitions):

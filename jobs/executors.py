@@ -61,6 +61,10 @@ def build_executor(
     if kind == "inline":
         return WorkerPool(concurrency, long_running_concurrency, on_done=on_done)
     if kind == "celery":
+        # A publish must fail at once while the broker is away: by default kombu retries the
+        # connection for broker_connection_timeout (4 s) on every try, and this process's main
+        # thread (planning, lease renewal) would wait that long each time. Only this process's app.
+        celery_app.conf.broker_transport_options = {**celery_app.conf.broker_transport_options, "max_retries": 0}
         return CeleryExecutor(
             session=session,
             definition_of=definition_of,

@@ -54,7 +54,7 @@ os.environ.setdefault("SECRET_KEY", "benchmark-only")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 os.environ["SCHEDULER_JOB_MODULES"] = "bench.beat_tasks"
 
-VHOST = "bookworm_bench_beat"
+VHOST = os.environ.get("BENCH_BEAT_VHOST", "bookworm_bench_beat")  # another one lets two runs share a broker
 os.environ["RABBITMQ_URL"] = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
 
 from bench.database import BenchDatabase  # noqa: E402

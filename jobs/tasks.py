@@ -124,19 +124,18 @@ def run_beat_message(task, *args, **kwargs) -> str:
                 extra={"action": "beat_occurrence_created", "occurrence": occurrence.id, "job": definition.name},
             )
             _run_claimed(occurrence, own_session, clock, lease)
-            return _follow_up(task, occurrence.id, clock)
+            return _follow_up(task, occurrence.id, clock, lease)
     now = clock()
     occurrence = Occurrence.claim_by_id(occurrence_id, now=now, session=own_session, scheduler=worker, lease=lease)
     if occurrence is not None:
         _run_claimed(occurrence, own_session, clock, lease)
-        return _follow_up(task, occurrence.id, clock)
-    row = Occurrence.objects.filter(id=occurrence_id).values("status", "lease_expires_at").first()
-    if row is not None and row["status"] == Occurrence.Status.RUNNING:
-        if row["lease_expires_at"] < now:  # its worker died, and no scheduler may be running to reap it
-            Leases(session=own_session, scheduler=worker, lease=lease).reap(now, {})
-        else:  # another process runs it (a scheduler, on the same rows): look again when its lease is due
-            raise task.retry(kwargs={BEAT_OCCURRENCE: occurrence_id}, countdown=lease.total_seconds(), max_retries=None)
-    return _follow_up(task, occurrence_id, clock)
+        return _follow_up(task, occurrence.id, clock, lease)
+    expired = Occurrence.objects.filter(
+        id=occurrence_id, status=Occurrence.Status.RUNNING, lease_expires_at__lt=now
+    ).exists()
+    if expired:  # its worker died, and no scheduler may be running to reap it
+        Leases(session=own_session, scheduler=worker, lease=lease).reap(now, {})
+    return _follow_up(task, occurrence_id, clock, lease)
 
 
 def beat_definition(job_name: str, periodic_task_name: str | None) -> PeriodicTask | None:
@@ -163,14 +162,21 @@ def _run_claimed(occurrence: Occurrence, session, clock, lease: timedelta) -> No
         Runner(session=session, clock=clock).run(occurrence, None)
 
 
-def _follow_up(task, occurrence_id: int, clock) -> str:
-    """A pending retry comes back as a Celery retry at its time; otherwise the occurrence's status."""
+def _follow_up(task, occurrence_id: int, clock, lease: timedelta) -> str:
+    """Until the occurrence has finished, the task comes back (a Celery retry); then its status.
+
+    A pending retry comes back at its time; one that another process runs (a worker that may
+    have died, or a scheduler on the same rows) when that one's lease is due.
+    """
     row = Occurrence.objects.filter(id=occurrence_id).values("status", "run_after").first()
     if row is None:
         return "deleted"
-    if row["status"] != Occurrence.Status.SCHEDULED:
+    if row["status"] == Occurrence.Status.SCHEDULED:
+        countdown = max((row["run_after"] - clock()).total_seconds(), 0.0)
+    elif row["status"] == Occurrence.Status.RUNNING:
+        countdown = lease.total_seconds()
+    else:
         return row["status"]
-    countdown = max((row["run_after"] - clock()).total_seconds(), 0.0)
     raise task.retry(kwargs={BEAT_OCCURRENCE: occurrence_id}, countdown=countdown, max_retries=None)
 
 

@@ -32,13 +32,17 @@ from bookworm_scheduler.clock import database_now
 
 from .definitions import Definition
 from .models import LeaseLost, Occurrence
-from .policy import Priority
+from .planning import apply_misfire_policy
+from .policy import Policy, Priority
 from .pool import WorkerPool
 from .timeouts import JobTimeout
 
 logger = logging.getLogger(__name__)
 
 TASK_NAME = "jobs.run_occurrence"
+# The channel schedulers LISTEN on to wake up: migration 0003 notifies it when occurrences are
+# inserted, a worker's take_over when a scheduler's hand-over room frees.
+NOTIFY_CHANNEL = "jobs_occurrence"
 # Seconds a hand-over waits for the broker's confirm (a broker under a resource alarm never sends
 # it); the claim is then released. A message that arrives after all is still judged by the row: one run.
 CONFIRM_TIMEOUT = 10.0
@@ -57,12 +61,17 @@ def build_executor(
     if kind == "inline":
         return WorkerPool(concurrency, long_running_concurrency, on_done=on_done)
     if kind == "celery":
+        # A publish must fail at once while the broker is away: by default kombu retries the
+        # connection for broker_connection_timeout (4 s) on every try, and this process's main
+        # thread (planning, lease renewal) would wait that long each time. Only this process's app.
+        celery_app.conf.broker_transport_options = {**celery_app.conf.broker_transport_options, "max_retries": 0}
         return CeleryExecutor(
             session=session,
             definition_of=definition_of,
             queue=settings.SCHEDULER_CELERY_QUEUE,
             max_in_flight=settings.SCHEDULER_CELERY_MAX_IN_FLIGHT,
             hard_limit_margin=settings.SCHEDULER_CELERY_HARD_LIMIT_MARGIN_SECONDS,
+            grace=timedelta(seconds=settings.SCHEDULER_MISFIRE_GRACE_SECONDS),
         )
     raise ValueError(f"unknown executor {kind!r}")
 
@@ -75,7 +84,10 @@ class CeleryExecutor:
     max_in_flight of them wait at a time, so a stopped worker fleet does not make a scheduler
     claim everything that falls due. A publish the broker does not confirm releases the claim
     (back to scheduled, the attempt not counted) and pauses handing over with a backoff: the
-    occurrence is handed over when the broker is back.
+    occurrence is handed over when the broker is back. A scheduled instant whose first hand-over
+    comes later than the misfire grace after it (the broker was down that long, or no worker
+    took anything over) is judged by its job's misfire policy, as planning judges the instants
+    no scheduler was up for: recorded missed, or handed over late (misfired()).
     """
 
     def __init__(
@@ -86,9 +98,11 @@ class CeleryExecutor:
         queue: str,
         max_in_flight: int,
         hard_limit_margin: int,
+        grace: timedelta | None = None,
         app=celery_app,
     ):
         self.session = session
+        self.grace = grace if grace is not None else timedelta(seconds=settings.SCHEDULER_MISFIRE_GRACE_SECONDS)
         self.definition_of = definition_of
         self.queues = dict(zip((False, True), job_queues(queue), strict=True))
         self.max_in_flight = max_in_flight
@@ -122,6 +136,8 @@ class CeleryExecutor:
 
     def submit(self, occurrence: Occurrence, run=None, *, long_running: bool) -> None:
         """Publish occurrence to the workers, or release its claim if the broker does not confirm."""
+        if self.misfired(occurrence):
+            return
         if time.monotonic() < self._paused_until:
             self._release(occurrence, "released: the broker was unavailable; it is handed over when it returns")
             return
@@ -162,6 +178,56 @@ class CeleryExecutor:
                 "instance": occurrence.scheduler,
             },
         )
+
+    def misfired(self, occurrence: Occurrence) -> bool:
+        """Record a claimed instant missed if its misfire policy says so (True), rather than hand it over late.
+
+        Only a scheduled instant's first attempt, claimed (started_at) more than the grace after
+        its due time. The rule is planning's (apply_misfire_policy), given the instant and the
+        next one of its definition already planned: skip misses every late instant, run_once
+        all but the latest (and that one too if a later instant is on time), run_all none.
+        """
+        if occurrence.manual or occurrence.attempts != 1:
+            return False
+        now, due = occurrence.started_at, occurrence.scheduled_for
+        if now - due <= self.grace:
+            return False
+        definition = self.definition_of(occurrence.task_id)
+        policy = definition.policy if definition else Policy()
+        later = (
+            Occurrence.objects.filter(task_id=occurrence.task_id, manual=False, scheduled_for__gt=due)
+            .order_by("scheduled_for")
+            .values_list("scheduled_for", flat=True)
+            .first()
+        )
+        instants = [due] if later is None else [due, later]
+        verdict = apply_misfire_policy(instants, more_left=False, now=now, grace=self.grace, policy=policy.misfire)[0]
+        if not verdict.missed:
+            return False
+        late = (now - due).total_seconds()
+        reason = (
+            f"missed: not handed over to Celery until {now.isoformat()}, {late:.0f} s after its due time "
+            f"(the broker or the workers were unavailable; misfire policy {policy.misfire})"
+        )
+        try:
+            with transaction.atomic():
+                occurrence.miss(session=self.session, now=now, reason=reason)
+        except LeaseLost:
+            return True  # reaped meanwhile: whoever holds it now decides
+        logger.warning(
+            "recorded %s scheduled for %s as missed: %s",
+            occurrence.job_name,
+            due.isoformat(),
+            reason,
+            extra={
+                "action": "occurrence_missed",
+                "occurrence": occurrence.id,
+                "job": occurrence.job_name,
+                "status": "missed",
+                "error": reason,
+            },
+        )
+        return True
 
     def publish(self, occurrence: Occurrence, *, long_running: bool) -> None:
         """One persistent message for this claim, confirmed by the broker (confirm_publish)."""
@@ -235,11 +301,18 @@ def take_over(occurrence_id: int, *, handed_by, attempt: int, session, worker: s
 
     A compare-and-set on (running, handed_by, attempt) with a fresh lease; None when the
     occurrence is no longer that claim (taken already, released or reaped): a duplicate.
+    The schedulers are then woken (NOTIFY_CHANNEL): the one that handed it over has room for
+    another hand-over (CeleryExecutor.free) and uses it at once rather than at its next poll.
     """
     updated = Occurrence.objects.filter(
         id=occurrence_id, status=Occurrence.Status.RUNNING, session=handed_by, attempts=attempt
     ).update(session=session, scheduler=worker, lease_expires_at=now + lease, started_at=now)
-    return Occurrence.objects.get(id=occurrence_id) if updated else None
+    if not updated:
+        return None
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [NOTIFY_CHANNEL])
+    return Occurrence.objects.get(id=occurrence_id)
 
 
 class LeaseKeeper:

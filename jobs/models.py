@@ -262,6 +262,44 @@ class Occurrence(models.Model):
         )
 
     @classmethod
+    def trigger_claimed(
+        cls, task: PeriodicTask, *, priority: int, by: str, session, scheduler: str, lease: timedelta, now: datetime
+    ) -> "Occurrence":
+        """A manual run of task, due now and claimed by session in the same insert (its first attempt).
+
+        For a process that runs it at once itself (a Celery worker fed by stock celery beat): no
+        scheduler can claim it between the insert and the run.
+        """
+        return cls.objects.create(
+            task=task,
+            job_name=task.name,
+            scheduled_for=now,
+            run_after=now,
+            manual=True,
+            triggered_by=by[:150],
+            priority=priority,
+            status=cls.Status.RUNNING,
+            attempts=1,
+            scheduler=scheduler,
+            session=session,
+            lease_expires_at=now + lease,
+            started_at=now,
+        )
+
+    @classmethod
+    def claim_by_id(cls, occurrence_id: int, *, now, session, scheduler: str, lease: timedelta):
+        """-- claim_by_id --: compare-and-set one ready occurrence to running for session; None if not ready."""
+        updated = cls.objects.filter(id=occurrence_id, status=cls.Status.SCHEDULED, run_after__lte=now).update(
+            status=cls.Status.RUNNING,
+            attempts=F("attempts") + 1,
+            scheduler=scheduler,
+            session=session,
+            lease_expires_at=now + lease,
+            started_at=now,
+        )
+        return cls.objects.get(id=occurrence_id) if updated else None
+
+    @classmethod
     def next_ready_at(cls) -> datetime | None:
         """The earliest run_after of a scheduled occurrence (index occ_scheduled_run_after)."""
         return (
@@ -485,6 +523,12 @@ class Occurrence(models.Model):
             Occurrence.objects.filter(pk=self.pk, status=self.Status.SCHEDULED).update(
                 status=self.Status.SKIPPED, finished_at=now, reason=f"cancelled by {by}"
             )
+        )
+
+    def miss(self, *, session, now, reason: str) -> None:
+        """Finish as missed without running (its misfire policy: it could not start in time); no attempt is counted."""
+        self._transition(
+            session=session, status=self.Status.MISSED, finished_at=now, reason=reason, attempts=self.attempts - 1
         )
 
     def skip(self, *, session, now, reason: str) -> None:

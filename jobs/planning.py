@@ -259,3 +259,19 @@ class Planner:
 
     def next_due_at(self) -> datetime | None:
         return min(self.next_due.values(), default=None)
+
+
+def hand_over_through(task_id: int, instant: datetime) -> None:
+    """The definition's instants up to instant were run by something else (stock celery beat): move its cursor.
+
+    So that a runscheduler started in beat's place plans from beat's last run, not from when
+    the definition was created (which would record every instant since as missed). A pause the
+    cursor has passed is forgotten, as in planning. Call inside a transaction.
+    """
+    row = PlanningCursor.objects.select_for_update().filter(task_id=task_id).first()
+    if row is None or row.planned_through >= instant:
+        return
+    moved = Cursor.of(row).moved_to(instant)
+    PlanningCursor.objects.filter(task_id=task_id).update(
+        planned_through=moved.planned_through, paused_at=moved.paused_at, resumed_at=moved.resumed_at
+    )

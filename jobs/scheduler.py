@@ -11,7 +11,8 @@
 
 All shared state is in the database, and all time is the database's (DatabaseClock). The
 main thread wakes at the next due instant, when a run finishes, when another process
-inserts occurrences (NOTIFY), and at least once a second to see admin changes.
+inserts occurrences or a Celery worker takes a hand-over (NOTIFY), and at least once a second
+to see admin changes.
 """
 
 import logging
@@ -30,7 +31,7 @@ from bookworm_scheduler.listen import Listener
 
 from .alerts import AlertSender
 from .definitions import create_missing_definitions, load_definition
-from .executors import build_executor
+from .executors import NOTIFY_CHANNEL, build_executor
 from .leases import Leases
 from .models import Occurrence, prune_history
 from .planning import Planner
@@ -41,8 +42,6 @@ logger = logging.getLogger(__name__)
 
 # The longest the main thread sleeps: definition changes and retries are seen this fast.
 POLL_INTERVAL = timedelta(seconds=1)
-# The channel of the NOTIFY sent when occurrences are inserted (migration 0003).
-NOTIFY_CHANNEL = "jobs_occurrence"
 # History pruning: rows per transaction, transactions per pass, and how often to look.
 PRUNE_BATCH, PRUNE_BATCHES, PRUNE_EVERY = 2000, 2, timedelta(minutes=10)
 # After a group failed for a reason other than a lost connection, ordinary jobs are claimed and run

@@ -33,25 +33,15 @@ def delete_queues(name: str, url: str) -> None:
         job_queues(name)[0].exchange.bind(channel).delete()
 
 
-class WorkerProcess:
-    """A Celery worker in a process group of its own (so that kill() takes its pool processes too)."""
+class CeleryProcess:
+    """A `celery -A bookworm_scheduler` process in a process group of its own (kill() takes its children too)."""
 
-    def __init__(self, env, *, concurrency=1, name="worker"):
+    READY = ""  # what its output says once it is up
+
+    def __init__(self, env, args):
         self.lines: list[str] = []
         self.process = subprocess.Popen(
-            [
-                *CELERY,
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--concurrency",
-                str(concurrency),
-                "--hostname",
-                f"{name}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
+            [*CELERY, *args],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -71,20 +61,12 @@ class WorkerProcess:
 
     def wait_ready(self, timeout=30.0) -> None:
         try:
-            wait_for(lambda: " ready." in self.output or self.process.poll() is not None, timeout=timeout)
+            wait_for(lambda: self.READY in self.output or self.process.poll() is not None, timeout=timeout)
         except AssertionError:
-            raise AssertionError(f"the worker did not start within {timeout} s:\n{self.output}") from None
+            raise AssertionError(
+                f"{self.process.args[len(CELERY)]} did not start within {timeout} s:\n{self.output}"
+            ) from None
         assert self.process.poll() is None, self.output
-
-    def pool_pids(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
-        return [int(pid) for pid in out.split()]
-
-    def kill(self) -> None:
-        """SIGKILL the worker and its pool processes at once: a machine that went away."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
 
     def stop(self, timeout=20.0) -> None:
         if self.process.poll() is None:
@@ -93,6 +75,51 @@ class WorkerProcess:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the process and its children at once: a machine that went away."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+
+class WorkerProcess(CeleryProcess):
+    """A Celery worker."""
+
+    READY = " ready."
+
+    def __init__(self, env, *, concurrency=1, name="worker"):
+        super().__init__(
+            env,
+            [
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                str(concurrency),
+                "--hostname",
+                f"{name}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+        )
+
+    def pool_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
+
+
+class BeatProcess(CeleryProcess):
+    """Stock celery beat with django-celery-beat's DatabaseScheduler, on the same PeriodicTask rows."""
+
+    READY = "beat: Starting..."
+
+    def __init__(self, env):
+        super().__init__(
+            env,
+            ["beat", "-S", "django_celery_beat.schedulers:DatabaseScheduler", "--loglevel", "INFO", "--pidfile="],
+        )
 
 
 @job("test.stuck_in_c_call")

@@ -1,7 +1,9 @@
 import pytest
+from django.conf import settings
 from django_celery_beat.models import PeriodicTask
 
 from tests.jobs import sample_jobs  # noqa: F401  (registers the sample jobs)
+from tests.jobs.celery_helpers import WorkerProcess, delete_queues, unique_queue
 from tests.jobs.helpers import FakeClock, SchedulerProcess, start_of_future_hour
 
 
@@ -36,3 +38,39 @@ def scheduler_processes(scheduler_env):
     for process in started:
         if process.process.poll() is None:
             process.kill()
+
+
+# The celery executor and stock celery beat: a queue of its own per test, real worker processes.
+
+
+@pytest.fixture
+def celery_queue():
+    name = unique_queue()
+    yield name
+    delete_queues(name, settings.RABBITMQ_URL)
+
+
+@pytest.fixture
+def celery_env(scheduler_env, celery_queue):
+    return dict(
+        scheduler_env,
+        SCHEDULER_EXECUTOR="celery",
+        SCHEDULER_CELERY_QUEUE=celery_queue,
+        SCHEDULER_LEASE_SECONDS="3",
+        SCHEDULER_JOB_MODULES="tests.jobs.sample_jobs,tests.jobs.celery_helpers",
+    )
+
+
+@pytest.fixture
+def workers(celery_env):
+    started = []
+
+    def start(**kwargs):
+        worker = WorkerProcess(celery_env, **kwargs)
+        started.append(worker)
+        worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()

@@ -8,8 +8,10 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
+from django.db import connection
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
+from jobs.executors import NOTIFY_CHANNEL
 from jobs.models import JobPolicy, PlanningCursor
 from jobs.scheduler import Scheduler
 
@@ -128,3 +130,13 @@ def wait_for(predicate, timeout=20.0, interval=0.1):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def listener_ready(channel: str = NOTIFY_CHANNEL) -> bool:
+    """Whether a Listener's connection is listening on channel (its LISTEN is the last query it sent)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query = %s",
+            [f"LISTEN {channel}"],
+        )
+        return cursor.fetchone()[0] == 1

@@ -1,54 +1,21 @@
 """The celery executor: schedulers claim and hand over, real Celery workers run, over a real RabbitMQ."""
 
+import threading
 import uuid
 from datetime import timedelta
 
 import pytest
 from celery import Celery
-from django.conf import settings
 
 from bookworm_scheduler.clock import database_now
+from bookworm_scheduler.listen import Listener
 from jobs.definitions import load_definition
-from jobs.executors import CeleryExecutor
+from jobs.executors import NOTIFY_CHANNEL, CeleryExecutor, take_over
 from jobs.models import Attempt, Occurrence, Priority
 from outbox.models import OutboxMessage
-from tests.jobs.celery_helpers import WorkerProcess, delete_queues, unique_queue
-from tests.jobs.helpers import make_definition, wait_for
+from tests.jobs.helpers import listener_ready, make_definition, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
-
-
-@pytest.fixture
-def celery_queue():
-    name = unique_queue()
-    yield name
-    delete_queues(name, settings.RABBITMQ_URL)
-
-
-@pytest.fixture
-def celery_env(scheduler_env, celery_queue):
-    return dict(
-        scheduler_env,
-        SCHEDULER_EXECUTOR="celery",
-        SCHEDULER_CELERY_QUEUE=celery_queue,
-        SCHEDULER_LEASE_SECONDS="3",
-        SCHEDULER_JOB_MODULES="tests.jobs.sample_jobs,tests.jobs.celery_helpers",
-    )
-
-
-@pytest.fixture
-def workers(celery_env):
-    started = []
-
-    def start(**kwargs):
-        worker = WorkerProcess(celery_env, **kwargs)
-        started.append(worker)
-        worker.wait_ready()
-        return worker
-
-    yield start
-    for worker in started:
-        worker.kill()
 
 
 @pytest.fixture
@@ -226,3 +193,44 @@ def test_the_scheduler_claims_no_more_than_the_in_flight_bound(celery_queue, no_
     executor.shutdown()
     assert list(Occurrence.objects.values_list("status", "attempts")) == [("scheduled", 0), ("scheduled", 0)]
     assert executor.running_ids() == []
+
+
+def test_a_worker_taking_a_claim_over_wakes_the_schedulers(executor, no_seed_definitions):
+    task = make_definition("taken-over", "test.publish", every=3600)
+    Occurrence.trigger(task, priority=Priority.NORMAL)
+    occurrence = claim_one(executor)
+    woken = threading.Event()
+    listener = Listener(NOTIFY_CHANNEL, woken.set)
+    listener.start()
+    try:
+        wait_for(listener_ready, timeout=10)
+        taken = take_over(
+            occurrence.id,
+            handed_by=executor.session,
+            attempt=1,
+            session=uuid.uuid4(),
+            worker="celery@test",
+            lease=timedelta(seconds=60),
+            now=database_now(),
+        )
+        assert taken is not None
+        assert woken.wait(10)
+    finally:
+        listener.close()
+
+
+def test_room_freed_by_a_worker_is_used_at_once_not_at_the_next_poll(
+    scheduler_processes, celery_env, workers, no_seed_definitions
+):
+    task = make_definition("one-at-a-time", "test.publish", every=3600)
+    workers(concurrency=2)
+    scheduler_processes(env=dict(celery_env, SCHEDULER_CELERY_MAX_IN_FLIGHT="1"), instance_id="hands-over")
+    first = Occurrence.trigger(task, priority=Priority.NORMAL)
+    wait_for(lambda: status_of(first) == "succeeded", timeout=30)  # the scheduler and the worker are up
+    for _ in range(10):
+        Occurrence.trigger(task, priority=Priority.NORMAL)
+
+    # One hand-over in flight at a time: waiting for the next poll (1 s) would take about 10 s.
+    wait_for(lambda: Occurrence.objects.filter(status="succeeded").count() == 11, timeout=30)
+    started = list(Occurrence.objects.exclude(id=first.id).order_by("started_at").values_list("started_at", flat=True))
+    assert started[-1] - started[0] < timedelta(seconds=2)  # about 0.3 s here; 4 s without the wake-up

@@ -13,7 +13,14 @@ from bookworm_scheduler.listen import Listener
 from jobs.models import Attempt, Occurrence, Priority, SchedulerInstance
 from jobs.scheduler import NOTIFY_CHANNEL
 from outbox.models import OutboxMessage
-from tests.jobs.helpers import FakeClock, make_definition, make_scheduler, start_of_future_hour, wait_for
+from tests.jobs.helpers import (
+    FakeClock,
+    listener_ready,
+    make_definition,
+    make_scheduler,
+    start_of_future_hour,
+    wait_for,
+)
 
 
 @pytest.mark.django_db
@@ -199,12 +206,3 @@ def test_inserted_occurrences_wake_idle_schedulers_at_once(no_seed_definitions):
         assert woken.wait(10)
     finally:
         listener.close()
-
-
-def listener_ready() -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query = %s",
-            [f"LISTEN {NOTIFY_CHANNEL}"],
-        )
-        return cursor.fetchone()[0] == 1

@@ -353,6 +353,16 @@ def cron_field_matches(field: str, value: int) -> bool:
     return False
 
 
+def crontab_of(schedule: dict):
+    """The CrontabSchedule row of a soak schedule {"cron": "m h dom mon dow", "zone": ...}."""
+    from django_celery_beat.models import CrontabSchedule
+
+    minute, hour, dom, month, dow = schedule["cron"].split()
+    return CrontabSchedule.objects.get_or_create(
+        minute=minute, hour=hour, day_of_month=dom, month_of_year=month, day_of_week=dow, timezone=schedule["zone"]
+    )[0]
+
+
 def schedule_instants(schedule: dict, after: datetime, until: datetime) -> list[datetime]:
     """Instants of schedule in (after, until]: an interval grid from the epoch, or a cron expression."""
     if after >= until:
@@ -423,7 +433,7 @@ class Soak:
         self.monitor.start()
 
     def create_definitions(self) -> None:
-        from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
+        from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
         from jobs.models import JobPolicy, PlanningCursor
 
@@ -470,17 +480,7 @@ class Soak:
                         "interval": IntervalSchedule.objects.get_or_create(every=schedule["every"], period="seconds")[0]
                     }
                 else:
-                    minute, hour, dom, month, dow = schedule["cron"].split()
-                    fields = {
-                        "crontab": CrontabSchedule.objects.get_or_create(
-                            minute=minute,
-                            hour=hour,
-                            day_of_month=dom,
-                            month_of_year=month,
-                            day_of_week=dow,
-                            timezone=schedule["zone"],
-                        )[0]
-                    }
+                    fields = {"crontab": crontab_of(schedule)}
                 event = rng.choice(["clean", "resend"])
                 task = PeriodicTask.objects.create(
                     name=name, task=job, kwargs=json.dumps({**kwargs, "event": event}), **fields
@@ -598,7 +598,7 @@ class Soak:
 
     def admin_loop(self) -> None:
         from django.db import connection
-        from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
+        from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
         from jobs.definitions import run_now
 
@@ -609,7 +609,7 @@ class Soak:
             while not self.stop_admin.is_set():
                 if time.monotonic() >= next_toggle:
                     task_id = rng.choice(ids)
-                    self.toggle(task_id, rng, PeriodicTask, IntervalSchedule, CrontabSchedule)
+                    self.toggle(task_id, rng, PeriodicTask, IntervalSchedule)
                     next_toggle = time.monotonic() + rng.uniform(4, 12)
                 chosen = rng.choice(ids)
                 occurrence = self.db(lambda chosen=chosen: run_now(PeriodicTask.objects.get(id=chosen), by="soak"))
@@ -620,7 +620,7 @@ class Soak:
         finally:
             connection.close()
 
-    def toggle(self, task_id, rng, PeriodicTask, IntervalSchedule, CrontabSchedule) -> None:
+    def toggle(self, task_id, rng, PeriodicTask, IntervalSchedule) -> None:
         """Disable (the admin's action: enabled=False, save), edit the schedule (save()), wait, enable."""
         definition = self.definitions[task_id]
         record = {"before": dict(definition["schedule"]), "disable": [self.db_now()]}
@@ -644,15 +644,7 @@ class Soak:
                 if schedule["kind"] == "interval":
                     task.interval = IntervalSchedule.objects.get_or_create(every=schedule["every"], period="seconds")[0]
                 else:
-                    minute, hour, dom, month, dow = schedule["cron"].split()
-                    task.crontab = CrontabSchedule.objects.get_or_create(
-                        minute=minute,
-                        hour=hour,
-                        day_of_month=dom,
-                        month_of_year=month,
-                        day_of_week=dow,
-                        timezone=schedule["zone"],
-                    )[0]
+                    task.crontab = crontab_of(schedule)
                 task.save()
 
             self.db(edit)

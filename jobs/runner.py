@@ -166,14 +166,7 @@ class Runner:
         spec = get_job(definition.job)
         if spec is None:
             return self._fail(occurrence, definition, started, f"no such job: {definition.job}", "", retry=False)
-        context = JobContext(
-            job_name=occurrence.job_name,
-            occurrence_id=occurrence.id,
-            scheduled_for=occurrence.scheduled_for,
-            attempt=occurrence.attempts,
-            manual=occurrence.manual,
-            kwargs=definition.kwargs,
-        )
+        context = job_context(occurrence, definition)
         timeout = definition.policy.timeout
         source = f"occurrence:{occurrence.id}"  # the origin of what the job publishes
         returned, begun = False, time.monotonic()
@@ -364,14 +357,7 @@ class Runner:
         started = self.clock()
         occurrence.take(session=self.session, scheduler=scheduler, now=started)
         metrics.RUNS_STARTED.labels(occurrence.job_name).inc()
-        context = JobContext(
-            job_name=occurrence.job_name,
-            occurrence_id=occurrence.id,
-            scheduled_for=occurrence.scheduled_for,
-            attempt=occurrence.attempts,
-            manual=occurrence.manual,
-            kwargs=definition.kwargs,
-        )
+        context = job_context(occurrence, definition)
         timeout = definition.policy.timeout
         run = GroupRun(occurrence, definition, started, started)
         begun = time.monotonic()
@@ -519,6 +505,18 @@ def _reset_statement_timeout() -> None:
 
 def _ms(delta) -> float:
     return round(delta.total_seconds() * 1000, 1)
+
+
+def job_context(occurrence: Occurrence, definition: Definition) -> JobContext:
+    """What a job is told about the run it is in."""
+    return JobContext(
+        job_name=occurrence.job_name,
+        occurrence_id=occurrence.id,
+        scheduled_for=occurrence.scheduled_for,
+        attempt=occurrence.attempts,
+        manual=occurrence.manual,
+        kwargs=definition.kwargs,
+    )
 
 
 def _one_line(exc: BaseException) -> str:

@@ -14,8 +14,8 @@ class Listener:
     """Calls on_notify() whenever `channel` is notified, until close(). A no-op on SQLite.
 
     A dedicated autocommit connection listens: Django's connections run transactions. A lost
-    connection is retried every `retry` seconds; callers poll as well, so a notification
-    missed meanwhile delays work by at most their polling interval.
+    connection is retried every `retry` seconds; once listening again it calls on_notify(), for
+    what was notified while it was not (callers poll as well, as a safety net).
     """
 
     def __init__(self, channel: str, on_notify: Callable[[], None], using: str = DEFAULT_DB_ALIAS, retry: float = 1.0):
@@ -43,6 +43,7 @@ class Listener:
             try:
                 with psycopg.connect(**params, autocommit=True) as listener:
                     listener.execute(f"LISTEN {self.channel}")
+                    self.on_notify()
                     while not self._closed.is_set():
                         for _ in listener.notifies(timeout=0.5, stop_after=1):
                             self.on_notify()

@@ -48,6 +48,9 @@ class Leases:
     def due(self, now: datetime) -> bool:
         return self._renewed_at is None or now - self._renewed_at >= self.renew_every
 
+    def next_renewal_at(self) -> datetime | None:
+        return None if self._renewed_at is None else self._renewed_at + self.renew_every
+
     def renew(self, now: datetime, running: list[int]) -> None:
         """Show this process alive and extend the leases of the occurrences it is running."""
         SchedulerInstance.objects.beat(self.session, now)

@@ -104,8 +104,9 @@ class PlanningCursor(models.Model):
 class DefinitionsVersion(models.Model):
     """One row whose version moves (by trigger) on every write to a definition, schedule or policy.
 
-    Schedulers read it once a second and reload their definitions when it moved, whatever
-    path the write took: the admin, a QuerySet.update() or plain SQL.
+    Schedulers read it when the same trigger NOTIFYs them (or at their safety poll) and reload
+    their definitions when it moved, whatever path the write took: the admin, a
+    QuerySet.update() or plain SQL.
     """
 
     version = models.BigIntegerField(default=0)

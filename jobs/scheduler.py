@@ -10,9 +10,11 @@
 - alerts.AlertSender sends the alerts of failed jobs, recorded with the failures.
 
 All shared state is in the database, and all time is the database's (DatabaseClock). The
-main thread wakes at the next due instant, when a run finishes, when another process
-inserts occurrences or a Celery worker takes a hand-over (NOTIFY), and at least once a second
-to see admin changes.
+main thread wakes at the next due instant or ready retry, when a run finishes, when its leases
+are due for renewal (a third of the lease), and on NOTIFY jobs_occurrence: occurrences inserted
+or scheduled again, a definition written by any path (migrations 0003 and 0009), a Celery worker
+taking a hand-over over, the listening connection (re)established. Otherwise it polls every
+POLL_INTERVAL, as a safety net; every second on SQLite, which has no NOTIFY.
 """
 
 import logging
@@ -40,8 +42,11 @@ from .runner import GROUP_RUNS, GROUP_SECONDS, Runner, connection_lost
 
 logger = logging.getLogger(__name__)
 
-# The longest the main thread sleeps: definition changes and retries are seen this fast.
-POLL_INTERVAL = timedelta(seconds=1)
+# The longest the main thread sleeps: with NOTIFY (PostgreSQL), and without (SQLite).
+POLL_INTERVAL = timedelta(seconds=10)
+POLL_INTERVAL_WITHOUT_NOTIFY = timedelta(seconds=1)
+# The clock's offset from the database's is re-read when older than this, at a pass.
+CLOCK_MAX_AGE = 1.0
 # History pruning: rows per transaction, transactions per pass, and how often to look.
 PRUNE_BATCH, PRUNE_BATCHES, PRUNE_EVERY = 2000, 2, timedelta(minutes=10)
 # After a group failed for a reason other than a lost connection, ordinary jobs are claimed and run
@@ -67,7 +72,7 @@ class Scheduler:
         self.instance_id = instance_id
         self.session = uuid.uuid4()
         # The database's time, its offset re-measured at least once per pass of housekeeping.
-        self.clock = clock or DatabaseClock(max_age=POLL_INTERVAL.total_seconds())
+        self.clock = clock or DatabaseClock(max_age=CLOCK_MAX_AGE)
         self.history = history
         self.planner = Planner(grace=grace)
         self.leases = Leases(session=self.session, scheduler=instance_id, lease=lease)
@@ -81,13 +86,15 @@ class Scheduler:
             on_done=self.wake,
             definition_of=self._definition_of,
         )
-        self.listener = Listener(NOTIFY_CHANNEL, self.wake)
+        self.listener = Listener(NOTIFY_CHANNEL, self.notified)
+        self.poll_interval = POLL_INTERVAL if connection.vendor == "postgresql" else POLL_INTERVAL_WITHOUT_NOTIFY
         self.alerts = AlertSender(history=history)
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._next_ready: datetime | None = None
         self._next_prune: datetime | None = None
         self._housekeeping_at: datetime | None = None
+        self._notified = threading.Event()  # a NOTIFY since the last housekeeping
         self._groups_paused_until = 0.0  # time.monotonic()
 
     def run(self, *, once: bool = False, shutdown_timeout: float = 30) -> int:
@@ -118,12 +125,14 @@ class Scheduler:
     def run_pass(self, now: datetime) -> bool:
         """One pass of the main thread; True if it found work (so another pass may find more).
 
-        Claiming runs every pass (a run that finished wakes the loop for it); the rest at most
-        once per POLL_INTERVAL, or when a definition falls due.
+        Claiming runs every pass (a run that finished wakes the loop for it); the rest after a
+        NOTIFY, when a definition falls due, and at least once per poll interval.
         """
         found = False
-        if self._housekeeping_at is None or now >= self._housekeeping_at or self.planner.due(now):
-            self._housekeeping_at = now + POLL_INTERVAL
+        housekeeping = self._housekeeping_at is None or now >= self._housekeeping_at
+        if housekeeping or self._notified.is_set() or self.planner.due(now) or self.leases.due(now):
+            self._notified.clear()
+            self._housekeeping_at = now + self.poll_interval
             self.planner.refresh()
             if self.leases.due(now):
                 self.leases.renew(now, self.pool.running_ids())
@@ -213,11 +222,11 @@ class Scheduler:
         return more
 
     def next_wakeup(self, now: datetime) -> datetime:
-        """The next due instant or pending retry, at most POLL_INTERVAL away.
+        """The next due instant, pending retry or lease renewal, at most the poll interval away.
 
         What is ready already waits for a free slot: a finished run wakes the loop.
         """
-        candidates = [now + POLL_INTERVAL, self.planner.next_due_at()]
+        candidates = [now + self.poll_interval, self.planner.next_due_at(), self.leases.next_renewal_at()]
         if self._next_ready is not None and self._next_ready > now:
             candidates.append(self._next_ready)
         return max(min(c for c in candidates if c is not None), now)
@@ -225,6 +234,11 @@ class Scheduler:
     # Threads and signals.
 
     def wake(self) -> None:
+        self._wake.set()
+
+    def notified(self) -> None:
+        """NOTIFY jobs_occurrence (the listener's thread): look at the definitions and what is ready."""
+        self._notified.set()
         self._wake.set()
 
     def sleep_until(self, instant: datetime) -> None:

@@ -4,6 +4,7 @@ import json
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -93,13 +94,18 @@ def make_scheduler(clock, *, instance_id="test", concurrency=2, lease=60, grace=
 
 
 class SchedulerProcess:
-    """A real `manage.py runscheduler` subprocess."""
+    """A real `manage.py runscheduler` subprocess.
+
+    Its output goes to a temporary file, not a pipe: a pipe no one reads until the end fills up and
+    stops the process at its next log line.
+    """
 
     def __init__(self, env, *args, instance_id="proc"):
+        self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
             [*MANAGE, "runscheduler", "--instance-id", instance_id, *args],
             env=env,
-            stdout=subprocess.PIPE,
+            stdout=self.log,
             stderr=subprocess.STDOUT,
             text=True,
         )
@@ -115,10 +121,15 @@ class SchedulerProcess:
     def output(self, timeout=10) -> str:
         """What the process wrote; after it ended (a process still running is killed after timeout)."""
         try:
-            return self.process.communicate(timeout=timeout)[0] or ""
+            self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.communicate()[0] or ""
+            self.kill()
+        return self.written()
+
+    def written(self) -> str:
+        """What the process has written so far."""
+        self.log.seek(0)
+        return self.log.read()
 
 
 def wait_for(predicate, timeout=20.0, interval=0.1):

@@ -204,6 +204,8 @@ def test_a_worker_taking_a_claim_over_wakes_the_schedulers(executor, no_seed_def
     listener.start()
     try:
         wait_for(listener_ready, timeout=10)
+        assert woken.wait(10)  # once listening: for what was notified before
+        woken.clear()
         taken = take_over(
             occurrence.id,
             handed_by=executor.session,

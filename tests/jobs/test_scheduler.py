@@ -8,6 +8,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 from django.db import connection
+from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.listen import Listener
 from jobs.models import Attempt, Occurrence, Priority, SchedulerInstance
@@ -195,13 +196,28 @@ def test_a_scheduler_whose_heartbeat_stopped_is_marked_lost(clock, no_seed_defin
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_written_definition_and_an_occurrence_scheduled_again_notify(no_seed_definitions):
+    task = make_definition("notifying", every=3600)
+    occurrence = Occurrence.trigger(task, priority=Priority.NORMAL)
+    with psycopg.connect(**connection.get_connection_params(), autocommit=True) as listening:
+        listening.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        PeriodicTask.objects.filter(id=task.id).update(description="edited with QuerySet.update()")
+        Occurrence.objects.filter(id=occurrence.id).update(status="skipped")  # finished: no one needs waking
+        Occurrence.objects.filter(id=occurrence.id).update(status="scheduled")  # the admin's retry, say
+        payloads = [notify.payload for notify in listening.notifies(timeout=10, stop_after=2)]
+    assert payloads == ["definitions", "scheduled"]
+
+
+@pytest.mark.django_db(transaction=True)
 def test_inserted_occurrences_wake_idle_schedulers_at_once(no_seed_definitions):
     task = make_definition("manual", every=3600)
     woken = threading.Event()
     listener = Listener(NOTIFY_CHANNEL, woken.set)
     listener.start()
     try:
-        wait_for(lambda: listener_ready(), timeout=10)
+        wait_for(listener_ready, timeout=10)
+        assert woken.wait(10)  # once listening: for what was notified before
+        woken.clear()
         Occurrence.trigger(task, priority=Priority.NORMAL)
         assert woken.wait(10)
     finally:

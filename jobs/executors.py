@@ -1,15 +1,17 @@
 """Where claimed occurrences run: the scheduler's own threads (inline) or Celery workers (celery).
 
 Both executors answer the scheduler's questions alike: free() (how many to claim), idle,
-running_ids() (the claims whose leases this process renews), submit() and shutdown().
+running_ids() (the claims whose leases this process renews), submit_all() and shutdown().
 
 With the celery executor the scheduler still plans and claims (exactly once, jobs.sql.claim);
-submit() publishes one message per claim, naming (occurrence, session, attempt), and waits
-for the broker's confirm. A worker (jobs.tasks.run_occurrence) then takes the claim over with
-a compare-and-set from the scheduler's session to its own (take_over), renews the lease while
-the job runs and records the attempt with jobs.runner.Runner, as the inline executor does. The
-occurrence row decides, never the message: a message delivered twice, or one whose claim was
-released or reaped meanwhile, finds nothing to take over and does nothing.
+submit_all() publishes one message per claim, naming (occurrence, session, attempt), a batch at
+a time on a channel in confirm mode, then waits for the broker's confirms of the whole batch
+(ConfirmedPublisher); a claim whose message was not confirmed is released. A worker
+(jobs.tasks.run_occurrence) then takes the claim over with a compare-and-set from the
+scheduler's session to its own (take_over), renews the lease while the job runs and records
+the attempt with jobs.runner.Runner, as the inline executor does. The occurrence row decides,
+never the message: a message delivered twice, or one whose claim was released or reaped
+meanwhile, finds nothing to take over and does nothing.
 """
 
 import logging
@@ -43,8 +45,9 @@ TASK_NAME = "jobs.run_occurrence"
 # The channel schedulers LISTEN on to wake up: migration 0003 notifies it when occurrences are
 # inserted, a worker's take_over when a scheduler's hand-over room frees.
 NOTIFY_CHANNEL = "jobs_occurrence"
-# Seconds a hand-over waits for the broker's confirm (a broker under a resource alarm never sends
-# it); the claim is then released. A message that arrives after all is still judged by the row: one run.
+# Seconds a batch of hand-overs waits for the broker's confirms (a broker under a resource alarm
+# never sends them); the claims not confirmed are then released. A message that arrives after all
+# is still judged by the row: one run.
 CONFIRM_TIMEOUT = 10.0
 
 
@@ -111,6 +114,7 @@ class CeleryExecutor:
         self._backoff = Backoff(first=1.0, ceiling=30.0)
         self._paused_until = 0.0  # time.monotonic(): no hand-over before this, after a failed publish
         self._left: list[int] | None = None  # after shutdown(): the claims it could not give back
+        self.publisher = ConfirmedPublisher(app, TASK_NAME, timeout=CONFIRM_TIMEOUT)
 
     def free(self, long_running: bool) -> int:
         if time.monotonic() < self._paused_until:
@@ -135,49 +139,52 @@ class CeleryExecutor:
         return True
 
     def submit(self, occurrence: Occurrence, run=None, *, long_running: bool) -> None:
-        """Publish occurrence to the workers, or release its claim if the broker does not confirm."""
-        if self.misfired(occurrence):
+        self.submit_all([occurrence], run, long_running=long_running)
+
+    def submit_all(self, occurrences: list[Occurrence], run=None, *, long_running: bool) -> None:
+        """Publish the claims to the workers, releasing those the broker does not confirm."""
+        occurrences = [occurrence for occurrence in occurrences if not self.misfired(occurrence)]
+        if not occurrences:
             return
         if time.monotonic() < self._paused_until:
-            self._release(occurrence, "released: the broker was unavailable; it is handed over when it returns")
+            for occurrence in occurrences:
+                self._release(occurrence, "released: the broker was unavailable; it is handed over when it returns")
             return
-        try:
-            self.publish(occurrence, long_running=long_running)
-        except Exception as exc:  # whatever kept the broker from confirming: the claim goes back
-            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        messages = [self.message(occurrence, long_running=long_running) for occurrence in occurrences]
+        errors = self.publisher.publish_all(messages)
+        failed = [(occurrence, error) for occurrence, error in zip(occurrences, errors, strict=True) if error]
+        if failed:
             delay = self._backoff.next()
             self._paused_until = time.monotonic() + delay
             logger.error(
-                "handing %s over to Celery failed: %s; retrying in %.0f s",
-                occurrence.job_name,
-                error,
+                "handing %d of %d occurrences over to Celery failed: %s; retrying in %.0f s",
+                len(failed),
+                len(occurrences),
+                failed[0][1],
                 delay,
+                extra={"action": "handover_failed", "count": len(failed), "error": failed[0][1], "retry_in": delay},
+            )
+        else:
+            self._backoff.reset()
+        for occurrence, error in zip(occurrences, errors, strict=True):
+            if error:
+                self._release(
+                    occurrence, f"released: the broker did not take it ({error}); it is handed over when it returns"
+                )
+                continue
+            logger.info(
+                "handed %s scheduled for %s over to Celery (attempt %d)",
+                occurrence.job_name,
+                occurrence.scheduled_for.isoformat(),
+                occurrence.attempts,
                 extra={
-                    "action": "handover_failed",
+                    "action": "occurrence_handed_over",
                     "occurrence": occurrence.id,
                     "job": occurrence.job_name,
-                    "error": error,
-                    "retry_in": delay,
+                    "attempt": occurrence.attempts,
+                    "instance": occurrence.scheduler,
                 },
             )
-            self._release(
-                occurrence, f"released: the broker did not take it ({error}); it is handed over when it returns"
-            )
-            return
-        self._backoff.reset()
-        logger.info(
-            "handed %s scheduled for %s over to Celery (attempt %d)",
-            occurrence.job_name,
-            occurrence.scheduled_for.isoformat(),
-            occurrence.attempts,
-            extra={
-                "action": "occurrence_handed_over",
-                "occurrence": occurrence.id,
-                "job": occurrence.job_name,
-                "attempt": occurrence.attempts,
-                "instance": occurrence.scheduler,
-            },
-        )
 
     def misfired(self, occurrence: Occurrence) -> bool:
         """Record a claimed instant missed if its misfire policy says so (True), rather than hand it over late.
@@ -229,28 +236,26 @@ class CeleryExecutor:
         )
         return True
 
-    def publish(self, occurrence: Occurrence, *, long_running: bool) -> None:
-        """One persistent message for this claim, confirmed by the broker (confirm_publish)."""
+    def message(self, occurrence: Occurrence, *, long_running: bool) -> dict:
+        """send_task's arguments for this claim: one persistent message to its queue."""
         definition = self.definition_of(occurrence.task_id)
         timeout = definition.policy.timeout if definition else None
         limits = {}
         if timeout:
             limits = {"soft_time_limit": timeout, "time_limit": timeout + self.hard_limit_margin}
         queue = self.queues[long_running]
-        self.app.send_task(
-            TASK_NAME,
+        return dict(
             args=[occurrence.id, str(self.session), occurrence.attempts],
             task_id=f"occurrence-{occurrence.id}-{occurrence.attempts}-{self.session}",
             queue=queue,
             routing_key=queue.routing_key,
             priority=min(int(occurrence.priority), Priority.HIGH),
-            retry=False,
-            confirm_timeout=CONFIRM_TIMEOUT,
             **limits,
         )
 
     def shutdown(self) -> None:
         """Give back the claims no worker took over: another scheduler hands them over again."""
+        self.publisher.close()
         left = []
         try:
             left = self.running_ids()
@@ -280,6 +285,83 @@ class CeleryExecutor:
                 "error": reason,
             },
         )
+
+
+class ConfirmedPublisher:
+    """Sends a batch of Celery task messages, then waits once for the broker's confirms of all of them.
+
+    Celery's own publishing (confirm_publish) waits for each confirm before the next message:
+    a round trip per hand-over. Here the messages go out back to back on a channel of a
+    connection of its own in confirm mode, and the acks (or nacks) come back together. The
+    connection has no heartbeat (it idles between instants; a dead one fails the next batch,
+    whose claims are released) and is opened again after any failure.
+    """
+
+    def __init__(self, app, task_name: str, *, timeout: float):
+        self.app, self.task_name, self.timeout = app, task_name, timeout
+        self._connection = None
+        self._producer = None
+        self._sent = 0  # delivery tags this channel gave so far (confirm mode numbers publishes from 1)
+        self._waiting: dict[int, int] = {}  # delivery tag -> index in the batch
+        self._errors: list[str] = []
+
+    def publish_all(self, messages: list[dict]) -> list[str]:
+        """Send each message (send_task's keyword arguments); per message, "" if confirmed or the error."""
+        self._errors = ["" for _ in messages]
+        self._waiting = {}
+        published = 0
+        try:
+            producer = self._open()
+            for index, message in enumerate(messages):
+                self.app.send_task(self.task_name, producer=producer, retry=False, **message)
+                self._sent += 1
+                self._waiting[self._sent] = index
+                published += 1
+            deadline = time.monotonic() + self.timeout
+            while self._waiting:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no confirm from the broker within {self.timeout:.0f} s")
+                self._connection.drain_events(timeout=remaining)
+        except Exception as exc:  # whatever kept the broker from confirming: these claims go back
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            for index in [*self._waiting.values(), *range(published, len(messages))]:
+                self._errors[index] = error
+            self.close()
+        return self._errors
+
+    def close(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.release()
+            except Exception:  # closing what already failed
+                pass
+        self._connection = self._producer = None
+
+    def _open(self):
+        if self._producer is None:
+            connection = self.app.connection_for_write(heartbeat=0, transport_options={"confirm_publish": False})
+            # One try: kombu's default retries after 2 s, and the scheduler's main thread would wait.
+            channel = connection.ensure_connection(max_retries=0).channel()
+            channel.confirm_select()
+            channel.events["basic_ack"].add(self._acked)
+            channel.events["basic_nack"].add(self._nacked)
+            self._connection, self._sent = connection, 0
+            self._producer = self.app.amqp.Producer(channel)
+        return self._producer
+
+    def _acked(self, delivery_tag: int, multiple: bool) -> None:
+        for tag in self._settled(delivery_tag, multiple):
+            self._waiting.pop(tag)
+
+    def _nacked(self, delivery_tag: int, multiple: bool, requeue: bool = False) -> None:
+        for tag in self._settled(delivery_tag, multiple):
+            self._errors[self._waiting.pop(tag)] = "the broker refused the message (basic.nack)"
+
+    def _settled(self, delivery_tag: int, multiple: bool) -> list[int]:
+        if multiple:
+            return [tag for tag in self._waiting if tag <= delivery_tag]
+        return [delivery_tag] if delivery_tag in self._waiting else []
 
 
 # The worker's side (jobs.tasks.run_occurrence runs in a Celery worker process).

@@ -58,6 +58,10 @@ class WorkerPool:
     def submit(self, occurrence: Occurrence, run: Callable[[Occurrence], None], *, long_running: bool) -> None:
         self._start(lambda slot: run(occurrence), Slot(occurrence.id), long_running)
 
+    def submit_all(self, occurrences: list[Occurrence], run: Callable[[Occurrence], None], *, long_running: bool):
+        for occurrence in occurrences:
+            self.submit(occurrence, run, long_running=long_running)
+
     def submit_drain(self, occurrence: Occurrence, drain: Callable[[Occurrence, Slot], None]) -> None:
         """Give an ordinary slot to drain(occurrence, slot): it runs its claim, then what else is ready."""
         self._start(lambda slot: drain(occurrence, slot), Slot(occurrence.id), False)

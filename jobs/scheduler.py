@@ -180,12 +180,11 @@ class Scheduler:
                 drained = False
                 continue
             occurrences = self._claim(now, long_running=long_running, limit=free)
-            drains = not long_running and self._groups()
-            for occurrence in occurrences:
-                if drains:
+            if not long_running and self._groups():
+                for occurrence in occurrences:
                     self.pool.submit_drain(occurrence, self._drain)
-                else:
-                    self.pool.submit(occurrence, self._run, long_running=long_running)
+            else:
+                self.pool.submit_all(occurrences, self._run, long_running=long_running)
             claimed += len(occurrences)
             drained &= len(occurrences) < free
         if drained:  # nothing more is ready: when will something be? (a finished run wakes us otherwise)

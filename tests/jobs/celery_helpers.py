@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 
+from django.conf import settings
 from kombu import Connection
 
 from bookworm_scheduler.celery import job_queues
@@ -31,6 +32,13 @@ def delete_queues(name: str, url: str) -> None:
         for queue in job_queues(name):
             queue.bind(channel).delete()
         job_queues(name)[0].exchange.bind(channel).delete()
+
+
+def messages_in(queue_name: str, url: str | None = None) -> int:
+    """Ready messages in the queue's ordinary queue (declared as the executor declares it, if nothing was sent)."""
+    with Connection(url or settings.RABBITMQ_URL) as conn:
+        queue = job_queues(queue_name)[0].bind(conn.default_channel)
+        return queue.queue_declare().message_count
 
 
 class CeleryProcess:

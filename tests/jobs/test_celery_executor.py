@@ -13,6 +13,7 @@ from jobs.definitions import load_definition
 from jobs.executors import NOTIFY_CHANNEL, CeleryExecutor, take_over
 from jobs.models import Attempt, Occurrence, Priority
 from outbox.models import OutboxMessage
+from tests.jobs.celery_helpers import messages_in
 from tests.jobs.helpers import listener_ready, make_definition, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -86,8 +87,7 @@ def test_a_task_delivered_twice_runs_the_job_once(executor, workers, no_seed_def
     worker = workers()
     Occurrence.trigger(task, priority=Priority.NORMAL)
     occurrence = claim_one(executor)
-    executor.publish(occurrence, long_running=False)
-    executor.publish(occurrence, long_running=False)
+    executor.submit_all([occurrence, occurrence], long_running=False)  # the same claim's message twice
 
     wait_for(lambda: status_of(occurrence) == "succeeded", timeout=30)
     wait_for(lambda: "no longer the claim handed over" in worker.output, timeout=30)
@@ -179,6 +179,30 @@ def test_a_claim_the_broker_does_not_take_is_released_and_handed_over_when_it_re
     back.submit(claim_one(back), long_running=False)
     wait_for(lambda: status_of(occurrence) == "succeeded", timeout=30)
     assert Attempt.objects.filter(occurrence=occurrence).count() == 1
+
+
+def test_claims_handed_over_as_one_batch_each_reach_the_workers_once(
+    executor, celery_queue, workers, no_seed_definitions
+):
+    task = make_definition("batched", "test.publish", every=3600)
+    for _ in range(30):
+        Occurrence.trigger(task, priority=Priority.NORMAL)
+    claimed = Occurrence.claim(
+        now=database_now(),
+        session=executor.session,
+        scheduler="test",
+        lease=timedelta(seconds=60),
+        long_running=False,
+        limit=30,
+    )
+    executor.submit_all(claimed, long_running=False)
+
+    assert messages_in(celery_queue) == 30  # every claim's message confirmed by the broker before submit_all returned
+    assert set(Occurrence.objects.values_list("status", flat=True)) == {"running"}
+    workers()
+    wait_for(lambda: Occurrence.objects.filter(status="succeeded").count() == 30, timeout=60)
+    assert Attempt.objects.count() == 30
+    assert OutboxMessage.objects.count() == 30
 
 
 def test_the_scheduler_claims_no_more_than_the_in_flight_bound(celery_queue, no_seed_definitions):

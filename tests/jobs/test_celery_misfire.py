@@ -10,14 +10,12 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.conf import settings
-from kombu import Connection
 
-from bookworm_scheduler.celery import job_queues
 from bookworm_scheduler.clock import database_now
 from jobs.definitions import load_definition
 from jobs.executors import CeleryExecutor
 from jobs.models import Attempt, Occurrence, Priority
+from tests.jobs.celery_helpers import messages_in
 from tests.jobs.helpers import make_definition, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -58,12 +56,6 @@ def hand_over_ready(executor) -> None:
 
 def status_of(occurrence) -> str:
     return Occurrence.objects.values_list("status", flat=True).get(id=occurrence.id)
-
-
-def messages_in(queue_name: str) -> int:
-    with Connection(settings.RABBITMQ_URL) as conn:
-        queue = job_queues(queue_name)[0].bind(conn.default_channel)
-        return queue.queue_declare().message_count  # declared as the executor declares it, if nothing was sent
 
 
 def test_under_skip_an_instant_handed_over_past_the_grace_is_missed_and_never_sent(

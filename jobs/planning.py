@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 # At most this many instants of one definition per pass; the rest in the next pass.
 MAX_INSTANTS_PER_PASS = 1000
-# Rows per INSERT statement.
+# Rows per INSERT statement on SQLite (PostgreSQL takes them all as arrays in one).
 INSERT_BATCH = 500
 
 
@@ -170,9 +170,16 @@ def _occurrence_row(definition: Definition, planned: Planned, now: datetime) -> 
 
 
 def _insert(rows: list[list], now: datetime) -> list[str]:
-    """Insert the rows (sql.insert_occurrences); the statuses of those the database took."""
+    """Insert the rows (sql.insert_occurrence_arrays, or sql.insert_occurrences by batches on
+    SQLite); the statuses of those the database took."""
+    if not rows:
+        return []
     taken = []
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            columns = [list(column) for column in zip(*rows, strict=True)]
+            cursor.execute(sql.insert_occurrence_arrays(connection.alias), [now, *columns])
+            return [status for (status,) in cursor.fetchall()]
         for start in range(0, len(rows), INSERT_BATCH):
             chunk = rows[start : start + INSERT_BATCH]
             params = [value for row in chunk for value in (*row, now)]

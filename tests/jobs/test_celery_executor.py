@@ -6,11 +6,14 @@ from datetime import timedelta
 
 import pytest
 from celery import Celery
+from django.conf import settings
+from kombu import Connection
 
+from bookworm_scheduler.celery import app as celery_app
 from bookworm_scheduler.clock import database_now
 from bookworm_scheduler.listen import Listener
 from jobs.definitions import load_definition
-from jobs.executors import NOTIFY_CHANNEL, CeleryExecutor, take_over
+from jobs.executors import NOTIFY_CHANNEL, TASK_NAME, CeleryExecutor, take_over
 from jobs.models import Attempt, Occurrence, Priority
 from outbox.models import OutboxMessage
 from tests.jobs.celery_helpers import messages_in
@@ -203,6 +206,24 @@ def test_claims_handed_over_as_one_batch_each_reach_the_workers_once(
     wait_for(lambda: Occurrence.objects.filter(status="succeeded").count() == 30, timeout=60)
     assert Attempt.objects.count() == 30
     assert OutboxMessage.objects.count() == 30
+
+
+def test_a_hand_over_is_the_message_celery_send_task_sends(executor, celery_queue, no_seed_definitions):
+    task = make_definition("same-message", "test.publish", every=3600, timeout_seconds=5)
+    Occurrence.trigger(task, priority=Priority.HIGH)
+    occurrence = claim_one(executor)
+    message = executor.message(occurrence, long_running=False)
+    assert executor.publisher.publish_all([message]) == [""]
+    queue = message.pop("queue")
+    celery_app.send_task(TASK_NAME, queue=queue, routing_key=queue.routing_key, retry=False, **message)
+
+    with Connection(settings.RABBITMQ_URL) as conn:
+        channel = conn.default_channel
+        ours, celerys = (channel.basic_get(queue.name, no_ack=True) for _ in range(2))
+    assert ours.body == celerys.body
+    assert ours.properties == celerys.properties  # the task's headers, time limits and priority among them
+    assert ours.properties["application_headers"]["timelimit"] == [6, 5]
+    assert ours.properties["priority"] == 2
 
 
 def test_the_scheduler_claims_no_more_than_the_in_flight_bound(celery_queue, no_seed_definitions):

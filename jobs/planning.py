@@ -216,6 +216,8 @@ class Planner:
         self.next_due: dict[int, datetime] = {}
         self._version: int | None = None
         self._loaded = False
+        # Definitions whose cursor another scheduler held, and the instant they were due then.
+        self._held: dict[int, datetime] = {}
 
     def refresh(self) -> bool:
         """Reload the definitions if any changed since the last load; True if reloaded."""
@@ -231,7 +233,7 @@ class Planner:
                     extra={"action": "definition_invalid", "definition": task_id, "error": reason},
                 )
         self.definitions, self.invalid = definitions, invalid
-        self.next_due = {}
+        self.next_due, self._held = {}, {}
         for task_id, definition in definitions.items():
             instant = definition.next_instant()
             if instant is not None:
@@ -244,13 +246,16 @@ class Planner:
         due = [task_id for task_id, instant in self.next_due.items() if instant <= now]
         if not due:
             return 0
+        due = self._planned_elsewhere(due)
         cursors = plan_due(self.definitions, due, now=now, grace=self.grace)
         planned = 0
         for task_id in due:
             cursor = cursors.get(task_id)
             if cursor is None:  # held by another scheduler, or disabled meanwhile
+                self._held.setdefault(task_id, self.next_due[task_id])
                 self.next_due[task_id] = now + self.RETRY_LOCKED
                 continue
+            self._held.pop(task_id, None)
             if cursor.planned_through >= self.next_due[task_id]:
                 planned += 1
             instant = self.definitions[task_id].next_instant(cursor)
@@ -259,6 +264,28 @@ class Planner:
             else:
                 self.next_due[task_id] = instant
         return planned
+
+    def _planned_elsewhere(self, due: list[int]) -> list[int]:
+        """Of the due definitions, those still to plan: a cursor another scheduler held when this one
+        last looked has usually been moved past that instant since. Read without a lock: only the
+        ones it has not are locked again (with several schedulers, a burst's losers would otherwise
+        lock every row the winner just planned)."""
+        held = [task_id for task_id in due if task_id in self._held]
+        if not held:
+            return due
+        done = set()
+        for row in PlanningCursor.objects.filter(task_id__in=held):
+            cursor = Cursor.of(row)
+            if cursor.planned_through < self._held[row.task_id]:
+                continue
+            done.add(row.task_id)
+            del self._held[row.task_id]
+            instant = self.definitions[row.task_id].next_instant(cursor)
+            if instant is None:
+                self.next_due.pop(row.task_id, None)
+            else:
+                self.next_due[row.task_id] = instant
+        return [task_id for task_id in due if task_id not in done]
 
     def due(self, now: datetime) -> bool:
         next_due = self.next_due_at()

@@ -164,6 +164,24 @@ def test_a_definition_another_scheduler_was_planning_is_looked_at_again_within_a
     assert list(Occurrence.objects.filter(task=task).values_list("scheduled_for", flat=True)) == [due]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_definition_another_scheduler_planned_meanwhile_is_passed_over_without_its_lock(clock, no_seed_definitions):
+    task = make_definition("hourly", cron="0 * * * *", planned_through=clock.now)
+    scheduler = make_scheduler(clock)
+    scheduler.planner.refresh()
+    due = clock.advance(hours=1)
+    hold = "SELECT * FROM jobs_planningcursor WHERE task_id = %s FOR UPDATE"
+    with psycopg.connect(**connection.get_connection_params()) as other:
+        other.execute(hold, [task.id])
+        assert scheduler.planner.plan(due) == 0
+        other.execute("UPDATE jobs_planningcursor SET planned_through = %s WHERE task_id = %s", [due, task.id])
+    with psycopg.connect(**connection.get_connection_params()) as other:
+        other.execute(hold, [task.id])  # held again: the other scheduler is at work on it still
+        assert scheduler.planner.plan(clock.advance(seconds=1)) == 0
+        assert scheduler.planner.next_due[task.id] == due + timedelta(hours=1)  # from the cursor, read unlocked
+    assert not Occurrence.objects.filter(task=task).exists()  # the other scheduler's to insert, not this one's
+
+
 @pytest.mark.django_db
 def test_each_attempt_records_when_it_really_started(clock, no_seed_definitions):
     task = make_definition("victim", every=3600, max_retries=1)

@@ -17,6 +17,7 @@ from django.core.exceptions import ValidationError
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
+from . import sql
 from .models import DefinitionsVersion, JobPolicy, Occurrence, PlanningCursor
 from .policy import Policy
 from .registry import get_job, registered_jobs
@@ -237,6 +238,9 @@ def create_missing_definitions(using: str = DEFAULT_DB_ALIAS) -> list[str]:
 
     An existing definition (same name) is never changed, so what an admin edited stays. A
     definition without a policy gets the registered defaults. Returns the names created.
+    Schedulers starting together take turns (a transaction-level advisory lock on PostgreSQL):
+    two inserts of one name, each moving jobs_definitionsversion by trigger and django-celery-beat's
+    PeriodicTasks row by signal, deadlocked.
     """
     created = []
     for spec in registered_jobs():
@@ -244,6 +248,7 @@ def create_missing_definitions(using: str = DEFAULT_DB_ALIAS) -> list[str]:
             continue
         try:
             with transaction.atomic(using=using):
+                sql.lock("create_missing_definitions", using)
                 if _create_definition(spec, using):
                     created.append(spec.name)
         except (IntegrityError, ValidationError):

@@ -219,5 +219,17 @@ def try_lock(name: str) -> bool:
     if connection.vendor != "postgresql":
         return True
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [zlib.crc32(name.encode())])
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_lock_key(name)])
         return cursor.fetchone()[0]
+
+
+def lock(name: str, using: str | None = None) -> None:
+    """A transaction-scoped advisory lock on PostgreSQL, waited for (nothing on SQLite)."""
+    connection = transaction.get_connection(using)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_lock_key(name)])
+
+
+def _lock_key(name: str) -> int:
+    return zlib.crc32(name.encode())

@@ -1,4 +1,7 @@
+import threading
+
 import pytest
+from django.db import connection
 from django_celery_beat.models import PeriodicTask, SolarSchedule
 
 from jobs.definitions import Definition, create_missing_definitions, load_definitions
@@ -32,6 +35,30 @@ def test_an_existing_definition_is_never_overwritten():
 def test_a_deleted_seed_definition_comes_back():
     PeriodicTask.objects.filter(name="CleanUpSentEmailJob").delete()
     assert create_missing_definitions() == ["CleanUpSentEmailJob"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_schedulers_starting_together_create_each_definition_once_without_error():
+    PeriodicTask.objects.filter(name__in=["CleanUpSentEmailJob", "ResendErrorEmailJob"]).delete()
+    start, errors, created = threading.Barrier(4), [], []
+
+    def scheduler_start():
+        try:
+            start.wait(10)
+            created.extend(create_missing_definitions())
+        except Exception as error:  # the deadlock this guards against, or anything else
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=scheduler_start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert sorted(created) == ["CleanUpSentEmailJob", "ResendErrorEmailJob"]
+    assert PeriodicTask.objects.filter(name__in=created).count() == 2
 
 
 def test_a_solar_schedule_is_refused_with_a_clear_reason():

@@ -139,9 +139,6 @@ class CeleryExecutor:
     def wait(self, timeout: float) -> bool:
         return True
 
-    def submit(self, occurrence: Occurrence, run=None, *, long_running: bool) -> None:
-        self.submit_all([occurrence], run, long_running=long_running)
-
     def submit_all(self, occurrences: list[Occurrence], run=None, *, long_running: bool) -> None:
         """Publish the claims to the workers, releasing those the broker does not confirm."""
         occurrences = [occurrence for occurrence in occurrences if not self.misfired(occurrence)]

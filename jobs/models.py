@@ -249,7 +249,9 @@ class Occurrence(models.Model):
         return None
 
     @classmethod
-    def trigger(cls, task: PeriodicTask, *, priority: int, by: str = "", now: datetime | None = None) -> "Occurrence":
+    def trigger(
+        cls, task: PeriodicTask, *, priority: int, by: str = "", now: datetime | None = None, **fields
+    ) -> "Occurrence":
         """A manual run of task, due now by the database's clock; an idle scheduler claims it at once."""
         now = now or default_clock()
         return cls.objects.create(
@@ -258,8 +260,9 @@ class Occurrence(models.Model):
             scheduled_for=now,
             run_after=now,
             manual=True,
-            triggered_by=by,
+            triggered_by=by[:150],
             priority=priority,
+            **fields,
         )
 
     @classmethod
@@ -271,14 +274,11 @@ class Occurrence(models.Model):
         For a process that runs it at once itself (a Celery worker fed by stock celery beat): no
         scheduler can claim it between the insert and the run.
         """
-        return cls.objects.create(
-            task=task,
-            job_name=task.name,
-            scheduled_for=now,
-            run_after=now,
-            manual=True,
-            triggered_by=by[:150],
+        return cls.trigger(
+            task,
             priority=priority,
+            by=by,
+            now=now,
             status=cls.Status.RUNNING,
             attempts=1,
             scheduler=scheduler,

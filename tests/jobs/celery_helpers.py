@@ -10,11 +10,14 @@ import sys
 import threading
 import time
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from kombu import Connection
 
 from bookworm_scheduler.celery import job_queues
+from bookworm_scheduler.clock import database_now
+from jobs.models import Occurrence
 from jobs.registry import JobContext, job
 from tests.jobs.helpers import wait_for
 
@@ -32,6 +35,18 @@ def delete_queues(name: str, url: str) -> None:
         for queue in job_queues(name):
             queue.bind(channel).delete()
         job_queues(name)[0].exchange.bind(channel).delete()
+
+
+def claim_ready(executor, limit: int = 1) -> list:
+    """Claim what is ready for the executor's session, oldest first, as a scheduler's dispatch pass does."""
+    return Occurrence.claim(
+        now=database_now(),
+        session=executor.session,
+        scheduler="test",
+        lease=timedelta(seconds=60),
+        long_running=False,
+        limit=limit,
+    )
 
 
 def messages_in(queue_name: str, url: str | None = None) -> int:

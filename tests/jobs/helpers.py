@@ -1,10 +1,12 @@
 """Helpers shared by the job tests."""
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -12,6 +14,7 @@ from django.conf import settings
 from django.db import connection
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
+from bookworm_scheduler.listen import Listener
 from jobs.executors import NOTIFY_CHANNEL
 from jobs.models import JobPolicy, PlanningCursor
 from jobs.scheduler import Scheduler
@@ -141,6 +144,21 @@ def wait_for(predicate, timeout=20.0, interval=0.1):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+@contextlib.contextmanager
+def woken_by_notify():
+    """A started Listener on NOTIFY_CHANNEL; yields the event it sets, cleared once it listens."""
+    woken = threading.Event()
+    listener = Listener(NOTIFY_CHANNEL, woken.set)
+    listener.start()
+    try:
+        wait_for(listener_ready, timeout=10)
+        assert woken.wait(10)  # once listening: for what was notified before
+        woken.clear()
+        yield woken
+    finally:
+        listener.close()
 
 
 def listener_ready(channel: str = NOTIFY_CHANNEL) -> bool:

@@ -1,6 +1,5 @@
 """The celery executor: schedulers claim and hand over, real Celery workers run, over a real RabbitMQ."""
 
-import threading
 import uuid
 from datetime import timedelta
 
@@ -11,13 +10,12 @@ from kombu import Connection
 
 from bookworm_scheduler.celery import app as celery_app
 from bookworm_scheduler.clock import database_now
-from bookworm_scheduler.listen import Listener
 from jobs.definitions import load_definition
-from jobs.executors import NOTIFY_CHANNEL, TASK_NAME, CeleryExecutor, take_over
+from jobs.executors import TASK_NAME, CeleryExecutor, take_over
 from jobs.models import Attempt, Occurrence, Priority
 from outbox.models import OutboxMessage
-from tests.jobs.celery_helpers import messages_in
-from tests.jobs.helpers import listener_ready, make_definition, wait_for
+from tests.jobs.celery_helpers import claim_ready, messages_in
+from tests.jobs.helpers import make_definition, wait_for, woken_by_notify
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -31,17 +29,14 @@ def executor(celery_queue):
 
 
 def claim_one(executor) -> Occurrence:
-    now = database_now()
-    (occurrence,) = Occurrence.claim(
-        now=now, session=executor.session, scheduler="test", lease=timedelta(seconds=60), long_running=False, limit=1
-    )
+    (occurrence,) = claim_ready(executor)
     return occurrence
 
 
 def hand_over(executor, task, priority=Priority.NORMAL) -> Occurrence:
     Occurrence.trigger(task, priority=priority)
     occurrence = claim_one(executor)
-    executor.submit(occurrence, long_running=False)
+    executor.submit_all([occurrence], long_running=False)
     return occurrence
 
 
@@ -168,7 +163,7 @@ def test_a_claim_the_broker_does_not_take_is_released_and_handed_over_when_it_re
     )
     Occurrence.trigger(task, priority=Priority.NORMAL)
     occurrence = claim_one(broken)
-    broken.submit(occurrence, long_running=False)
+    broken.submit_all([occurrence], long_running=False)
 
     occurrence.refresh_from_db()
     assert (occurrence.status, occurrence.attempts) == ("scheduled", 0)
@@ -179,7 +174,7 @@ def test_a_claim_the_broker_does_not_take_is_released_and_handed_over_when_it_re
     back = CeleryExecutor(
         session=session, definition_of=load_definition, queue=celery_queue, max_in_flight=100, hard_limit_margin=1
     )
-    back.submit(claim_one(back), long_running=False)
+    back.submit_all([claim_one(back)], long_running=False)
     wait_for(lambda: status_of(occurrence) == "succeeded", timeout=30)
     assert Attempt.objects.filter(occurrence=occurrence).count() == 1
 
@@ -190,15 +185,7 @@ def test_claims_handed_over_as_one_batch_each_reach_the_workers_once(
     task = make_definition("batched", "test.publish", every=3600)
     for _ in range(30):
         Occurrence.trigger(task, priority=Priority.NORMAL)
-    claimed = Occurrence.claim(
-        now=database_now(),
-        session=executor.session,
-        scheduler="test",
-        lease=timedelta(seconds=60),
-        long_running=False,
-        limit=30,
-    )
-    executor.submit_all(claimed, long_running=False)
+    executor.submit_all(claim_ready(executor, limit=30), long_running=False)
 
     assert messages_in(celery_queue) == 30  # every claim's message confirmed by the broker before submit_all returned
     assert set(Occurrence.objects.values_list("status", flat=True)) == {"running"}
@@ -244,13 +231,7 @@ def test_a_worker_taking_a_claim_over_wakes_the_schedulers(executor, no_seed_def
     task = make_definition("taken-over", "test.publish", every=3600)
     Occurrence.trigger(task, priority=Priority.NORMAL)
     occurrence = claim_one(executor)
-    woken = threading.Event()
-    listener = Listener(NOTIFY_CHANNEL, woken.set)
-    listener.start()
-    try:
-        wait_for(listener_ready, timeout=10)
-        assert woken.wait(10)  # once listening: for what was notified before
-        woken.clear()
+    with woken_by_notify() as woken:
         taken = take_over(
             occurrence.id,
             handed_by=executor.session,
@@ -262,8 +243,6 @@ def test_a_worker_taking_a_claim_over_wakes_the_schedulers(executor, no_seed_def
         )
         assert taken is not None
         assert woken.wait(10)
-    finally:
-        listener.close()
 
 
 def test_room_freed_by_a_worker_is_used_at_once_not_at_the_next_poll(

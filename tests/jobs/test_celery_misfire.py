@@ -15,7 +15,7 @@ from bookworm_scheduler.clock import database_now
 from jobs.definitions import load_definition
 from jobs.executors import CeleryExecutor
 from jobs.models import Attempt, Occurrence, Priority
-from tests.jobs.celery_helpers import messages_in
+from tests.jobs.celery_helpers import claim_ready, messages_in
 from tests.jobs.helpers import make_definition, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -43,15 +43,7 @@ def planned(task, *, ago: timedelta) -> Occurrence:
 
 def hand_over_ready(executor) -> None:
     """Claim what is ready, oldest first, and hand it over, as a scheduler's dispatch pass does."""
-    for occurrence in Occurrence.claim(
-        now=database_now(),
-        session=executor.session,
-        scheduler="test",
-        lease=timedelta(seconds=60),
-        long_running=False,
-        limit=100,
-    ):
-        executor.submit(occurrence, long_running=False)
+    executor.submit_all(claim_ready(executor, limit=100), long_running=False)
 
 
 def status_of(occurrence) -> str:

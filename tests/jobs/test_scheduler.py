@@ -10,17 +10,16 @@ import pytest
 from django.db import connection
 from django_celery_beat.models import PeriodicTask
 
-from bookworm_scheduler.listen import Listener
 from jobs.models import Attempt, Occurrence, Priority, SchedulerInstance
 from jobs.scheduler import NOTIFY_CHANNEL
 from outbox.models import OutboxMessage
 from tests.jobs.helpers import (
     FakeClock,
-    listener_ready,
     make_definition,
     make_scheduler,
     start_of_future_hour,
     wait_for,
+    woken_by_notify,
 )
 
 
@@ -229,14 +228,6 @@ def test_a_written_definition_and_an_occurrence_scheduled_again_notify(no_seed_d
 @pytest.mark.django_db(transaction=True)
 def test_inserted_occurrences_wake_idle_schedulers_at_once(no_seed_definitions):
     task = make_definition("manual", every=3600)
-    woken = threading.Event()
-    listener = Listener(NOTIFY_CHANNEL, woken.set)
-    listener.start()
-    try:
-        wait_for(listener_ready, timeout=10)
-        assert woken.wait(10)  # once listening: for what was notified before
-        woken.clear()
+    with woken_by_notify() as woken:
         Occurrence.trigger(task, priority=Priority.NORMAL)
         assert woken.wait(10)
-    finally:
-        listener.close()

@@ -1,5 +1,6 @@
 """Plain database helpers shared by the apps."""
 
+from contextlib import contextmanager
 from functools import cache
 
 from django.db import connections
@@ -25,9 +26,51 @@ def insert_row(instance, using: str):
     connection = connections[using]
     sql, fields = _insert_sql(type(instance), using)
     params = [f.get_db_prep_save(f.pre_save(instance, add=True), connection) for f in fields]
-    with connection.cursor() as cursor:
+    with prepared_cursor(using) as cursor:
         cursor.execute(sql, params)
         instance.pk = cursor.fetchone()[0]
     instance._state.adding = False
     instance._state.db = using
     return instance
+
+
+@cache
+def _prepared_cursor_class():
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    class PreparedStatementCursor(ServerBindingCursor):
+        """Binds parameters on the server and prepares every statement it executes (once per connection)."""
+
+        def execute(self, query, params=None, *, prepare=True, binary=None):
+            return super().execute(query, params, prepare=prepare, binary=binary)
+
+    return PreparedStatementCursor
+
+
+@contextmanager
+def prepared_cursor(using: str = "default"):
+    """A Django cursor whose statements are prepared on PostgreSQL; a plain one elsewhere.
+
+    For the statements the hot paths send once or more per run (an outbox row, a claim, a
+    group's record): Django's cursors bind parameters on the client, so PostgreSQL parses and
+    plans each statement anew, and psycopg quotes every parameter (each element of an array)
+    in Python. A prepared statement is parsed and planned once per connection, its parameters
+    sent as they are. The cursor is Django's wrapper all the same: the statements are logged,
+    counted by CaptureQueriesContext and their errors are Django's. Needs a session of its own
+    on the server (no pooler in transaction mode), as LISTEN does already; `prepare_threshold`
+    must be set in the database OPTIONS (settings.py), or psycopg prepares nothing.
+    """
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        with connection.cursor() as cursor:
+            yield cursor
+        return
+    connection.ensure_connection()
+    raw = connection.connection
+    factory, raw.cursor_factory = raw.cursor_factory, _prepared_cursor_class()
+    try:
+        cursor = connection.cursor()
+    finally:
+        raw.cursor_factory = factory
+    with cursor:
+        yield cursor

@@ -77,6 +77,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+else:
+    # Not None, so that psycopg prepares the statements the hot paths mark for it
+    # (bookworm_scheduler.db.prepared_cursor); Django's own cursors bind parameters on the
+    # client and never prepare, whatever this says. 5 is psycopg's default.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 5)
 DATABASES["default"]["TEST"] = {"NAME": _read("str", "TEST_DATABASE_NAME", None)}
 
 # amqps:// for TLS: the broker's certificate is verified against its host name (outbox.broker).

@@ -16,7 +16,7 @@ from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.clock import default_clock
-from bookworm_scheduler.db import insert_row
+from bookworm_scheduler.db import insert_row, prepared_cursor
 from bookworm_scheduler.instances import ProcessInstance
 
 from . import sql
@@ -349,7 +349,7 @@ class Occurrence(models.Model):
 
     @classmethod
     def _fetch(cls, using: str, statement: str, params, names, convert) -> list["Occurrence"]:
-        with connections[using].cursor() as cursor:
+        with prepared_cursor(using) as cursor:
             cursor.execute(statement, params)
             rows = cursor.fetchall()
         if convert:
@@ -412,7 +412,7 @@ class Occurrence(models.Model):
             self._transition(session=session, **fields)
             self._alert_if_failed(now, using)
             return insert_row(attempt, using)
-        with connection.cursor() as cursor:
+        with prepared_cursor(using) as cursor:
             cursor.execute(
                 sql.record_attempt(using),
                 {
@@ -473,7 +473,7 @@ class Occurrence(models.Model):
             for column, value in zip(columns, row, strict=True):
                 column.append(value)
             finished.append((occurrence, fields, now))
-        with connections[using].cursor() as cursor:
+        with prepared_cursor(using) as cursor:
             cursor.execute(sql.record_group(using), [*columns, scheduler, session])
             recorded = len(cursor.fetchall())
         if recorded != len(finished):

@@ -16,6 +16,7 @@ from django.db import connection, transaction
 from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.clock import default_clock
+from bookworm_scheduler.db import prepared_cursor
 
 from . import sql
 from .definitions import Cursor, Definition, definitions_version, load_definition, load_definitions
@@ -175,7 +176,7 @@ def _insert(rows: list[list], now: datetime) -> list[str]:
     if not rows:
         return []
     taken = []
-    with connection.cursor() as cursor:
+    with prepared_cursor(connection.alias) as cursor:
         if connection.vendor == "postgresql":
             columns = [list(column) for column in zip(*rows, strict=True)]
             cursor.execute(sql.insert_occurrence_arrays(connection.alias), [now, *columns])

@@ -22,6 +22,7 @@ relay, see bookworm_scheduler.tracing) and updates this process's metrics (jobs.
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 import traceback
@@ -132,6 +133,9 @@ class Runner:
         # Seconds the runs of each job (by name) took in this process, an exponential average (one
         # run slowed by a busy machine does not send a quick job out of groups): who may join a group.
         self._took: dict[str, float] = {}
+        # Seconds a run of a group took here, its share of the lock and record included (an
+        # exponential average): how many ready occurrences to lock at a time (_fitting).
+        self._pace = 0.0
         self.group_runs, self.group_seconds, self.group_lock = GROUP_RUNS, GROUP_SECONDS, GROUP_LOCK
 
     def run(self, occurrence: Occurrence, definition: Definition | None) -> None:
@@ -298,8 +302,10 @@ class Runner:
     ) -> tuple[int, bool]:
         """Lock ready occurrences and run them in one transaction, each job in a savepoint.
 
-        lock_ready(limit, ids) locks up to limit more, besides the ids this group has. Stops
-        before an occurrence that cannot join a group (see _groupable) and leaves it scheduled.
+        lock_ready(limit, ids) locks up to limit more, besides the ids this group has: as many as
+        fit in the group's time at the pace of the groups before (_fitting), so that few rows are
+        locked and read only to be left for the next group. Stops before an occurrence that
+        cannot join a group (see _groupable) and leaves it scheduled.
         Returns how many ran, and whether such an occurrence is next: the caller claims and runs
         it on its own (run).
         """
@@ -313,7 +319,7 @@ class Runner:
                     and not alone_next
                     and (not runs or time.monotonic() - began < self.group_seconds)
                 ):
-                    wanted = min(self.group_lock, self.group_runs - len(runs))
+                    wanted = min(self.group_lock, self.group_runs - len(runs), self._fitting(began))
                     ready = lock_ready(wanted, [run.occurrence.id for run in runs])
                     for occurrence in ready:
                         if runs and time.monotonic() - began >= self.group_seconds:
@@ -328,6 +334,8 @@ class Runner:
                         break
                 if runs:
                     Occurrence.record_group([run.outcome for run in runs], session=self.session, scheduler=scheduler)
+                    pace = (time.monotonic() - began) / len(runs)
+                    self._pace = pace if not self._pace else self._pace + (pace - self._pace) * 0.2
         except JOB_FAILURES as exc:
             if not connection_lost(exc):
                 raise
@@ -335,6 +343,12 @@ class Runner:
         for run in runs:
             self._finished_in_group(run)
         return len(runs), alone_next
+
+    def _fitting(self, began: float) -> int:
+        """How many more runs fit in the time left to a group begun at began (at least one)."""
+        if not self._pace:
+            return self.group_lock
+        return max(1, math.ceil((self.group_seconds - (time.monotonic() - began)) / self._pace))
 
     def _groupable(self, occurrence: Occurrence, definition: Definition | None) -> JobSpec | None:
         """The job, if this occurrence may run in a group: an atomic job, due to run, last seen to be quick.

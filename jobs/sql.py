@@ -79,7 +79,7 @@ def lock_ready(alias: str):
     """
     occ = _Names("Occurrence", alias)
     columns, names, convert = _rows(occ, alias)
-    return f"SELECT {columns} {_ready(occ, alias, False, also=f'AND {occ.id} <> ALL(%s) ')}", names, convert
+    return f"SELECT {columns} {_ready(occ, alias, False, also=f'AND {occ.id} <> ALL(%s::bigint[]) ')}", names, convert
 
 
 @functools.cache

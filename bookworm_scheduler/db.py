@@ -35,8 +35,9 @@ def insert_row(instance, using: str):
 
 
 @cache
-def _prepared_cursor_class():
-    from django.db.backends.postgresql.base import ServerBindingCursor
+def _cursor_classes():
+    """Django's cursor class for psycopg, and ours that prepares."""
+    from django.db.backends.postgresql.base import Cursor, ServerBindingCursor
 
     class PreparedStatementCursor(ServerBindingCursor):
         """Binds parameters on the server and prepares every statement it executes (once per connection)."""
@@ -44,7 +45,7 @@ def _prepared_cursor_class():
         def execute(self, query, params=None, *, prepare=True, binary=None):
             return super().execute(query, params, prepare=prepare, binary=binary)
 
-    return PreparedStatementCursor
+    return Cursor, PreparedStatementCursor
 
 
 @contextmanager
@@ -55,19 +56,25 @@ def prepared_cursor(using: str = "default"):
     group's record): Django's cursors bind parameters on the client, so PostgreSQL parses and
     plans each statement anew, and psycopg quotes every parameter (each element of an array)
     in Python. A prepared statement is parsed and planned once per connection, its parameters
-    sent as they are. The cursor is Django's wrapper all the same: the statements are logged,
-    counted by CaptureQueriesContext and their errors are Django's. Needs a session of its own
+    sent as they are. The cursor is Django's wrapper all the same: the statements go through
+    execute_wrapper()s and their errors are Django's (DEBUG's query log records them without
+    their text, which Django reads from client-side binding only). Needs a session of its own
     on the server (no pooler in transaction mode), as LISTEN does already; `prepare_threshold`
     must be set in the database OPTIONS (settings.py), or psycopg prepares nothing.
+
+    With tracing on, the connection's cursor class is the instrumentation's (it traces each
+    statement): that one is used as it is, and nothing is prepared.
     """
     connection = connections[using]
-    if connection.vendor != "postgresql":
+    if connection.vendor == "postgresql":
+        connection.ensure_connection()
+        plain, prepared = _cursor_classes()
+    if connection.vendor != "postgresql" or connection.connection.cursor_factory is not plain:
         with connection.cursor() as cursor:
             yield cursor
         return
-    connection.ensure_connection()
     raw = connection.connection
-    factory, raw.cursor_factory = raw.cursor_factory, _prepared_cursor_class()
+    factory, raw.cursor_factory = raw.cursor_factory, prepared
     try:
         cursor = connection.cursor()
     finally:

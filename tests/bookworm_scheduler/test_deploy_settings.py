@@ -124,7 +124,7 @@ def test_secrets_can_come_from_files_named_by_file_variables(tmp_path):
         "db-pw-1",
         "bookworm",
     )
-    assert database["OPTIONS"] == {"sslmode": "require"}
+    assert database["OPTIONS"] == {"sslmode": "require", "prepare_threshold": 5}
 
 
 def test_a_variable_and_its_file_variable_together_stop_start_up(tmp_path):
@@ -172,7 +172,11 @@ def test_database_url_options_become_connection_options():
 
     database = read_settings({**PRODUCTION, "DATABASE_URL": url}, "DATABASES")["DATABASES"]["default"]
 
-    assert database["OPTIONS"] == {"sslmode": "verify-full", "sslrootcert": "/run/secrets/db-ca.pem"}
+    assert database["OPTIONS"] == {
+        "sslmode": "verify-full",
+        "sslrootcert": "/run/secrets/db-ca.pem",
+        "prepare_threshold": 5,
+    }
 
 
 def test_amqps_verifies_the_brokers_certificate_against_its_host_name():

@@ -21,6 +21,7 @@ relay, see bookworm_scheduler.tracing) and updates this process's metrics (jobs.
 """
 
 import dataclasses
+import itertools
 import logging
 import math
 import threading
@@ -133,8 +134,8 @@ class Runner:
         # Seconds the runs of each job (by name) took in this process, an exponential average (one
         # run slowed by a busy machine does not send a quick job out of groups): who may join a group.
         self._took: dict[str, float] = {}
-        # Seconds a run of a group took here, its share of the lock and record included (an
-        # exponential average): how many ready occurrences to lock at a time (_fitting).
+        # Seconds a run in a group took here, its savepoint included (an exponential average):
+        # how many ready occurrences to lock at a time (_fitting).
         self._pace = 0.0
         self.group_runs, self.group_seconds, self.group_lock = GROUP_RUNS, GROUP_SECONDS, GROUP_LOCK
 
@@ -334,7 +335,7 @@ class Runner:
                         break
                 if runs:
                     Occurrence.record_group([run.outcome for run in runs], session=self.session, scheduler=scheduler)
-                    pace = (time.monotonic() - began) / len(runs)
+                    pace = sum(run.duration for run in runs) / len(runs)
                     self._pace = pace if not self._pace else self._pace + (pace - self._pace) * 0.2
         except JOB_FAILURES as exc:
             if not connection_lost(exc):
@@ -470,17 +471,22 @@ class Runner:
 def _savepoint():
     """The savepoint of one job in a group: rolled back if the job raises, left for the commit if it returns.
 
-    Not released: that would be one more round trip per run, and the group's commit ends them
-    all (a group of GROUP_RUNS nests that many). Like transaction.atomic() it drops the on_commit
-    callbacks of a job rolled back and clears needs_rollback after the rollback; a job that
-    returns with its transaction marked for rollback (an error it swallowed inside
-    atomic(savepoint=False), say) has failed: its work is rolled back, not committed silently.
+    Sent with the job's first statement, not on its own (_QueuedSavepoint). Not released: that
+    would be one more round trip per run, and the group's commit ends them all (a group of
+    GROUP_RUNS nests that many). Like transaction.atomic() it drops the on_commit callbacks of a
+    job rolled back and clears needs_rollback after the rollback; a job that returns with its
+    transaction marked for rollback (an error it swallowed inside atomic(savepoint=False), say)
+    has failed: its work is rolled back, not committed silently.
     """
-    sid = connection.savepoint()
+    sid = f"run_{next(_savepoint_numbers)}"
+    queued = _QueuedSavepoint(sid)
     connection.savepoint_ids.append(sid)
     returned = False
     try:
-        yield
+        try:
+            yield
+        finally:
+            queued.close()  # what the job sent is answered: an error of it is the job's
         if connection.needs_rollback:
             raise TransactionManagementError("the job returned with its transaction marked for rollback")
         returned = True
@@ -493,6 +499,43 @@ def _savepoint():
             except DatabaseError:
                 connection.needs_rollback = True  # the connection broke: the group is lost (connection_lost)
                 raise
+
+
+_savepoint_numbers = itertools.count(1)  # names of the runs' savepoints: unique within a process
+
+
+class _QueuedSavepoint:
+    """A run's SAVEPOINT sent together with the job's first statement: one round trip for both.
+
+    psycopg's pipeline mode queues the SAVEPOINT. The first statement the job sends through
+    Django's connection (an execute_wrapper) is queued behind it, and the pipeline is left as
+    soon as it is: its result, or its error, reaches the job from execute() as it would have
+    without the pipeline. A job that sent nothing leaves the pipeline when it ends, which costs
+    the savepoint's round trip, as before. A statement sent on psycopg's own connection
+    (connection.connection) goes into the same pipeline, after the savepoint: covered by it.
+    """
+
+    def __init__(self, sid: str):
+        raw = connection.connection
+        self._pipeline = raw.pipeline()
+        self._pipeline.__enter__()
+        raw.execute(connection.ops.savepoint_create_sql(sid))
+        connection.execute_wrappers.append(self._sent_with)
+
+    def _sent_with(self, execute, sql, params, many, context):
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Leave the pipeline, once: send what is queued and wait for the answers (raises the first error)."""
+        if self._pipeline is None:
+            return
+        pipeline, self._pipeline = self._pipeline, None
+        connection.execute_wrappers.remove(self._sent_with)
+        with connection.wrap_database_errors:
+            pipeline.__exit__(None, None, None)
 
 
 @contextmanager

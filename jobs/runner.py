@@ -53,7 +53,7 @@ JOB_FAILURES = (Exception, JobTimeout, SystemExit, KeyboardInterrupt)
 
 
 # A group starts no more runs once it ran GROUP_RUNS or its transaction has been open GROUP_SECONDS;
-# it locks GROUP_LOCK ready occurrences at a time. Only a job whose runs here took less than
+# it locks at most GROUP_LOCK ready occurrences at a time. Only a job whose runs here took less than
 # GROUP_JOB_FACTOR times GROUP_SECONDS (on average) joins a group, so a run waits for its commit at
 # most about that long: a job not seen yet, or a slower one, runs on its own (Runner.run).
 GROUP_RUNS, GROUP_SECONDS, GROUP_LOCK, GROUP_JOB_FACTOR = 20, 0.01, 10, 5
@@ -475,8 +475,9 @@ def _savepoint():
     would be one more round trip per run, and the group's commit ends them all (a group of
     GROUP_RUNS nests that many). Like transaction.atomic() it drops the on_commit callbacks of a
     job rolled back and clears needs_rollback after the rollback; a job that returns with its
-    transaction marked for rollback (an error it swallowed inside atomic(savepoint=False), say)
-    has failed: its work is rolled back, not committed silently.
+    transaction marked for rollback (an error it swallowed inside atomic(savepoint=False), say),
+    or aborted (an error it swallowed outside any atomic block), has failed: its work is rolled
+    back, not committed silently, and the next job starts from a usable transaction.
     """
     sid = f"run_{next(_savepoint_numbers)}"
     queued = _QueuedSavepoint(sid)
@@ -489,6 +490,9 @@ def _savepoint():
             queued.close()  # what the job sent is answered: an error of it is the job's
         if connection.needs_rollback:
             raise TransactionManagementError("the job returned with its transaction marked for rollback")
+        if connection.connection.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+            # A database error it swallowed outside any atomic block: the next job would get it.
+            raise TransactionManagementError("the job returned with its transaction aborted by a database error")
         returned = True
     finally:
         connection.savepoint_ids.pop()
@@ -519,7 +523,11 @@ class _QueuedSavepoint:
         raw = connection.connection
         self._pipeline = raw.pipeline()
         self._pipeline.__enter__()
-        raw.execute(connection.ops.savepoint_create_sql(sid))
+        try:
+            raw.execute(connection.ops.savepoint_create_sql(sid))
+        except BaseException:
+            self._pipeline.__exit__(None, None, None)
+            raise
         connection.execute_wrappers.append(self._sent_with)
 
     def _sent_with(self, execute, sql, params, many, context):

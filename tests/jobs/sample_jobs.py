@@ -134,3 +134,24 @@ def swallow_database_error(context: JobContext) -> None:
             cursor.execute("SELECT 1 / 0")
     except DatabaseError:
         pass
+
+
+@job("test.first_statement_fails_in_atomic")
+def first_statement_fails_in_atomic(context: JobContext) -> None:
+    """A statement that fails first, in an atomic block of its own, handled; then publish: a success."""
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT 1 / 0")
+    except DatabaseError:
+        pass
+    publish(SampleRanEvent(occurrence=context.occurrence_id, attempt=context.attempt))
+
+
+@job("test.swallow_first_statement_error")
+def swallow_first_statement_error(context: JobContext) -> None:
+    """Its first statement fails and it swallows the error outside any atomic block: its transaction is aborted."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 / 0")
+    except DatabaseError:
+        pass

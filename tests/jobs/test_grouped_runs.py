@@ -152,6 +152,42 @@ def test_a_job_that_returns_with_its_transaction_marked_for_rollback_in_a_group_
 
 
 @pytest.mark.django_db
+def test_an_error_of_a_jobs_first_statement_reaches_the_job_at_that_statement(clock, no_seed_definitions):
+    # The run's SAVEPOINT is sent with the job's first statement (runner._QueuedSavepoint): the job
+    # still gets that statement's error where it sent it, and handles it in its own atomic block.
+    scheduler = make_scheduler(clock)
+    known_quick(scheduler, clock, "test.publish", "test.first_statement_fails_in_atomic")
+    [handler] = trigger(make_definition("handler", "test.first_statement_fails_in_atomic", every=3600), clock)
+    after = trigger(make_definition("after", every=3600), clock, 2)
+    scheduler.planner.refresh()
+
+    assert scheduler.run_group(clock.advance(seconds=1)) == (3, False)
+
+    assert statuses([handler, *after]) == ["succeeded"] * 3
+    assert events_of([handler, *after]).count() == 3
+
+
+@pytest.mark.django_db
+def test_a_job_that_returns_with_its_transaction_aborted_in_a_group_has_failed(clock, no_seed_definitions):
+    scheduler = make_scheduler(clock)
+    known_quick(scheduler, clock, "test.publish", "test.swallow_first_statement_error")
+    before = trigger(make_definition("before", every=3600), clock, 2)
+    [swallower] = trigger(make_definition("swallower", "test.swallow_first_statement_error", every=3600), clock)
+    after = trigger(make_definition("after", every=3600), clock, 2)
+    scheduler.planner.refresh()
+
+    assert scheduler.run_group(clock.advance(seconds=1)) == (5, False)
+
+    swallower.refresh_from_db()
+    assert (swallower.status, swallower.reason) == (
+        "failed",
+        "TransactionManagementError: the job returned with its transaction aborted by a database error",
+    )
+    assert statuses(before + after) == ["succeeded"] * 4
+    assert events_of(before + after).count() == 4
+
+
+@pytest.mark.django_db
 def test_a_job_not_seen_to_be_quick_runs_alone_after_the_group(clock, no_seed_definitions):
     scheduler = make_scheduler(clock)
     known_quick(scheduler, clock, "test.publish")

@@ -37,6 +37,18 @@ def known_quick(scheduler, clock, *jobs):
     scheduler.runner.group_seconds = 10.0
 
 
+def run_between_quick_ones(clock, job):
+    """One group: two quick runs, one of job, two quick runs (all five ran); the occurrences, in three parts."""
+    scheduler = make_scheduler(clock)
+    known_quick(scheduler, clock, "test.publish", job)
+    before = trigger(make_definition("before", every=3600), clock, 2)
+    [middle] = trigger(make_definition("middle", job, every=3600), clock)
+    after = trigger(make_definition("after", every=3600), clock, 2)
+    scheduler.planner.refresh()
+    assert scheduler.run_group(clock.advance(seconds=1)) == (5, False)
+    return before, middle, after
+
+
 @pytest.mark.django_db
 def test_a_failing_job_in_a_group_rolls_back_only_its_own_work(clock, no_seed_definitions, caplog):
     scheduler = make_scheduler(clock)
@@ -115,14 +127,7 @@ def test_a_job_that_times_out_in_a_group_rolls_back_only_its_own_work(clock, no_
 
 @pytest.mark.django_db
 def test_a_statement_the_database_rejects_in_a_group_aborts_only_its_own_job(clock, no_seed_definitions):
-    scheduler = make_scheduler(clock)
-    known_quick(scheduler, clock, "test.publish", "test.bad_sql")
-    before = trigger(make_definition("before", every=3600), clock, 2)
-    [bad] = trigger(make_definition("bad", "test.bad_sql", every=3600), clock)
-    after = trigger(make_definition("after", every=3600), clock, 2)
-    scheduler.planner.refresh()
-
-    assert scheduler.run_group(clock.advance(seconds=1)) == (5, False)
+    before, bad, after = run_between_quick_ones(clock, "test.bad_sql")
 
     bad.refresh_from_db()
     assert (bad.status, bad.reason) == ("failed", "DataError: division by zero")
@@ -155,28 +160,15 @@ def test_a_job_that_returns_with_its_transaction_marked_for_rollback_in_a_group_
 def test_an_error_of_a_jobs_first_statement_reaches_the_job_at_that_statement(clock, no_seed_definitions):
     # The run's SAVEPOINT is sent with the job's first statement (runner._QueuedSavepoint): the job
     # still gets that statement's error where it sent it, and handles it in its own atomic block.
-    scheduler = make_scheduler(clock)
-    known_quick(scheduler, clock, "test.publish", "test.first_statement_fails_in_atomic")
-    [handler] = trigger(make_definition("handler", "test.first_statement_fails_in_atomic", every=3600), clock)
-    after = trigger(make_definition("after", every=3600), clock, 2)
-    scheduler.planner.refresh()
+    before, handler, after = run_between_quick_ones(clock, "test.first_statement_fails_in_atomic")
 
-    assert scheduler.run_group(clock.advance(seconds=1)) == (3, False)
-
-    assert statuses([handler, *after]) == ["succeeded"] * 3
-    assert events_of([handler, *after]).count() == 3
+    assert statuses([*before, handler, *after]) == ["succeeded"] * 5
+    assert events_of([*before, handler, *after]).count() == 5
 
 
 @pytest.mark.django_db
 def test_a_job_that_returns_with_its_transaction_aborted_in_a_group_has_failed(clock, no_seed_definitions):
-    scheduler = make_scheduler(clock)
-    known_quick(scheduler, clock, "test.publish", "test.swallow_first_statement_error")
-    before = trigger(make_definition("before", every=3600), clock, 2)
-    [swallower] = trigger(make_definition("swallower", "test.swallow_first_statement_error", every=3600), clock)
-    after = trigger(make_definition("after", every=3600), clock, 2)
-    scheduler.planner.refresh()
-
-    assert scheduler.run_group(clock.advance(seconds=1)) == (5, False)
+    before, swallower, after = run_between_quick_ones(clock, "test.swallow_first_statement_error")
 
     swallower.refresh_from_db()
     assert (swallower.status, swallower.reason) == (

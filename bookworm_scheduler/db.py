@@ -68,16 +68,15 @@ def prepared_cursor(using: str = "default"):
     connection = connections[using]
     if connection.vendor == "postgresql":
         connection.ensure_connection()
-        plain, prepared = _cursor_classes()
-    if connection.vendor != "postgresql" or connection.connection.cursor_factory is not plain:
-        with connection.cursor() as cursor:
-            yield cursor
-        return
-    raw = connection.connection
-    factory, raw.cursor_factory = raw.cursor_factory, prepared
-    try:
-        cursor = connection.cursor()
-    finally:
-        raw.cursor_factory = factory
-    with cursor:
+        raw, (plain, prepared) = connection.connection, _cursor_classes()
+        if raw.cursor_factory is plain:
+            raw.cursor_factory = prepared
+            try:
+                cursor = connection.cursor()
+            finally:
+                raw.cursor_factory = plain
+            with cursor:
+                yield cursor
+            return
+    with connection.cursor() as cursor:
         yield cursor

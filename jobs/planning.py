@@ -259,12 +259,16 @@ class Planner:
             self._held.pop(task_id, None)
             if cursor.planned_through >= self.next_due[task_id]:
                 planned += 1
-            instant = self.definitions[task_id].next_instant(cursor)
-            if instant is None:
-                self.next_due.pop(task_id, None)
-            else:
-                self.next_due[task_id] = instant
+            self._due_after(task_id, cursor)
         return planned
+
+    def _due_after(self, task_id: int, cursor: Cursor) -> None:
+        """The definition's next instant after what cursor planned (none: it is done)."""
+        instant = self.definitions[task_id].next_instant(cursor)
+        if instant is None:
+            self.next_due.pop(task_id, None)
+        else:
+            self.next_due[task_id] = instant
 
     def _planned_elsewhere(self, due: list[int]) -> list[int]:
         """Of the due definitions, those still to plan: a cursor another scheduler held when this one
@@ -281,11 +285,7 @@ class Planner:
                 continue
             done.add(row.task_id)
             del self._held[row.task_id]
-            instant = self.definitions[row.task_id].next_instant(cursor)
-            if instant is None:
-                self.next_due.pop(row.task_id, None)
-            else:
-                self.next_due[row.task_id] = instant
+            self._due_after(row.task_id, cursor)
         return [task_id for task_id in due if task_id not in done]
 
     def due(self, now: datetime) -> bool:

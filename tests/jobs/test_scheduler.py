@@ -1,3 +1,4 @@
+import contextlib
 import random
 import threading
 import time
@@ -148,15 +149,26 @@ def test_the_loop_runs_what_it_plans_in_its_pool_and_says_goodbye(no_seed_defini
     assert instance.state == "stopped" and instance.stopped_at is not None
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_definition_another_scheduler_was_planning_is_looked_at_again_within_a_second(clock, no_seed_definitions):
+def hourly_falling_due(clock):
+    """An hourly definition planned through now, a scheduler that loaded it, and its next instant, now."""
     task = make_definition("hourly", cron="0 * * * *", planned_through=clock.now)
     scheduler = make_scheduler(clock)
     scheduler.planner.refresh()
-    due = clock.advance(hours=1)
-    # Another scheduler holds the cursor (it is planning it, or died doing so).
+    return task, scheduler, clock.advance(hours=1)
+
+
+@contextlib.contextmanager
+def cursor_held_elsewhere(task):
+    """Another scheduler's transaction holding task's planning cursor (it is planning it, or died doing so)."""
     with psycopg.connect(**connection.get_connection_params()) as other:
         other.execute("SELECT * FROM jobs_planningcursor WHERE task_id = %s FOR UPDATE", [task.id])
+        yield other
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_definition_another_scheduler_was_planning_is_looked_at_again_within_a_second(clock, no_seed_definitions):
+    task, scheduler, due = hourly_falling_due(clock)
+    with cursor_held_elsewhere(task):
         assert scheduler.planner.plan(due) == 0
         assert scheduler.planner.next_due[task.id] == due + timedelta(seconds=1)
     scheduler.planner.plan(clock.advance(seconds=1))
@@ -165,17 +177,11 @@ def test_a_definition_another_scheduler_was_planning_is_looked_at_again_within_a
 
 @pytest.mark.django_db(transaction=True)
 def test_a_definition_another_scheduler_planned_meanwhile_is_passed_over_without_its_lock(clock, no_seed_definitions):
-    task = make_definition("hourly", cron="0 * * * *", planned_through=clock.now)
-    scheduler = make_scheduler(clock)
-    scheduler.planner.refresh()
-    due = clock.advance(hours=1)
-    hold = "SELECT * FROM jobs_planningcursor WHERE task_id = %s FOR UPDATE"
-    with psycopg.connect(**connection.get_connection_params()) as other:
-        other.execute(hold, [task.id])
+    task, scheduler, due = hourly_falling_due(clock)
+    with cursor_held_elsewhere(task) as other:
         assert scheduler.planner.plan(due) == 0
         other.execute("UPDATE jobs_planningcursor SET planned_through = %s WHERE task_id = %s", [due, task.id])
-    with psycopg.connect(**connection.get_connection_params()) as other:
-        other.execute(hold, [task.id])  # held again: the other scheduler is at work on it still
+    with cursor_held_elsewhere(task):  # held again: the other scheduler is at work on it still
         assert scheduler.planner.plan(clock.advance(seconds=1)) == 0
         assert scheduler.planner.next_due[task.id] == due + timedelta(hours=1)  # from the cursor, read unlocked
     assert not Occurrence.objects.filter(task=task).exists()  # the other scheduler's to insert, not this one's

@@ -184,7 +184,9 @@ def record_exception(exc: BaseException) -> None:
 
 
 def trace_id() -> str | None:
-    """The current trace's id in hex (for log events), or None outside a valid span."""
+    """The current trace's id in hex (for log events), or None outside a valid span or with tracing off."""
+    if _tracer is None:
+        return None
     context = trace.get_current_span().get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else None
 

@@ -6,6 +6,8 @@ start; Prometheus sums them over the schedulers. What the database knows (runs p
 status, live instances) is the web app's /metrics (bookworm_scheduler.metrics).
 """
 
+from functools import cache
+
 from prometheus_client import Counter, Gauge, Histogram
 
 # How a run ended: the Runner's outcomes, the suffixes of its log actions (docs/logging.md).
@@ -55,3 +57,19 @@ POOL_BUSY = Gauge(
 
 def pool_kind(long_running: bool) -> str:
     return "long_running" if long_running else "normal"
+
+
+# The labelled series of one job, looked up once: labels() takes a lock and builds its key at every call.
+@cache
+def started(job: str):
+    return RUNS_STARTED.labels(job)
+
+
+@cache
+def finished(job: str, status: str):
+    return RUNS_FINISHED.labels(job, status)
+
+
+@cache
+def duration(job: str):
+    return RUN_DURATION.labels(job)

@@ -403,15 +403,25 @@ class Occurrence(models.Model):
         if another scheduler reaped the claim meanwhile, so the caller's transaction (the job's
         own work included) rolls back.
         """
-        fields, attempt = self._outcome(
-            started_at=started_at, now=now, error=error, traceback=traceback, retry_at=retry_at
-        )
+        fields, attempt_status, started_at = self._outcome(started_at=started_at, now=now, error=error, retry_at=retry_at)
         using = router.db_for_write(Occurrence)
         connection = connections[using]
         if connection.vendor != "postgresql":
             self._transition(session=session, **fields)
             self._alert_if_failed(now, using)
-            return insert_row(attempt, using)
+            attempt = Attempt(
+                occurrence=self,
+                number=self.attempts,
+                status=attempt_status,
+                scheduler=self.scheduler,
+                started_at=started_at,
+                finished_at=now,
+                duration=now - started_at,
+                error=error,
+                traceback=traceback,
+            )
+            insert_row(attempt, using)
+            return
         with prepared_cursor(using) as cursor:
             cursor.execute(
                 sql.record_attempt(using),
@@ -422,12 +432,12 @@ class Occurrence(models.Model):
                     "run_after": fields.get("run_after"),
                     "finished_at": fields.get("finished_at"),
                     "reason": fields["reason"],
-                    "number": attempt.number,
-                    "attempt_status": attempt.status,
-                    "scheduler": attempt.scheduler,
-                    "started_at": attempt.started_at,
+                    "number": self.attempts,
+                    "attempt_status": attempt_status,
+                    "scheduler": self.scheduler,
+                    "started_at": started_at,
                     "now": now,
-                    "duration": attempt.duration,
+                    "duration": now - started_at,
                     "error": error,
                     "traceback": traceback,
                 },
@@ -438,9 +448,7 @@ class Occurrence(models.Model):
         for name, value in fields.items():
             setattr(self, name, value)
         self.lease_expires_at = None
-        attempt.pk = row[0]
         self._alert_if_failed(now, using)
-        return attempt
 
     @classmethod
     def record_group(cls, outcomes, *, session, scheduler: str) -> None:
@@ -454,18 +462,18 @@ class Occurrence(models.Model):
         columns: list[list] = [[] for _ in range(11)]
         finished = []
         for occurrence, started_at, now, error, traceback, retry_at in outcomes:
-            fields, attempt = occurrence._outcome(
-                started_at=started_at, now=now, error=error, traceback=traceback, retry_at=retry_at
+            fields, attempt_status, started_at = occurrence._outcome(
+                started_at=started_at, now=now, error=error, retry_at=retry_at
             )
             row = (
                 occurrence.pk,
-                attempt.number,
+                occurrence.attempts,
                 fields["status"],
                 fields.get("run_after"),
                 fields.get("finished_at"),
                 fields["reason"],
-                attempt.status,
-                attempt.started_at,
+                attempt_status,
+                started_at,
                 now,
                 error,
                 traceback,
@@ -484,26 +492,15 @@ class Occurrence(models.Model):
             occurrence.lease_expires_at = None
             occurrence._alert_if_failed(now, using)
 
-    def _outcome(self, *, started_at, now, error: str, traceback: str, retry_at) -> tuple[dict, "Attempt"]:
-        """The fields an ended attempt sets on the occurrence, and its Attempt row (unsaved)."""
+    def _outcome(self, *, started_at, now, error: str, retry_at) -> tuple[dict, str, datetime]:
+        """The fields an ended attempt sets on the occurrence, the attempt's status and its start (at most now)."""
         if not error:
             fields = dict(status=self.Status.SUCCEEDED, finished_at=now, reason="")
         elif retry_at is not None:
             fields = dict(status=self.Status.SCHEDULED, run_after=max(retry_at, self.scheduled_for), reason=error)
         else:
             fields = dict(status=self.Status.FAILED, finished_at=now, reason=error)
-        attempt = Attempt(
-            occurrence=self,
-            number=self.attempts,
-            status=Attempt.Status.FAILED if error else Attempt.Status.SUCCEEDED,
-            scheduler=self.scheduler,
-            started_at=min(started_at, now),
-            finished_at=now,
-            duration=now - min(started_at, now),
-            error=error,
-            traceback=traceback,
-        )
-        return fields, attempt
+        return fields, Attempt.Status.FAILED if error else Attempt.Status.SUCCEEDED, min(started_at, now)
 
     def _alert_if_failed(self, now, using: str) -> None:
         """A run that failed for good writes its alert in the same transaction; jobs.alerts sends it."""

@@ -32,7 +32,7 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import datetime
 
 import psycopg
-from django.db import DatabaseError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections, transaction
 from django.db.transaction import TransactionManagementError
 
 from bookworm_scheduler import tracing
@@ -142,7 +142,7 @@ class Runner:
     def run(self, occurrence: Occurrence, definition: Definition | None) -> None:
         """Run a claimed occurrence of definition (None: look it up) and record the attempt."""
         job = occurrence.job_name
-        metrics.RUNS_STARTED.labels(job).inc()
+        metrics.started(job).inc()
         begun, lag = time.monotonic(), self.clock() - occurrence.scheduled_for
         with tracing.span(f"run {job}", attributes=_span_attributes(occurrence)) as span:
             try:
@@ -154,9 +154,9 @@ class Runner:
                 span.set_attribute("bookworm.run.outcome", status)
                 if status in (metrics.FAILED, metrics.RETRY_SCHEDULED, metrics.LEASE_LOST):
                     tracing.fail(span, error)
-        metrics.RUNS_FINISHED.labels(job, status).inc()
+        metrics.finished(job, status).inc()
         if status != metrics.SKIPPED:
-            metrics.RUN_DURATION.labels(job).observe(time.monotonic() - begun)
+            metrics.duration(job).observe(time.monotonic() - begun)
             if occurrence.attempts == 1:  # a retry's lag would be its retry interval
                 metrics.FIRE_LAG.observe(max(lag.total_seconds(), 0.0))
 
@@ -371,7 +371,7 @@ class Runner:
         """Run one job of a group in a savepoint; how it ended (recorded later, with the group)."""
         started = self.clock()
         occurrence.take(session=self.session, scheduler=scheduler, now=started)
-        metrics.RUNS_STARTED.labels(occurrence.job_name).inc()
+        metrics.started(occurrence.job_name).inc()
         context = job_context(occurrence, definition)
         timeout = definition.policy.timeout
         run = GroupRun(occurrence, definition, started, started)
@@ -428,8 +428,8 @@ class Runner:
                 level=logging.WARNING if run.retry_at else logging.ERROR,
             )
         job = occurrence.job_name
-        metrics.RUNS_FINISHED.labels(job, status).inc()
-        metrics.RUN_DURATION.labels(job).observe(run.duration)
+        metrics.finished(job, status).inc()
+        metrics.duration(job).observe(run.duration)
         if occurrence.attempts == 1:
             metrics.FIRE_LAG.observe(max((run.started - occurrence.scheduled_for).total_seconds(), 0.0))
 
@@ -463,7 +463,7 @@ class Runner:
                 self._finished_in_group(run)
             else:
                 _log(run.occurrence, "occurrence_released", error=error, status="scheduled", level=logging.WARNING)
-                metrics.RUNS_FINISHED.labels(run.occurrence.job_name, metrics.RELEASED).inc()
+                metrics.finished(run.occurrence.job_name, metrics.RELEASED).inc()
         return len(runs) if committed else 0
 
 
@@ -479,29 +479,30 @@ def _savepoint():
     or aborted (an error it swallowed outside any atomic block), has failed: its work is rolled
     back, not committed silently, and the next job starts from a usable transaction.
     """
+    db = connections[DEFAULT_DB_ALIAS]  # the proxy `connection` looks it up at every attribute
     sid = f"run_{next(_savepoint_numbers)}"
-    queued = _QueuedSavepoint(sid)
-    connection.savepoint_ids.append(sid)
+    queued = _QueuedSavepoint(db, sid)
+    db.savepoint_ids.append(sid)
     returned = False
     try:
         try:
             yield
         finally:
             queued.close()  # what the job sent is answered: an error of it is the job's
-        if connection.needs_rollback:
+        if db.needs_rollback:
             raise TransactionManagementError("the job returned with its transaction marked for rollback")
-        if connection.connection.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+        if db.connection.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
             # A database error it swallowed outside any atomic block: the next job would get it.
             raise TransactionManagementError("the job returned with its transaction aborted by a database error")
         returned = True
     finally:
-        connection.savepoint_ids.pop()
+        db.savepoint_ids.pop()
         if not returned:
-            connection.needs_rollback = False  # cleared first, or Django refuses the rollback itself
+            db.needs_rollback = False  # cleared first, or Django refuses the rollback itself
             try:
-                connection.savepoint_rollback(sid)
+                db.savepoint_rollback(sid)
             except DatabaseError:
-                connection.needs_rollback = True  # the connection broke: the group is lost (connection_lost)
+                db.needs_rollback = True  # the connection broke: the group is lost (connection_lost)
                 raise
 
 
@@ -519,16 +520,17 @@ class _QueuedSavepoint:
     (connection.connection) goes into the same pipeline, after the savepoint: covered by it.
     """
 
-    def __init__(self, sid: str):
-        raw = connection.connection
+    def __init__(self, db, sid: str):
+        self._db = db
+        raw = db.connection
         self._pipeline = raw.pipeline()
         self._pipeline.__enter__()
         try:
-            raw.execute(connection.ops.savepoint_create_sql(sid))
+            raw.execute(db.ops.savepoint_create_sql(sid))
         except BaseException:
             self._pipeline.__exit__(None, None, None)
             raise
-        connection.execute_wrappers.append(self._sent_with)
+        db.execute_wrappers.append(self._sent_with)
 
     def _sent_with(self, execute, sql, params, many, context):
         try:
@@ -541,8 +543,8 @@ class _QueuedSavepoint:
         if self._pipeline is None:
             return
         pipeline, self._pipeline = self._pipeline, None
-        connection.execute_wrappers.remove(self._sent_with)
-        with connection.wrap_database_errors:
+        self._db.execute_wrappers.remove(self._sent_with)
+        with self._db.wrap_database_errors:
             pipeline.__exit__(None, None, None)
 
 
@@ -589,7 +591,9 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _span_attributes(occurrence: Occurrence) -> dict:
+def _span_attributes(occurrence: Occurrence) -> dict | None:
+    if not tracing.active():
+        return None  # there is no span to give them to
     return {
         "bookworm.job.name": occurrence.job_name,
         "bookworm.occurrence.id": occurrence.id,

@@ -1,5 +1,6 @@
 import pytest
 from django.db import DataError, connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from bookworm_scheduler.db import prepared_cursor
 from outbox.models import OutboxMessage
@@ -38,3 +39,36 @@ def test_an_error_of_a_prepared_statement_is_djangos_and_the_transaction_goes_on
         with prepared_cursor() as cursor:
             cursor.execute("SELECT 6 / %s", [2])
             assert cursor.fetchone() == (3,)
+
+
+def same_cursor_twice() -> bool:
+    with prepared_cursor() as first:
+        first.execute("SELECT %s", [1])
+    with prepared_cursor() as second:
+        second.execute("SELECT %s", [2])
+        assert second.fetchone() == (2,)
+    return first is second
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_prepared_cursor_is_kept_until_the_connection_is_replaced():
+    assert same_cursor_twice()
+    with prepared_cursor() as before:
+        pass
+    connection.close()
+    with prepared_cursor() as after:
+        after.execute("SELECT %s", [3])
+        assert after.fetchone() == (3,)
+    assert after is not before
+    assert after.cursor.connection is connection.connection
+
+
+@pytest.mark.django_db
+def test_statements_of_the_kept_cursor_are_logged_while_queries_are_captured():
+    assert same_cursor_twice()  # made and kept before the capture: Django's plain wrapper
+    with CaptureQueriesContext(connection) as captured, prepared_cursor() as cursor:
+        cursor.execute("SELECT %s", [4])
+    assert len(captured) == 1
+    with CaptureQueriesContext(connection) as captured:
+        assert same_cursor_twice()
+    assert len(captured) == 2

@@ -403,7 +403,9 @@ class Occurrence(models.Model):
         if another scheduler reaped the claim meanwhile, so the caller's transaction (the job's
         own work included) rolls back.
         """
-        fields, attempt_status, started_at = self._outcome(started_at=started_at, now=now, error=error, retry_at=retry_at)
+        fields, attempt_status, started_at = self._outcome(
+            started_at=started_at, now=now, error=error, retry_at=retry_at
+        )
         using = router.db_for_write(Occurrence)
         connection = connections[using]
         if connection.vendor != "postgresql":

@@ -1,15 +1,16 @@
 """The scheduler's own CPU per grouped run, in one thread, against the local PostgreSQL (run by hand).
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/bookworm_scheduler \
-        .venv/bin/python bench/run_cost.py [--runs 2000] [--rounds 5] [--profile FILE]
+        .venv/bin/python bench/run_cost.py [--runs 2000] [--rounds 5] [--group-seconds S] [--profile FILE]
 
 The throughput of one runscheduler instance is bounded by its Python: its drain threads share
 the GIL. This measures that cost alone, without the other threads and processes of the burst
 benchmark (bench/scheduler_throughput.py): --runs manual occurrences of the bench job (publish
 one outbox message) are drained by Scheduler.run_group in this thread, --rounds times, and the
-process's CPU time (getrusage: user and system) is divided by the runs. The database's time is not in
-it; the host's noise is, much less than in a throughput figure. --profile FILE writes a cProfile
-of the last round. It creates (and drops at the end) its own database, `<name>_bench_run_cost`.
+process's CPU time (getrusage: user and system) is divided by the runs. PostgreSQL's CPU is not
+in it; the host's noise is, much less than in a throughput figure. --profile FILE writes a
+cProfile of the last round, timed by this thread's CPU clock. It creates (and drops at the end)
+its own database, `<name>_bench_run_cost`.
 """
 
 import argparse

@@ -32,3 +32,20 @@ class BenchDatabase:
         connections.close_all()
         with psycopg.connect(self._server_url, autocommit=True) as server:
             server.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def scheduler_bench(suffix: str) -> BenchDatabase:
+    """Set up a scheduler benchmark: production settings (DEBUG would record every query in memory
+    and slow the hot path), the bench job registered, a fresh database of its own, Django set up."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bookworm_scheduler.settings")
+    os.environ.setdefault("DEBUG", "0")
+    os.environ.setdefault("SECRET_KEY", "benchmark-only")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ["SCHEDULER_JOB_MODULES"] = "bench.sample_jobs"
+    database = BenchDatabase(suffix)
+    database.use()
+    database.recreate()
+    import django
+
+    django.setup()
+    return database

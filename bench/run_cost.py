@@ -15,7 +15,6 @@ its own database, `<name>_bench_run_cost`.
 
 import argparse
 import cProfile
-import os
 import resource
 import statistics
 import sys
@@ -25,21 +24,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bookworm_scheduler.settings")
-os.environ.setdefault("DEBUG", "0")  # DEBUG would record every query in memory
-os.environ.setdefault("SECRET_KEY", "benchmark-only")
-os.environ.setdefault("LOG_LEVEL", "WARNING")
-os.environ["SCHEDULER_JOB_MODULES"] = "bench.sample_jobs"
 
-from bench.database import BenchDatabase  # noqa: E402
+from bench.database import scheduler_bench  # noqa: E402
 
-DATABASE = BenchDatabase("_bench_run_cost")
-DATABASE.use()
-
-import django  # noqa: E402
-
-DATABASE.recreate()
-django.setup()
+DATABASE = scheduler_bench("_bench_run_cost")
 
 from django.core.management import call_command  # noqa: E402
 from django_celery_beat.models import IntervalSchedule, PeriodicTask  # noqa: E402

@@ -36,23 +36,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bookworm_scheduler.settings")
-# Production settings: DEBUG would record every query in memory and slow the hot path.
-os.environ.setdefault("DEBUG", "0")
-os.environ.setdefault("SECRET_KEY", "benchmark-only")
-os.environ.setdefault("LOG_LEVEL", "WARNING")
-os.environ["SCHEDULER_JOB_MODULES"] = "bench.sample_jobs"
 
+from bench.database import scheduler_bench  # noqa: E402
 
-from bench.database import BenchDatabase  # noqa: E402
-
-DATABASE = BenchDatabase("_bench_scheduler")
-DATABASE.use()
-
-import django  # noqa: E402
-
-DATABASE.recreate()
-django.setup()
+DATABASE = scheduler_bench("_bench_scheduler")
 
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402

@@ -80,9 +80,10 @@ def main() -> None:
 
     per_run = []
     for round_ in range(options.rounds):
+        now = scheduler.clock()
         Occurrence.objects.bulk_create(
             Occurrence(task=task, job_name=task.name, scheduled_for=now, run_after=now, manual=True)
-            for now in [scheduler.clock()] * options.runs
+            for _ in range(options.runs)
         )
         profile = cProfile.Profile(time.thread_time) if options.profile and round_ == options.rounds - 1 else None
         usage, wall = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()

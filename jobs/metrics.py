@@ -59,17 +59,7 @@ def pool_kind(long_running: bool) -> str:
     return "long_running" if long_running else "normal"
 
 
-# The labelled series of one job, looked up once: labels() takes a lock and builds its key at every call.
 @cache
-def started(job: str):
-    return RUNS_STARTED.labels(job)
-
-
-@cache
-def finished(job: str, status: str):
-    return RUNS_FINISHED.labels(job, status)
-
-
-@cache
-def duration(job: str):
-    return RUN_DURATION.labels(job)
+def labelled(metric, *values):
+    """metric.labels(*values), looked up once: labels() takes a lock and builds its key at every call."""
+    return metric.labels(*values)

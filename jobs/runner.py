@@ -142,7 +142,7 @@ class Runner:
     def run(self, occurrence: Occurrence, definition: Definition | None) -> None:
         """Run a claimed occurrence of definition (None: look it up) and record the attempt."""
         job = occurrence.job_name
-        metrics.started(job).inc()
+        metrics.labelled(metrics.RUNS_STARTED, job).inc()
         begun, lag = time.monotonic(), self.clock() - occurrence.scheduled_for
         with tracing.span(f"run {job}", attributes=_span_attributes(occurrence)) as span:
             try:
@@ -154,9 +154,9 @@ class Runner:
                 span.set_attribute("bookworm.run.outcome", status)
                 if status in (metrics.FAILED, metrics.RETRY_SCHEDULED, metrics.LEASE_LOST):
                     tracing.fail(span, error)
-        metrics.finished(job, status).inc()
+        metrics.labelled(metrics.RUNS_FINISHED, job, status).inc()
         if status != metrics.SKIPPED:
-            metrics.duration(job).observe(time.monotonic() - begun)
+            metrics.labelled(metrics.RUN_DURATION, job).observe(time.monotonic() - begun)
             if occurrence.attempts == 1:  # a retry's lag would be its retry interval
                 metrics.FIRE_LAG.observe(max(lag.total_seconds(), 0.0))
 
@@ -371,7 +371,7 @@ class Runner:
         """Run one job of a group in a savepoint; how it ended (recorded later, with the group)."""
         started = self.clock()
         occurrence.take(session=self.session, scheduler=scheduler, now=started)
-        metrics.started(occurrence.job_name).inc()
+        metrics.labelled(metrics.RUNS_STARTED, occurrence.job_name).inc()
         context = job_context(occurrence, definition)
         timeout = definition.policy.timeout
         run = GroupRun(occurrence, definition, started, started)
@@ -428,8 +428,8 @@ class Runner:
                 level=logging.WARNING if run.retry_at else logging.ERROR,
             )
         job = occurrence.job_name
-        metrics.finished(job, status).inc()
-        metrics.duration(job).observe(run.duration)
+        metrics.labelled(metrics.RUNS_FINISHED, job, status).inc()
+        metrics.labelled(metrics.RUN_DURATION, job).observe(run.duration)
         if occurrence.attempts == 1:
             metrics.FIRE_LAG.observe(max((run.started - occurrence.scheduled_for).total_seconds(), 0.0))
 
@@ -463,7 +463,7 @@ class Runner:
                 self._finished_in_group(run)
             else:
                 _log(run.occurrence, "occurrence_released", error=error, status="scheduled", level=logging.WARNING)
-                metrics.finished(run.occurrence.job_name, metrics.RELEASED).inc()
+                metrics.labelled(metrics.RUNS_FINISHED, run.occurrence.job_name, metrics.RELEASED).inc()
         return len(runs) if committed else 0
 
 

@@ -45,8 +45,9 @@ class Leases:
         )
         self._renewed_at = now
 
-    def due(self, now: datetime) -> bool:
-        return self._renewed_at is None or now - self._renewed_at >= self.renew_every
+    def due(self, now: datetime, *, early: timedelta = timedelta(0)) -> bool:
+        """Whether renewal is due (or, with `early`, will be within that time)."""
+        return self._renewed_at is None or now - self._renewed_at >= self.renew_every - early
 
     def next_renewal_at(self) -> datetime | None:
         return None if self._renewed_at is None else self._renewed_at + self.renew_every

@@ -215,6 +215,10 @@ class Planner:
         self.definitions: dict[int, Definition] = {}
         self.invalid: dict[int, str] = {}
         self.next_due: dict[int, datetime] = {}
+        # min(next_due.values()), kept because the main loop asks at every pass (O(n) to compute);
+        # stale (_earliest_known False) once next_due changed, recomputed when next asked.
+        self._earliest: datetime | None = None
+        self._earliest_known = True
         self._version: int | None = None
         self._loaded = False
         # Definitions whose cursor another scheduler held, and the instant they were due then.
@@ -239,14 +243,16 @@ class Planner:
             instant = definition.next_instant()
             if instant is not None:
                 self.next_due[task_id] = instant
+        self._earliest_known = False
         self._version, self._loaded = version, True
         return True
 
     def plan(self, now: datetime) -> int:
         """Plan every definition whose next instant is due; return how many definitions had some."""
-        due = [task_id for task_id, instant in self.next_due.items() if instant <= now]
-        if not due:
+        if not self.due(now):
             return 0
+        due = [task_id for task_id, instant in self.next_due.items() if instant <= now]
+        self._earliest_known = False  # their next instants move
         due = self._planned_elsewhere(due)
         cursors = plan_due(self.definitions, due, now=now, grace=self.grace)
         planned = 0
@@ -293,7 +299,9 @@ class Planner:
         return next_due is not None and next_due <= now
 
     def next_due_at(self) -> datetime | None:
-        return min(self.next_due.values(), default=None)
+        if not self._earliest_known:
+            self._earliest, self._earliest_known = min(self.next_due.values(), default=None), True
+        return self._earliest
 
 
 def hand_over_through(task_id: int, instant: datetime) -> None:

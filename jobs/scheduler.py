@@ -45,8 +45,9 @@ logger = logging.getLogger(__name__)
 # The longest the main thread sleeps: with NOTIFY (PostgreSQL), and without (SQLite).
 POLL_INTERVAL = timedelta(seconds=10)
 POLL_INTERVAL_WITHOUT_NOTIFY = timedelta(seconds=1)
-# The clock's offset from the database's is re-read when older than this, at a pass.
-CLOCK_MAX_AGE = 1.0
+# The clock's offset from the database's is re-read when older than this, at a pass (between
+# syncs it follows the monotonic clock, which no setting of the host's clock moves).
+CLOCK_MAX_AGE = POLL_INTERVAL.total_seconds()
 # History pruning: rows per transaction, transactions per pass, and how often to look.
 PRUNE_BATCH, PRUNE_BATCHES, PRUNE_EVERY = 2000, 2, timedelta(minutes=10)
 # After a group failed for a reason other than a lost connection, ordinary jobs are claimed and run
@@ -134,7 +135,8 @@ class Scheduler:
             self._notified.clear()
             self._housekeeping_at = now + self.poll_interval
             self.planner.refresh()
-            if self.leases.due(now):
+            # Renewed a little early rather than in a pass of its own (the next poll comes with the next renewal).
+            if self.leases.due(now, early=self.leases.renew_every / 2):
                 self.leases.renew(now, self.pool.running_ids())
                 found |= self.reap(now) > 0
             found |= self.planner.plan(now) > 0

@@ -144,9 +144,10 @@ class Runner:
         job = occurrence.job_name
         metrics.labelled(metrics.RUNS_STARTED, job).inc()
         begun, lag = time.monotonic(), self.clock() - occurrence.scheduled_for
+        definition = definition or load_definition(occurrence.task_id)
         with tracing.span(f"run {job}", attributes=_span_attributes(occurrence)) as span:
             try:
-                status, error = self._run(occurrence, definition or load_definition(occurrence.task_id))
+                status, error = self._run(occurrence, definition)
             except LeaseLost as exc:
                 status, error = metrics.LEASE_LOST, str(exc)
                 _log(occurrence, "lease_lost", error=error, level=logging.WARNING)
@@ -156,7 +157,8 @@ class Runner:
                     tracing.fail(span, error)
         metrics.labelled(metrics.RUNS_FINISHED, job, status).inc()
         if status != metrics.SKIPPED:
-            metrics.labelled(metrics.RUN_DURATION, job).observe(time.monotonic() - begun)
+            task = definition.job if definition is not None else ""
+            metrics.labelled(metrics.RUN_DURATION, task).observe(time.monotonic() - begun)
             if occurrence.attempts == 1:  # a retry's lag would be its retry interval
                 metrics.FIRE_LAG.observe(max(lag.total_seconds(), 0.0))
 
@@ -429,7 +431,7 @@ class Runner:
             )
         job = occurrence.job_name
         metrics.labelled(metrics.RUNS_FINISHED, job, status).inc()
-        metrics.labelled(metrics.RUN_DURATION, job).observe(run.duration)
+        metrics.labelled(metrics.RUN_DURATION, run.definition.job).observe(run.duration)
         if occurrence.attempts == 1:
             metrics.FIRE_LAG.observe(max((run.started - occurrence.scheduled_for).total_seconds(), 0.0))
 

@@ -208,7 +208,7 @@ def test_a_scheduler_counts_its_runs_by_outcome_and_times_them(clock, no_seed):
         for status in ("succeeded", "failed")
     }
     started = sample_value("bookworm_job_runs_started_total", job="counted")
-    durations = sample_value("bookworm_job_run_duration_seconds_count", job="counted")
+    durations = sample_value("bookworm_job_run_duration_seconds_count", task="test.publish")
     lags = sample_value("bookworm_job_fire_lag_seconds_count")
     good = make_definition("counted", every=60)
     Occurrence.trigger(good, now=clock.now, priority=1)
@@ -222,7 +222,7 @@ def test_a_scheduler_counts_its_runs_by_outcome_and_times_them(clock, no_seed):
     assert (
         sample_value("bookworm_job_runs_finished_total", job="counted", status="succeeded") - before["succeeded"] == 2
     )
-    assert sample_value("bookworm_job_run_duration_seconds_count", job="counted") - durations == 2
+    assert sample_value("bookworm_job_run_duration_seconds_count", task="test.publish") - durations == 2
     assert sample_value("bookworm_job_fire_lag_seconds_count") - lags == 2
 
 

@@ -118,12 +118,20 @@ class _Batch:
         self.moved: dict[int, Cursor] = {}
         self.one_offs: list[int] = []
         self.statuses: list[str] = []
+        # The instants of each (schedule, cursor) pair: the definitions due at one instant mostly
+        # share a few crontabs and, once planned, their cursor, so each pair is evaluated once.
+        self._instants: dict[tuple, tuple[list[datetime], bool]] = {}
 
     def add(self, definition: Definition | None, cursor: Cursor, *, through: datetime) -> None:
         """The definition's instants after cursor up to through, under its misfire policy."""
         if definition is None or definition.schedule is None:
             return
-        instants, more_left = instants_between(cursor.unplanned(definition.schedule), through, MAX_INSTANTS_PER_PASS)
+        key = (definition.schedule, cursor, through)
+        if key not in self._instants:
+            self._instants[key] = instants_between(
+                cursor.unplanned(definition.schedule), through, MAX_INSTANTS_PER_PASS
+            )
+        instants, more_left = self._instants[key]
         if not instants:
             return
         if definition.one_off:

@@ -13,18 +13,20 @@ logger = logging.getLogger(__name__)
 
 
 class Listener:
-    """Calls on_notify() whenever `channel` is notified, until close(). A no-op on SQLite.
+    """Calls on_notify(payload) whenever `channel` is notified, until close(). A no-op on SQLite.
 
     A dedicated autocommit connection listens: Django's connections run transactions. A lost
-    connection is retried every `retry` seconds; once listening again it calls on_notify(), for
-    what was notified while it was not (callers poll as well, as a safety net).
+    connection is retried every `retry` seconds; once listening again it calls on_notify(None),
+    for whatever was notified while it was not (callers poll as well, as a safety net).
 
     The thread sleeps in select() on the connection's socket and a pipe that close() writes to,
     with no timeout: an idle listener costs no CPU. (psycopg's notifies(timeout=...) wakes every
     0.1 s to check for interrupts, a few milliseconds of CPU a second in every idle process.)
     """
 
-    def __init__(self, channel: str, on_notify: Callable[[], None], using: str = DEFAULT_DB_ALIAS, retry: float = 1.0):
+    def __init__(
+        self, channel: str, on_notify: Callable[[str | None], None], using: str = DEFAULT_DB_ALIAS, retry: float = 1.0
+    ):
         self.channel = channel
         self.on_notify = on_notify
         self.using = using
@@ -58,15 +60,15 @@ class Listener:
             try:
                 with psycopg.connect(**params, autocommit=True) as listener:
                     listener.execute(f"LISTEN {self.channel}")
-                    self.on_notify()
+                    self.on_notify(None)
                     with selectors.DefaultSelector() as selector:
                         selector.register(listener.fileno(), selectors.EVENT_READ)
                         selector.register(self._wakeup[0], selectors.EVENT_READ)
                         while not self._closed.is_set():
                             selector.select()
                             # What the socket holds (timeout 0: no waiting); a lost connection raises here.
-                            for _ in listener.notifies(timeout=0):
-                                self.on_notify()
+                            for notify in listener.notifies(timeout=0):
+                                self.on_notify(notify.payload)
             except psycopg.Error as error:
                 logger.debug("listening on %s failed: %s", self.channel, error, extra={"action": "listen_failed"})
                 self._closed.wait(self.retry)

@@ -46,6 +46,9 @@ TASK_NAME = "jobs.run_occurrence"
 # are inserted or scheduled again and when a definition is written, a worker's take_over when a
 # scheduler's hand-over room frees.
 NOTIFY_CHANNEL = "jobs_occurrence"
+# Its payload when a definition, schedule or policy was written (migration 0009); the others
+# ('', 'scheduled') say that occurrences may be ready to claim.
+DEFINITIONS_CHANGED = "definitions"
 # Seconds a batch of hand-overs waits for the broker's confirms (a broker under a resource alarm
 # never sends them); the claims not confirmed are then released. A message that arrives after all
 # is still judged by the row: one run.

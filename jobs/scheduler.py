@@ -13,8 +13,10 @@ All shared state is in the database, and all time is the database's (DatabaseClo
 main thread wakes at the next due instant or ready retry, when a run finishes, when its leases
 are due for renewal (a third of the lease), and on NOTIFY jobs_occurrence: occurrences inserted
 or scheduled again, a definition written by any path (migrations 0003 and 0009), a Celery worker
-taking a hand-over over, the listening connection (re)established. Otherwise it polls every
-POLL_INTERVAL, as a safety net; every second on SQLite, which has no NOTIFY.
+taking a hand-over over, the listening connection (re)established. Each pass claims what is
+ready; housekeeping (definitions, planning, leases, pruning, alerts) comes with a definition's
+NOTIFY, a due instant, a renewal, or otherwise every POLL_INTERVAL, as a safety net (every
+second on SQLite, which has no NOTIFY).
 """
 
 import logging
@@ -33,7 +35,7 @@ from bookworm_scheduler.listen import Listener
 
 from .alerts import AlertSender
 from .definitions import create_missing_definitions, load_definition
-from .executors import NOTIFY_CHANNEL, build_executor
+from .executors import DEFINITIONS_CHANGED, NOTIFY_CHANNEL, build_executor
 from .leases import Leases
 from .models import Occurrence, prune_history
 from .planning import Planner
@@ -95,7 +97,7 @@ class Scheduler:
         self._next_ready: datetime | None = None
         self._next_prune: datetime | None = None
         self._housekeeping_at: datetime | None = None
-        self._notified = threading.Event()  # a NOTIFY since the last housekeeping
+        self._notified = threading.Event()  # a definition changed (or a gap in listening) since the last housekeeping
         self._groups_paused_until = 0.0  # time.monotonic()
 
     def run(self, *, once: bool = False, shutdown_timeout: float = 30) -> int:
@@ -126,8 +128,9 @@ class Scheduler:
     def run_pass(self, now: datetime) -> bool:
         """One pass of the main thread; True if it found work (so another pass may find more).
 
-        Claiming runs every pass (a run that finished wakes the loop for it); the rest after a
-        NOTIFY, when a definition falls due, and at least once per poll interval.
+        Claiming runs every pass (a run that finished or a NOTIFY wakes the loop for it); the rest
+        after a definition's NOTIFY, when a definition or a lease renewal falls due, and at least
+        once per poll interval.
         """
         found = False
         housekeeping = self._housekeeping_at is None or now >= self._housekeeping_at
@@ -237,9 +240,12 @@ class Scheduler:
     def wake(self) -> None:
         self._wake.set()
 
-    def notified(self) -> None:
-        """NOTIFY jobs_occurrence (the listener's thread): look at the definitions and what is ready."""
-        self._notified.set()
+    def notified(self, payload: str | None) -> None:
+        """NOTIFY jobs_occurrence (the listener's thread): look at what is ready, which every pass
+        does; on 'definitions' (a definition written) or None (listening again after a gap,
+        anything may have been missed) at the definitions too: a pass of housekeeping."""
+        if payload is None or payload == DEFINITIONS_CHANGED:
+            self._notified.set()
         self._wake.set()
 
     def sleep_until(self, instant: datetime) -> None:

@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 import os
+import select
 import socket
 import time
 import uuid
@@ -564,7 +565,10 @@ class Waker:
             return False
         try:
             listener = self._listen()
-            received = any(True for _ in listener.notifies(timeout=seconds, stop_after=1))
+            # select() sleeps until the socket has data; psycopg's notifies(timeout=...) would wake
+            # every 0.1 s to check for interrupts, CPU that an idle relay need not spend.
+            readable, _, _ = select.select([listener.fileno()], [], [], seconds)
+            received = bool(readable) and any(True for _ in listener.notifies(timeout=0))
             if received:
                 # Notifications that arrived together fold into this one wake-up.
                 for _ in listener.notifies(timeout=0):

@@ -10,21 +10,25 @@ CHANNEL = "test_listen"
 
 
 class Calls:
-    """Counts the listener's callbacks (from its thread)."""
+    """The payloads the listener called back with (from its thread)."""
 
     def __init__(self):
-        self.count = 0
+        self.payloads = []
         self._lock = threading.Lock()
 
-    def __call__(self):
+    def __call__(self, payload):
         with self._lock:
-            self.count += 1
+            self.payloads.append(payload)
+
+    def seen(self):
+        with self._lock:
+            return list(self.payloads)
 
 
-def notify(times: int = 1) -> None:
+def notify(*payloads: str) -> None:
     with connection.cursor() as cursor:
-        for _ in range(times):
-            cursor.execute(f"NOTIFY {CHANNEL}")
+        for payload in payloads:
+            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload])
 
 
 def listening_pid() -> int | None:
@@ -43,18 +47,19 @@ def listening():
     listener.start()
     try:
         wait_for(lambda: listener_ready(CHANNEL), timeout=10)
-        wait_for(lambda: calls.count == 1, timeout=10)  # once listening: for what came before
+        wait_for(lambda: calls.seen() == [None], timeout=10)  # once listening: for what came before
         yield listener, calls
     finally:
         listener.close()
 
 
 @pytest.mark.django_db(transaction=True)
-def test_each_notification_calls_back_and_close_ends_the_thread_at_once(listening):
+def test_each_notification_calls_back_with_its_payload_and_close_ends_the_thread_at_once(listening):
     listener, calls = listening
 
-    notify(times=2)
-    wait_for(lambda: calls.count == 3, timeout=10)
+    notify("definitions", "scheduled")
+    wait_for(lambda: len(calls.seen()) == 3, timeout=10)
+    assert calls.seen() == [None, "definitions", "scheduled"]
 
     listener.close()
     assert not listener._thread.is_alive()
@@ -67,7 +72,7 @@ def test_a_lost_connection_is_listened_on_again_and_called_back_for_what_it_miss
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(%s)", [listening_pid()])
 
-    wait_for(lambda: calls.count == 2, timeout=10)  # listening again
+    wait_for(lambda: calls.seen() == [None, None], timeout=10)  # listening again
     wait_for(lambda: listener_ready(CHANNEL), timeout=10)
-    notify()
-    wait_for(lambda: calls.count == 3, timeout=10)
+    notify("scheduled")
+    wait_for(lambda: calls.seen() == [None, None, "scheduled"], timeout=10)

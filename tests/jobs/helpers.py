@@ -150,7 +150,7 @@ def wait_for(predicate, timeout=20.0, interval=0.1):
 def woken_by_notify():
     """A started Listener on NOTIFY_CHANNEL; yields the event it sets, cleared once it listens."""
     woken = threading.Event()
-    listener = Listener(NOTIFY_CHANNEL, woken.set)
+    listener = Listener(NOTIFY_CHANNEL, lambda payload: woken.set())
     listener.start()
     try:
         wait_for(listener_ready, timeout=10)

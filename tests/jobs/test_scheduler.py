@@ -9,6 +9,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django_celery_beat.models import PeriodicTask
 
 from jobs.models import Attempt, Occurrence, Priority, SchedulerInstance
@@ -216,6 +217,33 @@ def test_a_scheduler_whose_heartbeat_stopped_is_marked_lost(clock, no_seed_defin
     states = dict(SchedulerInstance.objects.values_list("instance_id", "state"))
     assert states == {"dead": "lost", "survivor": "running"}
     assert SchedulerInstance.objects.get(instance_id="dead").stopped_at == clock.now - timedelta(seconds=31)
+
+
+def tables_read(scheduler, now) -> set[str]:
+    """The tables one pass of the scheduler's main loop sent statements about."""
+    with CaptureQueriesContext(connection) as captured:
+        scheduler.run_pass(now)
+    return {table for query in captured.captured_queries for table in TABLES if table in query["sql"]}
+
+
+TABLES = ("jobs_definitionsversion", "jobs_occurrence")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_notify_of_ready_occurrences_claims_and_only_a_definitions_one_looks_at_the_definitions(
+    clock, no_seed_definitions
+):
+    make_definition("housekept", every=3600)
+    scheduler = make_scheduler(clock)
+    assert tables_read(scheduler, clock.now) == {"jobs_definitionsversion", "jobs_occurrence"}  # the first pass
+
+    for payload in ("", "scheduled"):  # occurrences inserted, or scheduled again
+        scheduler.notified(payload)
+        assert tables_read(scheduler, clock.advance(seconds=1)) == {"jobs_occurrence"}
+    scheduler.notified("definitions")
+    assert tables_read(scheduler, clock.advance(seconds=1)) == {"jobs_definitionsversion", "jobs_occurrence"}
+    scheduler.notified(None)  # listening again: anything may have been missed
+    assert tables_read(scheduler, clock.advance(seconds=1)) == {"jobs_definitionsversion", "jobs_occurrence"}
 
 
 @pytest.mark.django_db(transaction=True)

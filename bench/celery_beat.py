@@ -514,6 +514,10 @@ def burst(side: str, definitions: int, instances: int, executor: str, arrivals: 
     first, duplicates = match(collected, due_pairs(names, start - timedelta(minutes=1), 3))
     first = {pair: arrived for pair, arrived in first.items() if pair in expected}
     summary = lag_summary(first, expected)
+    planned = sorted(
+        (created - start).total_seconds()
+        for created in Occurrence.objects.filter(scheduled_for=start).values_list("created_at", flat=True)
+    )
     last = max(first.values(), default=start)
     return {
         "cpu_s": cpu,
@@ -521,6 +525,7 @@ def burst(side: str, definitions: int, instances: int, executor: str, arrivals: 
         "duplicates": duplicates,
         "all_dispatched_s": (last - start).total_seconds() if summary["dispatched"] == definitions else float("nan"),
         "within_10s": sum(1 for t in first.values() if t <= start + timedelta(seconds=10)),
+        "planned_s": (planned[len(planned) // 2], planned[-1]) if planned else (float("nan"),) * 2,
         **summary,
     }
 
@@ -638,7 +643,9 @@ def main():
                     f"all dispatched after {r['all_dispatched_s']:.1f} s | {r['within_10s']} within 10 s | "
                     f"{r['dispatched']}/{r['due']} dispatched | lag p50 {r['lag_p50_ms']:.0f} ms, "
                     f"p99 {r['lag_p99_ms']:.0f} ms, max {r['lag_max_ms']:.0f} ms | CPU {r['cpu_s']:.1f} s | "
-                    f"peak {r['peak_mb']:.0f} MB | duplicates {r['duplicates']} | load {os.getloadavg()[0]:.2f}"
+                    f"peak {r['peak_mb']:.0f} MB | duplicates {r['duplicates']} | occurrence rows written "
+                    f"p50 {r['planned_s'][0]:.1f} s, max {r['planned_s'][1]:.1f} s after the instant | "
+                    f"load {os.getloadavg()[0]:.2f}"
                     f"{' | PostgreSQL or RabbitMQ RESTARTED during it' if r.get('restarted') else ''}",
                     flush=True,
                 )

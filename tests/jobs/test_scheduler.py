@@ -223,7 +223,7 @@ def tables_read(scheduler, now) -> set[str]:
     """The tables one pass of the scheduler's main loop sent statements about."""
     with CaptureQueriesContext(connection) as captured:
         scheduler.run_pass(now)
-    return {table for query in captured.captured_queries for table in TABLES if table in query["sql"]}
+    return {table for query in captured.captured_queries for table in TABLES if table in (query["sql"] or "")}
 
 
 TABLES = ("jobs_definitionsversion", "jobs_occurrence")

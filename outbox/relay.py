@@ -568,12 +568,9 @@ class Waker:
             # select() sleeps until the socket has data; psycopg's notifies(timeout=...) would wake
             # every 0.1 s to check for interrupts, CPU that an idle relay need not spend.
             readable, _, _ = select.select([listener.fileno()], [], [], seconds)
-            received = bool(readable) and any(True for _ in listener.notifies(timeout=0))
-            if received:
-                # Notifications that arrived together fold into this one wake-up.
-                for _ in listener.notifies(timeout=0):
-                    pass
-            return received
+            # All that the socket holds (timeout 0: no waiting): notifications that arrived
+            # together fold into this one wake-up.
+            return bool(readable) and bool(list(listener.notifies(timeout=0)))
         except psycopg.Error as error:
             logger.warning(
                 "cannot listen for outbox notifications, polling: %s",

@@ -47,9 +47,8 @@ logger = logging.getLogger(__name__)
 # The longest the main thread sleeps: with NOTIFY (PostgreSQL), and without (SQLite).
 POLL_INTERVAL = timedelta(seconds=10)
 POLL_INTERVAL_WITHOUT_NOTIFY = timedelta(seconds=1)
-# The clock's offset from the database's is re-read when older than this, at a pass (between
-# syncs it follows the monotonic clock, which no setting of the host's clock moves).
-CLOCK_MAX_AGE = POLL_INTERVAL.total_seconds()
+# The clock's offset from the database's is re-read when older than this, at a pass.
+CLOCK_MAX_AGE = 1.0
 # History pruning: rows per transaction, transactions per pass, and how often to look.
 PRUNE_BATCH, PRUNE_BATCHES, PRUNE_EVERY = 2000, 2, timedelta(minutes=10)
 # After a group failed for a reason other than a lost connection, ordinary jobs are claimed and run

@@ -4,7 +4,7 @@
     # or: DATABASE_URL=postgres://postgres@127.0.0.1:5432/bookworm_scheduler \
     #     .venv/bin/python bench/celery_beat.py [--definitions 1000,10000] [--instances 1,2,4]
     #         [--minutes 3] [--burst 10000] [--skip-beat] [--skip-scheduler] [--executors inline,celery]
-    #         [--profile DIR]
+    #         [--profile DIR] [--logs DIR]
 
 It creates (and drops at the end) its own database, `<name>_bench_beat`, and its own RabbitMQ
 vhost, `bookworm_bench_beat` (rabbitmqctl add_vhost / delete_vhost), so nothing else on the
@@ -80,6 +80,7 @@ from jobs.models import Attempt, Occurrence, PlanningCursor, SchedulerInstance  
 
 EVERY_MINUTE = 10
 PROFILE_DIR = ""  # --profile
+LOGS_DIR = ""  # --logs
 START_BEFORE_BOUNDARY = 25  # seconds: start-up, loading the definitions
 TICKS = os.sysconf("SC_CLK_TCK")
 STARTED: list[subprocess.Popen] = []  # every process started, stopped at the end whatever happens
@@ -301,6 +302,7 @@ def scheduler_processes(instances: int, executor: str) -> list[subprocess.Popen]
             + [str(ROOT / "manage.py"), "runscheduler", "--instance-id", f"bench-{n}"],
             env=env,
             stdout=subprocess.DEVNULL,
+            stderr=open(Path(LOGS_DIR) / f"runscheduler-{executor}-{instances}-{n}.log", "w") if LOGS_DIR else None,
         )
         for n in range(instances)
     ]
@@ -595,9 +597,12 @@ def main():
     parser.add_argument("--skip-scheduler", action="store_true")
     parser.add_argument("--skip-steady", action="store_true")
     parser.add_argument("--profile", default="", help="a directory: run each runscheduler under cProfile, stats there")
+    parser.add_argument(
+        "--logs", default="", help="a directory: each runscheduler's log there (set LOG_LEVEL=INFO for every hand-over)"
+    )
     options = parser.parse_args()
-    global PROFILE_DIR
-    PROFILE_DIR = options.profile
+    global PROFILE_DIR, LOGS_DIR
+    PROFILE_DIR, LOGS_DIR = options.profile, options.logs
     # Stopped by a signal, it still stops its processes and drops its database and vhost (finally).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))

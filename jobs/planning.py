@@ -67,17 +67,25 @@ def plan_due(definitions: dict[int, Definition], due_ids, *, now: datetime, grac
     """
     batch = _Batch(now=now, grace=grace)
     with transaction.atomic():
-        locked = (
-            PlanningCursor.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(task_id__in=list(due_ids), task__enabled=True)
-            .order_by("task_id")
-        )
-        for row in locked:
-            batch.cursors[row.task_id] = Cursor.of(row)
-            batch.add(definitions.get(row.task_id), Cursor.of(row), through=now)
+        for task_id, cursor in _read_cursors(list(due_ids), lock=True):
+            batch.cursors[task_id] = cursor
+            batch.add(definitions.get(task_id), cursor, through=now)
         batch.save()
     batch.log_missed()
     return batch.cursors
+
+
+def _read_cursors(task_ids: list[int], *, lock: bool) -> list[tuple[int, Cursor]]:
+    """The definitions' cursors (sql.read_cursors); with lock, of the enabled ones that no other
+    scheduler holds, locked until the transaction ends."""
+    if connection.vendor == "postgresql":
+        with prepared_cursor(connection.alias) as cursor:
+            cursor.execute(sql.read_cursors(connection.alias, lock), [task_ids])
+            return [(task_id, Cursor(*values)) for task_id, *values in cursor.fetchall()]
+    rows = PlanningCursor.objects.filter(task_id__in=task_ids).order_by("task_id")
+    if lock:
+        rows = rows.select_for_update(skip_locked=True, of=("self",)).filter(task__enabled=True)
+    return [(row.task_id, Cursor.of(row)) for row in rows]
 
 
 def plan_before_change(task_id: int) -> None:
@@ -118,9 +126,11 @@ class _Batch:
         self.moved: dict[int, Cursor] = {}
         self.one_offs: list[int] = []
         self.statuses: list[str] = []
-        # The instants of each (schedule, cursor) pair: the definitions due at one instant mostly
-        # share a few crontabs and, once planned, their cursor, so each pair is evaluated once.
-        self._instants: dict[tuple, tuple[list[datetime], bool]] = {}
+        # The instants of each (schedule, cursor) pair and the cursor moved past them: the definitions
+        # due at one instant mostly share a few crontabs and, once planned, their cursor, so each
+        # pair is evaluated once.
+        self._instants: dict[tuple, tuple[list[datetime], bool, Cursor]] = {}
+        self._verdicts: dict[tuple, list[Planned]] = {}  # and their misfire policy's verdicts
 
     def add(self, definition: Definition | None, cursor: Cursor, *, through: datetime) -> None:
         """The definition's instants after cursor up to through, under its misfire policy."""
@@ -128,20 +138,23 @@ class _Batch:
             return
         key = (definition.schedule, cursor, through)
         if key not in self._instants:
-            self._instants[key] = instants_between(
-                cursor.unplanned(definition.schedule), through, MAX_INSTANTS_PER_PASS
-            )
-        instants, more_left = self._instants[key]
+            unplanned = cursor.unplanned(definition.schedule)
+            instants, more_left = instants_between(unplanned, through, MAX_INSTANTS_PER_PASS)
+            self._instants[key] = instants, more_left, cursor.moved_to(instants[-1]) if instants else cursor
+        instants, more_left, moved = self._instants[key]
         if not instants:
             return
         if definition.one_off:
-            instants, more_left = instants[:1], False
+            instants, more_left, moved = instants[:1], False, cursor.moved_to(instants[0])
             self.one_offs.append(definition.id)
-        for planned in apply_misfire_policy(
-            instants, more_left=more_left, now=self.now, grace=self.grace, policy=definition.policy.misfire
-        ):
+        verdict = (key, definition.one_off, definition.policy.misfire)
+        if verdict not in self._verdicts:
+            self._verdicts[verdict] = apply_misfire_policy(
+                instants, more_left=more_left, now=self.now, grace=self.grace, policy=definition.policy.misfire
+            )
+        for planned in self._verdicts[verdict]:
             self.rows.append(_occurrence_row(definition, planned, self.now))
-        self.moved[definition.id] = self.cursors[definition.id] = cursor.moved_to(instants[-1])
+        self.moved[definition.id] = self.cursors[definition.id] = moved
 
     def save(self) -> None:
         if not self.moved:
@@ -198,7 +211,14 @@ def _insert(rows: list[list], now: datetime) -> list[str]:
 
 
 def _save_cursors(moved: dict[int, Cursor]) -> None:
-    """One UPDATE per distinct cursor value: a burst of definitions due at one instant is one statement."""
+    """One UPDATE on PostgreSQL (sql.move_cursors); elsewhere one per distinct cursor value (a burst
+    of definitions due at one instant is one statement)."""
+    if connection.vendor == "postgresql":
+        ids, cursors = zip(*moved.items(), strict=True)
+        columns = [[getattr(c, name) for c in cursors] for name in ("planned_through", "paused_at", "resumed_at")]
+        with prepared_cursor(connection.alias) as cursor:
+            cursor.execute(sql.move_cursors(connection.alias), [list(ids), *columns])
+        return
     by_value: dict[Cursor, list[int]] = {}
     for task_id, cursor in moved.items():
         by_value.setdefault(cursor, []).append(task_id)
@@ -293,13 +313,12 @@ class Planner:
         if not held:
             return due
         done = set()
-        for row in PlanningCursor.objects.filter(task_id__in=held):
-            cursor = Cursor.of(row)
-            if cursor.planned_through < self._held[row.task_id]:
+        for task_id, cursor in _read_cursors(held, lock=False):
+            if cursor.planned_through < self._held[task_id]:
                 continue
-            done.add(row.task_id)
-            del self._held[row.task_id]
-            self._due_after(row.task_id, cursor)
+            done.add(task_id)
+            del self._held[task_id]
+            self._due_after(task_id, cursor)
         return [task_id for task_id in due if task_id not in done]
 
     def due(self, now: datetime) -> bool:

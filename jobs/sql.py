@@ -179,11 +179,47 @@ def insert_occurrence_arrays(alias: str) -> str:
     types = ("int", "text", "timestamptz", "timestamptz", "int", "text", "timestamptz", "text")
     constant = {"manual": "FALSE", "triggered_by": "''", "attempts": "0", "scheduler": "''"}
     columns = [getattr(occ, name) for name in (*given, "created_at", *constant)]
-    arrays = ", ".join(f"%s::{kind}[]" for kind in types)
+    arrays = ", ".join(f"%b::{kind}[]" for kind in types)
     return (
         f"INSERT INTO {occ.table} ({', '.join(columns)}) "
         f"SELECT r.*, %s, {', '.join(constant.values())} FROM unnest({arrays}) AS r "
         f"ON CONFLICT DO NOTHING RETURNING {occ.status}"
+    )
+
+
+@functools.cache
+def read_cursors(alias: str, lock: bool) -> str:
+    """-- read_cursors -- (PostgreSQL): the planning cursors of the given definitions, one statement.
+
+    Parameter: the definitions' ids as one array. Returns (task id, planned_through, paused_at,
+    resumed_at) in id order. With lock, only those of enabled definitions, locked FOR UPDATE SKIP
+    LOCKED: a cursor another scheduler holds is left out (it plans that definition now). A burst
+    of 10,000 due definitions as Django's `task_id__in` spent about 0.4 s converting its 10,000
+    placeholders and 0.6 s building model instances.
+    """
+    cursor = _Names("PlanningCursor", alias)
+    task = connections[alias].ops.quote_name(cursor.model._meta.get_field("task").related_model._meta.db_table)
+    columns = f"c.{cursor.task}, c.{cursor.planned_through}, c.{cursor.paused_at}, c.{cursor.resumed_at}"
+    if not lock:
+        return f"SELECT {columns} FROM {cursor.table} c WHERE c.{cursor.task} = ANY(%b::int[]) ORDER BY c.{cursor.task}"
+    return (
+        f"SELECT {columns} FROM {cursor.table} c JOIN {task} t ON t.id = c.{cursor.task} "
+        f"WHERE c.{cursor.task} = ANY(%b::int[]) AND t.enabled ORDER BY c.{cursor.task} FOR UPDATE OF c SKIP LOCKED"
+    )
+
+
+@functools.cache
+def move_cursors(alias: str) -> str:
+    """-- move_cursors -- (PostgreSQL): set planning cursors, one statement for any number.
+
+    Parameters: arrays (one element per cursor) of task id, planned_through, paused_at, resumed_at.
+    """
+    cursor = _Names("PlanningCursor", alias)
+    return (
+        f"UPDATE {cursor.table} c SET {cursor.planned_through} = m.planned_through, "
+        f"{cursor.paused_at} = m.paused_at, {cursor.resumed_at} = m.resumed_at "
+        f"FROM unnest(%b::int[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[]) "
+        f"AS m(task_id, planned_through, paused_at, resumed_at) WHERE c.{cursor.task} = m.task_id"
     )
 
 

@@ -207,6 +207,24 @@ def test_a_group_stops_after_its_runs_and_the_rest_waits_for_the_next(clock, no_
     assert scheduler.run_group(clock.now) == (0, False)
 
 
+@pytest.mark.django_db
+def test_a_group_counts_its_threads_cpu_time_and_ends_once_open_ten_times_as_long(clock, no_seed_definitions):
+    # Runs that wait 0.2 s each and use next to no CPU: the wall clock alone would end the group
+    # after the first; the CPU time (0.1 s) never fills, and the group ends once open 1 s.
+    scheduler = make_scheduler(clock)
+    waits = make_definition("waits", "test.sleep", every=3600, kwargs={"seconds": 0.2})
+    trigger(waits, clock)
+    scheduler.planner.refresh()
+    assert scheduler.run_ready(clock.now) == 1  # seen once, alone: 0.2 s
+    scheduler.runner.group_seconds = 0.1  # a job whose runs average under 0.5 s joins a group
+    occurrences = trigger(waits, clock, 8)
+
+    ran, alone_next = scheduler.run_group(clock.advance(seconds=1))
+
+    assert 2 <= ran <= 5 and not alone_next
+    assert Counter(statuses(occurrences)) == {"succeeded": ran, "scheduled": 8 - ran}
+
+
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_scheduler_killed_in_the_middle_of_a_group_reruns_only_what_had_not_committed(

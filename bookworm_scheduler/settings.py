@@ -113,7 +113,7 @@ if SCHEDULER_EXECUTOR not in ("inline", "celery"):
 # its name + ".long"), the most occurrences one scheduler keeps handed over but not yet started by
 # a worker, and how long after the soft time limit (the job's timeout) a worker process is killed.
 SCHEDULER_CELERY_QUEUE = _read("str", "SCHEDULER_CELERY_QUEUE", "bookworm.jobs")
-SCHEDULER_CELERY_MAX_IN_FLIGHT = _positive("int", "SCHEDULER_CELERY_MAX_IN_FLIGHT", 100)
+SCHEDULER_CELERY_MAX_IN_FLIGHT = _positive("int", "SCHEDULER_CELERY_MAX_IN_FLIGHT", 1000)
 SCHEDULER_CELERY_HARD_LIMIT_MARGIN_SECONDS = _positive("int", "SCHEDULER_CELERY_HARD_LIMIT_MARGIN_SECONDS", 10)
 
 # The outbox (outbox/).

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from celery.utils.nodenames import anon_nodename
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 
@@ -310,6 +311,7 @@ class ConfirmedPublisher:
         self._declared: set[str] = set()  # queues declared on this connection
         self._waiting: dict[int, int] = {}  # delivery tag -> index in the batch
         self._errors: list[str] = []
+        self._origin = anon_nodename()  # the "origin" header as_task_v2 would compute per message
 
     def publish_all(self, messages: list[dict]) -> list[str]:
         """Send each message (args, task_id, queue, priority and the time limits, as send_task takes
@@ -350,6 +352,11 @@ class ConfirmedPublisher:
             time_limit=time_limit,
             soft_time_limit=soft_time_limit,
             ignore_result=None,  # as send_task leaves it
+            # What as_task_v2 would otherwise work out per message (a third of its CPU): the
+            # saferepr of three plain values is their repr, and the origin is this process.
+            argsrepr=repr(args),
+            kwargsrepr="{}",
+            origin=self._origin,
         )
         declare = [] if queue.name in self._declared else None  # None: Celery declares it
         amqp.send_task_message(

@@ -3,7 +3,8 @@ from datetime import timedelta
 import pytest
 from django_celery_beat.models import ClockedSchedule, PeriodicTask
 
-from jobs.models import MisfirePolicy, Occurrence, PlanningCursor
+from jobs import planning
+from jobs.models import MisfirePolicy, Occurrence, PlanningCursor, Priority
 from jobs.planning import apply_misfire_policy
 from tests.jobs.helpers import make_definition, make_scheduler
 
@@ -67,6 +68,25 @@ def test_an_instant_within_the_grace_period_runs_on_time(clock, no_seed_definiti
     scheduler.planner.refresh()
     scheduler.planner.plan(clock.advance(hours=1, seconds=30))
     assert statuses(task) == [(clock.now - timedelta(seconds=30), "scheduled")]
+
+
+@pytest.mark.django_db
+def test_a_burst_is_planned_a_batch_per_pass_the_highest_priority_first(clock, no_seed_definitions, monkeypatch):
+    monkeypatch.setattr(planning, "PLAN_BATCH", 2)
+    tasks = {
+        name: make_definition(name, cron="0 * * * *", planned_through=clock.now, priority=priority)
+        for name, priority in [("low", Priority.LOW), ("high", Priority.HIGH), ("normal", Priority.NORMAL)]
+    }
+    scheduler = make_scheduler(clock)
+    scheduler.planner.refresh()
+    clock.advance(hours=1)
+
+    assert scheduler.planner.plan(clock.now) == 2
+    assert set(Occurrence.objects.values_list("task__name", flat=True)) == {"high", "normal"}
+    assert scheduler.planner.due(clock.now)  # the third is planned at the next pass
+    assert scheduler.planner.plan(clock.now) == 1
+    assert [len(statuses(task)) for task in tasks.values()] == [1, 1, 1]
+    assert not scheduler.planner.due(clock.now)
 
 
 @pytest.mark.django_db

@@ -90,14 +90,14 @@ def record_group(alias: str) -> str:
     table: a compare-and-set from (scheduled, attempts - 1) to the outcome, with the claim's
     scheduler, session and start, and one attempt row each. Parameters: arrays (one element per
     run) of id, number, status, run_after, finished_at, reason, attempt status, started_at,
-    ended_at, error and traceback; then scheduler and session. Returns one row per attempt
-    inserted.
+    ended_at, error and traceback, sent in binary (%b, as in insert_occurrence_arrays); then
+    scheduler and session. Returns one row per attempt inserted.
     """
     occ, att = _Names("Occurrence", alias), _Names("Attempt", alias)
     return f"""
         WITH done AS (
-            SELECT * FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::timestamptz[], %s::timestamptz[],
-                                 %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[], %s::text[])
+            SELECT * FROM unnest(%b::bigint[], %b::int[], %b::text[], %b::timestamptz[], %b::timestamptz[],
+                                 %b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[], %b::text[], %b::text[])
                 AS d(id, number, status, run_after, finished_at, reason, attempt_status, started_at, ended_at,
                      error, traceback)
         ), finished AS (

@@ -41,9 +41,17 @@ def _cursor_classes():
     from django.db.backends.postgresql.base import Cursor, ServerBindingCursor
 
     class PreparedStatementCursor(ServerBindingCursor):
-        """Binds parameters on the server and prepares every statement it executes (once per connection)."""
+        """Binds parameters on the server, prepares every statement it executes (once per connection),
+        and asks for its results in binary.
 
-        def execute(self, query, params=None, *, prepare=True, binary=None):
+        Binary results, because Django's loader of a timestamptz in text parses it in Python (its
+        subclass of psycopg's TimestamptzLoader), about 5 µs each: 10 ready occurrences, three
+        timestamps or more each, took 290 µs to fetch in text and 70 µs in binary. psycopg's binary
+        loaders give the same values (an aware datetime in the connection's time zone, UTC); the
+        statements of this cursor return no json, whose text Django's JSONField expects.
+        """
+
+        def execute(self, query, params=None, *, prepare=True, binary=True):
             return super().execute(query, params, prepare=prepare, binary=binary)
 
     return Cursor, PreparedStatementCursor

@@ -1,3 +1,7 @@
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import psycopg
 import pytest
 from django.db import DataError, connection, transaction
 from django.test.utils import CaptureQueriesContext
@@ -72,3 +76,26 @@ def test_statements_of_the_kept_cursor_are_logged_while_queries_are_captured():
     with CaptureQueriesContext(connection) as captured:
         assert same_cursor_twice()
     assert len(captured) == 2
+
+
+@pytest.mark.django_db
+def test_the_prepared_cursors_results_come_in_binary_with_the_values_djangos_cursor_gives():
+    statement = "SELECT %s::timestamptz, %s::text, %s::uuid, %s::interval, NULL::timestamptz, %s::bigint"
+    params = [datetime(2026, 3, 29, 1, 30, 5, 123456, tzinfo=UTC), "scheduled", uuid.UUID(int=7), timedelta(seconds=90), 42]
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        expected = cursor.fetchone()
+    with prepared_cursor() as cursor:
+        cursor.execute(statement, params)
+        row = cursor.fetchone()
+        formats = {cursor.cursor.pgresult.fformat(column) for column in range(6)}
+    assert formats == {psycopg.pq.Format.BINARY}
+    assert row == expected == (
+        datetime(2026, 3, 29, 1, 30, 5, 123456, tzinfo=UTC),
+        "scheduled",
+        uuid.UUID(int=7),
+        timedelta(seconds=90),
+        None,
+        42,
+    )
+    assert row[0].utcoffset() == timedelta(0)

@@ -11,8 +11,11 @@ commit through no fault of its job goes back to scheduled without counting an at
 
 Occurrences of short atomic jobs can run together (run_group): one transaction locks a few
 ready occurrences, runs each job in a savepoint of its own and records them all in one
-statement before one commit. A job that raises or times out rolls back to its savepoint: only
-its own work is gone, and its failure is recorded with the others. The row locks are the
+statement before one commit. The outbox rows the jobs publish are kept in memory and written
+with the record, all in one statement (outbox.publishing.deferred), unless a job sends
+statements of its own after publishing: then its rows go first. A job that raises or times out
+rolls back to its savepoint and its kept rows are dropped: only its own work is gone, and its
+failure is recorded with the others. The row locks are the
 group's claim: a crash before the commit leaves every occurrence of the group scheduled, with
 no attempt counted, for any scheduler to run again; what committed stays committed.
 
@@ -37,7 +40,8 @@ from django.db.transaction import TransactionManagementError
 
 from bookworm_scheduler import tracing
 from bookworm_scheduler.backoff import Backoff
-from outbox.publishing import origin
+from bookworm_scheduler.db import insert_rows
+from outbox.publishing import deferred, origin
 
 from . import metrics
 from .definitions import Definition, load_definition
@@ -107,6 +111,7 @@ class GroupRun:
     traceback: str = ""
     retry_at: datetime | None = None
     duration: float = 0.0
+    published: list = dataclasses.field(default_factory=list)  # its outbox rows not written yet (deferred)
 
     @property
     def outcome(self) -> tuple:
@@ -337,6 +342,7 @@ class Runner:
                     if len(ready) < wanted:
                         break
                 if runs:
+                    insert_rows([message for run in runs for message in run.published], DEFAULT_DB_ALIAS)
                     Occurrence.record_group([run.outcome for run in runs], session=self.session, scheduler=scheduler)
                     pace = (time.thread_time() - began_cpu) / len(runs)
                     self._pace = pace if not self._pace else self._pace + (pace - self._pace) * 0.2
@@ -393,11 +399,13 @@ class Runner:
                         _statement_timeout(timeout, local=True),
                         self.watchdog(timeout),
                         origin(f"occurrence:{occurrence.id}"),
+                        deferred() as kept,
                     ):
                         try:
                             spec.func(context)
                         finally:
                             self._timed(spec, begun)
+                run.published = kept.rows  # written with the group's record; dropped if the job failed
                 if timeout:
                     _reset_statement_timeout()  # SET LOCAL outlives the savepoint; the next job has its own
             except JOB_FAILURES as exc:
@@ -525,8 +533,9 @@ class _QueuedSavepoint:
     psycopg's pipeline mode queues the SAVEPOINT. The first statement the job sends through
     Django's connection (an execute_wrapper) is queued behind it, and the pipeline is left as
     soon as it is: its result, or its error, reaches the job from execute() as it would have
-    without the pipeline. A job that sent nothing leaves the pipeline when it ends, which costs
-    the savepoint's round trip, as before. A statement sent on psycopg's own connection
+    without the pipeline. A job that sent nothing (one that only publishes: its rows are kept for
+    the group's statement, outbox.publishing.deferred) leaves the pipeline when it ends, which
+    costs the savepoint's round trip. A statement sent on psycopg's own connection
     (connection.connection) goes into the same pipeline, after the savepoint: covered by it.
     """
 

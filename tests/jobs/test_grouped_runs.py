@@ -77,6 +77,30 @@ def test_a_failing_job_in_a_group_rolls_back_only_its_own_work(clock, no_seed_de
 
 
 @pytest.mark.django_db
+def test_the_events_of_a_groups_runs_are_written_in_one_statement_before_its_record(clock, no_seed_definitions):
+    scheduler = make_scheduler(clock)
+    known_quick(scheduler, clock, "test.publish")
+    runs = trigger(make_definition("quick", every=3600), clock, 5)
+    scheduler.planner.refresh()
+    statements = []
+
+    def record(execute, sql, params, many, context):
+        statements.append(" ".join(sql.split()[:3]))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        assert scheduler.run_group(clock.advance(seconds=1)) == (5, False)
+
+    # A job that only publishes sends no statement: its row waits for the group's (outbox.publishing.deferred).
+    inserts = [n for n, sql in enumerate(statements) if sql.startswith('INSERT INTO "outbox_outboxmessage"')]
+    assert len(inserts) == 1
+    assert statements[inserts[0] + 1] == "WITH done AS"  # the record (sql.record_group), in the same transaction
+    events = events_of(runs).order_by("id")
+    assert [event.origin for event in events] == [f"occurrence:{run.id}" for run in runs]
+    assert statuses(runs) == ["succeeded"] * 5
+
+
+@pytest.mark.django_db
 def test_a_failure_with_retries_left_in_a_group_is_scheduled_again(clock, no_seed_definitions):
     scheduler = make_scheduler(clock)
     known_quick(scheduler, clock, "test.publish", "test.fail_until")

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from jobs.contracts import CleanUpSentEmailIntegrationEvent
 from outbox.models import OutboxMessage, PublishedKey
-from outbox.publishing import TransactionRequired, publish
+from outbox.publishing import TransactionRequired, deferred, publish
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -90,3 +90,45 @@ def test_two_transactions_racing_for_one_key_publish_once():
         thread.join(30)
     assert sum(result is not None for result in results) == 1
     assert OutboxMessage.objects.count() == 1
+
+
+class Statements(list):
+    """The statements sent through Django's connection (an execute_wrapper): prepared ones have no text in its log."""
+
+    def __call__(self, execute, sql, params, many, context):
+        self.append(sql)
+        return execute(sql, params, many, context)
+
+    def outbox_inserts(self) -> int:
+        return sum(sql.startswith('INSERT INTO "outbox_outboxmessage"') for sql in self)
+
+
+def test_rows_published_in_a_deferred_block_are_kept_until_its_caller_inserts_them_in_one_statement():
+    events = [CleanUpSentEmailIntegrationEvent() for _ in range(3)]
+    statements = Statements()
+    with transaction.atomic(), connection.execute_wrapper(statements):
+        with deferred() as kept:
+            messages = [publish(event) for event in events]
+        assert [message.pk for message in messages] == [None, None, None]
+        assert kept.rows == messages and not OutboxMessage.objects.exists()
+        kept.insert()
+    assert statements.outbox_inserts() == 1
+    assert kept.rows == []
+    rows = OutboxMessage.objects.order_by("id")
+    assert [row.id for row in rows] == [message.pk for message in messages]
+    assert [row.body["id"] for row in rows] == [str(event.id) for event in events]
+
+
+def test_kept_rows_are_inserted_before_the_blocks_next_statement_and_roll_back_with_a_nested_block():
+    with transaction.atomic():
+        with deferred() as kept:
+            first = publish(CleanUpSentEmailIntegrationEvent())
+            with pytest.raises(RuntimeError), transaction.atomic():  # its SAVEPOINT writes `first` before it
+                assert first.pk is not None
+                publish(CleanUpSentEmailIntegrationEvent())
+                raise RuntimeError("the nested work failed")  # ROLLBACK TO writes the second, then drops it
+            assert OutboxMessage.objects.filter(id=first.pk).exists()
+            third = publish(CleanUpSentEmailIntegrationEvent())
+        assert kept.rows == [third]
+        kept.rows.clear()  # the caller drops what is still kept (a job that failed)
+    assert list(OutboxMessage.objects.values_list("id", flat=True)) == [first.pk]

@@ -78,7 +78,7 @@ bench-scheduler: $(VENV)/.installed $(PEER_VENV)/.installed services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/scheduler_throughput.py $(BENCH_SCHEDULER_ARGS)
 
 bench-relay: $(VENV)/.installed services
-	DATABASE_URL=$(TEST_DATABASE_URL) RABBITMQ_URL=$(TEST_RABBITMQ_URL) DEBUG=1 $(BIN)/python bench/relay_throughput.py
+	DATABASE_URL=$(TEST_DATABASE_URL) RABBITMQ_URL=$(TEST_RABBITMQ_URL) $(BIN)/python bench/relay_throughput.py
 
 # Seeds 1M occurrences and 1M outbox rows in its own database, times every dashboard page through gunicorn.
 bench-dashboard: $(VENV)/.installed services

@@ -1,7 +1,7 @@
 """Relay throughput beside raw pika, and commit -> confirm latency, on the local PostgreSQL and RabbitMQ.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/bookworm_scheduler \
-    RABBITMQ_URL='amqp://guest:guest@127.0.0.1:5672/%2F' DEBUG=1 \
+    RABBITMQ_URL='amqp://guest:guest@127.0.0.1:5672/%2F' \
     .venv/bin/python bench/relay_throughput.py [--messages 50000] [--rounds 3] [--batch-size 500]
 
 It creates (and drops at the end) its own database, `<name>_bench`, so test and development
@@ -40,7 +40,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bookworm_scheduler.settings")
-os.environ.setdefault("DEBUG", "1")
+# Production settings, as the scheduler's benches (bench/database.py): DEBUG would log every
+# statement of the relay in memory (Django's debug cursor), which production does not pay.
+os.environ.setdefault("DEBUG", "0")
+os.environ.setdefault("SECRET_KEY", "benchmark-only")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
 

@@ -402,6 +402,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
 
+    gc.freeze()  # as relay_outbox does once started
     vhost = Vhost(settings.RABBITMQ_URL)
     vhost.create()
     parameters = connection_parameters(vhost.url, blocked_timeout=60)

@@ -65,7 +65,9 @@ def insert_rows(instances: list, using: str) -> None:
             insert_row(instance, using)
         return
     sql, fields = _insert_arrays_sql(type(instances[0]), using)
-    columns = [[f.get_db_prep_save(f.pre_save(instance, add=True), connection) for instance in instances] for f in fields]
+    columns = [
+        [f.get_db_prep_save(f.pre_save(instance, add=True), connection) for instance in instances] for f in fields
+    ]
     with prepared_cursor(using) as cursor:
         cursor.execute(sql, columns)
         ids = sorted(pk for (pk,) in cursor.fetchall())

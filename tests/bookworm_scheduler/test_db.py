@@ -81,7 +81,13 @@ def test_statements_of_the_kept_cursor_are_logged_while_queries_are_captured():
 @pytest.mark.django_db
 def test_the_prepared_cursors_results_come_in_binary_with_the_values_djangos_cursor_gives():
     statement = "SELECT %s::timestamptz, %s::text, %s::uuid, %s::interval, NULL::timestamptz, %s::bigint"
-    params = [datetime(2026, 3, 29, 1, 30, 5, 123456, tzinfo=UTC), "scheduled", uuid.UUID(int=7), timedelta(seconds=90), 42]
+    params = [
+        datetime(2026, 3, 29, 1, 30, 5, 123456, tzinfo=UTC),
+        "scheduled",
+        uuid.UUID(int=7),
+        timedelta(seconds=90),
+        42,
+    ]
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
         expected = cursor.fetchone()
@@ -90,12 +96,16 @@ def test_the_prepared_cursors_results_come_in_binary_with_the_values_djangos_cur
         row = cursor.fetchone()
         formats = {cursor.cursor.pgresult.fformat(column) for column in range(6)}
     assert formats == {psycopg.pq.Format.BINARY}
-    assert row == expected == (
-        datetime(2026, 3, 29, 1, 30, 5, 123456, tzinfo=UTC),
-        "scheduled",
-        uuid.UUID(int=7),
-        timedelta(seconds=90),
-        None,
-        42,
+    assert (
+        row
+        == expected
+        == (
+            datetime(2026, 3, 29, 1, 30, 5, 123456, tzinfo=UTC),
+            "scheduled",
+            uuid.UUID(int=7),
+            timedelta(seconds=90),
+            None,
+            42,
+        )
     )
     assert row[0].utcoffset() == timedelta(0)

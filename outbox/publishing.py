@@ -55,10 +55,10 @@ def deferred(using: str = DEFAULT_DB_ALIAS):
     through Django's connection, so that they are written where they were published: inside a
     nested atomic block (its SAVEPOINT, RELEASE and ROLLBACK TO are statements too) and before
     work that may read them. What is still kept when the block ends is the caller's to insert
-    (kept.insert(), before its transaction commits) or to drop with the rest of the block's
-    work, if that failed. A grouped run of the scheduler is such a block (jobs.runner): the
-    rows of a job that only publishes cost no round trip of their own; the group writes them
-    all with its record.
+    before its transaction commits (kept.insert(), or insert_rows with the rows of other blocks)
+    or to drop with the rest of the block's work, if that failed. A grouped run of the
+    scheduler is such a block (jobs.runner): the rows of a job that only publishes cost no
+    round trip of their own; the group writes the rows of all its runs with its record.
     """
     kept = Kept(using)
 

@@ -114,8 +114,15 @@ class SchedulerProcess:
         )
 
     def terminate(self, timeout=30) -> int:
+        """SIGTERM, then its exit status; one that does not exit within timeout fails the test with its log."""
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(
+                f"still running {timeout} s after SIGTERM; its log ends:\n{self.written()[-4000:]}"
+            ) from None
 
     def kill(self) -> None:
         self.process.kill()

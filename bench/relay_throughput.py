@@ -18,7 +18,9 @@ type's), and one durable queue fed by the first. Measured:
    included. For each: messages per second and CPU per message of this process (the
    publisher), of the broker (beam.smp) and of PostgreSQL (every postgres process), read
    from /proc, with the load average of the host;
-2. the database round trips (statements sent) per batch of the relay;
+2. the database round trips (statements sent) per batch of the relay, and PostgreSQL's CPU per
+   message for its claim and for its record, apart (one slot claiming and recording batches
+   back to back without a broker, its backend's CPU read from /proc);
 3. latency from the commit of an outbox row to the broker's confirm of its message, with the
    relay loop idle between rows (LISTEN/NOTIFY), at --rate rows per second for --seconds.
 """
@@ -277,6 +279,25 @@ def statements_per_batch(relay: Relay, batches: int) -> float:
     return sum(len(wrapper.queries_log) for wrapper in wrappers) / batches
 
 
+def postgresql_cpu_per_message(batch_size: int, batches: int) -> tuple[float, float]:
+    """PostgreSQL's CPU per message, in seconds, for the relay's claim and for its record of deliveries."""
+    write_backlog(batch_size * batches)
+    slot, now, after = Slot("default"), timezone.now(), 0
+    with slot.connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+    claim = record = 0
+    for _ in range(batches):
+        before = process_ticks(("postgres",))[backend]
+        rows = slot.claim(now, batch_size, after)
+        claimed = process_ticks(("postgres",))[backend]
+        slot.record(now, [row.id for row in rows], [], returning=False)
+        claim, record = claim + claimed - before, record + process_ticks(("postgres",))[backend] - claimed
+        after = rows[-1].id
+    slot.close()
+    return claim / TICKS / (batch_size * batches), record / TICKS / (batch_size * batches)
+
+
 class TimedBroker(Broker):
     """Stamps the instant each message's confirm was known, for the latency run."""
 
@@ -435,6 +456,8 @@ def main():
         relay = build_relay(broker, args.batch_size)
         statements = statements_per_batch(relay, 10)
         print(f"database statements (round trips) per batch of {args.batch_size}: {statements:.1f}")
+        claim, record = postgresql_cpu_per_message(args.batch_size, 100)
+        print(f"PostgreSQL's CPU per message: claim {claim * 1e6:.1f} us, record {record * 1e6:.1f} us")
         broker.close()
         relay.close()
 

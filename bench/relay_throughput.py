@@ -123,9 +123,20 @@ def process_ticks(names: tuple[str, ...]) -> dict[int, int]:
             continue  # ended meanwhile
         command = fields[fields.index("(") + 1 : fields.rindex(")")]
         if command in names:
-            rest = fields[fields.rindex(")") + 2 :].split()
-            ticks[int(entry.name)] = int(rest[11]) + int(rest[12])  # utime, stime: fields 14 and 15 of stat
+            ticks[int(entry.name)] = stat_ticks(fields)
     return ticks
+
+
+def stat_ticks(stat: str) -> int:
+    """utime + stime (fields 14 and 15) of a /proc/<pid>/stat text, in clock ticks."""
+    rest = stat[stat.rindex(")") + 2 :].split()
+    return int(rest[11]) + int(rest[12])
+
+
+def pid_ticks(pid: int) -> int:
+    """CPU (user + system, in clock ticks) used so far by one process."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat_ticks(stat.read())
 
 
 def ticks_between(before: dict[int, int], after: dict[int, int]) -> int:
@@ -288,11 +299,11 @@ def postgresql_cpu_per_message(batch_size: int, batches: int) -> tuple[float, fl
         backend = cursor.fetchone()[0]
     claim = record = 0
     for _ in range(batches):
-        before = process_ticks(("postgres",))[backend]
+        before = pid_ticks(backend)
         rows = slot.claim(now, batch_size, after)
-        claimed = process_ticks(("postgres",))[backend]
+        claimed = pid_ticks(backend)
         slot.record(now, [row.id for row in rows], [], returning=False)
-        claim, record = claim + claimed - before, record + process_ticks(("postgres",))[backend] - claimed
+        claim, record = claim + claimed - before, record + pid_ticks(backend) - claimed
         after = rows[-1].id
     slot.close()
     return claim / TICKS / (batch_size * batches), record / TICKS / (batch_size * batches)

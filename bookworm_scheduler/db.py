@@ -7,10 +7,22 @@ from django.db import connections
 from django.db.backends.utils import CursorDebugWrapper
 
 
+def _inserted_fields(model) -> tuple:
+    """The fields an INSERT of a new instance writes: all but the auto-incremented primary key."""
+    return tuple(f for f in model._meta.concrete_fields if f is not model._meta.auto_field)
+
+
+def _saved(instance, pk, using: str) -> None:
+    """Mark a freshly inserted instance as save() would: its primary key, and stored in `using`."""
+    instance.pk = pk
+    instance._state.adding = False
+    instance._state.db = using
+
+
 @cache
 def _insert_sql(model, alias: str) -> tuple[str, tuple]:
     quote = connections[alias].ops.quote_name
-    fields = tuple(f for f in model._meta.concrete_fields if f is not model._meta.auto_field)
+    fields = _inserted_fields(model)
     columns = ", ".join(quote(f.column) for f in fields)
     placeholders = ", ".join(["%s"] * len(fields))
     pk = quote(model._meta.pk.column)
@@ -29,9 +41,7 @@ def insert_row(instance, using: str):
     params = [f.get_db_prep_save(f.pre_save(instance, add=True), connection) for f in fields]
     with prepared_cursor(using) as cursor:
         cursor.execute(sql, params)
-        instance.pk = cursor.fetchone()[0]
-    instance._state.adding = False
-    instance._state.db = using
+        _saved(instance, cursor.fetchone()[0], using)
     return instance
 
 
@@ -39,7 +49,7 @@ def insert_row(instance, using: str):
 def _insert_arrays_sql(model, alias: str) -> tuple[str, tuple]:
     connection = connections[alias]
     quote = connection.ops.quote_name
-    fields = tuple(f for f in model._meta.concrete_fields if f is not model._meta.auto_field)
+    fields = _inserted_fields(model)
     names = ", ".join(f"c{n}" for n in range(len(fields)))
     arrays = ", ".join(f"%b::{f.cast_db_type(connection)}[]" for f in fields)
     return (
@@ -72,9 +82,7 @@ def insert_rows(instances: list, using: str) -> None:
         cursor.execute(sql, columns)
         ids = sorted(pk for (pk,) in cursor.fetchall())
     for instance, pk in zip(instances, ids, strict=True):
-        instance.pk = pk
-        instance._state.adding = False
-        instance._state.db = using
+        _saved(instance, pk, using)
 
 
 @cache

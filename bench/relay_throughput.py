@@ -13,7 +13,9 @@ type's), and one durable queue fed by the first. Measured:
 1. --rounds alternating rounds, each on a fresh backlog of --messages outbox rows:
    raw pika publishing the relay's own envelopes of those rows (same bodies, same AMQP
    properties with message_id, mandatory, same exchange) with a window of --window
-   asynchronous confirms, the practical ceiling of a Python publisher; and one relay
+   asynchronous confirms, the practical ceiling of a Python publisher; the same with the
+   frames of the messages written in one callback sent at once (the relay's
+   CoalescingConnection), the ceiling of a publisher that writes as the relay does; and one relay
    draining the backlog (Relay.deliver in a loop, as run() calls it), claims and records
    included. For each: messages per second and CPU per message of this process (the
    publisher), of the broker (beam.smp) and of PostgreSQL (every postgres process), read
@@ -66,7 +68,13 @@ from django.db import DatabaseError, InterfaceError, connections, reset_queries,
 from django.utils import timezone  # noqa: E402
 from pika.adapters.select_connection import SelectConnection  # noqa: E402
 
-from outbox.broker import Broker, BrokerUnavailable, connection_parameters, describe  # noqa: E402
+from outbox.broker import (  # noqa: E402
+    Broker,
+    BrokerUnavailable,
+    CoalescingConnection,
+    connection_parameters,
+    describe,
+)
 from outbox.envelope import EnvelopeWriter, broker_address, exchange_chain  # noqa: E402
 from outbox.events import IntegrationEvent  # noqa: E402
 from outbox.models import OutboxMessage  # noqa: E402
@@ -218,8 +226,13 @@ def envelopes(relay: Relay, count: int) -> list[tuple[str, bytes, pika.BasicProp
     return [(row.exchange, relay.writer.body(row, sent_at), relay.writer.properties(row)) for row in rows]
 
 
-def raw_windowed(parameters, messages, window: int) -> None:
-    """Publish messages with up to window unconfirmed messages in flight; returns once all are confirmed."""
+def raw_windowed(parameters, messages, window: int, joined: bool = False) -> None:
+    """Publish messages with up to window unconfirmed messages in flight; returns once all are confirmed.
+
+    joined: through the relay's CoalescingConnection, the frames of the messages written in one
+    callback handed to the socket at once, as the relay writes them; else through pika's
+    SelectConnection, each frame with a send() of its own.
+    """
     state = {"sent": 0, "low": 1, "acked": set(), "channel": None}
     total = len(messages)
 
@@ -232,6 +245,8 @@ def raw_windowed(parameters, messages, window: int) -> None:
             exchange, body, properties = messages[state["sent"]]
             channel.basic_publish(exchange, "", body, properties, mandatory=True)
             state["sent"] += 1
+        if joined:
+            conn.flush()
 
     def on_confirm(frame):
         tag, multiple = frame.method.delivery_tag, frame.method.multiple
@@ -252,7 +267,7 @@ def raw_windowed(parameters, messages, window: int) -> None:
         state["channel"] = channel
         channel.confirm_delivery(on_confirm, callback=lambda frame: send())
 
-    conn = SelectConnection(
+    conn = (CoalescingConnection if joined else SelectConnection)(
         parameters,
         on_open_callback=lambda c: c.channel(on_open_callback=on_channel),
         on_close_callback=lambda c, reason: c.ioloop.stop(),
@@ -380,8 +395,8 @@ def report(name: str, messages: int, cpu: dict) -> str:
     )
 
 
-def measure_round(number: int, parameters, args, meter: CpuMeter) -> tuple[dict, dict]:
-    """One round on a fresh backlog: raw pika, then the relay.
+def measure_round(number: int, parameters, args, meter: CpuMeter) -> tuple[dict, dict, dict]:
+    """One round on a fresh backlog: raw pika, raw pika with its frames joined, then the relay.
 
     Run again from the start if the broker or the database went away meanwhile: other test runs
     on the host stop RabbitMQ's app and restart PostgreSQL now and then.
@@ -403,13 +418,17 @@ def measure_round(number: int, parameters, args, meter: CpuMeter) -> tuple[dict,
             raw_windowed(parameters, messages, args.window)
             raw = meter.stop()
             channel.queue_purge(queue)
+            meter.start()
+            raw_windowed(parameters, messages, args.window, joined=True)
+            joined = meter.stop()
+            channel.queue_purge(queue)
             del messages  # 50,000 envelopes held would slow the relay's garbage collections
             gc.collect()
             meter.start()
             assert drain(relay) == args.messages
             relayed = meter.stop()
             channel.queue_purge(queue)
-            return raw, relayed
+            return raw, joined, relayed
         except (pika.exceptions.AMQPError, BrokerUnavailable, DatabaseError, InterfaceError) as error:
             print(f"round {number} interrupted ({describe(error)}); waiting for the broker, then again")
             connections.close_all()
@@ -447,20 +466,22 @@ def main():
             f"raw window {args.window}, vhost {vhost.name}"
         )
         for number in range(1, args.rounds + 1):
-            raw, relayed = measure_round(number, parameters, args, meter)
-            ratio = raw["elapsed"] / relayed["elapsed"]
-            rates.append((args.messages / raw["elapsed"], args.messages / relayed["elapsed"], ratio))
+            raw, joined, relayed = measure_round(number, parameters, args, meter)
+            rates.append([args.messages / run["elapsed"] for run in (raw, joined, relayed)])
             print(f"round {number}:")
             print("  " + report("raw pika", args.messages, raw))
+            print("  " + report("joined", args.messages, joined))
             print("  " + report("relay", args.messages, relayed))
-            print(
-                f"  relay / raw pika: {ratio:.0%} of the msg/s, "
-                f"{relayed['self'] / raw['self']:.2f}x the publisher's CPU per message"
-            )
+            for name, anchor in (("raw pika", raw), ("raw pika, frames joined", joined)):
+                print(
+                    f"  relay / {name}: {anchor['elapsed'] / relayed['elapsed']:.0%} of the msg/s, "
+                    f"{relayed['self'] / anchor['self']:.2f}x the publisher's CPU per message"
+                )
+        raw_rate, joined_rate, relay_rate = (statistics.median(r[i] for r in rates) for i in range(3))
         print(
-            f"median of {args.rounds} rounds: raw pika {statistics.median(r[0] for r in rates):,.0f} msg/s, "
-            f"relay {statistics.median(r[1] for r in rates):,.0f} msg/s, "
-            f"ratio {statistics.median(r[2] for r in rates):.0%}"
+            f"median of {args.rounds} rounds: raw pika {raw_rate:,.0f} msg/s, frames joined {joined_rate:,.0f} msg/s, "
+            f"relay {relay_rate:,.0f} msg/s; relay / raw pika {statistics.median(r[2] / r[0] for r in rates):.0%}, "
+            f"relay / frames joined {statistics.median(r[2] / r[1] for r in rates):.0%}"
         )
         broker = Broker(parameters, confirm_timeout=60)
         broker.connect()

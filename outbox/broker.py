@@ -52,6 +52,10 @@ class CoalescingConnection(SelectConnection):
     flushes what is held before it, so the bytes on the wire are pika's, in pika's order. The
     Basic.Publish frame, the same for every message to one exchange, is marshaled once per
     channel and exchange.
+
+    It overrides two of pika's internal methods, _send_message and _output_marshaled_frames
+    (pika is pinned in requirements.txt); tests/outbox/test_broker.py fails if either changes
+    its part.
     """
 
     def __init__(self, *args, **kwargs):

@@ -54,8 +54,8 @@ class CoalescingConnection(SelectConnection):
     channel and exchange.
 
     It overrides two of pika's internal methods, _send_message and _output_marshaled_frames
-    (pika is pinned in requirements.txt); tests/outbox/test_broker.py fails if either changes
-    its part.
+    (pika is pinned in requirements.txt); the tests in tests/outbox/test_broker.py fail if a
+    new pika stops calling them as 1.4 does.
     """
 
     def __init__(self, *args, **kwargs):

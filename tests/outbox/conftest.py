@@ -68,14 +68,14 @@ class Rabbit:
             received.append((properties, json.loads(body)))
         return received
 
-    def drain(self, queue: str) -> list[tuple]:
-        """Every message now in queue: for when the broker has confirmed all there is to get."""
+    def drain(self, queue: str, decode=json.loads) -> list[tuple]:
+        """Every message now in queue, (properties, decode(body)): for when the broker has confirmed all there is."""
         received = []
         while True:
             method, properties, body = self.channel.basic_get(queue, auto_ack=True)
             if method is None:
                 return received
-            received.append((properties, json.loads(body)))
+            received.append((properties, decode(body)))
 
     def close(self):
         if self.connection.is_closed or self.channel.is_closed:

@@ -22,12 +22,8 @@ def outgoing(exchange: str, number: int, body: bytes) -> Outgoing:
 
 
 def received(rabbit, queue: str) -> list[tuple[str, dict, bytes]]:
-    messages = []
-    while True:
-        method, properties, body = rabbit.channel.basic_get(queue, auto_ack=True)
-        if method is None:
-            return messages
-        messages.append((properties.message_id, properties.headers, body))
+    """(message id, headers, body) of every message now in queue, the bodies as they arrived."""
+    return [(p.message_id, p.headers, body) for p, body in rabbit.drain(queue, decode=bytes)]
 
 
 def count_writes(connection) -> list[int]:

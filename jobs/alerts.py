@@ -194,7 +194,7 @@ class AlertSender:
 
 
 def _log_outcome(alert: Alert, errors: dict[str, str | None]) -> None:
-    fields = {"alert": alert.id, "kind": alert.kind, "job": alert.job_name, "attempt": alert.attempts}
+    fields = {"alert": alert.id, "kind": alert.kind, "job_name": alert.job_name, "attempt": alert.attempts}
     sent = [channel for channel, error in errors.items() if error == ""]
     if sent:
         logger.info(

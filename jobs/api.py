@@ -157,7 +157,7 @@ class TriggerView(ApiView):
         logger.info(
             "triggered %s",
             name,
-            extra={"action": "job_triggered", "job": name, "occurrence": occurrence.id, "by": username},
+            extra={"action": "job_triggered", "job_name": name, "occurrence": occurrence.id, "by": username},
         )
         response = JsonResponse({"occurrence": occurrence.id, "status": occurrence.status}, status=201)
         response["Location"] = reverse("admin:jobs_occurrence_change", args=[occurrence.id])

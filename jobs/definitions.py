@@ -269,7 +269,7 @@ def _create_definition(spec, using: str) -> bool:
         task = PeriodicTask.objects.using(using).create(
             name=spec.name, task=spec.name, crontab=crontab, description=spec.description
         )
-        logger.info("created definition %s", spec.name, extra={"action": "definition_created", "job": spec.name})
+        logger.info("created definition %s", spec.name, extra={"action": "definition_created", "job_name": spec.name})
     if task.task == spec.name and not JobPolicy.objects.using(using).filter(task=task).exists():
         JobPolicy.objects.using(using).create(task=task, **JobPolicy.fields_of(spec.policy))
     return created

@@ -182,7 +182,7 @@ class CeleryExecutor:
                 extra={
                     "action": "occurrence_handed_over",
                     "occurrence": occurrence.id,
-                    "job": occurrence.job_name,
+                    "job_name": occurrence.job_name,
                     "attempt": occurrence.attempts,
                     "instance": occurrence.scheduler,
                 },
@@ -231,7 +231,7 @@ class CeleryExecutor:
             extra={
                 "action": "occurrence_missed",
                 "occurrence": occurrence.id,
-                "job": occurrence.job_name,
+                "job_name": occurrence.job_name,
                 "status": "missed",
                 "error": reason,
             },
@@ -280,7 +280,7 @@ class CeleryExecutor:
             extra={
                 "action": "occurrence_released",
                 "occurrence": occurrence.id,
-                "job": occurrence.job_name,
+                "job_name": occurrence.job_name,
                 "status": "scheduled",
                 "error": reason,
             },

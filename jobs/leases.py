@@ -84,7 +84,7 @@ class Leases:
                     extra={
                         "action": "lease_expired",
                         "occurrence": occurrence.id,
-                        "job": occurrence.job_name,
+                        "job_name": occurrence.job_name,
                         "attempt": occurrence.attempts,
                         "instance": occurrence.scheduler,
                         "status": occurrence.status,

@@ -639,7 +639,7 @@ def _log(occurrence: Occurrence, action: str, level: int = logging.INFO, detail:
         f": {fields['error']}" if fields.get("error") else "",
         extra={
             "action": action,
-            "job": occurrence.job_name,
+            "job_name": occurrence.job_name,
             "occurrence": occurrence.id,
             "attempt": occurrence.attempts,
             "instance": occurrence.scheduler,

@@ -359,7 +359,7 @@ class Scheduler:
                 extra={
                     "action": "worker_error",
                     "occurrence": occurrence.id,
-                    "job": occurrence.job_name,
+                    "job_name": occurrence.job_name,
                     "attempt": occurrence.attempts,
                 },
             )

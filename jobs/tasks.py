@@ -121,7 +121,7 @@ def run_beat_message(task, *args, **kwargs) -> str:
                 "celery beat sent %s: occurrence %s",
                 definition.name,
                 occurrence.id,
-                extra={"action": "beat_occurrence_created", "occurrence": occurrence.id, "job": definition.name},
+                extra={"action": "beat_occurrence_created", "occurrence": occurrence.id, "job_name": definition.name},
             )
             _run_claimed(occurrence, own_session, clock, lease)
             return _follow_up(task, occurrence.id, clock, lease)
@@ -151,7 +151,7 @@ def beat_definition(job_name: str, periodic_task_name: str | None) -> PeriodicTa
         job_name,
         len(found) if found else "no",
         periodic_task_name,
-        extra={"action": "beat_message_unmatched", "job": job_name, "definition": periodic_task_name},
+        extra={"action": "beat_message_unmatched", "job_name": job_name, "definition": periodic_task_name},
     )
     return None
 

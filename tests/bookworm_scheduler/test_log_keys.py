@@ -145,8 +145,8 @@ def test_the_run_events_name_the_job_occurrence_attempt_and_instance(clock, no_s
 
     [event] = [record for record in caplog.records if getattr(record, "action", None) == "occurrence_failed"]
     logged = json.loads(JsonFormatter(settings.LOGGING["formatters"]["json"]["fmt"]).format(event))
-    assert {key: logged[key] for key in ("job", "occurrence", "attempt", "instance", "status", "error")} == {
-        "job": "failing",
+    assert {key: logged[key] for key in ("job_name", "occurrence", "attempt", "instance", "status", "error")} == {
+        "job_name": "failing",
         "occurrence": occurrence.id,
         "attempt": 1,
         "instance": "test",

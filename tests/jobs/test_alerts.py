@@ -235,7 +235,7 @@ def test_the_alert_is_emailed_with_the_job_the_error_and_a_link_to_the_run(
     alert = Alert.objects.get()
     assert (alert.email_status, alert.webhook_status, alert.attempts) == ("sent", "skipped", 1)
     [sent] = actions(caplog, "alert_sent")
-    assert (sent.alert, sent.channels, sent.job) == (alert.id, ["email"], "failing")
+    assert (sent.alert, sent.channels, sent.job_name) == (alert.id, ["email"], "failing")
     assert send_due_alerts(clock.advance(hours=2)) == Sent(0, False)
     assert len(mail.outbox) == 1
 

@@ -39,7 +39,7 @@ def test_a_job_that_raises_is_a_recorded_failure_and_its_event_rolls_back(clock,
     scheduler.planner.refresh()
     scheduler.run_ready(clock.now)
     [event] = [r for r in caplog.records if getattr(r, "action", None) == "occurrence_failed"]
-    assert (event.job, event.occurrence, event.attempt) == ("failing", occurrence.id, 1)
+    assert (event.job_name, event.occurrence, event.attempt) == ("failing", occurrence.id, 1)
     occurrence.refresh_from_db()
     assert occurrence.status == "failed"
     assert occurrence.reason == "RuntimeError: the sample job failed on purpose"

@@ -12,9 +12,9 @@ staff user's credentials (Prometheus' `basic_auth`), checked by bookworm_schedul
 Basic challenge. It is mounted at /metrics, outside /tickerq/, so the view checks the
 credentials itself instead of BasicAuthMiddleware.
 
-`manage.py runscheduler` and `manage.py relay_outbox` serve their own process's metrics
-(jobs.metrics, outbox.metrics, plus prometheus-client's process_* and python_*) with serve(),
-on SCHEDULER_METRICS_PORT and RELAY_METRICS_PORT; off by default.
+A definition's name is the label job_name: Prometheus owns `job` (the scrape job's name) and
+would rename ours. `manage.py runscheduler` and `manage.py relay_outbox` serve their own
+process's metrics (bookworm_scheduler.daemon_metrics).
 """
 
 import logging
@@ -26,7 +26,7 @@ from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -46,9 +46,6 @@ FINISHED = ["succeeded", "failed", "skipped", "missed"]
 # Outbox rows are counted up to this many per status (a count of a large backlog reads the whole
 # index); the gauge then says "at least this many".
 OUTBOX_COUNT_CAP = 100_000
-# A running relay silent for longer is stale. It beats every 5 s outside a batch, and a batch may
-# wait OUTBOX_CONFIRM_TIMEOUT_SECONDS (30) for its confirms; it is marked lost after 2 minutes.
-RELAY_STALE_AFTER = timedelta(seconds=60)
 
 
 class DatabaseCollector(Collector):
@@ -85,7 +82,7 @@ class DatabaseCollector(Collector):
         family = GaugeMetricFamily(
             "bookworm_job_runs_last_hour",
             "Occurrences that finished in the last hour, by job and final status (succeeded, failed, skipped, missed).",
-            labels=["job", "status"],
+            labels=["job_name", "status"],
         )
         rows = (
             Occurrence.objects.filter(status__in=FINISHED, finished_at__gte=now - RUNS_WINDOW)
@@ -93,8 +90,8 @@ class DatabaseCollector(Collector):
             .annotate(count=Count("id"))
             .order_by()
         )
-        for job, status, count in rows:
-            family.add_metric([job, status], count)
+        for job_name, status, count in rows:
+            family.add_metric([job_name, status], count)
         return family
 
     @staticmethod
@@ -102,13 +99,13 @@ class DatabaseCollector(Collector):
         family = GaugeMetricFamily(
             "bookworm_job_occurrences",
             "Occurrences waiting (scheduled: due, or a pending retry) or running now, by job.",
-            labels=["job", "status"],
+            labels=["job_name", "status"],
         )
         # One query per status, each over its partial index (occ_scheduled_run_after, occ_running_lease).
         for status in (Occurrence.Status.SCHEDULED, Occurrence.Status.RUNNING):
             rows = Occurrence.objects.filter(status=status).values_list("job_name").annotate(count=Count("id"))
-            for job, count in rows.order_by():
-                family.add_metric([job, status], count)
+            for job_name, count in rows.order_by():
+                family.add_metric([job_name, status], count)
         return family
 
     @staticmethod
@@ -123,11 +120,14 @@ class DatabaseCollector(Collector):
         )
         scheduler_family.add_metric(["live"], len(schedulers) - stale)
         scheduler_family.add_metric(["stale"], stale)
+        # A relay beats every 5 s outside a batch; /health/ judges it by the same age.
+        silence = timedelta(seconds=settings.HEALTH_HEARTBEAT_MAX_AGE_SECONDS)
         relays = list(RelayInstance.objects.alive())
-        stale = sum(1 for relay in relays if now - relay.last_seen > RELAY_STALE_AFTER)
+        stale = sum(1 for relay in relays if now - relay.last_seen > silence)
         relay_family = GaugeMetricFamily(
             "bookworm_outbox_relays",
-            "Relay processes registered as running: live (beating), stale (silent for over a minute).",
+            "Relay processes registered as running: live (beating), "
+            "stale (silent for HEALTH_HEARTBEAT_MAX_AGE_SECONDS, as /health/ judges).",
             labels=["state"],
         )
         relay_family.add_metric(["live"], len(relays) - stale)
@@ -174,11 +174,3 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         return unauthorized("Staff credentials required (HTTP Basic or a dashboard session).")
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     return HttpResponse(encoder(database_registry), content_type=content_type)
-
-
-def serve(port: int, address: str):
-    """Serve this process's metrics (the default registry) on address:port from a daemon thread; the server."""
-    server, _thread = start_http_server(port, addr=address, registry=REGISTRY)
-    port = server.server_address[1]  # the one the system chose, for port 0
-    logger.info("serving metrics on %s:%d", address, port, extra={"action": "metrics_serving", "port": port})
-    return server

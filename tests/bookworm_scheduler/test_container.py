@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from bookworm_scheduler.cpus import available_cpus, cpu_quota
+from bookworm_scheduler.cgroup import cpu_quota
+from bookworm_scheduler.cpus import available_cpus
 from tests.jobs.helpers import wait_for
 
 BASE_DIR = Path(settings.BASE_DIR)

@@ -20,10 +20,11 @@ from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.db import DatabaseError, transaction
 from django.utils import timezone
-from prometheus_client import REGISTRY, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bookworm_scheduler import metrics
+from bookworm_scheduler import daemon_metrics, metrics
+from jobs import metrics as scheduler_metrics
 from jobs.models import Occurrence, SchedulerInstance
 from outbox import metrics as relay_metrics
 from outbox.models import OutboxMessage, RelayInstance
@@ -74,7 +75,9 @@ def scrape(client, staff) -> dict:
 
 
 def sample_value(name, **labels) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    """A daemon's sample: the scheduler's for bookworm_job_*, the relay's for bookworm_outbox_*."""
+    registry = relay_metrics.REGISTRY if name.startswith("bookworm_outbox_") else scheduler_metrics.REGISTRY
+    return registry.get_sample_value(name, labels) or 0.0
 
 
 # The web app's /metrics.
@@ -135,10 +138,10 @@ def test_metrics_count_runs_of_the_last_hour_by_job_and_status(client, staff, no
 
     values = scrape(client, staff)
 
-    assert values[("bookworm_job_runs_last_hour", (("job", "nightly"), ("status", "succeeded")))] == 2
-    assert values[("bookworm_job_runs_last_hour", (("job", "nightly"), ("status", "failed")))] == 1
-    assert values[("bookworm_job_occurrences", (("job", "nightly"), ("status", "scheduled")))] == 1
-    assert values[("bookworm_job_occurrences", (("job", "nightly"), ("status", "running")))] == 1
+    assert values[("bookworm_job_runs_last_hour", (("job_name", "nightly"), ("status", "succeeded")))] == 2
+    assert values[("bookworm_job_runs_last_hour", (("job_name", "nightly"), ("status", "failed")))] == 1
+    assert values[("bookworm_job_occurrences", (("job_name", "nightly"), ("status", "scheduled")))] == 1
+    assert values[("bookworm_job_occurrences", (("job_name", "nightly"), ("status", "running")))] == 1
 
 
 @pytest.mark.django_db
@@ -204,10 +207,10 @@ def no_seed(db):
 @pytest.mark.django_db(transaction=True)
 def test_a_scheduler_counts_its_runs_by_outcome_and_times_them(clock, no_seed):
     before = {
-        status: sample_value("bookworm_job_runs_finished_total", job="counted", status=status)
+        status: sample_value("bookworm_job_runs_finished_total", job_name="counted", status=status)
         for status in ("succeeded", "failed")
     }
-    started = sample_value("bookworm_job_runs_started_total", job="counted")
+    started = sample_value("bookworm_job_runs_started_total", job_name="counted")
     durations = sample_value("bookworm_job_run_duration_seconds_count", task="test.publish")
     lags = sample_value("bookworm_job_fire_lag_seconds_count")
     good = make_definition("counted", every=60)
@@ -218,9 +221,10 @@ def test_a_scheduler_counts_its_runs_by_outcome_and_times_them(clock, no_seed):
     Occurrence.trigger(good, now=clock.now, priority=1)
     scheduler.run_ready(clock.now)
 
-    assert sample_value("bookworm_job_runs_started_total", job="counted") - started == 2
+    assert sample_value("bookworm_job_runs_started_total", job_name="counted") - started == 2
     assert (
-        sample_value("bookworm_job_runs_finished_total", job="counted", status="succeeded") - before["succeeded"] == 2
+        sample_value("bookworm_job_runs_finished_total", job_name="counted", status="succeeded") - before["succeeded"]
+        == 2
     )
     assert sample_value("bookworm_job_run_duration_seconds_count", task="test.publish") - durations == 2
     assert sample_value("bookworm_job_fire_lag_seconds_count") - lags == 2
@@ -230,7 +234,7 @@ def test_a_scheduler_counts_its_runs_by_outcome_and_times_them(clock, no_seed):
 def test_a_retried_attempt_and_a_final_failure_are_told_apart(clock, no_seed):
     task = make_definition("flaky-metrics", "test.fail", every=3600, max_retries=1)
     before = {
-        status: sample_value("bookworm_job_runs_finished_total", job="flaky-metrics", status=status)
+        status: sample_value("bookworm_job_runs_finished_total", job_name="flaky-metrics", status=status)
         for status in ("retry_scheduled", "failed")
     }
     lags = sample_value("bookworm_job_fire_lag_seconds_count")
@@ -242,7 +246,8 @@ def test_a_retried_attempt_and_a_final_failure_are_told_apart(clock, no_seed):
 
     for status in ("retry_scheduled", "failed"):
         assert (
-            sample_value("bookworm_job_runs_finished_total", job="flaky-metrics", status=status) - before[status] == 1
+            sample_value("bookworm_job_runs_finished_total", job_name="flaky-metrics", status=status) - before[status]
+            == 1
         )
     assert sample_value("bookworm_job_fire_lag_seconds_count") - lags == 1  # the first attempt only
 
@@ -283,17 +288,26 @@ def test_a_relay_counts_published_confirmed_and_returned_messages_and_their_late
     assert sample_value("bookworm_outbox_relay_last_batch_timestamp_seconds") > 0
 
 
-def test_a_daemon_serves_its_metrics_over_http():
-    server = metrics.serve(0, "127.0.0.1")
+def served_names(registry) -> set[str]:
+    """The families a daemon's registry serves over HTTP."""
+    server = daemon_metrics.serve(0, "127.0.0.1", registry)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/metrics", timeout=10) as response:
             text = response.read().decode()
     finally:
         server.shutdown()
         server.server_close()
+    return {family.name for family in text_string_to_metric_families(text)}
 
-    names = {family.name for family in text_string_to_metric_families(text)}
-    assert {"bookworm_job_runs_started", "bookworm_outbox_publish_latency_seconds", "process_cpu_seconds"} <= names
+
+def test_each_daemon_serves_its_own_families_and_its_process_but_not_the_others():
+    scheduler, relay = served_names(scheduler_metrics.REGISTRY), served_names(relay_metrics.REGISTRY)
+
+    assert {"bookworm_job_runs_started", "bookworm_job_fire_lag_seconds", "bookworm_scheduler_pool_slots"} <= scheduler
+    assert {"bookworm_outbox_messages_published", "bookworm_outbox_relay_last_batch_timestamp_seconds"} <= relay
+    assert not {name for name in scheduler if name.startswith("bookworm_outbox_")}
+    assert not {name for name in relay if name.startswith(("bookworm_job_", "bookworm_scheduler_"))}
+    assert {"process_cpu_seconds", "process_resident_memory_bytes", "python_info"} <= scheduler & relay
 
 
 @pytest.mark.parametrize(
@@ -342,6 +356,16 @@ def scrape_process(port: int) -> dict | None:
 # The alert rules.
 
 
+def limited_registry(root: Path) -> CollectorRegistry:
+    """A registry whose cgroup collector reads cgroup v2 files with a memory limit and a CPU quota."""
+    (root / "memory.max").write_text("1073741824\n")
+    (root / "cpu.max").write_text("150000 100000\n")
+    (root / "cpu.stat").write_text("usage_usec 900000\nnr_periods 10\nnr_throttled 4\nthrottled_usec 250000\n")
+    registry = CollectorRegistry()
+    registry.register(daemon_metrics.CgroupCollector(root))
+    return registry
+
+
 def exposed_names(text: str) -> set[str]:
     """Every series name an exposition can have: families, their samples, and a histogram's or counter's parts."""
     names = set()
@@ -354,11 +378,14 @@ def exposed_names(text: str) -> set[str]:
 
 
 @pytest.mark.django_db
-def test_every_alert_rule_is_complete_and_uses_only_metrics_we_expose(client, staff):
+def test_every_alert_rule_is_complete_and_uses_only_metrics_we_expose(client, staff, tmp_path):
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
     exposed = exposed_names(client.get("/metrics", **basic("monitor")).content.decode())
-    exposed |= exposed_names(generate_latest(REGISTRY).decode())
+    for registry in (scheduler_metrics.REGISTRY, relay_metrics.REGISTRY):
+        exposed |= exposed_names(generate_latest(registry).decode())
+    # The cgroup's series exist only under a limit, which this machine may not have.
+    exposed |= exposed_names(generate_latest(limited_registry(tmp_path)).decode())
 
     assert {rule["alert"] for rule in rules} >= {
         "BookwormJobFailed",
@@ -368,12 +395,15 @@ def test_every_alert_rule_is_complete_and_uses_only_metrics_we_expose(client, st
         "BookwormRelayDown",
         "BookwormRelayStale",
         "BookwormOutboxGrowing",
+        "BookwormSchedulerLagGrowing",
+        "BookwormMemoryNearLimit",
+        "BookwormCpuThrottled",
     }
     for rule in rules:
         assert set(rule) == {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
         assert {"summary", "description"} <= set(rule["annotations"]), rule["alert"]
-        used = set(re.findall(r"\bbookworm_[a-z_]+", rule["expr"]))
+        used = set(re.findall(r"\b(?:bookworm|process)_[a-z_]+", rule["expr"]))
         assert used and used <= exposed, (rule["alert"], used - exposed)
 
 

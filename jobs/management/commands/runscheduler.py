@@ -9,7 +9,8 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from bookworm_scheduler import metrics, tracing
+from bookworm_scheduler import daemon_metrics, tracing
+from jobs import metrics
 from jobs.scheduler import Scheduler
 
 
@@ -29,7 +30,7 @@ class Command(BaseCommand):
             raise CommandError("--concurrency must be at least 1")
         if settings.SCHEDULER_METRICS_PORT:
             try:
-                metrics.serve(settings.SCHEDULER_METRICS_PORT, settings.METRICS_ADDRESS)
+                daemon_metrics.serve(settings.SCHEDULER_METRICS_PORT, settings.METRICS_ADDRESS, metrics.REGISTRY)
             except OSError as error:
                 raise CommandError(f"SCHEDULER_METRICS_PORT: cannot serve metrics: {error}") from None
         scheduler = Scheduler(

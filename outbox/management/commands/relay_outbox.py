@@ -7,8 +7,8 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from bookworm_scheduler import metrics
-from outbox import metrics as relay_metrics
+from bookworm_scheduler import daemon_metrics
+from outbox import metrics
 from outbox.broker import Broker, BrokerUnavailable, connection_parameters
 from outbox.envelope import EnvelopeWriter, broker_address
 from outbox.relay import Heartbeat, Relay, Waker, run
@@ -37,10 +37,13 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, request_stop)
         if settings.RELAY_METRICS_PORT:
             try:
-                metrics.serve(settings.RELAY_METRICS_PORT, settings.METRICS_ADDRESS)
+                daemon_metrics.serve(settings.RELAY_METRICS_PORT, settings.METRICS_ADDRESS, metrics.REGISTRY)
             except OSError as error:
                 raise CommandError(f"RELAY_METRICS_PORT: cannot serve metrics: {error}") from None
-            relay_metrics.measure_latency = True
+            metrics.measure_latency = True
+            # Its age is how long the relay has gone without finishing a pass: a relay that has just
+            # started has not had time to yet.
+            metrics.LAST_BATCH.set_to_current_time()
 
         parameters = connection_parameters(
             settings.RABBITMQ_URL, blocked_timeout=settings.OUTBOX_BLOCKED_TIMEOUT_SECONDS

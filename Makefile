@@ -47,15 +47,18 @@ system-packages:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# promtool checks deploy/prometheus/alerts.yml: taken from Debian's prometheus package without
-# installing the package (that would bring a Prometheus server).
-$(BIN)/promtool: | $(BIN)/python
+# promtool tests deploy/prometheus/alerts.yml, and a real Prometheus scrapes the service in
+# tests/bookworm_scheduler/test_prometheus.py: both taken from Debian's prometheus package without
+# installing the package (that would start a Prometheus server as a system service).
+PROMETHEUS_BINARIES := $(BIN)/prometheus $(BIN)/promtool
+$(PROMETHEUS_BINARIES) &: | $(BIN)/python
 	rm -rf $(VENV)/prometheus-deb && mkdir -p $(VENV)/prometheus-deb
 	cd $(VENV)/prometheus-deb && { apt-get download prometheus 2>/dev/null || { apt-get update -qq && apt-get download prometheus; }; }
 	dpkg -x $(VENV)/prometheus-deb/prometheus_*.deb $(VENV)/prometheus-deb/root
-	cp $(VENV)/prometheus-deb/root/usr/bin/promtool $@ && rm -rf $(VENV)/prometheus-deb
+	cp $(VENV)/prometheus-deb/root/usr/bin/prometheus $(VENV)/prometheus-deb/root/usr/bin/promtool $(BIN)/
+	rm -rf $(VENV)/prometheus-deb
 
-test: $(VENV)/.installed services system-packages $(BIN)/promtool
+test: $(VENV)/.installed services system-packages $(PROMETHEUS_BINARIES)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 # Models against migration files; the database only checks its history, so an in-memory one will do.

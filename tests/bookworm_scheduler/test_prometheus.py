@@ -231,3 +231,11 @@ def test_a_real_prometheus_scrapes_every_process_and_raises_only_the_alerts_that
         prometheus.child.stop()
         for child in children.values():
             child.stop()
+
+
+def test_the_readme_shows_the_scrape_configuration_this_test_runs():
+    readme = (Path(settings.BASE_DIR) / "README.md").read_text()
+    [block] = [block for block in readme.split("```yaml\n")[1:] if block.startswith("scrape_configs:")]
+
+    shown = yaml.safe_load(block.split("```")[0])
+    assert shown["scrape_configs"] == yaml.safe_load(CONFIG.read_text())["scrape_configs"]

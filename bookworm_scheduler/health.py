@@ -5,18 +5,25 @@ HEALTHCHECK restarts a web process that stopped answering. AliveMiddleware answe
 Django checks the Host header or redirects to HTTPS, since a container's or an orchestrator's
 probe asks by address (Host: 127.0.0.1:8000), which ALLOWED_HOSTS rightly refuses.
 
-/health/ is django-health-check's view over CHECKS: 200 when every check passes, 500 naming each
-one that failed; HTML for a person, JSON with `Accept: application/json` or `?format=json`. The
-checks run at once, each in a thread of its own with a connection of its own that it closes.
+/health/ is django-health-check's view over CHECKS (HealthView): 200 when every check passes,
+500 naming each one that failed; HTML for a person, JSON with `Accept: application/json` or
+`?format=json`. A check goes by the name an operator knows it by (Check.name: database, broker,
+schedulers, relays, outbox_backlog, migrations), the row of the page, the key of the JSON and the
+`check` label of `?format=openmetrics`; these names are stable. A failing check logs one WARNING
+line, action health_check_failed, and nothing else does: no traceback, no "Internal Server Error".
+The checks run at once, each in a thread of its own with a connection of its own that it closes.
 Ages are judged by the database's clock (bookworm_scheduler.clock), the one that stamped them.
 Messages name what failed and how, never a URL, a host's credentials or a database error's text.
 
 This module wires the apps together: outbox knows nothing of jobs, so checks that read both
-live here; outbox.health has the broker's.
+live here, and so does the name of outbox.health's broker check.
 """
 
+import asyncio
 import contextlib
-import dataclasses
+import inspect
+import logging
+import timeit
 from datetime import timedelta
 
 from django.conf import settings
@@ -24,17 +31,22 @@ from django.db import DEFAULT_DB_ALIAS, Error, connections
 from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpResponse
 from django.utils.cache import add_never_cache_headers
-from health_check.base import HealthCheck
-from health_check.exceptions import ServiceUnavailable
+from health_check import checks
+from health_check.base import HealthCheck, HealthCheckResult
+from health_check.exceptions import HealthCheckException, ServiceUnavailable
+from health_check.views import HealthCheckView
 
 from jobs.models import SchedulerInstance
+from outbox.health import RabbitMQ
 from outbox.models import OutboxMessage, RelayInstance
 
 from .clock import database_now
 
+logger = logging.getLogger(__name__)
+
 CHECKS = [
-    "health_check.checks.Database",
-    "outbox.health.RabbitMQ",
+    "bookworm_scheduler.health.Database",
+    "bookworm_scheduler.health.Broker",
     "bookworm_scheduler.health.SchedulerHeartbeat",
     "bookworm_scheduler.health.RelayHeartbeat",
     "bookworm_scheduler.health.OutboxBacklog",
@@ -56,6 +68,84 @@ class AliveMiddleware:
         return self.get_response(request)
 
 
+class HealthView(HealthCheckView):
+    """/health/: django-health-check's view over CHECKS, whose 500 is not logged a second time."""
+
+    checks = CHECKS
+
+    async def get(self, request, *args, **kwargs):
+        response = await super().get(request, *args, **kwargs)
+        if response.status_code >= 500:
+            # Each failing check has logged its own line (Check.get_result). Django's mark for a
+            # response already logged keeps django.request from adding "Internal Server Error:
+            # /health/" at ERROR on every poll of a probe.
+            response._has_been_logged = True
+        return response
+
+
+class Check(HealthCheck):
+    """A django-health-check check under its operator's name, whose failure is one log line.
+
+    The view shows a check by its repr (the page's row, the JSON's key, the text's line) and
+    labels its OpenMetrics series with `labels`: both are the name.
+    """
+
+    name = ""
+
+    def __repr__(self):
+        return self.name
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"check": self.name}
+
+    async def get_result(self, executor=None) -> HealthCheckResult:
+        # HealthCheck.get_result (django-health-check 4.8) runs the probe the same way, but logs
+        # each failure with its traceback on its own logger: every poll of a failing probe
+        # would add a traceback to the log. This one logs a failure once, in one line.
+        start = timeit.default_timer()
+        bug = None
+        try:
+            if inspect.iscoroutinefunction(self.run):
+                probe = self.run()
+            else:
+                probe = asyncio.get_running_loop().run_in_executor(executor, self.run)
+            # A second more than the budget, for the check's own client timeout to report first.
+            await asyncio.wait_for(probe, self.timeout.total_seconds() + 1)
+        except HealthCheckException as failure:
+            error = failure
+        except TimeoutError:
+            error = ServiceUnavailable(f"no answer within {self.timeout.total_seconds():g} s")
+        except Exception as exception:
+            # A fault of the check, not of what it checks: its traceback is worth an ERROR.
+            bug = exception
+            error = HealthCheckException(type(exception).__name__)
+        else:
+            error = None
+        if error is not None:
+            logger.log(
+                logging.ERROR if bug else logging.WARNING,
+                "health check %s failed: %s",
+                self.name,
+                error,
+                exc_info=bug,
+                extra={"action": "health_check_failed", "check": self.name, "error": str(error)},
+            )
+        return HealthCheckResult(check=self, error=error, time_taken=timeit.default_timer() - start)
+
+
+class Database(Check, checks.Database):
+    """SELECT 1 on the default database: django-health-check's own check, under our name."""
+
+    name = "database"
+
+
+class Broker(Check, RabbitMQ):
+    """A connection to RABBITMQ_URL opens (outbox.health.RabbitMQ)."""
+
+    name = "broker"
+
+
 @contextlib.contextmanager
 def reading(alias: str = DEFAULT_DB_ALIAS):
     """This thread's connection for a check's queries, closed after them if they opened it.
@@ -70,11 +160,10 @@ def reading(alias: str = DEFAULT_DB_ALIAS):
         raise ServiceUnavailable(f"cannot read the database ({type(error).__name__})") from error
 
 
-@dataclasses.dataclass
-class Heartbeat(HealthCheck):
+class Heartbeat(Check):
     """At least one running instance of `model` beat within HEALTH_HEARTBEAT_MAX_AGE_SECONDS."""
 
-    model = None  # class attributes, not dataclass fields: the check's repr stays "Name()"
+    model = None
     what = ""
 
     def run(self):
@@ -91,25 +180,26 @@ class Heartbeat(HealthCheck):
         raise ServiceUnavailable(f"no {self.what} has beaten in the last {max_age} s (the latest beat {age:.0f} s ago)")
 
 
-@dataclasses.dataclass
 class SchedulerHeartbeat(Heartbeat):
     """A runscheduler process is alive (jobs.SchedulerInstance, renewed every third of the lease)."""
 
+    name = "schedulers"
     model = SchedulerInstance
     what = "scheduler"
 
 
-@dataclasses.dataclass
 class RelayHeartbeat(Heartbeat):
     """A relay_outbox process is alive (outbox.RelayInstance, renewed every 5 s)."""
 
+    name = "relays"
     model = RelayInstance
     what = "relay"
 
 
-@dataclasses.dataclass
-class OutboxBacklog(HealthCheck):
+class OutboxBacklog(Check):
     """The oldest pending outbox message is younger than HEALTH_OUTBOX_MAX_AGE_SECONDS: the relays keep up."""
+
+    name = "outbox_backlog"
 
     def run(self):
         max_age = settings.HEALTH_OUTBOX_MAX_AGE_SECONDS
@@ -128,9 +218,10 @@ class OutboxBacklog(HealthCheck):
             raise ServiceUnavailable(f"the oldest pending message is {age:.0f} s old (more than {max_age} s)")
 
 
-@dataclasses.dataclass
-class Migrations(HealthCheck):
+class Migrations(Check):
     """Every migration this code has is applied: a release whose `migrate` has not run is not healthy."""
+
+    name = "migrations"
 
     def run(self):
         with reading() as connection:

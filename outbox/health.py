@@ -1,4 +1,8 @@
-"""Health check of the message bus, for /health/ (django-health-check)."""
+"""Health check of the message bus, for /health/ (django-health-check).
+
+bookworm_scheduler.health lists it under the name `broker`, with the other checks' names and the
+way a failure is logged.
+"""
 
 import dataclasses
 import datetime

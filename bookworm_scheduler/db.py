@@ -1,10 +1,92 @@
-"""Plain database helpers shared by the apps."""
+"""Plain database helpers shared by the apps, and what a database error means (database_fault)."""
 
+import enum
+import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 
-from django.db import connections
+import psycopg
+from django.db import Error, connections
 from django.db.backends.utils import CursorDebugWrapper
+
+from bookworm_scheduler.backoff import Backoff
+
+# SQLSTATEs of a connection that broke (class 08) or a server that shut down or restarts.
+LOST_CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
+# SQLSTATEs of a transaction that lost to a concurrent one: serialization failure, deadlock detected.
+CONFLICT_STATES = ("40001", "40P01")
+# SQLite's words for the same: another connection held the lock past the busy timeout.
+SQLITE_CONFLICTS = ("SQLITE_BUSY", "SQLITE_LOCKED")
+
+
+class DatabaseFault(enum.Enum):
+    """What a database error means for whoever tries again (database_fault)."""
+
+    UNAVAILABLE = "unavailable"  # the connection broke: reconnect, backing off as from an outage
+    CONFLICT = "conflict"  # the transaction lost to a concurrent one and rolled back: run it again soon
+    ERROR = "error"  # a statement failed: as it is, another try fails alike
+
+
+def database_fault(exc: BaseException) -> DatabaseFault | None:
+    """What exc, or an error that caused it, says of the database; None if no database error did.
+
+    Django wraps the driver's error (as __cause__) in a class that covers more than one case: a
+    broken connection, a deadlock (40P01) and a statement timeout (57014) are all OperationalError.
+    The driver's SQLSTATE tells them apart: a connection that broke (or none at all) is
+    UNAVAILABLE, a serialization failure or a deadlock is a CONFLICT, a statement timeout or any
+    other database error is an ERROR. The first decisive error along the chain wins, so an error
+    raised while handling a lost connection (the rollback of a savepoint, say) means the same.
+    """
+    fault = None
+    for error in _chain(exc):
+        if isinstance(error, psycopg.Error):
+            state = error.sqlstate
+            if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)) and (
+                state is None or state.startswith(LOST_CONNECTION_STATES)
+            ):
+                return DatabaseFault.UNAVAILABLE
+            if state in CONFLICT_STATES:
+                return DatabaseFault.CONFLICT
+        if isinstance(error, sqlite3.Error) and error.sqlite_errorname in SQLITE_CONFLICTS:
+            return DatabaseFault.CONFLICT
+        if fault is None and isinstance(error, (Error, psycopg.Error, sqlite3.Error)):
+            fault = DatabaseFault.ERROR
+    return fault
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether exc says the database connection broke (not that a statement failed): see database_fault."""
+    return database_fault(exc) is DatabaseFault.UNAVAILABLE
+
+
+def conflict_backoff() -> Backoff:
+    """Delays before another try of a transaction that lost a conflict: short, as the winner commits
+    in a moment, and jittered, so that the two that deadlocked do not meet again in step."""
+    return Backoff(first=0.05, ceiling=1.0)
+
+
+def describe_database_error(exc: BaseException) -> str:
+    """One line for a log: the driver's error class, its SQLSTATE (SQLite: its error name), its message's first line.
+
+    The driver's class (DeadlockDetected, AdminShutdown) rather than Django's wrapper, which says
+    OperationalError for most of them.
+    """
+    shown = next((error for error in _chain(exc) if isinstance(error, (psycopg.Error, sqlite3.Error))), exc)
+    state = getattr(shown, "sqlstate", None)
+    code = f"SQLSTATE {state}" if state else getattr(shown, "sqlite_errorname", None)
+    lines = str(shown).strip().splitlines()
+    name = f"{type(shown).__name__} ({code})" if code else type(shown).__name__
+    return f"{name}: {lines[0]}" if lines else name
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """exc, then what caused it (__cause__, else __context__), and so on; each once."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 def _inserted_fields(model) -> tuple:

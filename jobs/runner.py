@@ -7,7 +7,9 @@ in a transaction of its own and retried per its policy.
 
 A lost database connection is the scheduler's problem, not the job's: the runner
 reconnects, finds out whether the run committed, and records it once. A run that did not
-commit through no fault of its job goes back to scheduled without counting an attempt.
+commit through no fault of its job goes back to scheduled without counting an attempt; so
+does one whose record lost a conflict (a deadlock or a serialization failure), which is then
+claimed again at once.
 
 Occurrences of short atomic jobs can run together (run_group): one transaction locks a few
 ready occurrences, runs each job in a savepoint of its own and records them all in one
@@ -40,7 +42,14 @@ from django.db.transaction import TransactionManagementError
 
 from bookworm_scheduler import tracing
 from bookworm_scheduler.backoff import Backoff
-from bookworm_scheduler.db import insert_rows
+from bookworm_scheduler.db import (
+    DatabaseFault,
+    conflict_backoff,
+    connection_lost,
+    database_fault,
+    describe_database_error,
+    insert_rows,
+)
 from outbox.publishing import deferred, origin
 
 from . import metrics
@@ -66,27 +75,6 @@ JOB_FAILURES = (Exception, JobTimeout, SystemExit, KeyboardInterrupt)
 # about GROUP_WALL_FACTOR times that long: a job not seen yet, or a slower one, runs on its own
 # (Runner.run).
 GROUP_RUNS, GROUP_SECONDS, GROUP_LOCK, GROUP_JOB_FACTOR, GROUP_WALL_FACTOR = 20, 0.01, 10, 5, 10
-
-# SQLSTATEs of a connection that broke (class 08) or a server that shut down or restarts.
-LOST_CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
-
-
-def connection_lost(exc: BaseException) -> bool:
-    """Whether exc, or what caused it, says the database connection broke (not that a statement failed).
-
-    Django reconnects on its own when an atomic block fails this way, so the connection's
-    state after the fact cannot tell; the driver's error does. A statement timeout (57014)
-    or a deadlock is a statement that failed.
-    """
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
-            state = exc.sqlstate
-            if state is None or state.startswith(LOST_CONNECTION_STATES):
-                return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def skip_reason(occurrence: Occurrence, definition: Definition | None, now: datetime) -> str:
@@ -208,8 +196,12 @@ class Runner:
         except LeaseLost:
             raise
         except JOB_FAILURES as exc:
-            if connection_lost(exc):
+            fault = database_fault(exc)
+            if fault is DatabaseFault.UNAVAILABLE:
                 return self._settle_unknown(occurrence, error=_one_line(exc))
+            if returned and fault is DatabaseFault.CONFLICT:
+                # The job's transaction rolled back with its record: the job is not at fault.
+                return self._release_after_conflict(occurrence, exc)
             if returned:
                 # The job did its part; recording it failed for a reason of the database's.
                 return self._fail(occurrence, definition, started, f"recording the run failed: {_one_line(exc)}", "")
@@ -218,6 +210,17 @@ class Runner:
             return self._fail(occurrence, definition, started, error, traceback.format_exc())
         _log(occurrence, "occurrence_succeeded", duration_ms=_ms(self.clock() - started), status="succeeded")
         return metrics.SUCCEEDED, ""
+
+    def _release_after_conflict(self, occurrence: Occurrence, exc: BaseException) -> tuple[str, str]:
+        """The run's transaction lost a conflict and rolled back: back to scheduled, the attempt not counted."""
+        error = describe_database_error(exc)
+        _log(occurrence, "database_conflict", error=error, retry_in=0.0, level=logging.WARNING)
+        reason = f"released: its record lost a conflict with another transaction ({error})"
+        released = self._write(occurrence, lambda: occurrence.release(session=self.session, reason=reason))
+        if not released:  # the scheduler stops, and the database is unreachable: the lease expires
+            return metrics.LEASE_LOST, error
+        _log(occurrence, "occurrence_released", error=error, status="scheduled", level=logging.WARNING)
+        return metrics.RELEASED, error
 
     def _fail(
         self, occurrence, definition: Definition, started, error: str, trace: str, retry: bool = True
@@ -261,9 +264,11 @@ class Runner:
         the write is tried again on a new connection, but only while the claim is still this
         session's: if the earlier try committed before the connection broke, or another
         scheduler reaped the claim, there is nothing left to write. Gives up when the scheduler
-        stops; the lease then expires and another scheduler records the attempt.
+        stops; the lease then expires and another scheduler records the attempt. A write that
+        lost a conflict (a deadlock, a serialization failure) rolled back, surely: it is tried
+        again after a short delay, on the same connection.
         """
-        backoff = Backoff(first=0.2, ceiling=5.0)
+        backoff, conflicts = Backoff(first=0.2, ceiling=5.0), conflict_backoff()
         uncertain = reconnect
         while True:
             try:
@@ -275,7 +280,20 @@ class Runner:
                     write()
                 return True
             except DatabaseError as exc:
-                if not connection_lost(exc):
+                fault = database_fault(exc)
+                if fault is DatabaseFault.CONFLICT:
+                    delay = conflicts.next()
+                    _log(
+                        occurrence,
+                        "database_conflict",
+                        error=describe_database_error(exc),
+                        retry_in=delay,
+                        level=logging.WARNING,
+                        detail=f"recording it lost a conflict, retrying in {delay:.2f} s",
+                    )
+                    threading.Event().wait(delay)
+                    continue
+                if fault is not DatabaseFault.UNAVAILABLE:
                     raise
                 if self.stopping():
                     _log(

@@ -26,11 +26,12 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection
+from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
 from bookworm_scheduler.backoff import Backoff
 from bookworm_scheduler.clock import DatabaseClock
+from bookworm_scheduler.db import DatabaseFault, conflict_backoff, database_fault, describe_database_error
 from bookworm_scheduler.listen import Listener
 
 from .alerts import AlertSender
@@ -40,7 +41,7 @@ from .leases import Leases
 from .models import Occurrence, prune_history
 from .planning import Planner
 from .pool import Slot, WorkerPool
-from .runner import GROUP_RUNS, GROUP_SECONDS, Runner, connection_lost
+from .runner import GROUP_RUNS, GROUP_SECONDS, Runner
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class Scheduler:
 
     def run(self, *, once: bool = False, shutdown_timeout: float = 30) -> int:
         """Until stop() (or, once, until nothing is due or running); the jobs still running at the end."""
-        started, backoff = False, Backoff(first=0.5, ceiling=5.0)
+        started, backoff, conflicts = False, Backoff(first=0.5, ceiling=5.0), conflict_backoff()
         self.listener.start()
         while not self.stopping:
             try:
@@ -112,10 +113,15 @@ class Scheduler:
                     started = True
                 found = self.run_pass(now)
                 backoff.reset()
+                conflicts.reset()
             except DatabaseError as exc:
-                delay = backoff.next()
+                # A conflict rolled its transaction back and left the connection usable: the pass
+                # is run again soon. Anything else may be an outage: a new connection, later.
+                conflict = database_fault(exc) is DatabaseFault.CONFLICT
+                delay = (conflicts if conflict else backoff).next()
                 log_database_error(exc, delay, where="main")
-                connection.close()
+                if not conflict:
+                    connection.close()
                 self.sleep(delay)
                 continue
             if once and not found and self.pool.idle:
@@ -333,8 +339,14 @@ class Scheduler:
                 if not ran:
                     break
         except Exception as exc:
+            fault = database_fault(exc)
+            if fault is DatabaseFault.CONFLICT:
+                # The group rolled back: its occurrences are still scheduled, no attempt counted,
+                # and are claimed again when this slot's end wakes the main thread.
+                log_database_error(exc, None, where="worker")
+                return
             connection.close()
-            if connection_lost(exc):  # the main thread notices too, and backs off
+            if fault is DatabaseFault.UNAVAILABLE:  # the main thread notices too, and backs off
                 log_database_error(exc, None, where="worker")
                 return
             # A bug of ours, or a group that failed at its commit (a deferred constraint of a job's
@@ -366,19 +378,24 @@ class Scheduler:
             connection.close()
 
 
+# How each kind of database fault is logged (bookworm_scheduler.db.database_fault): its action, level and words.
+DATABASE_FAULT_EVENTS = {
+    DatabaseFault.UNAVAILABLE: ("database_unavailable", logging.ERROR, "database unavailable"),
+    DatabaseFault.CONFLICT: ("database_conflict", logging.WARNING, "database conflict"),
+    DatabaseFault.ERROR: ("database_error", logging.ERROR, "database error"),
+}
+
+
 def log_database_error(exc: Exception, delay: float | None, *, where: str) -> None:
-    """One line per failure: the database is unreachable (or the statement failed)."""
-    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    unavailable = isinstance(exc, (OperationalError, InterfaceError))
-    logger.error(
+    """One line per failure: the database is unreachable, a transaction lost a conflict, or a statement failed."""
+    action, level, words = DATABASE_FAULT_EVENTS[database_fault(exc) or DatabaseFault.ERROR]
+    error = describe_database_error(exc)
+    logger.log(
+        level,
         "%s in the %s thread: %s%s",
-        "database unavailable" if unavailable else f"database error ({type(exc).__name__})",
+        words,
         where,
-        first_line,
-        f"; retrying in {delay:.0f} s" if delay is not None else "",
-        extra={
-            "action": "database_unavailable" if unavailable else "database_error",
-            "retry_in": delay,
-            "error": first_line,
-        },
+        error,
+        f"; retrying in {delay:.2f} s" if delay is not None else "",
+        extra={"action": action, "retry_in": delay, "error": error},
     )

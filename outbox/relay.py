@@ -45,6 +45,7 @@ import bookworm_scheduler
 from bookworm_scheduler import tracing
 from bookworm_scheduler.backoff import Backoff
 from bookworm_scheduler.clock import default_clock
+from bookworm_scheduler.db import DatabaseFault, conflict_backoff, database_fault, describe_database_error
 
 from . import metrics, sql
 from .broker import Broker, BrokerUnavailable, Outcome, Outgoing, describe
@@ -468,7 +469,11 @@ class _Pass:
             if row.id in self._claimed:
                 # The session of an earlier claim ended (a restart, a timeout, an operator): its
                 # rows were free to claim again. What it held goes out again in the next pass.
-                raise DatabaseError("a claim's session ended before its outcomes were recorded")
+                # Caused by a lost connection, as the driver says it, so that it is handled as one
+                # (bookworm_scheduler.db.database_fault).
+                raise DatabaseError("a claim's session ended before its outcomes were recorded") from (
+                    psycopg.OperationalError("the session holding the claim ended")
+                )
             self._claimed.add(row.id)
             self._waiting[row.id] = batch
 
@@ -663,7 +668,7 @@ def run(
     heartbeat (Heartbeat.beat) is called at every turn and between the slices of every wait.
     When it returns, the relay's own database connections are closed (Relay.close).
     """
-    broker_backoff, failure_backoff = reconnect_backoff(), reconnect_backoff()
+    broker_backoff, failure_backoff, conflicts = reconnect_backoff(), reconnect_backoff(), conflict_backoff()
     next_purge = time.monotonic()
 
     def tick() -> None:
@@ -692,6 +697,7 @@ def run(
                 close_old_connections()
                 waker.wait(poll_seconds, tick=tick, stopping=stopping)
             failure_backoff.reset()
+            conflicts.reset()
         except BrokerUnavailable as error:
             if once:
                 raise
@@ -704,12 +710,19 @@ def run(
             )
             _sleep(delay, stopping)
         except (DatabaseError, InterfaceError) as error:
-            delay = failure_backoff.next()
-            logger.error(
-                "database unavailable, retrying in %.1fs: %s",
+            # A conflict (a deadlock, a serialization failure) is tried again soon, not backed off
+            # from as an outage; either way the pass starts afresh, since its batch rolled back.
+            fault = database_fault(error) or DatabaseFault.ERROR
+            action, level, words = DATABASE_FAULT_EVENTS[fault]
+            delay = (conflicts if fault is DatabaseFault.CONFLICT else failure_backoff).next()
+            described = describe_database_error(error)
+            logger.log(
+                level,
+                "%s, retrying in %.2fs: %s",
+                words,
                 delay,
-                error,
-                extra={"action": "outbox_database_unavailable", "error": str(error), "retry_in": delay},
+                described,
+                extra={"action": action, "error": described, "retry_in": delay},
             )
             _start_afresh(relay, waker)
             _sleep(delay, stopping)
@@ -728,6 +741,14 @@ def run(
             _sleep(delay, stopping)
     relay.close()  # its own connections; the caller closes the broker, the waker and Django's
     logger.info("relay stopped", extra={"action": "outbox_relay_stopped"})
+
+
+# How the relay logs each kind of database fault (bookworm_scheduler.db.database_fault): action, level, words.
+DATABASE_FAULT_EVENTS = {
+    DatabaseFault.UNAVAILABLE: ("outbox_database_unavailable", logging.ERROR, "database unavailable"),
+    DatabaseFault.CONFLICT: ("outbox_database_conflict", logging.WARNING, "database conflict"),
+    DatabaseFault.ERROR: ("outbox_database_error", logging.ERROR, "database error"),
+}
 
 
 def _end_span(span, outcome: str, error: str = "") -> None:

@@ -1,15 +1,27 @@
+import sqlite3
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from django.db import DataError, connection, transaction
+from django.contrib.auth.models import Group
+from django.db import DataError, Error, OperationalError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from bookworm_scheduler.db import prepared_cursor
+from bookworm_scheduler.db import (
+    DatabaseFault,
+    conflict_backoff,
+    connection_lost,
+    database_fault,
+    describe_database_error,
+    prepared_cursor,
+)
 from outbox.models import OutboxMessage
 from outbox.publishing import publish
+from tests.jobs.helpers import wait_for
 from tests.jobs.sample_jobs import SampleRanEvent
+from tests.outbox.conftest import SERIALIZATION_FAILURE, serialization_failure
 
 
 def prepared(statement_start: str) -> int:
@@ -109,3 +121,135 @@ def test_the_prepared_cursors_results_come_in_binary_with_the_values_djangos_cur
         )
     )
     assert row[0].utcoffset() == timedelta(0)
+
+
+# What a database error means: database_fault, one decision for the scheduler, the runner and the relay.
+
+
+def as_django_raises(driver_error: BaseException) -> BaseException:
+    """driver_error as Django raises it: wrapped in its class of django.db, the driver's error as __cause__."""
+    with pytest.raises(Error) as raised, connection.wrap_database_errors:
+        raise driver_error
+    return raised.value
+
+
+@pytest.mark.parametrize(
+    "driver_error, fault, described",
+    [
+        (
+            psycopg.OperationalError("connection failed: Connection refused\n\tIs the server running?"),
+            DatabaseFault.UNAVAILABLE,
+            "OperationalError: connection failed: Connection refused",
+        ),
+        (
+            psycopg.errors.AdminShutdown("terminating connection due to administrator command"),
+            DatabaseFault.UNAVAILABLE,
+            "AdminShutdown (SQLSTATE 57P01): terminating connection due to administrator command",
+        ),
+        (
+            psycopg.errors.DeadlockDetected("deadlock detected\nDETAIL:  Process 1 waits for ShareLock"),
+            DatabaseFault.CONFLICT,
+            "DeadlockDetected (SQLSTATE 40P01): deadlock detected",
+        ),
+        (
+            psycopg.errors.SerializationFailure("could not serialize access due to concurrent update"),
+            DatabaseFault.CONFLICT,
+            "SerializationFailure (SQLSTATE 40001): could not serialize access due to concurrent update",
+        ),
+        (
+            psycopg.errors.QueryCanceled("canceling statement due to statement timeout"),
+            DatabaseFault.ERROR,
+            "QueryCanceled (SQLSTATE 57014): canceling statement due to statement timeout",
+        ),
+        (
+            psycopg.errors.UniqueViolation('duplicate key value violates unique constraint "x"'),
+            DatabaseFault.ERROR,
+            'UniqueViolation (SQLSTATE 23505): duplicate key value violates unique constraint "x"',
+        ),
+    ],
+)
+def test_a_drivers_error_is_told_apart_by_its_sqlstate_not_by_djangos_class(driver_error, fault, described):
+    error = as_django_raises(driver_error)
+
+    assert database_fault(error) is fault
+    assert describe_database_error(error) == described
+
+
+def test_an_error_raised_while_handling_a_lost_connection_means_a_lost_connection():
+    lost = as_django_raises(psycopg.errors.AdminShutdown("terminating connection due to administrator command"))
+    try:
+        try:
+            raise lost
+        except Error:
+            raise RuntimeError("cleaning up failed") from None
+    except RuntimeError as exc:
+        error = exc
+    assert error.__cause__ is None and error.__context__ is lost
+    assert database_fault(error) is DatabaseFault.UNAVAILABLE
+    assert connection_lost(error)
+
+
+def test_an_error_that_no_database_error_caused_is_no_database_fault():
+    assert database_fault(RuntimeError("a bug")) is None
+    assert not connection_lost(RuntimeError("a bug"))
+    assert describe_database_error(RuntimeError("a bug\nmore")) == "RuntimeError: a bug"
+
+
+def test_a_conflict_is_tried_again_within_a_second_with_jitter():
+    backoff = conflict_backoff()
+    delays = [backoff.next() for _ in range(8)]
+    assert 0.025 <= delays[0] <= 0.05 and 0.05 <= delays[1] <= 0.1
+    assert all(0.5 <= delay <= 1.0 for delay in delays[5:])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_deadlock_is_a_conflict_named_by_its_sqlstate():
+    first, second = Group.objects.create(name="first"), Group.objects.create(name="second")
+    touch = "UPDATE auth_group SET name = name WHERE id = %s"
+    params = connection.get_connection_params()
+    with psycopg.connect(**params) as other, psycopg.connect(**params, autocommit=True) as watcher:
+        other.execute("SET deadlock_timeout = '60s'")  # it waits; this session finds the deadlock
+        other.execute(touch, [second.id])
+        waiting = threading.Thread(target=other.execute, args=(touch, [first.id]))
+        with pytest.raises(OperationalError) as raised, transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL deadlock_timeout = '100ms'")
+            cursor.execute(touch, [first.id])
+            waiting.start()
+            wait_for(lambda: waits_for_a_lock(watcher, other.info.backend_pid), timeout=10)
+            cursor.execute(touch, [second.id])
+        waiting.join(10)
+        assert not waiting.is_alive()
+
+    assert database_fault(raised.value) is DatabaseFault.CONFLICT
+    assert describe_database_error(raised.value) == "DeadlockDetected (SQLSTATE 40P01): deadlock detected"
+
+
+def waits_for_a_lock(watcher, pid: int) -> bool:
+    row = watcher.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
+    return row == ("Lock",)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_serialization_failure_is_a_conflict_named_by_its_sqlstate():
+    group = Group.objects.create(name="contended")
+
+    with pytest.raises(OperationalError) as raised:
+        serialization_failure(connection, "auth_group", group.id)
+
+    assert database_fault(raised.value) is DatabaseFault.CONFLICT
+    assert describe_database_error(raised.value) == SERIALIZATION_FAILURE
+
+
+def test_a_busy_sqlite_database_is_a_conflict(tmp_path):
+    path = tmp_path / "busy.sqlite3"
+    holder, other = sqlite3.connect(path, timeout=0), sqlite3.connect(path, timeout=0)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError) as raised:
+            other.execute("BEGIN IMMEDIATE")
+    finally:
+        holder.close()
+        other.close()
+
+    assert database_fault(raised.value) is DatabaseFault.CONFLICT
+    assert describe_database_error(raised.value) == "OperationalError (SQLITE_BUSY): database is locked"

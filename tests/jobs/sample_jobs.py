@@ -81,6 +81,26 @@ def lose_connection(context: JobContext) -> None:
             other.execute("SELECT pg_terminate_backend(%s)", [pid])
 
 
+CONFLICTED_ONCE: set[int] = set()
+
+
+@job("test.conflict_at_record")
+def conflict_at_record(context: JobContext) -> None:
+    """Publish; the first run of each occurrence also makes the record of its run lose a real conflict.
+
+    Its transaction reads the occurrence at REPEATABLE READ, then another session updates the
+    row (as a lease renewal does): the record's update of it fails with SQLSTATE 40001.
+    """
+    if context.occurrence_id not in CONFLICTED_ONCE:
+        CONFLICTED_ONCE.add(context.occurrence_id)
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cursor.execute("SELECT 1 FROM jobs_occurrence WHERE id = %s", [context.occurrence_id])
+        with psycopg.connect(**connection.get_connection_params(), autocommit=True) as other:
+            other.execute("UPDATE jobs_occurrence SET id = id WHERE id = %s", [context.occurrence_id])
+    publish(SampleRanEvent(occurrence=context.occurrence_id, attempt=context.attempt))
+
+
 @job("test.own_transactions", atomic=False)
 def own_transactions(context: JobContext) -> None:
     """Commit one event in a transaction of its own, then fail if kwargs["fail"]."""

@@ -1,11 +1,13 @@
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 
 from jobs.models import Attempt, Occurrence, Priority
 from jobs.runner import Runner
 from outbox.models import OutboxMessage
 from tests.jobs.helpers import make_definition, make_scheduler
+from tests.outbox.conftest import SERIALIZATION_FAILURE, changed_since_read
 
 pytestmark = pytest.mark.django_db
 
@@ -227,3 +229,61 @@ def test_a_job_that_manages_its_own_transactions_keeps_what_it_committed(clock, 
     assert occurrence.status == status
     assert events_of(occurrence).count() == 1
     assert list(Attempt.objects.values_list("number", "status")) == [(1, status)]
+
+
+# A record that loses a conflict (a deadlock, a serialization failure).
+
+
+def actions(caplog):
+    return [getattr(record, "action", None) for record in caplog.records]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_record_that_loses_a_conflict_is_released_uncounted_and_claimed_again_at_once(
+    clock, no_seed_definitions, caplog
+):
+    occurrence = trigger(make_definition("contended", "test.conflict_at_record", every=3600, max_retries=0), clock)
+    scheduler = make_scheduler(clock)
+    scheduler.planner.refresh()
+
+    # The first run's record fails with a real serialization failure; the second run succeeds.
+    assert scheduler.run_ready(clock.now) == 2
+
+    occurrence.refresh_from_db()
+    assert (occurrence.status, occurrence.attempts) == ("succeeded", 1)
+    assert list(Attempt.objects.values_list("number", "status")) == [(1, "succeeded")]
+    assert events_of(occurrence).count() == 1  # the first run's event rolled back with its record
+    [conflict] = [record for record in caplog.records if getattr(record, "action", None) == "database_conflict"]
+    assert (conflict.levelname, conflict.occurrence, conflict.attempt) == ("WARNING", occurrence.id, 1)
+    assert conflict.error == SERIALIZATION_FAILURE
+    seen = actions(caplog)
+    assert "occurrence_released" in seen and "occurrence_failed" not in seen and "run_error" not in seen
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_record_of_its_own_that_loses_a_conflict_is_written_again_after_a_short_delay(
+    clock, no_seed_definitions, monkeypatch, caplog
+):
+    occurrence = trigger(make_definition("own", "test.own_transactions", every=3600), clock)
+    record = Occurrence.record_attempt
+    tries = []
+
+    def record_after_a_concurrent_update(self, **kwargs):
+        tries.append(kwargs)
+        if len(tries) == 1:
+            changed_since_read(connection, "jobs_occurrence", self.id)
+        return record(self, **kwargs)
+
+    monkeypatch.setattr(Occurrence, "record_attempt", record_after_a_concurrent_update)
+    scheduler = make_scheduler(clock)
+    scheduler.planner.refresh()
+
+    assert scheduler.run_ready(clock.now) == 1
+
+    assert len(tries) == 2
+    occurrence.refresh_from_db()
+    assert (occurrence.status, occurrence.attempts) == ("succeeded", 1)
+    assert list(Attempt.objects.values_list("number", "status")) == [(1, "succeeded")]
+    [conflict] = [record for record in caplog.records if getattr(record, "action", None) == "database_conflict"]
+    assert conflict.error == SERIALIZATION_FAILURE
+    assert conflict.levelname == "WARNING" and 0.025 <= conflict.retry_in <= 0.05

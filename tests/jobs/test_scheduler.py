@@ -23,6 +23,7 @@ from tests.jobs.helpers import (
     wait_for,
     woken_by_notify,
 )
+from tests.outbox.conftest import SERIALIZATION_FAILURE, serialization_failure
 
 
 @pytest.mark.django_db
@@ -265,3 +266,32 @@ def test_inserted_occurrences_wake_idle_schedulers_at_once(no_seed_definitions):
     with woken_by_notify() as woken:
         Occurrence.trigger(task, priority=Priority.NORMAL)
         assert woken.wait(10)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pass_that_loses_a_conflict_is_logged_as_one_and_run_again_soon(no_seed_definitions, monkeypatch, caplog):
+    task = make_definition("after-the-conflict", every=3600)
+    occurrence = Occurrence.trigger(task, priority=Priority.NORMAL)
+    scheduler = make_scheduler(None)
+    prune = scheduler.prune
+    conflicts = []
+
+    def prune_after_a_concurrent_heartbeat(now):
+        if not conflicts:
+            conflicts.append(now)
+            serialization_failure(connection, "jobs_schedulerinstance", scheduler.session, key="session")
+        return prune(now)
+
+    monkeypatch.setattr(scheduler, "prune", prune_after_a_concurrent_heartbeat)
+    loop = threading.Thread(target=scheduler.run, kwargs={"shutdown_timeout": 10})
+    loop.start()
+    try:
+        wait_for(lambda: Occurrence.objects.filter(id=occurrence.id, status="succeeded").exists(), timeout=15)
+    finally:
+        scheduler.stop()
+        loop.join(20)
+
+    [conflict] = [record for record in caplog.records if getattr(record, "action", None) == "database_conflict"]
+    assert conflict.levelname == "WARNING" and 0.025 <= conflict.retry_in <= 0.05
+    assert conflict.error == SERIALIZATION_FAILURE
+    assert not [record for record in caplog.records if getattr(record, "action", None) == "database_unavailable"]

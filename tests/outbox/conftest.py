@@ -9,8 +9,10 @@ import uuid
 from pathlib import Path
 
 import pika
+import psycopg
 import pytest
 from django.conf import settings
+from django.db import transaction
 
 from outbox.broker import Broker, connection_parameters
 from outbox.envelope import EnvelopeWriter, broker_address
@@ -159,3 +161,30 @@ def run_command(subprocess_env, *args, timeout=60, **env):
 
 def rabbitmqctl(*args):
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+# Real conflicts for the code that tells them apart (bookworm_scheduler.db.database_fault).
+
+# How such a serialization failure is logged (bookworm_scheduler.db.describe_database_error).
+SERIALIZATION_FAILURE = "SerializationFailure (SQLSTATE 40001): could not serialize access due to concurrent update"
+
+
+def changed_since_read(connection, table: str, row_id, key: str = "id") -> None:
+    """Make the current transaction's next update of a row fail with a real serialization failure (40001).
+
+    Call first in a transaction: the transaction reads the row (whose column key is row_id) at
+    REPEATABLE READ, then another session updates it and commits, as a concurrent writer would.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cursor.execute(f"SELECT 1 FROM {table} WHERE {key} = %s", [row_id])
+    with psycopg.connect(**connection.get_connection_params(), autocommit=True) as other:
+        other.execute(f"UPDATE {table} SET {key} = {key} WHERE {key} = %s", [row_id])
+
+
+def serialization_failure(connection, table: str, row_id, key: str = "id") -> None:
+    """Raise a real serialization failure (SQLSTATE 40001) from a transaction of its own, as Django raises it."""
+    with transaction.atomic(using=connection.alias):
+        changed_since_read(connection, table, row_id, key)
+        with connection.cursor() as cursor:
+            cursor.execute(f"UPDATE {table} SET {key} = {key} WHERE {key} = %s", [row_id])

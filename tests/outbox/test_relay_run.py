@@ -5,11 +5,12 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.db import transaction
+from django.db import connections, transaction
 
 from outbox.models import OutboxMessage
 from outbox.publishing import publish
 from outbox.relay import Waker, run
+from tests.outbox.conftest import SERIALIZATION_FAILURE, serialization_failure
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -93,6 +94,34 @@ def test_an_unexpected_error_between_batches_is_logged_and_the_relay_goes_on(
         run_relay(relay, until=lambda: rows and not OutboxMessage.objects.exclude(status="delivered").exists())
 
     assert_one_relay_error_then_a_new_connection(caplog.records)
+    assert list(OutboxMessage.objects.values_list("status", flat=True)) == ["delivered"] * 5
+    received = rabbit.drain(queue)
+    assert sorted(envelope["messageId"] for _, envelope in received) == sorted(str(row.message_id) for row in rows)
+
+
+def test_a_pass_that_loses_a_conflict_is_logged_as_one_and_tried_again_soon(
+    rabbit, relay, event_type, monkeypatch, caplog
+):
+    queue = rabbit.bind_queue(event_type.exchange())
+    rows = publish_events(event_type, 5)
+    deliver = relay.deliver
+    passes = []
+
+    def deliver_after_a_conflict(now, *args, **kwargs):
+        passes.append(now)
+        if len(passes) == 1:
+            serialization_failure(connections[relay.using], "outbox_outboxmessage", rows[0].id)
+        return deliver(now, *args, **kwargs)
+
+    monkeypatch.setattr(relay, "deliver", deliver_after_a_conflict)
+
+    with caplog.at_level(logging.INFO, logger="outbox"):
+        run_relay(relay, once=True)
+
+    [conflict] = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert (conflict.action, conflict.levelname) == ("outbox_database_conflict", "WARNING")
+    assert conflict.error == SERIALIZATION_FAILURE
+    assert 0.025 <= conflict.retry_in <= 0.05
     assert list(OutboxMessage.objects.values_list("status", flat=True)) == ["delivered"] * 5
     received = rabbit.drain(queue)
     assert sorted(envelope["messageId"] for _, envelope in received) == sorted(str(row.message_id) for row in rows)

@@ -9,7 +9,10 @@ A lost database connection is the scheduler's problem, not the job's: the runner
 reconnects, finds out whether the run committed, and records it once. A run that did not
 commit through no fault of its job goes back to scheduled without counting an attempt; so
 does one whose record lost a conflict (a deadlock or a serialization failure), which is then
-claimed again at once.
+claimed again at once. A fault of ours during a run (the recording, or a bug of the runner's
+own code) is recorded as the attempt's failure, with its error, and the job's retry policy
+applies at once (give_back): the occurrence does not stay running until its lease expires and
+is reaped as "presumed dead".
 
 Occurrences of short atomic jobs can run together (run_group): one transaction locks a few
 ready occurrences, runs each job in a savepoint of its own and records them all in one
@@ -55,6 +58,7 @@ from outbox.publishing import deferred, origin
 from . import metrics
 from .definitions import Definition, load_definition
 from .models import Attempt, LeaseLost, Occurrence
+from .policy import Policy
 from .registry import JobContext, JobSpec, get_job
 from .timeouts import JobTimeout, Watchdog
 
@@ -138,17 +142,22 @@ class Runner:
         self.group_runs, self.group_seconds, self.group_lock = GROUP_RUNS, GROUP_SECONDS, GROUP_LOCK
 
     def run(self, occurrence: Occurrence, definition: Definition | None) -> None:
-        """Run a claimed occurrence of definition (None: look it up) and record the attempt."""
+        """Run a claimed occurrence of definition (None: look it up) and record the attempt.
+
+        Raises only a fault it could not record (see give_back).
+        """
         job = occurrence.job_name
         metrics.labelled(metrics.RUNS_STARTED, job).inc()
-        begun, lag = time.monotonic(), self.clock() - occurrence.scheduled_for
-        definition = definition or load_definition(occurrence.task_id)
+        begun, started = time.monotonic(), self.clock()
+        lag = started - occurrence.scheduled_for
         with tracing.span(f"run {job}", attributes=_span_attributes(occurrence)) as span:
             try:
-                status, error = self._run(occurrence, definition)
+                definition = definition or load_definition(occurrence.task_id)
+                status, error = self._run(occurrence, definition, started)
             except LeaseLost as exc:
-                status, error = metrics.LEASE_LOST, str(exc)
-                _log(occurrence, "lease_lost", error=error, level=logging.WARNING)
+                status, error = _lease_lost(occurrence, exc)
+            except Exception as exc:  # a fault of ours, not the job's (_run records those)
+                status, error = self.give_back(occurrence, definition, exc, started=started)
             if span is not None:
                 span.set_attribute("bookworm.run.outcome", status)
                 if status in (metrics.FAILED, metrics.RETRY_SCHEDULED, metrics.LEASE_LOST):
@@ -160,9 +169,8 @@ class Runner:
             if occurrence.attempts == 1:  # a retry's lag would be its retry interval
                 metrics.FIRE_LAG.observe(max(lag.total_seconds(), 0.0))
 
-    def _run(self, occurrence: Occurrence, definition: Definition | None) -> tuple[str, str]:
+    def _run(self, occurrence: Occurrence, definition: Definition | None, started: datetime) -> tuple[str, str]:
         """Run and record; how it ended (a jobs.metrics outcome) and its error, if any."""
-        started = self.clock()
         reason = skip_reason(occurrence, definition, started)
         if reason:
             self._write(occurrence, lambda: occurrence.skip(session=self.session, now=started, reason=reason))
@@ -196,37 +204,76 @@ class Runner:
         except LeaseLost:
             raise
         except JOB_FAILURES as exc:
-            fault = database_fault(exc)
-            if fault is DatabaseFault.UNAVAILABLE:
-                return self._settle_unknown(occurrence, error=_one_line(exc))
-            if returned and fault is DatabaseFault.CONFLICT:
-                # The job's transaction rolled back with its record: the job is not at fault.
-                return self._release_after_conflict(occurrence, exc)
-            if returned:
-                # The job did its part; recording it failed for a reason of the database's.
-                return self._fail(occurrence, definition, started, f"recording the run failed: {_one_line(exc)}", "")
+            if returned or connection_lost(exc):
+                # The job did its part and recording it failed, or the connection broke: not the job's failure.
+                doing = "recording the run" if returned else ""
+                return self.give_back(occurrence, definition, exc, started=started, doing=doing)
             tracing.record_exception(exc)
             error = f"timed out after {timeout} s" if isinstance(exc, JobTimeout) else _one_line(exc)
             return self._fail(occurrence, definition, started, error, traceback.format_exc())
         _log(occurrence, "occurrence_succeeded", duration_ms=_ms(self.clock() - started), status="succeeded")
         return metrics.SUCCEEDED, ""
 
+    def give_back(
+        self,
+        occurrence: Occurrence,
+        definition: Definition | None,
+        exc: BaseException,
+        *,
+        started: datetime | None = None,
+        doing: str = "",
+    ) -> tuple[str, str]:
+        """A fault that is not the job's failure, during a run of this claim: settle the attempt now.
+
+        The connection broke: the attempt is settled as after any lost connection
+        (_settle_unknown). The record lost a conflict: the transaction rolled back, the job's work
+        with it, and the occurrence goes back to scheduled without counting the attempt, to be
+        claimed again at once. Anything else (a bug of ours, a statement of ours the database
+        refused, the commit of the job's work): the attempt is recorded failed with that error
+        and its traceback, and retried per the job's policy (definition, looked up if None; a
+        deleted definition's: none), as when the job itself raises. Waiting for the lease to
+        expire instead would cost a lease's delay and record the attempt as "presumed dead".
+
+        Raises exc again when the claim is no longer this attempt's: its outcome was recorded
+        before the fault, or another scheduler reaped it. doing names what failed, for the error.
+        """
+        error = f"{doing} failed: {_one_line(exc)}" if doing else _one_line(exc)
+        fault = database_fault(exc)
+        if fault is DatabaseFault.UNAVAILABLE:
+            return self._settle_unknown(occurrence, error=_one_line(exc))
+        if fault is DatabaseFault.CONFLICT:
+            return self._release_after_conflict(occurrence, exc)
+        if not self._still_claimed(occurrence):
+            raise exc
+        _log(occurrence, "run_error", error=error, level=logging.ERROR, exc_info=exc)
+        if definition is None:
+            definition = load_definition(occurrence.task_id)  # for its retry policy; None once deleted
+        trace = "".join(traceback.format_exception(exc))
+        try:
+            return self._fail(occurrence, definition, started or occurrence.started_at, error, trace)
+        except LeaseLost as lost:
+            return _lease_lost(occurrence, lost)
+
     def _release_after_conflict(self, occurrence: Occurrence, exc: BaseException) -> tuple[str, str]:
         """The run's transaction lost a conflict and rolled back: back to scheduled, the attempt not counted."""
         error = describe_database_error(exc)
         _log(occurrence, "database_conflict", error=error, retry_in=0.0, level=logging.WARNING)
         reason = f"released: its record lost a conflict with another transaction ({error})"
-        released = self._write(occurrence, lambda: occurrence.release(session=self.session, reason=reason))
+        try:
+            released = self._write(occurrence, lambda: occurrence.release(session=self.session, reason=reason))
+        except LeaseLost as lost:
+            return _lease_lost(occurrence, lost)
         if not released:  # the scheduler stops, and the database is unreachable: the lease expires
             return metrics.LEASE_LOST, error
         _log(occurrence, "occurrence_released", error=error, status="scheduled", level=logging.WARNING)
         return metrics.RELEASED, error
 
     def _fail(
-        self, occurrence, definition: Definition, started, error: str, trace: str, retry: bool = True
+        self, occurrence, definition: Definition | None, started, error: str, trace: str, retry: bool = True
     ) -> tuple[str, str]:
         finished = self.clock()
-        retry_at = definition.policy.retry_at(occurrence.attempts, finished) if retry else None
+        policy = definition.policy if definition is not None else Policy()
+        retry_at = policy.retry_at(occurrence.attempts, finished) if retry else None
         self._write(
             occurrence,
             lambda: occurrence.record_attempt(
@@ -641,7 +688,21 @@ def _span_attributes(occurrence: Occurrence) -> dict | None:
     }
 
 
-def _log(occurrence: Occurrence, action: str, level: int = logging.INFO, detail: str = "", **fields) -> None:
+def _lease_lost(occurrence: Occurrence, exc: LeaseLost) -> tuple[str, str]:
+    """The run's outcome was not recorded: another scheduler reaped the claim meanwhile."""
+    error = str(exc)
+    _log(occurrence, "lease_lost", error=error, level=logging.WARNING)
+    return metrics.LEASE_LOST, error
+
+
+def _log(
+    occurrence: Occurrence,
+    action: str,
+    level: int = logging.INFO,
+    detail: str = "",
+    exc_info: BaseException | None = None,
+    **fields,
+) -> None:
     """One event about an occurrence, with the keys every run event has (docs/logging.md)."""
     trace_id = tracing.trace_id()
     if trace_id is not None:
@@ -655,6 +716,7 @@ def _log(occurrence: Occurrence, action: str, level: int = logging.INFO, detail:
         occurrence.attempts,
         f": {detail}" if detail else "",
         f": {fields['error']}" if fields.get("error") else "",
+        exc_info=exc_info,
         extra={
             "action": action,
             "job_name": occurrence.job_name,

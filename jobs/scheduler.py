@@ -364,7 +364,10 @@ class Scheduler:
     def _run(self, occurrence: Occurrence) -> None:
         try:
             self.runner.run(occurrence, self.planner.definitions.get(occurrence.task_id))
-        except Exception:  # a bug of ours, not the job's failure: log it, keep the worker
+        except Exception:
+            # A fault of ours the runner could not give back (Runner.give_back): the outcome was
+            # recorded before it, or recording it failed as well. Log it and keep the worker; a
+            # claim left running is reaped when its lease expires.
             logger.exception(
                 "running occurrence %s failed",
                 occurrence.id,

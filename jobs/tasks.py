@@ -29,6 +29,7 @@ from .models import Occurrence
 from .planning import hand_over_through
 from .registry import registered_jobs
 from .runner import Runner
+from .timeouts import Watchdog
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,7 @@ def run_occurrence(occurrence_id: int, session: str, attempt: int) -> str:
     main_thread = threading.current_thread() is threading.main_thread()
     soft_limit_handler = signal.getsignal(signal.SIGUSR1) if main_thread else None
     try:
-        with LeaseKeeper(occurrence.id, session=own_session, lease=lease):
-            Runner(session=own_session, clock=clock, watchdog=SoftTimeLimit).run(occurrence, None)
+        _run_claimed(occurrence, own_session, clock, lease, watchdog=SoftTimeLimit)
     finally:
         if main_thread:
             signal.signal(signal.SIGUSR1, soft_limit_handler)
@@ -156,10 +156,21 @@ def beat_definition(job_name: str, periodic_task_name: str | None) -> PeriodicTa
     return None
 
 
-def _run_claimed(occurrence: Occurrence, session, clock, lease: timedelta) -> None:
-    """Run a claim of this worker's session; its timeout is the runner's watchdog (beat sets no time limit)."""
-    with LeaseKeeper(occurrence.id, session=session, lease=lease):
-        Runner(session=session, clock=clock).run(occurrence, None)
+def _run_claimed(occurrence: Occurrence, session, clock, lease: timedelta, *, watchdog=Watchdog) -> None:
+    """Run a claim of this worker's session, its lease renewed meanwhile.
+
+    watchdog stops the job at its timeout: Celery's soft time limit for a hand-over, the
+    runner's timer for a beat message (beat sets no time limit). A fault of ours around the run
+    (the lease keeper's thread) is given back at once, as the runner gives back one inside it:
+    the attempt is recorded failed and retried per policy, rather than left running until its
+    lease expires.
+    """
+    runner = Runner(session=session, clock=clock, watchdog=watchdog)
+    try:
+        with LeaseKeeper(occurrence.id, session=session, lease=lease):
+            runner.run(occurrence, None)
+    except Exception as exc:
+        runner.give_back(occurrence, None, exc)  # raises it again if the claim is no longer this attempt's
 
 
 def _follow_up(task, occurrence_id: int, clock, lease: timedelta) -> str:

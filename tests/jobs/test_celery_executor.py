@@ -1,5 +1,6 @@
 """The celery executor: schedulers claim and hand over, real Celery workers run, over a real RabbitMQ."""
 
+import logging
 import uuid
 from datetime import timedelta
 
@@ -11,8 +12,9 @@ from kombu import Connection
 from bookworm_scheduler.celery import app as celery_app
 from bookworm_scheduler.clock import database_now
 from jobs.definitions import load_definition
-from jobs.executors import TASK_NAME, CeleryExecutor, take_over
+from jobs.executors import TASK_NAME, CeleryExecutor, LeaseKeeper, take_over
 from jobs.models import Attempt, Occurrence, Priority
+from jobs.tasks import run_occurrence
 from outbox.models import OutboxMessage
 from tests.jobs.celery_helpers import claim_ready, messages_in
 from tests.jobs.helpers import make_definition, wait_for, woken_by_notify
@@ -260,3 +262,30 @@ def test_room_freed_by_a_worker_is_used_at_once_not_at_the_next_poll(
     wait_for(lambda: Occurrence.objects.filter(status="succeeded").count() == 11, timeout=30)
     started = list(Occurrence.objects.exclude(id=first.id).order_by("started_at").values_list("started_at", flat=True))
     assert started[-1] - started[0] < timedelta(seconds=2)  # about 0.3 s here; 4 s without the wake-up
+
+
+def test_a_fault_of_ours_in_the_workers_task_records_the_attempt_at_once(
+    executor, no_seed_definitions, monkeypatch, caplog
+):
+    task = make_definition("worker-fault", "test.publish", every=3600, max_retries=1, retry_intervals=[60])
+    Occurrence.trigger(task, priority=Priority.NORMAL)
+    occurrence = claim_one(executor)
+
+    def no_thread(keeper):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(LeaseKeeper, "__enter__", no_thread)
+
+    # The worker's task, run here as a worker process runs it.
+    assert run_occurrence(occurrence.id, str(executor.session), occurrence.attempts) == "ran"
+
+    occurrence.refresh_from_db()
+    (attempt,) = Attempt.objects.filter(occurrence=occurrence)
+    assert (occurrence.status, occurrence.attempts, occurrence.lease_expires_at) == ("scheduled", 1, None)
+    assert occurrence.run_after - attempt.finished_at == timedelta(seconds=60)
+    assert (attempt.status, attempt.error) == ("failed", "RuntimeError: can't start new thread")
+    assert attempt.scheduler.startswith("celery@")
+    assert [getattr(r, "action", None) for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "run_error",
+        "retry_scheduled",
+    ]

@@ -3,6 +3,7 @@ from datetime import timedelta
 import pytest
 from django.db import connection
 
+from jobs import runner
 from jobs.models import Attempt, Occurrence, Priority
 from jobs.runner import Runner
 from outbox.models import OutboxMessage
@@ -231,11 +232,109 @@ def test_a_job_that_manages_its_own_transactions_keeps_what_it_committed(clock, 
     assert list(Attempt.objects.values_list("number", "status")) == [(1, status)]
 
 
-# A record that loses a conflict (a deadlock, a serialization failure).
+# Faults that are not the job's: settled at once, not left running for the reaper.
+
+
+def fail_once(monkeypatch, target, name, error):
+    """Make target.name raise error the first time it is called, then work as before."""
+    original = getattr(target, name)
+    calls = []
+
+    def failing_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise error
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, failing_once)
+    return calls
 
 
 def actions(caplog):
     return [getattr(record, "action", None) for record in caplog.records]
+
+
+@pytest.mark.parametrize(
+    "policy, status, retry_at",
+    [
+        ({"max_retries": 1, "retry_intervals": [30]}, "scheduled", timedelta(seconds=30)),
+        ({"max_retries": 0}, "failed", None),
+    ],
+)
+def test_a_record_that_raises_records_the_attempt_with_its_error_and_applies_the_policy_at_once(
+    clock, no_seed_definitions, monkeypatch, caplog, policy, status, retry_at
+):
+    occurrence = trigger(make_definition("failing", "test.fail", every=3600, **policy), clock)
+    fail_once(monkeypatch, Occurrence, "record_attempt", RuntimeError("a bug in recording\nsecond line"))
+    scheduler = make_scheduler(clock)
+    scheduler.planner.refresh()
+
+    assert scheduler.run_ready(clock.now, limit=1) == 1
+
+    occurrence.refresh_from_db()
+    assert (occurrence.status, occurrence.attempts, occurrence.lease_expires_at) == (status, 1, None)
+    assert occurrence.reason == "RuntimeError: a bug in recording"
+    if retry_at is not None:
+        assert occurrence.run_after == clock.now + retry_at
+    attempt = Attempt.objects.get(occurrence=occurrence)
+    assert (attempt.number, attempt.status, attempt.error) == (1, "failed", "RuntimeError: a bug in recording")
+    assert "a bug in recording" in attempt.traceback and "the sample job failed on purpose" in attempt.traceback
+    [fault] = [record for record in caplog.records if getattr(record, "action", None) == "run_error"]
+    assert (fault.levelname, fault.job_name, fault.occurrence, fault.attempt) == ("ERROR", "failing", occurrence.id, 1)
+    assert (fault.instance, fault.error) == ("test", "RuntimeError: a bug in recording")
+    assert fault.exc_info[0] is RuntimeError
+    assert "worker_error" not in actions(caplog) and "lease_expired" not in actions(caplog)
+    assert scheduler.reap(clock.advance(seconds=61)) == 0  # nothing was left for the reaper
+
+
+def test_a_bug_of_the_runner_before_the_job_runs_is_its_attempts_failure_and_the_retry_runs_on_time(
+    clock, no_seed_definitions, monkeypatch, caplog
+):
+    task = make_definition("unlucky", every=3600, max_retries=1, retry_intervals=[30])
+    occurrence = trigger(task, clock)
+    fail_once(monkeypatch, runner, "job_context", KeyError("kwargs"))
+    scheduler = make_scheduler(clock)
+    scheduler.planner.refresh()
+
+    assert scheduler.run_ready(clock.now) == 1
+    occurrence.refresh_from_db()
+    assert (occurrence.status, occurrence.attempts, occurrence.reason) == ("scheduled", 1, "KeyError: 'kwargs'")
+    assert scheduler.run_ready(clock.advance(seconds=29)) == 0
+    assert scheduler.run_ready(clock.advance(seconds=1)) == 1
+
+    occurrence.refresh_from_db()
+    assert (occurrence.status, occurrence.attempts) == ("succeeded", 2)
+    assert list(Attempt.objects.order_by("number").values_list("number", "status", "error")) == [
+        (1, "failed", "KeyError: 'kwargs'"),
+        (2, "succeeded", ""),
+    ]
+    assert events_of(occurrence).count() == 1
+    assert actions(caplog).count("run_error") == 1 and "worker_error" not in actions(caplog)
+
+
+@pytest.mark.django_db(transaction=True)  # the scheduler closes its connection after such a fault
+def test_a_fault_after_the_outcome_was_recorded_is_raised_and_the_outcome_stands(
+    clock, no_seed_definitions, monkeypatch, caplog
+):
+    occurrence = trigger(make_definition("publisher", every=60), clock)
+    scheduler = make_scheduler(clock)
+    scheduler.planner.refresh()
+    log = runner._log
+
+    def failing_after_success(occurrence, action, *args, **kwargs):
+        if action == "occurrence_succeeded":
+            raise RuntimeError("a bug in logging")
+        return log(occurrence, action, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "_log", failing_after_success)
+
+    scheduler.run_ready(clock.now)
+
+    occurrence.refresh_from_db()
+    assert (occurrence.status, occurrence.attempts) == ("succeeded", 1)
+    assert list(Attempt.objects.values_list("number", "status")) == [(1, "succeeded")]
+    [fault] = [record for record in caplog.records if getattr(record, "action", None) == "worker_error"]
+    assert fault.exc_info[0] is RuntimeError and fault.occurrence == occurrence.id
 
 
 @pytest.mark.django_db(transaction=True)

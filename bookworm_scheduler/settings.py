@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+import dj_email_url
 from django.core.exceptions import ImproperlyConfigured
 from environs import Env, EnvError
 
@@ -171,7 +172,11 @@ ALERT_COOLDOWN_MINUTES = _positive("int", "ALERT_COOLDOWN_MINUTES", 60)
 
 # Mail, for the alerts: EMAIL_URL such as submission://user:password@smtp.example.com:587
 # (STARTTLS), smtp://localhost:25 (the default) or console:// (print them); see dj-email-url.
-_email = _read("dj_email_url", "EMAIL_URL", "smtp://localhost:25")
+# It holds the SMTP password: a secret, so it may come from the file EMAIL_URL_FILE names.
+try:
+    _email = dj_email_url.parse(_secret("EMAIL_URL", "smtp://localhost:25"))
+except ValueError:  # a port or a timeout that is not a number; the URL is not echoed
+    raise ImproperlyConfigured("EMAIL_URL: not a valid email URL") from None
 if "EMAIL_BACKEND" not in _email:
     raise ImproperlyConfigured("EMAIL_URL: unknown scheme; use smtp://, submission://, console:// or dummy://")
 EMAIL_BACKEND = _email["EMAIL_BACKEND"]

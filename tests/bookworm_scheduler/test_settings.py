@@ -1,8 +1,13 @@
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
+from axes.models import AccessAttempt
 from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.cache import cache
+from django.test import Client
 
 from tests.bookworm_scheduler.test_deploy_settings import PRODUCTION, configuration_error, read_settings
 
@@ -72,3 +77,69 @@ def test_a_malformed_email_url_in_its_file_stops_start_up_without_showing_it(tmp
     line = configuration_error({**PRODUCTION, "EMAIL_URL_FILE": str(tmp_path / "email_url")})
 
     assert line == "configuration error: EMAIL_URL: not a valid email URL"
+
+
+# django-axes behind reverse proxies: AXES_IPWARE_PROXY_COUNT.
+
+
+def test_the_proxy_count_is_read_from_the_environment_and_is_none_by_default():
+    assert read_settings(PRODUCTION, "AXES_IPWARE_PROXY_COUNT") == {"AXES_IPWARE_PROXY_COUNT": 0}
+    assert read_settings({**PRODUCTION, "AXES_IPWARE_PROXY_COUNT": "2"}, "AXES_IPWARE_PROXY_COUNT") == {
+        "AXES_IPWARE_PROXY_COUNT": 2
+    }
+
+
+@pytest.mark.parametrize("count", ["-1", "one"])
+def test_a_bad_proxy_count_stops_start_up(count):
+    assert "AXES_IPWARE_PROXY_COUNT" in configuration_error({**PRODUCTION, "AXES_IPWARE_PROXY_COUNT": count})
+
+
+PROXY = "10.0.0.2"  # the reverse proxy, as gunicorn sees every request
+PASSWORD = "a-long-password"
+
+
+@pytest.fixture
+def behind_a_proxy(settings, db):
+    settings.AXES_FAILURE_LIMIT = 5
+    settings.AXES_COOLOFF_TIME = timedelta(minutes=15)
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    User.objects.create_superuser("admin", "admin@example.com", PASSWORD)
+    cache.clear()
+    yield settings
+    cache.clear()
+
+
+def login_through_the_proxy(client, password, forwarded_for):
+    return client.post(
+        "/tickerq/login/",
+        {"username": "admin", "password": password},
+        REMOTE_ADDR=PROXY,
+        HTTP_X_FORWARDED_FOR=forwarded_for,
+    )
+
+
+def test_two_clients_behind_one_proxy_are_counted_apart(behind_a_proxy):
+    behind_a_proxy.AXES_IPWARE_PROXY_COUNT = 1
+    for _ in range(5):
+        login_through_the_proxy(Client(), "wrong", "198.51.100.7")
+
+    assert login_through_the_proxy(Client(), PASSWORD, "198.51.100.7").status_code == 429
+    assert login_through_the_proxy(Client(), PASSWORD, "203.0.113.9").status_code == 302
+    # The five failures and the try while locked: none of them under the proxy's address or the other client's.
+    assert list(AccessAttempt.objects.values_list("ip_address", "failures_since_start")) == [("198.51.100.7", 6)]
+
+
+def test_a_client_cannot_leave_its_count_by_forging_the_header(behind_a_proxy):
+    behind_a_proxy.AXES_IPWARE_PROXY_COUNT = 1
+    for forged in ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4", "192.0.2.5"]:
+        # What the client sent, and the address the proxy appended.
+        login_through_the_proxy(Client(), "wrong", f"{forged}, 198.51.100.7")
+
+    assert login_through_the_proxy(Client(), PASSWORD, "192.0.2.6, 198.51.100.7").status_code == 429
+
+
+def test_without_the_proxy_count_every_client_behind_the_proxy_is_counted_as_the_proxy(behind_a_proxy):
+    for _ in range(5):
+        login_through_the_proxy(Client(), "wrong", "198.51.100.7")
+
+    assert login_through_the_proxy(Client(), PASSWORD, "203.0.113.9").status_code == 429

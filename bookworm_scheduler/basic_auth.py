@@ -12,7 +12,8 @@ CACHE_SECONDS by a cache entry keyed by an HMAC of its header, holding the user'
 hash (a changed password no longer matches, and a user who lost staff status or was deactivated
 is refused at the next request).
 
-Basic authentication does not exempt a POST from the admin's CSRF protection.
+Basic authentication does not exempt a POST from the admin's CSRF protection. Behind reverse
+proxies, django-axes knows a client by client_address.
 """
 
 import base64
@@ -20,6 +21,7 @@ import binascii
 import logging
 
 from axes.helpers import get_cool_off, get_failure_limit, get_lockout_response
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import authenticate, get_user_model, login
 from django.core.cache import cache
@@ -160,3 +162,18 @@ def lockout_response(request: HttpRequest, original_response=None, credentials=N
         response = render(request, "auth/lockout.html", context, status=429)
     response["Retry-After"] = str(minutes * 60)
     return response
+
+
+def client_address(request: HttpRequest) -> str | None:
+    """The client's address as the outermost of TRUSTED_PROXY_COUNT proxies received the request (django-axes').
+
+    Each proxy appends its peer's address to X-Forwarded-For, so that one is the count-th entry
+    from the end; the entries before it came from the client and are not trusted. A request with
+    fewer entries did not pass through every proxy: it is known by REMOTE_ADDR.
+    """
+    count = settings.TRUSTED_PROXY_COUNT
+    forwarded = [entry.strip() for entry in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+    forwarded = [entry for entry in forwarded if entry]
+    if count and len(forwarded) >= count:
+        return forwarded[-count]
+    return request.META.get("REMOTE_ADDR")

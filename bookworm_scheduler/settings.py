@@ -254,33 +254,14 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "bookworm_scheduler.basic_auth.lockout_response"
 # Behind reverse proxies every request comes from the nearest proxy's address (REMOTE_ADDR), and
-# throttling by address would count every client of a username as one: set the number of proxies
-# in front of the web app, each of which appends the address it received the request from to
-# X-Forwarded-For. django-axes names this setting, but applies it only through django-ipware, which
-# is not installed here: _client_address applies it. 0, the default: REMOTE_ADDR.
-AXES_IPWARE_PROXY_COUNT = _read("int", "AXES_IPWARE_PROXY_COUNT", 0)
-if AXES_IPWARE_PROXY_COUNT < 0:
-    raise ImproperlyConfigured(f"AXES_IPWARE_PROXY_COUNT: a number of proxies, or 0, got {AXES_IPWARE_PROXY_COUNT}")
-
-
-def _client_address(request) -> str | None:
-    """The client's address as the outermost of AXES_IPWARE_PROXY_COUNT proxies received the request.
-
-    Each proxy appends its peer's address to X-Forwarded-For, so that one is the count-th entry
-    from the end; the entries before it came from the client and are not trusted. A request with
-    fewer entries did not pass through every proxy: it is known by REMOTE_ADDR.
-    """
-    from django.conf import settings  # noqa: PLC0415  (at each request, as Django reads a setting: overridable)
-
-    count = settings.AXES_IPWARE_PROXY_COUNT
-    forwarded = [entry.strip() for entry in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
-    forwarded = [entry for entry in forwarded if entry]
-    if count and len(forwarded) >= count:
-        return forwarded[-count]
-    return request.META.get("REMOTE_ADDR")
-
-
-AXES_CLIENT_IP_CALLABLE = _client_address
+# throttling by address would count every client of a username as one: TRUSTED_PROXY_COUNT is the
+# number of proxies in front of the web app, each appending its peer's address to X-Forwarded-For
+# (basic_auth.client_address). django-ipware's proxy count, which django-axes would use, counts
+# the proxies listed in that header instead, a number easy to get wrong by one. 0: REMOTE_ADDR.
+TRUSTED_PROXY_COUNT = _read("int", "TRUSTED_PROXY_COUNT", 0)
+if TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured(f"TRUSTED_PROXY_COUNT: a number of proxies, or 0, got {TRUSTED_PROXY_COUNT}")
+AXES_CLIENT_IP_CALLABLE = "bookworm_scheduler.basic_auth.client_address"
 # No "AXES: BEGIN" line at every process start; failures and lockouts are still logged.
 AXES_VERBOSE = False
 

@@ -79,19 +79,19 @@ def test_a_malformed_email_url_in_its_file_stops_start_up_without_showing_it(tmp
     assert line == "configuration error: EMAIL_URL: not a valid email URL"
 
 
-# django-axes behind reverse proxies: AXES_IPWARE_PROXY_COUNT.
+# django-axes behind reverse proxies: TRUSTED_PROXY_COUNT, read by basic_auth.client_address.
 
 
 def test_the_proxy_count_is_read_from_the_environment_and_is_none_by_default():
-    assert read_settings(PRODUCTION, "AXES_IPWARE_PROXY_COUNT") == {"AXES_IPWARE_PROXY_COUNT": 0}
-    assert read_settings({**PRODUCTION, "AXES_IPWARE_PROXY_COUNT": "2"}, "AXES_IPWARE_PROXY_COUNT") == {
-        "AXES_IPWARE_PROXY_COUNT": 2
+    assert read_settings(PRODUCTION, "TRUSTED_PROXY_COUNT") == {"TRUSTED_PROXY_COUNT": 0}
+    assert read_settings({**PRODUCTION, "TRUSTED_PROXY_COUNT": "2"}, "TRUSTED_PROXY_COUNT") == {
+        "TRUSTED_PROXY_COUNT": 2
     }
 
 
 @pytest.mark.parametrize("count", ["-1", "one"])
 def test_a_bad_proxy_count_stops_start_up(count):
-    assert "AXES_IPWARE_PROXY_COUNT" in configuration_error({**PRODUCTION, "AXES_IPWARE_PROXY_COUNT": count})
+    assert "TRUSTED_PROXY_COUNT" in configuration_error({**PRODUCTION, "TRUSTED_PROXY_COUNT": count})
 
 
 PROXY = "10.0.0.2"  # the reverse proxy, as gunicorn sees every request
@@ -119,7 +119,7 @@ def login_through_the_proxy(client, password, forwarded_for):
 
 
 def test_two_clients_behind_one_proxy_are_counted_apart(behind_a_proxy):
-    behind_a_proxy.AXES_IPWARE_PROXY_COUNT = 1
+    behind_a_proxy.TRUSTED_PROXY_COUNT = 1
     for _ in range(5):
         login_through_the_proxy(Client(), "wrong", "198.51.100.7")
 
@@ -130,7 +130,7 @@ def test_two_clients_behind_one_proxy_are_counted_apart(behind_a_proxy):
 
 
 def test_a_client_cannot_leave_its_count_by_forging_the_header(behind_a_proxy):
-    behind_a_proxy.AXES_IPWARE_PROXY_COUNT = 1
+    behind_a_proxy.TRUSTED_PROXY_COUNT = 1
     for forged in ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4", "192.0.2.5"]:
         # What the client sent, and the address the proxy appended.
         login_through_the_proxy(Client(), "wrong", f"{forged}, 198.51.100.7")

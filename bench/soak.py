@@ -1100,7 +1100,7 @@ class Soak:
         # Errors the processes logged as their own bugs.
         for service in self.services():
             for line in service.log_path.read_text(errors="replace").splitlines():
-                if '"worker_error"' in line or "Invalid argument" in line:
+                if '"worker_error"' in line or '"run_error"' in line or "Invalid argument" in line:
                     try:
                         event = json.loads(line)
                         tail = (event.get("exc_info") or "").strip().splitlines()[-1:]

@@ -14,6 +14,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+import yaml
 from django.conf import settings
 
 from bookworm_scheduler.cgroup import cpu_quota
@@ -338,3 +339,19 @@ def test_the_scheduler_concurrency_defaults_to_the_available_cpus():
 
     concurrency, long_running, cpus = json.loads(result.stdout)
     assert concurrency == long_running == cpus
+
+
+def test_the_schedulers_and_the_relay_serve_metrics_where_the_prometheus_configuration_scrapes(services):
+    config = yaml.safe_load((BASE_DIR / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    scraped = {
+        (job["job_name"], found["names"][0], found["port"])
+        for job in config["scrape_configs"]
+        for found in job.get("dns_sd_configs", [])
+    }
+
+    assert scraped == {("scheduler", "scheduler", 9100), ("relay", "relay", 9101)}
+    assert services["scheduler"]["environment"]["SCHEDULER_METRICS_PORT"] == "9100"
+    assert services["relay"]["environment"]["RELAY_METRICS_PORT"] == "9101"
+    assert [job["static_configs"] for job in config["scrape_configs"] if job["job_name"] == "web"] == [
+        [{"targets": ["web:8000"]}]
+    ]

@@ -1,9 +1,12 @@
 """The dashboard in a real headless Chromium: log in, run a job, watch the overview follow it.
 
 Debian's chromium, driven by Playwright's Python package; a real scheduler process runs the
-job against the test database. The screenshots it takes are the README's (docs/screenshots/).
+job against the test database. Its screenshots are the README's (docs/screenshots/) when asked
+for with README_SCREENSHOTS=1 (`make screenshots`); otherwise they go to a temporary folder, and a
+test run leaves the tree as it was.
 """
 
+import os
 import re
 from pathlib import Path
 
@@ -39,7 +42,12 @@ def browser(monkeypatch):
         browser.close()
 
 
-def test_an_operator_runs_a_job_and_follows_it_to_its_event(browser, live_server, scheduler_processes):
+@pytest.fixture
+def screenshots(tmp_path) -> Path:
+    return SCREENSHOTS if os.environ.get("README_SCREENSHOTS") == "1" else tmp_path
+
+
+def test_an_operator_runs_a_job_and_follows_it_to_its_event(browser, live_server, scheduler_processes, screenshots):
     User.objects.create_superuser("operator", "operator@example.com", PASSWORD)
     scheduler_processes(instance_id="browser-test")
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -67,7 +75,7 @@ def test_an_operator_runs_a_job_and_follows_it_to_its_event(browser, live_server
     # overview shows it on its own (htmx), without a reload of the page.
     expect(page.locator(".overview-outbox-pending")).to_have_text("1", timeout=30_000)
     assert page.evaluate("window.notReloaded") is True
-    page.screenshot(path=str(SCREENSHOTS / "overview.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "overview.png"), full_page=True)
 
     occurrence = Occurrence.objects.get(job_name="ResendErrorEmailJob", manual=True)
     assert occurrence.status == "succeeded" and occurrence.triggered_by == "operator"
@@ -75,11 +83,11 @@ def test_an_operator_runs_a_job_and_follows_it_to_its_event(browser, live_server
     page.click(f"a[href$='/tickerq/jobs/occurrence/{occurrence.id}/change/']")
     expect(page.locator(".field-coloured_status")).to_contain_text("succeeded")
     expect(page.locator(".field-triggered_by")).to_contain_text("operator")
-    page.screenshot(path=str(SCREENSHOTS / "occurrence.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "occurrence.png"), full_page=True)
 
     page.click(".field-events a")
     expect(page.locator("pre")).to_contain_text("urn:message:BookWorm.Contracts:ResendErrorEmailIntegrationEvent")
 
     page.goto(f"{live_server.url}/tickerq/django_celery_beat/periodictask/")
     expect(page.locator("#result_list tr", has_text="ResendErrorEmailJob")).to_contain_text("succeeded")
-    page.screenshot(path=str(SCREENSHOTS / "jobs.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "jobs.png"), full_page=True)

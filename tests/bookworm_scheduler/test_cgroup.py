@@ -1,4 +1,5 @@
-"""The limits a process runs under, read from cgroup files (v2 and v1) written by the test, and served."""
+"""The limits a process runs under, read from cgroup files (v2 and v1) written by the test, and served;
+the CPUs it may use within its quota."""
 
 from pathlib import Path
 
@@ -6,7 +7,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bookworm_scheduler.cgroup import CpuThrottling, cpu_throttling, memory_limit
+from bookworm_scheduler.cgroup import CpuThrottling, cpu_quota, cpu_throttling, memory_limit
+from bookworm_scheduler.cpus import available_cpus
 from bookworm_scheduler.daemon_metrics import CgroupCollector
 
 
@@ -15,6 +17,29 @@ def write(root: Path, files: dict[str, str]) -> Path:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(content)
     return root
+
+
+@pytest.mark.parametrize(
+    "files, quota, cpus",
+    [
+        ({"cpu.max": "200000 100000\n"}, 2.0, 2),
+        ({"cpu.max": "150000 100000\n"}, 1.5, 2),
+        ({"cpu.max": "50000 100000\n"}, 0.5, 1),
+        ({"cpu.max": "max 100000\n"}, None, 8),
+        ({"cpu.max": "1600000 100000\n"}, 16.0, 8),
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3.0, 3),
+        ({"cpu,cpuacct/cpu.cfs_quota_us": "100000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 1.0, 1),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None, 8),
+        ({}, None, 8),
+        ({"cpu.max": "garbage\n"}, None, 8),
+    ],
+    ids=["v2-2", "v2-1.5", "v2-0.5", "v2-max", "v2-above-host", "v1-3", "v1-cpuacct", "v1-unlimited", "none", "bad"],
+)
+def test_available_cpus_is_the_quota_rounded_up_within_the_hosts(tmp_path, files, quota, cpus):
+    root = write(tmp_path, files)
+
+    assert cpu_quota(root) == quota
+    assert available_cpus(root, host_cpus=8) == cpus
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,6 @@ import pytest
 import yaml
 from django.conf import settings
 
-from bookworm_scheduler.cgroup import cpu_quota
-from bookworm_scheduler.cpus import available_cpus
 from tests.jobs.helpers import wait_for
 
 BASE_DIR = Path(settings.BASE_DIR)
@@ -291,37 +289,7 @@ def test_compose_refuses_to_start_without_each_secret():
         assert f"required variable {name} is missing" in result.stderr
 
 
-# CPUs within a cgroup quota.
-
-
-def write(root: Path, files: dict[str, str]) -> Path:
-    for name, content in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(content)
-    return root
-
-
-@pytest.mark.parametrize(
-    "files, quota, cpus",
-    [
-        ({"cpu.max": "200000 100000\n"}, 2.0, 2),
-        ({"cpu.max": "150000 100000\n"}, 1.5, 2),
-        ({"cpu.max": "50000 100000\n"}, 0.5, 1),
-        ({"cpu.max": "max 100000\n"}, None, 8),
-        ({"cpu.max": "1600000 100000\n"}, 16.0, 8),
-        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3.0, 3),
-        ({"cpu,cpuacct/cpu.cfs_quota_us": "100000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 1.0, 1),
-        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None, 8),
-        ({}, None, 8),
-        ({"cpu.max": "garbage\n"}, None, 8),
-    ],
-    ids=["v2-2", "v2-1.5", "v2-0.5", "v2-max", "v2-above-host", "v1-3", "v1-cpuacct", "v1-unlimited", "none", "bad"],
-)
-def test_available_cpus_is_the_quota_rounded_up_within_the_hosts(tmp_path, files, quota, cpus):
-    root = write(tmp_path, files)
-
-    assert cpu_quota(root) == quota
-    assert available_cpus(root, host_cpus=8) == cpus
+# CPUs within a cgroup quota (the quota itself: test_cgroup.py).
 
 
 def test_the_scheduler_concurrency_defaults_to_the_available_cpus():

@@ -30,5 +30,5 @@ USER 10001:10001
 EXPOSE 8000
 # The web process answers; the scheduler's and the relay's containers turn this off (compose.yaml).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/alive', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"PORT\") or 8000}/alive', timeout=4)"]
 CMD ["gunicorn", "--config", "deploy/gunicorn.conf.py", "bookworm_scheduler.wsgi"]

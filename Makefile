@@ -39,8 +39,9 @@ services:
 		for i in $$(seq 120); do rabbitmqctl -q status >/dev/null 2>&1 && break; sleep 1; done; }
 	@rabbitmqctl -q await_startup --timeout 120 && echo "rabbitmq: running"
 
-# Debian packages the tests use: libfaketime (schedulers with a skewed clock), Chromium (the browser test).
-SYSTEM_PACKAGES := faketime chromium
+# Debian packages the tests use: libfaketime (schedulers with a skewed clock), Chromium (the browser test),
+# mmdebstrap, podman and buildah (the image, built and run without a Docker engine: deploy/build-image.sh).
+SYSTEM_PACKAGES := faketime chromium mmdebstrap podman buildah
 system-packages:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

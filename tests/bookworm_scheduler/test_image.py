@@ -74,7 +74,6 @@ class Container:
         self.process = subprocess.Popen(
             self.command(command), stdout=self.log, stderr=subprocess.STDOUT, text=True, start_new_session=True
         )
-        self.argv0 = command[0]
         return self
 
     def exec(self, command: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -86,19 +85,21 @@ class Container:
         return self.log.read()
 
     def inside(self) -> int:
-        """The pid of the command buildah started (below buildah's own processes)."""
+        """The pid of the command buildah started: the first process below `buildah run` that is not buildah's."""
         pending = [self.process.pid]
         while pending:
             pid = pending.pop(0)
             try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+                program = os.readlink(f"/proc/{pid}/exe")  # buildah's runtime runs from memfds: "/memfd:buildah-..."
+                # buildah's processes are Go's: any of their threads may have forked the next one.
+                tasks = Path(f"/proc/{pid}/task").iterdir()
+                children = [int(child) for task in tasks for child in (task / "children").read_text().split()]
             except OSError:
                 continue
-            if pid != self.process.pid and os.path.basename(argv[0].decode()) == self.argv0:
+            if pid != self.process.pid and not program.startswith("/memfd:"):
                 return pid
-            pending += [int(child) for child in children]
-        raise AssertionError(f"{self.name}: no {self.argv0} process; its log:\n{self.written()[-3000:]}")
+            pending += children
+        raise AssertionError(f"{self.name}: its process is gone; its log:\n{self.written()[-3000:]}")
 
     def stop(self, timeout: float) -> int:
         """SIGTERM to the container's process, as `docker stop`; its exit status, which must come within timeout."""
@@ -222,7 +223,10 @@ def test_the_image_runs_the_service_as_compose_starts_it(image, services, contai
         [(properties, envelope)] = rabbit.receive(queue, 1, timeout=60)
     finally:
         rabbit.close()
-    assert envelope["messageType"] == ["urn:message:BookWorm.Contracts:CleanUpSentEmailIntegrationEvent"]
+    assert envelope["messageType"] == [
+        "urn:message:BookWorm.Contracts:CleanUpSentEmailIntegrationEvent",
+        "urn:message:BookWorm.Chassis.EventBus:IntegrationEvent",
+    ]
     assert properties.message_id == envelope["messageId"]
 
     # SIGTERM: each process exits 0 within its stop grace period (docker's 10 s where compose sets none).

@@ -1,5 +1,6 @@
-"""The container: Dockerfile and compose.yaml checked by hadolint and docker compose (no engine runs
-here), the image's web process as its command starts it, and CPUs counted within a cgroup quota."""
+"""The container's files: the Dockerfile checked by hadolint, compose.yaml by docker compose's config, the
+web process as the image's command starts it, and CPUs counted within a cgroup quota. The image itself,
+built and run: test_image.py."""
 
 import http.client
 import json

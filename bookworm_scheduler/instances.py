@@ -6,6 +6,8 @@ from datetime import datetime, timedelta
 from django.db import models
 from django.db.models import F
 
+from .liveness import Liveness
+
 
 class InstanceQuerySet(models.QuerySet):
     def alive(self):
@@ -61,6 +63,6 @@ class ProcessInstance(models.Model):
     def __str__(self):
         return f"{self.instance_id} (pid {self.pid})"
 
-    def is_stale(self, now: datetime, every: timedelta) -> bool:
-        """Running, but silent for two heartbeats (one every `every`): dead or stuck."""
-        return self.state == self.State.RUNNING and now - self.last_seen > 2 * every
+    def is_stale(self, now: datetime, liveness: Liveness) -> bool:
+        """Running, but silent for longer than its liveness allows: dead or stuck."""
+        return self.state == self.State.RUNNING and liveness.is_stale(self.last_seen, now)

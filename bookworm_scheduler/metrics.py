@@ -36,6 +36,7 @@ from outbox.models import OutboxMessage, RelayInstance
 
 from .basic_auth import authenticate_basic, basic_header, unauthorized
 from .clock import default_clock
+from .liveness import scheduler_liveness
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +111,9 @@ class DatabaseCollector(Collector):
 
     @staticmethod
     def instances(now) -> list:
-        lease = timedelta(seconds=settings.SCHEDULER_LEASE_SECONDS)
+        liveness = scheduler_liveness()
         schedulers = list(SchedulerInstance.objects.alive())
-        stale = sum(1 for instance in schedulers if instance.is_stale(now, lease / 3))
+        stale = sum(1 for instance in schedulers if instance.is_stale(now, liveness))
         scheduler_family = GaugeMetricFamily(
             "bookworm_scheduler_instances",
             "Scheduler processes registered as running: live (beating), stale (silent for two heartbeats).",

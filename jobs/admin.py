@@ -15,7 +15,6 @@ from datetime import timedelta
 
 from cron_descriptor import get_description
 from django import forms
-from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import Count, OuterRef, Subquery
 from django.forms.utils import flatatt
@@ -26,6 +25,7 @@ from django.utils.safestring import mark_safe
 from django_celery_beat.models import CrontabSchedule, PeriodicTask, SolarSchedule
 
 from bookworm_scheduler.clock import default_clock
+from bookworm_scheduler.liveness import scheduler_liveness
 from bookworm_scheduler.paginator import CappedCountPaginator
 from bookworm_scheduler.read_only_admin import ReadOnlyAdmin
 from outbox.models import OutboxMessage
@@ -574,7 +574,7 @@ class SchedulerInstanceAdmin(ReadOnlyAdmin):
     def liveness(self, instance):
         if instance.state != SchedulerInstance.State.RUNNING:
             return format_html('<span style="color:{}">{}</span>', STATUS_COLOURS["skipped"], instance.state)
-        stale = instance.is_stale(default_clock(), timedelta(seconds=settings.SCHEDULER_LEASE_SECONDS) / 3)
+        stale = instance.is_stale(default_clock(), scheduler_liveness())
         colour = STATUS_COLOURS["missed" if stale else "succeeded"]
         return format_html('<span style="color:{};font-weight:bold">{}</span>', colour, "stale" if stale else "alive")
 

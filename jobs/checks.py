@@ -1,14 +1,16 @@
 """System checks for misconfiguration that can be seen at start-up."""
 
-from django.conf import settings
+from datetime import timedelta
+
 from django.core import checks
+
+from bookworm_scheduler.liveness import scheduler_liveness
 
 
 @checks.register(checks.Tags.compatibility)
 def check_scheduler_settings(app_configs, **kwargs):
     errors = []
-    heartbeat = settings.SCHEDULER_LEASE_SECONDS / 3
-    if heartbeat < 1:
+    if scheduler_liveness().renew_every < timedelta(seconds=1):
         errors.append(
             checks.Error(
                 "SCHEDULER_LEASE_SECONDS must be at least 3: leases are renewed every third of it.",

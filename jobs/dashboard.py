@@ -15,11 +15,11 @@ from datetime import UTC, datetime, timedelta
 from functools import reduce
 from operator import or_
 
-from django.conf import settings
 from django.db.models import Count, Q, QuerySet
 from django.db.models.functions import TruncMinute
 from django.urls import reverse
 
+from bookworm_scheduler.liveness import Liveness, scheduler_liveness
 from outbox.models import OutboxMessage
 
 from .definitions import Cursor, Definition, definitions_version, load_definitions
@@ -56,15 +56,15 @@ def capped_count(queryset: QuerySet, cap: int = COUNT_CAP) -> Capped:
 
 
 def schedulers(now: datetime, lease: timedelta | None = None) -> dict:
-    """Instances in state running, live or stale (SchedulerInstance.is_stale).
+    """Instances in state running, live or stale (bookworm_scheduler.liveness).
 
     The table holds one row per process and a day of stopped ones.
     """
-    lease = lease or timedelta(seconds=settings.SCHEDULER_LEASE_SECONDS)
+    liveness = Liveness(lease) if lease else scheduler_liveness()
     instances = list(SchedulerInstance.objects.alive().order_by("instance_id", "started_at")[:MAX_SCHEDULERS])
     return {
-        "live": [i for i in instances if not i.is_stale(now, lease / 3)],
-        "stale": [i for i in instances if i.is_stale(now, lease / 3)],
+        "live": [i for i in instances if not i.is_stale(now, liveness)],
+        "stale": [i for i in instances if i.is_stale(now, liveness)],
     }
 
 

@@ -32,6 +32,7 @@ from bookworm_scheduler.backoff import Backoff
 from bookworm_scheduler.celery import app as celery_app
 from bookworm_scheduler.celery import job_queues
 from bookworm_scheduler.clock import database_now
+from bookworm_scheduler.liveness import Liveness
 
 from .definitions import Definition
 from .models import LeaseLost, Occurrence
@@ -434,7 +435,7 @@ def take_over(occurrence_id: int, *, handed_by, attempt: int, session, worker: s
 
 
 class LeaseKeeper:
-    """Renews one occurrence's lease every third of it, from a thread, while its job runs."""
+    """Renews one occurrence's lease from a thread while its job runs, as a scheduler does (liveness)."""
 
     def __init__(self, occurrence_id: int, *, session, lease: timedelta):
         self.occurrence_id, self.session, self.lease = occurrence_id, session, lease
@@ -452,7 +453,7 @@ class LeaseKeeper:
 
     def _run(self) -> None:
         try:
-            while not self._stop.wait(self.lease.total_seconds() / 3):
+            while not self._stop.wait(Liveness(self.lease).renew_every.total_seconds()):
                 try:
                     Occurrence.renew_leases(
                         [self.occurrence_id], session=self.session, now=database_now(), lease=self.lease

@@ -1,7 +1,7 @@
 """Leases: this process's heartbeat, the renewal of its claims, and the reaping of dead ones.
 
-Every claim has a lease that its scheduler renews every third of it. A scheduler that dies
-stops renewing; once the lease has expired (by the database's clock) any scheduler records
+Every claim has a lease that its scheduler renews (bookworm_scheduler.liveness). A scheduler that
+dies stops renewing; once the lease has expired (by the database's clock) any scheduler records
 the lost attempt and retries it per the job's policy, and marks the dead instance lost.
 """
 
@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from django.db import DatabaseError, transaction
 
 import bookworm_scheduler
+from bookworm_scheduler.liveness import Liveness
 
 from .definitions import Definition, load_definition
 from .models import Occurrence, SchedulerInstance
@@ -26,7 +27,8 @@ class Leases:
         self.session = session
         self.scheduler = scheduler
         self.lease = lease
-        self.renew_every = lease / 3
+        self.liveness = Liveness(lease)
+        self.renew_every = self.liveness.renew_every
         self._renewed_at: datetime | None = None
 
     def register(self, now: datetime) -> None:
@@ -91,7 +93,7 @@ class Leases:
                         "error": error,
                     },
                 )
-            lost = SchedulerInstance.objects.mark_lost(now, silence=self.lease)
+            lost = SchedulerInstance.objects.mark_lost(now, silence=self.liveness.lost_after)
         if lost:
             logger.warning(
                 "marked %d scheduler instances lost: no heartbeat for %s s",

@@ -747,7 +747,7 @@ class SchedulerInstance(ProcessInstance):
     """The heartbeat of one runscheduler process (every third of its lease, jobs.leases).
 
     Another scheduler marks it lost once it has been silent for a whole lease; with none
-    running to do that, the dashboard shows it stale (is_stale with the heartbeat's period).
+    running to do that, the dashboard shows it stale (bookworm_scheduler.liveness).
     """
 
     class Meta(ProcessInstance.Meta):

@@ -1,0 +1,28 @@
+"""A scheduler's liveness, all of it from the lease."""
+
+from datetime import UTC, datetime, timedelta
+
+from bookworm_scheduler.liveness import Liveness, scheduler_liveness
+
+
+def test_a_lease_of_30_s_is_renewed_every_10_s_stale_after_20_s_and_lost_after_30_s():
+    liveness = Liveness(timedelta(seconds=30))
+
+    assert (liveness.renew_every, liveness.stale_after, liveness.lost_after) == (
+        timedelta(seconds=10),
+        timedelta(seconds=20),
+        timedelta(seconds=30),
+    )
+
+
+def test_silence_is_stale_only_past_two_renewals():
+    liveness, now = Liveness(timedelta(seconds=30)), datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+    assert not liveness.is_stale(now - timedelta(seconds=20), now)
+    assert liveness.is_stale(now - timedelta(seconds=21), now)
+
+
+def test_the_schedulers_liveness_is_read_from_the_lease_setting(settings):
+    settings.SCHEDULER_LEASE_SECONDS = 12
+
+    assert scheduler_liveness() == Liveness(timedelta(seconds=12))

@@ -7,7 +7,7 @@ TEST_RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672/%2F
 # The soak's short run, part of `make test` (TEST_SOAK_SECONDS=0 leaves it out while developing).
 TEST_SOAK_SECONDS ?= 120
 
-.PHONY: run test screenshots services system-packages migrate bench-scheduler bench-relay bench-dashboard bench-beat soak clean
+.PHONY: run test test-unit screenshots services system-packages migrate bench-scheduler bench-relay bench-dashboard bench-beat soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,10 @@ ifneq ($(TEST_SOAK_SECONDS),0)
 	$(MAKE) --no-print-directory soak SOAK_SECONDS=$(TEST_SOAK_SECONDS) SOAK_CELERY_SECONDS=60 SOAK_SEED=1 \
 		SOAK_REPORTS=$(VENV)
 endif
+
+# The unit tier: no database or broker (tests marked unit), in seconds.
+test-unit: $(VENV)/.installed
+	DATABASE_URL=$(TEST_DATABASE_URL) DEBUG=1 $(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
 # The README's screenshots (docs/screenshots/), taken by the browser test; `make test` writes none.
 screenshots: $(VENV)/.installed services system-packages

@@ -1,7 +1,16 @@
+"""Fixtures shared by every folder of tests, and the tiers' rules.
+
+Tests marked `unit` need no database and no broker (`make test-unit` runs them alone, with neither
+reachable); everything else runs against the real PostgreSQL and RabbitMQ (`make test` runs all).
+"""
+
 import os
 
 import pytest
 from django.db import connection
+
+from tests.jobs.helpers import FakeClock, start_of_future_hour
+from tests.outbox.helpers import Rabbit, build_relay
 
 
 def pytest_configure(config):
@@ -12,6 +21,40 @@ def pytest_configure(config):
             "the tests run against PostgreSQL: set DATABASE_URL (make test does) "
             "to postgres://postgres@127.0.0.1:5432/bookworm_scheduler"
         )
+
+
+def pytest_collection_modifyitems(config, items):
+    """A unit test that asks for the database is a mistake of its markers: say so before anything runs."""
+    wrong = [
+        item.nodeid
+        for item in items
+        if item.get_closest_marker("unit")
+        and (item.get_closest_marker("django_db") or "django_db_setup" in getattr(item, "fixturenames", ()))
+    ]
+    if wrong:
+        raise pytest.UsageError("marked unit but asks for the database: " + ", ".join(wrong))
+
+
+@pytest.fixture
+def clock():
+    # A future hour, so nothing planned from the real clock interferes.
+    return FakeClock(start_of_future_hour())
+
+
+@pytest.fixture
+def rabbit():
+    rabbit = Rabbit()
+    yield rabbit
+    rabbit.close()
+
+
+@pytest.fixture
+def relay():
+    """A relay connected to the broker, in this process."""
+    relay = build_relay()
+    relay.broker.connect()
+    yield relay
+    relay.broker.close()
 
 
 @pytest.fixture

@@ -2,7 +2,11 @@
 
 import random
 
+import pytest
+
 from bookworm_scheduler.backoff import Backoff
+
+pytestmark = pytest.mark.unit
 
 
 class Lowest:

@@ -11,6 +11,8 @@ from bookworm_scheduler.cgroup import CpuThrottling, cpu_quota, cpu_throttling, 
 from bookworm_scheduler.cpus import available_cpus
 from bookworm_scheduler.daemon_metrics import CgroupCollector
 
+pytestmark = pytest.mark.unit
+
 
 def write(root: Path, files: dict[str, str]) -> Path:
     for name, content in files.items():

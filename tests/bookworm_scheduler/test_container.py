@@ -52,12 +52,14 @@ def test_hadolint_finds_nothing_in_the_dockerfile():
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
+@pytest.mark.unit
 def test_the_image_is_a_slim_python_of_a_fixed_version():
     (image,) = instructions("FROM")
 
     assert re.fullmatch(r"python:3\.11-slim(-\w+)?", image)
 
 
+@pytest.mark.unit
 def test_the_processes_run_as_a_user_that_is_not_root():
     user = instructions("USER")[-1]
 
@@ -67,6 +69,7 @@ def test_the_processes_run_as_a_user_that_is_not_root():
     assert max(i for i, kind in enumerate(kinds) if kind in ("RUN", "COPY")) < kinds.index("USER")
 
 
+@pytest.mark.unit
 def test_the_image_copies_the_code_of_every_app_it_installs():
     copied = {arguments.split()[0] for arguments in instructions("COPY")}
     local_apps = {app for app in settings.INSTALLED_APPS if (BASE_DIR / app).is_dir()}
@@ -75,6 +78,7 @@ def test_the_image_copies_the_code_of_every_app_it_installs():
     assert local_apps | {"bookworm_scheduler", "templates", "manage.py", "deploy/gunicorn.conf.py"} <= copied
 
 
+@pytest.mark.unit
 def test_the_default_command_is_gunicorn_with_the_deploy_config():
     (command,) = instructions("CMD")
 

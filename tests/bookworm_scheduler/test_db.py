@@ -21,7 +21,7 @@ from outbox.models import OutboxMessage
 from outbox.publishing import publish
 from tests.jobs.helpers import wait_for
 from tests.jobs.sample_jobs import SampleRanEvent
-from tests.outbox.conftest import SERIALIZATION_FAILURE, serialization_failure
+from tests.outbox.helpers import SERIALIZATION_FAILURE, serialization_failure
 
 
 def prepared(statement_start: str) -> int:
@@ -133,6 +133,7 @@ def as_django_raises(driver_error: BaseException) -> BaseException:
     return raised.value
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "driver_error, fault, described",
     [
@@ -175,6 +176,7 @@ def test_a_drivers_error_is_told_apart_by_its_sqlstate_not_by_djangos_class(driv
     assert describe_database_error(error) == described
 
 
+@pytest.mark.unit
 def test_an_error_raised_while_handling_a_lost_connection_means_a_lost_connection():
     lost = as_django_raises(psycopg.errors.AdminShutdown("terminating connection due to administrator command"))
     try:
@@ -189,12 +191,14 @@ def test_an_error_raised_while_handling_a_lost_connection_means_a_lost_connectio
     assert connection_lost(error)
 
 
+@pytest.mark.unit
 def test_an_error_that_no_database_error_caused_is_no_database_fault():
     assert database_fault(RuntimeError("a bug")) is None
     assert not connection_lost(RuntimeError("a bug"))
     assert describe_database_error(RuntimeError("a bug\nmore")) == "RuntimeError: a bug"
 
 
+@pytest.mark.unit
 def test_a_conflict_is_tried_again_within_a_second_with_jitter():
     backoff = conflict_backoff()
     delays = [backoff.next() for _ in range(8)]

@@ -179,6 +179,7 @@ def test_database_url_options_become_connection_options():
     }
 
 
+@pytest.mark.unit
 def test_amqps_verifies_the_brokers_certificate_against_its_host_name():
     parameters = connection_parameters("amqps://bookworm:pw@mq.example.com/%2F", blocked_timeout=60)
 

@@ -25,7 +25,7 @@ from django.conf import settings
 from jobs.contracts import CleanUpSentEmailIntegrationEvent
 from tests.bookworm_scheduler.test_container import BASE_DIR, SECRETS, compose, free_port
 from tests.jobs.helpers import wait_for
-from tests.outbox.conftest import Rabbit
+from tests.outbox.helpers import Rabbit
 
 pytestmark = pytest.mark.slow
 logger = logging.getLogger(__name__)

@@ -2,7 +2,11 @@
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from bookworm_scheduler.liveness import Liveness, scheduler_liveness
+
+pytestmark = pytest.mark.unit
 
 
 def test_a_lease_of_30_s_is_renewed_every_10_s_stale_after_20_s_and_lost_after_30_s():

@@ -18,8 +18,8 @@ from jobs.models import Occurrence
 from outbox.models import OutboxMessage
 from outbox.publishing import publish
 from tests.jobs import sample_jobs  # noqa: F401  (registers the sample jobs)
-from tests.jobs.helpers import FakeClock, make_definition, make_scheduler, start_of_future_hour
-from tests.outbox.conftest import Rabbit, build_relay, make_event_type
+from tests.jobs.helpers import make_definition, make_scheduler
+from tests.outbox.helpers import Rabbit, build_relay, make_event_type
 
 DOC = Path(settings.BASE_DIR) / "docs" / "logging.md"
 
@@ -38,11 +38,6 @@ def documented_events() -> dict[str, tuple[str, set[str]]]:
             keys = re.sub(r"\([^)]*\)", "", keys)
             events[action] = (level.strip(), set(re.findall(r"`([a-z_]+)`", keys)))
     return events
-
-
-@pytest.fixture
-def clock():
-    return FakeClock(start_of_future_hour())
 
 
 @pytest.fixture
@@ -156,6 +151,7 @@ def test_the_run_events_name_the_job_occurrence_attempt_and_instance(clock, no_s
     assert logged["levelname"] == "ERROR" and logged["duration_ms"] >= 0 and logged["retry_at"] is None
 
 
+@pytest.mark.unit
 def test_every_documented_event_is_logged_somewhere():
     sources = "\n".join(
         path.read_text()

@@ -5,6 +5,7 @@ import logging
 import subprocess
 import sys
 
+import pytest
 from django.conf import settings
 
 from bookworm_scheduler.logs import OneLineFormatter
@@ -43,6 +44,7 @@ def log_an_error(log_format: str) -> list[str]:
     return result.stderr.splitlines()
 
 
+@pytest.mark.unit
 def test_the_text_formatter_writes_a_record_with_its_traceback_and_stack_on_one_line():
     record = logging.makeLogRecord(
         {

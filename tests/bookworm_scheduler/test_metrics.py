@@ -30,8 +30,8 @@ from outbox import metrics as relay_metrics
 from outbox.models import OutboxMessage, RelayInstance
 from outbox.publishing import publish
 from tests.jobs import sample_jobs  # noqa: F401  (registers the sample jobs)
-from tests.jobs.helpers import FakeClock, make_definition, make_scheduler, start_of_future_hour, wait_for
-from tests.outbox.conftest import Rabbit, build_relay, make_event_type
+from tests.jobs.helpers import make_definition, make_scheduler, wait_for
+from tests.outbox.helpers import Rabbit, build_relay, make_event_type
 
 ALERTS = Path(settings.BASE_DIR) / "deploy" / "prometheus" / "alerts.yml"
 MANAGE = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
@@ -48,11 +48,6 @@ def fresh_cache():
 @pytest.fixture
 def staff():
     return User.objects.create_user("monitor", password=PASSWORD, is_staff=True)
-
-
-@pytest.fixture
-def clock():
-    return FakeClock(start_of_future_hour())
 
 
 def basic(username, password=PASSWORD):

@@ -233,6 +233,7 @@ def test_a_real_prometheus_scrapes_every_process_and_raises_only_the_alerts_that
             child.stop()
 
 
+@pytest.mark.unit
 def test_the_readme_shows_the_scrape_configuration_this_test_runs():
     readme = (Path(settings.BASE_DIR) / "README.md").read_text()
     [block] = [block for block in readme.split("```yaml\n")[1:] if block.startswith("scrape_configs:")]

@@ -20,8 +20,8 @@ from jobs.models import Occurrence
 from outbox.models import OutboxMessage
 from outbox.publishing import publish
 from tests.jobs import sample_jobs  # noqa: F401  (registers the sample jobs)
-from tests.jobs.helpers import FakeClock, make_definition, make_scheduler, start_of_future_hour
-from tests.outbox.conftest import Rabbit, build_relay, make_event_type
+from tests.jobs.helpers import make_definition, make_scheduler
+from tests.outbox.helpers import make_event_type
 
 # W3C: version 00, trace id, parent span id, flags (sampled, and the SDK's "random trace id" bit).
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-0[13]$")
@@ -39,26 +39,6 @@ def spans():
     yield exporter
     tracing.disable()
     connection.close()
-
-
-@pytest.fixture
-def clock():
-    return FakeClock(start_of_future_hour())
-
-
-@pytest.fixture
-def rabbit():
-    rabbit = Rabbit()
-    yield rabbit
-    rabbit.close()
-
-
-@pytest.fixture
-def relay():
-    relay = build_relay()
-    relay.broker.connect()
-    yield relay
-    relay.broker.close()
 
 
 def run_one(clock, name, job="test.publish", **definition) -> Occurrence:
@@ -83,6 +63,7 @@ def receive(rabbit, queue, message_id, timeout=30.0):
     raise AssertionError(f"message {message_id} did not arrive within {timeout} s")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "environ, expected",
     [
@@ -100,6 +81,7 @@ def test_tracing_starts_only_when_the_otel_variables_ask_for_it(environ, expecte
     assert tracing.wanted(environ) is expected
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "environ, variable",
     [
@@ -110,6 +92,27 @@ def test_tracing_starts_only_when_the_otel_variables_ask_for_it(environ, expecte
 def test_otel_variables_this_service_cannot_honour_stop_start_up(environ, variable):
     with pytest.raises(ImproperlyConfigured, match=variable):
         tracing.wanted(environ)
+
+
+@pytest.mark.unit
+def test_a_relay_that_does_not_trace_passes_an_upstream_context_on_where_masstransit_reads_it():
+    upstream = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+    assert tracing.amqp_headers(carrier={"traceparent": upstream, "tracestate": "vendor=1"}) == {
+        "traceparent": upstream,
+        "tracestate": "vendor=1",
+        "MT-Activity-Id": upstream,
+    }
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "carrier",
+    [None, {}, {"traceparent": "garbage"}, {"traceparent": "00-00000000000000000000000000000000-0000000000000000-01"}],
+    ids=["none", "empty", "malformed", "invalid ids"],
+)
+def test_without_a_valid_context_a_message_carries_no_trace_headers(carrier):
+    assert tracing.amqp_headers(carrier=carrier) is None
 
 
 @pytest.mark.parametrize("environ, active", [({}, "False"), ({"OTEL_TRACES_EXPORTER": "console"}, "True")])

@@ -4,13 +4,7 @@ from django_celery_beat.models import PeriodicTask
 
 from tests.jobs import sample_jobs  # noqa: F401  (registers the sample jobs)
 from tests.jobs.celery_helpers import WorkerProcess, delete_queues, unique_queue
-from tests.jobs.helpers import FakeClock, SchedulerProcess, start_of_future_hour
-
-
-@pytest.fixture
-def clock():
-    # A future hour, so nothing planned from the real clock interferes.
-    return FakeClock(start_of_future_hour())
+from tests.jobs.helpers import SchedulerProcess
 
 
 @pytest.fixture

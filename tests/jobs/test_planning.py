@@ -1,4 +1,4 @@
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django_celery_beat.models import ClockedSchedule, PeriodicTask
@@ -10,12 +10,16 @@ from tests.jobs.helpers import make_definition, make_scheduler
 
 HOUR = timedelta(hours=1)
 GRACE = timedelta(seconds=60)
+# Three hourly instants that fell due while no scheduler ran, and the moment one came back.
+LATE = [datetime(2026, 3, 1, hour, 0, tzinfo=UTC) for hour in (1, 2, 3)]
+AFTER_DOWNTIME = datetime(2026, 3, 1, 3, 5, tzinfo=UTC)
 
 
 def statuses(task):
     return [(o.scheduled_for, o.status) for o in Occurrence.objects.filter(task=task).order_by("scheduled_for")]
 
 
+@pytest.mark.unit
 def test_run_once_runs_only_the_latest_late_instant(clock):
     instants = [clock.now + HOUR * i for i in range(1, 4)]
     planned = apply_misfire_policy(
@@ -24,6 +28,7 @@ def test_run_once_runs_only_the_latest_late_instant(clock):
     assert [p.missed for p in planned] == [True, True, False]
 
 
+@pytest.mark.unit
 def test_run_once_runs_no_late_instant_when_one_is_on_time(clock):
     instants = [clock.now + HOUR * i for i in range(1, 4)]
     planned = apply_misfire_policy(
@@ -32,12 +37,49 @@ def test_run_once_runs_no_late_instant_when_one_is_on_time(clock):
     assert [p.missed for p in planned] == [True, True, False]
 
 
+@pytest.mark.unit
 def test_run_once_defers_to_the_next_pass_when_instants_are_left(clock):
     instants = [clock.now + HOUR * i for i in range(1, 4)]
     planned = apply_misfire_policy(
         instants, more_left=True, now=instants[-1] + HOUR, grace=GRACE, policy=MisfirePolicy.RUN_ONCE
     )
     assert all(p.missed for p in planned)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "policy, missed",
+    [
+        (MisfirePolicy.SKIP, [True, True, True]),
+        (MisfirePolicy.RUN_ONCE, [True, True, False]),
+        (MisfirePolicy.RUN_ALL, [False, False, False]),
+    ],
+)
+def test_the_misfire_policy_decides_which_late_instants_run(policy, missed):
+    planned = apply_misfire_policy(LATE, more_left=False, now=AFTER_DOWNTIME, grace=GRACE, policy=policy)
+
+    assert [(p.instant, p.missed) for p in planned] == list(zip(LATE, missed, strict=True))
+
+
+@pytest.mark.unit
+def test_an_instant_is_on_time_until_the_grace_period_has_passed():
+    last = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
+
+    def missed(now):
+        return [
+            p.missed
+            for p in apply_misfire_policy(LATE, more_left=False, now=now, grace=GRACE, policy=MisfirePolicy.SKIP)
+        ]
+
+    assert missed(last + timedelta(seconds=60)) == [True, True, False]
+    assert missed(last + timedelta(seconds=61)) == [True, True, True]
+
+
+@pytest.mark.unit
+def test_no_instant_is_nothing_planned():
+    assert (
+        apply_misfire_policy([], more_left=False, now=AFTER_DOWNTIME, grace=GRACE, policy=MisfirePolicy.RUN_ONCE) == []
+    )
 
 
 @pytest.mark.django_db

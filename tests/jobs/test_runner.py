@@ -8,7 +8,7 @@ from jobs.models import Attempt, Occurrence, Priority
 from jobs.runner import Runner
 from outbox.models import OutboxMessage
 from tests.jobs.helpers import make_definition, make_scheduler
-from tests.outbox.conftest import SERIALIZATION_FAILURE, changed_since_read
+from tests.outbox.helpers import SERIALIZATION_FAILURE, changed_since_read
 
 pytestmark = pytest.mark.django_db
 

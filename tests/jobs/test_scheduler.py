@@ -23,7 +23,7 @@ from tests.jobs.helpers import (
     wait_for,
     woken_by_notify,
 )
-from tests.outbox.conftest import SERIALIZATION_FAILURE, serialization_failure
+from tests.outbox.helpers import SERIALIZATION_FAILURE, serialization_failure
 
 
 @pytest.mark.django_db

@@ -6,6 +6,8 @@ import pytest
 
 from jobs.schedules import InvalidSchedule, cron_instants, interval_instants, next_instants, validate_cron
 
+pytestmark = pytest.mark.unit
+
 UTC = UTC
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

@@ -17,8 +17,7 @@ from django.urls import reverse
 from outbox.admin import OutboxMessageAdmin, envelope_writer
 from outbox.models import OutboxMessage
 from outbox.publishing import origin, publish
-
-from .conftest import make_event_type
+from tests.outbox.helpers import make_event_type
 
 pytestmark = pytest.mark.django_db
 

@@ -14,8 +14,7 @@ from bookworm_scheduler.clock import default_clock
 from outbox.models import OutboxMessage, PublishedKey
 from outbox.publishing import publish
 from outbox.relay import Waker
-
-from .conftest import build_relay
+from tests.outbox.helpers import build_relay
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -14,8 +14,7 @@ from bookworm_scheduler.clock import database_now
 from outbox.models import RelayInstance
 from outbox.relay import Heartbeat
 from tests.jobs.helpers import FakeClock, wait_for
-
-from .conftest import run_command
+from tests.outbox.helpers import run_command
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

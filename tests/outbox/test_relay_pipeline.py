@@ -17,8 +17,7 @@ from outbox.models import OutboxMessage
 from outbox.publishing import publish
 from outbox.relay import Slot, Waker, run
 from tests.jobs.helpers import wait_for
-
-from .conftest import build_relay, run_command
+from tests.outbox.helpers import build_relay, run_command
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

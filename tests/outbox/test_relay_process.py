@@ -15,8 +15,7 @@ from django.db import connection, transaction
 from outbox.models import OutboxMessage
 from outbox.publishing import NOTIFY_CHANNEL, publish
 from tests.jobs.helpers import wait_for
-
-from .conftest import rabbitmqctl, run_command
+from tests.outbox.helpers import rabbitmqctl, run_command
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

@@ -10,7 +10,7 @@ from django.db import connections, transaction
 from outbox.models import OutboxMessage
 from outbox.publishing import publish
 from outbox.relay import Waker, run
-from tests.outbox.conftest import SERIALIZATION_FAILURE, serialization_failure
+from tests.outbox.helpers import SERIALIZATION_FAILURE, serialization_failure
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -1,0 +1,61 @@
+"""The history filter of `jobs history` and /tickerq/api/history/, read from a query string: no database."""
+
+from datetime import UTC, datetime
+
+import pytest
+
+from jobs.serializers import BadFilter, HistoryFilter, iso
+
+pytestmark = pytest.mark.unit
+
+
+def test_an_empty_query_asks_for_the_twenty_newest_runs_of_every_job():
+    assert HistoryFilter.from_query({}) == HistoryFilter(job=None, status=None, manual=None, limit=20)
+
+
+def test_every_parameter_is_read_and_an_empty_one_is_left_out():
+    query = {"job": "", "status": "failed", "manual": "Yes", "limit": "5"}
+
+    assert HistoryFilter.from_query(query) == HistoryFilter(job=None, status="failed", manual=True, limit=5)
+
+
+@pytest.mark.parametrize(
+    "manual, expected",
+    [("1", True), ("true", True), ("YES", True), ("0", False), ("False", False), ("no", False), ("", None)],
+)
+def test_manual_is_a_yes_or_a_no_in_any_case(manual, expected):
+    assert HistoryFilter.from_query({"manual": manual}).manual is expected
+
+
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ({"limit": "0"}, "limit must be a whole number from 1 to 1000"),
+        ({"limit": "1001"}, "limit must be a whole number from 1 to 1000"),
+        ({"limit": "-5"}, "limit must be a whole number from 1 to 1000"),
+        ({"limit": "ten"}, "limit must be a whole number from 1 to 1000"),
+        ({"status": "exploded"}, "status must be one of scheduled, running, succeeded, failed, skipped, missed"),
+        ({"manual": "perhaps"}, "manual must be true or false"),
+        ({"colour": "red"}, "unknown parameter: colour (known: job, status, manual, limit)"),
+    ],
+)
+def test_a_bad_parameter_is_refused_naming_it(query, message):
+    with pytest.raises(BadFilter) as raised:
+        HistoryFilter.from_query(query)
+
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize("limit", [True, "5", 0, 1001])
+def test_a_limit_that_is_not_a_whole_number_from_1_to_1000_is_refused_in_code_too(limit):
+    with pytest.raises(BadFilter, match="limit must be a whole number from 1 to 1000"):
+        HistoryFilter(limit=limit)
+
+
+def test_the_largest_limit_is_allowed():
+    assert HistoryFilter(limit=1000).limit == 1000
+
+
+def test_instants_are_iso_8601_and_a_missing_one_is_null():
+    assert iso(datetime(2026, 3, 1, 12, 30, tzinfo=UTC)) == "2026-03-01T12:30:00+00:00"
+    assert iso(None) is None

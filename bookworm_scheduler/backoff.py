@@ -1,6 +1,11 @@
-"""Reconnect delays shared by the long-running processes."""
+"""Every wait before another try, in one place: Backoff's jittered delays for the processes' loops, named
+by what they retry, and doubling() for a retry that is stored and waited for (an alert, an outbox message).
+
+A job's own retries follow its policy (jobs.policy.Policy.retry_at), which its definition sets.
+"""
 
 import random
+from datetime import timedelta
 
 
 class Backoff:
@@ -25,3 +30,34 @@ class Backoff:
     def next(self) -> float:
         cap, self.cap = self.cap, min(self.cap * 2, self.ceiling)
         return self.rng.uniform(cap / 2, cap)
+
+
+# Its uses, by what is retried.
+
+
+def after_outage() -> Backoff:
+    """A daemon's loop cut off from its database or broker (the scheduler's main thread, the relay): from
+    about 0.5 s up to 5 s, so that it is back at work within about 5 s of the service coming back."""
+    return Backoff(first=0.5, ceiling=5.0)
+
+
+def recording() -> Backoff:
+    """Recording a run's outcome while the database is away: the outcome waits in memory, and the
+    lease runs meanwhile, so the first tries come sooner than the loop's (0.2 s, up to 5 s)."""
+    return Backoff(first=0.2, ceiling=5.0)
+
+
+def conflict() -> Backoff:
+    """A transaction that lost a conflict (a deadlock, a serialization failure): short, as the winner
+    commits in a moment, and jittered, so that the two that deadlocked do not meet again in step."""
+    return Backoff(first=0.05, ceiling=1.0)
+
+
+def handover() -> Backoff:
+    """The Celery hand-over's broker refusing a publish: handing over pauses from 1 s up to 30 s."""
+    return Backoff(first=1.0, ceiling=30.0)
+
+
+def doubling(first: timedelta, attempts: int, ceiling: timedelta) -> timedelta:
+    """The wait after failed try number `attempts` (from 1) of a stored retry: first, doubling, up to ceiling."""
+    return min(first * 2 ** (attempts - 1), ceiling)

@@ -10,8 +10,6 @@ import psycopg
 from django.db import Error, connections
 from django.db.backends.utils import CursorDebugWrapper
 
-from bookworm_scheduler.backoff import Backoff
-
 # SQLSTATEs of a connection that broke (class 08) or a server that shut down or restarts.
 LOST_CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
 # SQLSTATEs of a transaction that lost to a concurrent one: serialization failure, deadlock detected.
@@ -58,12 +56,6 @@ def database_fault(exc: BaseException) -> DatabaseFault | None:
 def connection_lost(exc: BaseException) -> bool:
     """Whether exc says the database connection broke (not that a statement failed): see database_fault."""
     return database_fault(exc) is DatabaseFault.UNAVAILABLE
-
-
-def conflict_backoff() -> Backoff:
-    """Delays before another try of a transaction that lost a conflict: short, as the winner commits
-    in a moment, and jittered, so that the two that deadlocked do not meet again in step."""
-    return Backoff(first=0.05, ceiling=1.0)
 
 
 def describe_database_error(exc: BaseException) -> str:

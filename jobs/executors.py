@@ -28,7 +28,7 @@ from celery.utils.nodenames import anon_nodename
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 
-from bookworm_scheduler.backoff import Backoff
+from bookworm_scheduler import backoff as backoffs
 from bookworm_scheduler.celery import app as celery_app
 from bookworm_scheduler.celery import job_queues
 from bookworm_scheduler.clock import database_now
@@ -117,7 +117,7 @@ class CeleryExecutor:
         self.max_in_flight = max_in_flight
         self.hard_limit_margin = hard_limit_margin
         self.app = app
-        self._backoff = Backoff(first=1.0, ceiling=30.0)
+        self._backoff = backoffs.handover()
         self._paused_until = 0.0  # time.monotonic(): no hand-over before this, after a failed publish
         self._left: list[int] | None = None  # after shutdown(): the claims it could not give back
         self.publisher = ConfirmedPublisher(app, TASK_NAME, timeout=CONFIRM_TIMEOUT)

@@ -15,6 +15,7 @@ from django.db.models.functions import Upper
 from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
 
+from bookworm_scheduler.backoff import doubling
 from bookworm_scheduler.clock import default_clock
 from bookworm_scheduler.db import insert_row, prepared_cursor
 from bookworm_scheduler.instances import ProcessInstance
@@ -739,7 +740,7 @@ class Alert(models.Model):
         failures = [f"{name}: {error}" for name, error in errors.items() if error]
         if failures:
             self.last_error = "; ".join(failures)
-        self.next_try_at = now + min(self.RETRY_FIRST * 2 ** (self.attempts - 1), self.RETRY_MAX)
+        self.next_try_at = now + doubling(self.RETRY_FIRST, self.attempts, self.RETRY_MAX)
         self.save(update_fields=["email_status", "webhook_status", "attempts", "next_try_at", "last_error"])
 
 

@@ -43,11 +43,10 @@ import psycopg
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections, transaction
 from django.db.transaction import TransactionManagementError
 
+from bookworm_scheduler import backoff as backoffs
 from bookworm_scheduler import tracing
-from bookworm_scheduler.backoff import Backoff
 from bookworm_scheduler.db import (
     DatabaseFault,
-    conflict_backoff,
     connection_lost,
     database_fault,
     describe_database_error,
@@ -315,7 +314,7 @@ class Runner:
         lost a conflict (a deadlock, a serialization failure) rolled back, surely: it is tried
         again after a short delay, on the same connection.
         """
-        backoff, conflicts = Backoff(first=0.2, ceiling=5.0), conflict_backoff()
+        backoff, conflicts = backoffs.recording(), backoffs.conflict()
         uncertain = reconnect
         while True:
             try:
@@ -527,7 +526,7 @@ class Runner:
         if not runs:
             return 0
         first = runs[0]
-        backoff = Backoff(first=0.2, ceiling=5.0)
+        backoff = backoffs.recording()
         while True:
             try:
                 connection.close()

@@ -29,9 +29,9 @@ from datetime import datetime, timedelta
 from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
-from bookworm_scheduler.backoff import Backoff
+from bookworm_scheduler import backoff as backoffs
 from bookworm_scheduler.clock import DatabaseClock
-from bookworm_scheduler.db import DatabaseFault, conflict_backoff, database_fault, describe_database_error
+from bookworm_scheduler.db import DatabaseFault, database_fault, describe_database_error
 from bookworm_scheduler.listen import Listener
 
 from .alerts import AlertSender
@@ -102,7 +102,7 @@ class Scheduler:
 
     def run(self, *, once: bool = False, shutdown_timeout: float = 30) -> int:
         """Until stop() (or, once, until nothing is due or running); the jobs still running at the end."""
-        started, backoff, conflicts = False, Backoff(first=0.5, ceiling=5.0), conflict_backoff()
+        started, backoff, conflicts = False, backoffs.after_outage(), backoffs.conflict()
         self.listener.start()
         while not self.stopping:
             try:

@@ -5,6 +5,7 @@ from django.db import connections, models
 from django.db.models import Q
 from django.utils import timezone
 
+from bookworm_scheduler.backoff import doubling
 from bookworm_scheduler.instances import ProcessInstance
 
 
@@ -151,8 +152,9 @@ class OutboxMessage(models.Model):
         if self.attempts >= max_attempts:
             self.status = self.Status.DEAD
         else:
-            delay = min(2 ** (self.attempts - 1), max_delay_seconds)
-            self.available_at = now + timedelta(seconds=delay)
+            self.available_at = now + doubling(
+                timedelta(seconds=1), self.attempts, timedelta(seconds=max_delay_seconds)
+            )
 
 
 class PublishedKey(models.Model):

@@ -42,10 +42,10 @@ from django.db import (
 from opentelemetry.trace import SpanKind
 
 import bookworm_scheduler
+from bookworm_scheduler import backoff as backoffs
 from bookworm_scheduler import tracing
-from bookworm_scheduler.backoff import Backoff
 from bookworm_scheduler.clock import default_clock
-from bookworm_scheduler.db import DatabaseFault, conflict_backoff, database_fault, describe_database_error
+from bookworm_scheduler.db import DatabaseFault, database_fault, describe_database_error
 
 from . import metrics, sql
 from .broker import Broker, BrokerUnavailable, Outcome, Outgoing, describe
@@ -56,12 +56,6 @@ from .publishing import NOTIFY_CHANNEL
 logger = logging.getLogger(__name__)
 
 PURGE_BATCH = 5000
-
-
-def reconnect_backoff() -> Backoff:
-    """Delays after a failed attempt: from about 0.5 s up to 5 s, so the relay is back at work
-    within about 5 s of the broker or the database coming back."""
-    return Backoff(first=0.5, ceiling=5.0)
 
 
 class Slot:
@@ -668,7 +662,7 @@ def run(
     heartbeat (Heartbeat.beat) is called at every turn and between the slices of every wait.
     When it returns, the relay's own database connections are closed (Relay.close).
     """
-    broker_backoff, failure_backoff, conflicts = reconnect_backoff(), reconnect_backoff(), conflict_backoff()
+    broker_backoff, failure_backoff, conflicts = backoffs.after_outage(), backoffs.after_outage(), backoffs.conflict()
     next_purge = time.monotonic()
 
     def tick() -> None:

@@ -1,10 +1,13 @@
-"""The reconnect backoff: a cap doubling from 1 s to 30 s by default, each delay between half the cap and the cap."""
+"""Backoff: a cap doubling from 1 s to 30 s by default, each delay between half the cap and the cap; its named
+uses; the doubling of a stored retry."""
 
 import random
+from datetime import timedelta
 
 import pytest
 
-from bookworm_scheduler.backoff import Backoff
+from bookworm_scheduler import backoff as backoffs
+from bookworm_scheduler.backoff import Backoff, doubling
 
 pytestmark = pytest.mark.unit
 
@@ -58,3 +61,34 @@ def test_a_success_starts_the_delays_over():
     backoff.reset()
 
     assert backoff.next() == 1
+
+
+@pytest.mark.parametrize(
+    "use, caps",
+    [
+        (backoffs.after_outage, [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]),
+        (backoffs.recording, [0.2, 0.4, 0.8, 1.6, 3.2, 5.0]),
+        (backoffs.conflict, [0.05, 0.1, 0.2, 0.4, 0.8, 1.0]),
+        (backoffs.handover, [1.0, 2.0, 4.0, 8.0, 16.0, 30.0]),
+    ],
+)
+def test_each_named_use_has_its_own_caps(use, caps):
+    backoff = use()
+    backoff.rng = Highest()
+
+    assert [backoff.next() for _ in caps] == caps
+
+
+def test_a_stored_retry_waits_first_then_doubling_up_to_the_ceiling():
+    first, ceiling = timedelta(seconds=30), timedelta(hours=1)
+
+    assert [doubling(first, attempts, ceiling).total_seconds() for attempts in range(1, 9)] == [
+        30,
+        60,
+        120,
+        240,
+        480,
+        960,
+        1920,
+        3600,
+    ]

@@ -11,7 +11,6 @@ from django.test.utils import CaptureQueriesContext
 
 from bookworm_scheduler.db import (
     DatabaseFault,
-    conflict_backoff,
     connection_lost,
     database_fault,
     describe_database_error,
@@ -196,14 +195,6 @@ def test_an_error_that_no_database_error_caused_is_no_database_fault():
     assert database_fault(RuntimeError("a bug")) is None
     assert not connection_lost(RuntimeError("a bug"))
     assert describe_database_error(RuntimeError("a bug\nmore")) == "RuntimeError: a bug"
-
-
-@pytest.mark.unit
-def test_a_conflict_is_tried_again_within_a_second_with_jitter():
-    backoff = conflict_backoff()
-    delays = [backoff.next() for _ in range(8)]
-    assert 0.025 <= delays[0] <= 0.05 and 0.05 <= delays[1] <= 0.1
-    assert all(0.5 <= delay <= 1.0 for delay in delays[5:])
 
 
 @pytest.mark.django_db(transaction=True)

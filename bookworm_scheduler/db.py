@@ -10,6 +10,8 @@ import psycopg
 from django.db import Error, connections
 from django.db.backends.utils import CursorDebugWrapper
 
+from bookworm_scheduler.errors import one_line
+
 # SQLSTATEs of a connection that broke (class 08) or a server that shut down or restarts.
 LOST_CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
 # SQLSTATEs of a transaction that lost to a concurrent one: serialization failure, deadlock detected.
@@ -67,9 +69,7 @@ def describe_database_error(exc: BaseException) -> str:
     shown = next((error for error in _chain(exc) if isinstance(error, (psycopg.Error, sqlite3.Error))), exc)
     state = getattr(shown, "sqlstate", None)
     code = f"SQLSTATE {state}" if state else getattr(shown, "sqlite_errorname", None)
-    lines = str(shown).strip().splitlines()
-    name = f"{type(shown).__name__} ({code})" if code else type(shown).__name__
-    return f"{name}: {lines[0]}" if lines else name
+    return one_line(shown, f"{type(shown).__name__} ({code})" if code else None)
 
 
 def _chain(exc: BaseException | None) -> Iterator[BaseException]:

@@ -39,6 +39,8 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Count, Q
 
+from bookworm_scheduler.errors import one_line
+
 from . import sql
 from .models import Alert, Occurrence
 
@@ -235,5 +237,4 @@ def _describe(exc: BaseException) -> str:
         except Exception:  # the body is a courtesy
             body = ""
         return f"HTTP {exc.code} {exc.reason}" + (f": {body}" if body else "")
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return one_line(exc)

@@ -32,6 +32,7 @@ from bookworm_scheduler import backoff as backoffs
 from bookworm_scheduler.celery import app as celery_app
 from bookworm_scheduler.celery import job_queues
 from bookworm_scheduler.clock import database_now
+from bookworm_scheduler.errors import one_line
 from bookworm_scheduler.liveness import Liveness
 
 from .definitions import Definition
@@ -334,7 +335,7 @@ class ConfirmedPublisher:
                     raise TimeoutError(f"no confirm from the broker within {self.timeout:.0f} s")
                 self._connection.drain_events(timeout=remaining)
         except Exception as exc:  # whatever kept the broker from confirming: these claims go back
-            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            error = one_line(exc)
             for index in [*self._waiting.values(), *range(published, len(messages))]:
                 self._errors[index] = error
             self.close()

@@ -52,6 +52,7 @@ from bookworm_scheduler.db import (
     describe_database_error,
     insert_rows,
 )
+from bookworm_scheduler.errors import one_line
 from outbox.publishing import deferred, origin
 
 from . import metrics
@@ -208,7 +209,7 @@ class Runner:
                 doing = "recording the run" if returned else ""
                 return self.give_back(occurrence, definition, exc, started=started, doing=doing)
             tracing.record_exception(exc)
-            error = f"timed out after {timeout} s" if isinstance(exc, JobTimeout) else _one_line(exc)
+            error = f"timed out after {timeout} s" if isinstance(exc, JobTimeout) else one_line(exc)
             return self._fail(occurrence, definition, started, error, traceback.format_exc())
         _log(occurrence, "occurrence_succeeded", duration_ms=_ms(self.clock() - started), status="succeeded")
         return metrics.SUCCEEDED, ""
@@ -236,10 +237,10 @@ class Runner:
         Raises exc again when the claim is no longer this attempt's: its outcome was recorded
         before the fault, or another scheduler reaped it. doing names what failed, for the error.
         """
-        error = f"{doing} failed: {_one_line(exc)}" if doing else _one_line(exc)
+        error = f"{doing} failed: {one_line(exc)}" if doing else one_line(exc)
         fault = database_fault(exc)
         if fault is DatabaseFault.UNAVAILABLE:
-            return self._settle_unknown(occurrence, error=_one_line(exc))
+            return self._settle_unknown(occurrence, error=one_line(exc))
         if fault is DatabaseFault.CONFLICT:
             return self._release_after_conflict(occurrence, exc)
         if not self._still_claimed(occurrence):
@@ -345,7 +346,7 @@ class Runner:
                     _log(
                         occurrence,
                         "record_abandoned",
-                        error=_one_line(exc),
+                        error=one_line(exc),
                         level=logging.ERROR,
                         detail="the database is unreachable and the scheduler is stopping; its lease will expire "
                         "and another scheduler will record it",
@@ -355,7 +356,7 @@ class Runner:
                 _log(
                     occurrence,
                     "record_retry",
-                    error=_one_line(exc),
+                    error=one_line(exc),
                     retry_in=delay,
                     level=logging.WARNING,
                     detail=f"the database is unreachable, retrying in {delay:.1f} s",
@@ -413,7 +414,7 @@ class Runner:
         except JOB_FAILURES as exc:
             if not connection_lost(exc):
                 raise
-            return self._settle_group(runs, _one_line(exc)), False
+            return self._settle_group(runs, one_line(exc)), False
         for run in runs:
             self._finished_in_group(run)
         return len(runs), alone_next
@@ -476,7 +477,7 @@ class Runner:
                 if connection_lost(exc):
                     raise  # the group is lost with the connection
                 tracing.record_exception(exc)
-                run.error = f"timed out after {timeout} s" if isinstance(exc, JobTimeout) else _one_line(exc)
+                run.error = f"timed out after {timeout} s" if isinstance(exc, JobTimeout) else one_line(exc)
                 run.traceback = traceback.format_exc()
             run.finished = self.clock()
             run.duration = time.monotonic() - begun
@@ -667,11 +668,6 @@ def job_context(occurrence: Occurrence, definition: Definition) -> JobContext:
         manual=occurrence.manual,
         kwargs=definition.kwargs,
     )
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _span_attributes(occurrence: Occurrence) -> dict | None:

@@ -28,6 +28,8 @@ import pika.exceptions
 from pika import frame
 from pika.adapters.select_connection import SelectConnection
 
+from bookworm_scheduler.errors import one_line
+
 from . import metrics
 
 logger = logging.getLogger(__name__)
@@ -142,7 +144,7 @@ def describe(error: BaseException) -> str:
         elif error.args and isinstance(error.args[0], BaseException):  # AMQPConnectionError
             error = error.args[0]
         else:
-            return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            return one_line(error)
 
 
 class Broker:

@@ -417,7 +417,7 @@ def worker_identity() -> tuple[uuid.UUID, str]:
 
 
 def take_over(occurrence_id: int, *, handed_by, attempt: int, session, worker: str, lease: timedelta, now: datetime):
-    """-- take_over --: move the claim from the scheduler that handed it over to this worker.
+    """Move the claim from the scheduler that handed it over to this worker.
 
     A compare-and-set on (running, handed_by, attempt) with a fresh lease; None when the
     occurrence is no longer that claim (taken already, released or reaped): a duplicate.

@@ -290,7 +290,7 @@ class Occurrence(models.Model):
 
     @classmethod
     def claim_by_id(cls, occurrence_id: int, *, now, session, scheduler: str, lease: timedelta):
-        """-- claim_by_id --: compare-and-set one ready occurrence to running for session; None if not ready."""
+        """Compare-and-set one ready occurrence to running for session; None if not ready."""
         updated = cls.objects.filter(id=occurrence_id, status=cls.Status.SCHEDULED, run_after__lte=now).update(
             status=cls.Status.RUNNING,
             attempts=F("attempts") + 1,

@@ -50,7 +50,7 @@ def _rows(occ: "_Names", alias: str):
 
 @functools.cache
 def claim(alias: str, long_running: bool):
-    """-- claim --: move up to N ready occurrences to running with a lease, in one statement.
+    """Move up to N ready occurrences to running with a lease, in one statement.
 
     The inner SELECT (_ready) takes the rows with FOR UPDATE SKIP LOCKED. Each claim starts an
     attempt: attempts + 1, started_at = now. Returns the statement, the attribute names of the
@@ -69,7 +69,7 @@ def claim(alias: str, long_running: bool):
 
 @functools.cache
 def lock_ready(alias: str):
-    """-- lock_ready --: lock up to N ready ordinary occurrences for the current transaction, unchanged.
+    """Lock up to N ready ordinary occurrences for the current transaction, unchanged.
 
     A group (jobs.runner.Runner.run_group) runs them and records them in the same transaction
     (record_group): the row lock is their claim, so a crash before the commit leaves them
@@ -84,7 +84,7 @@ def lock_ready(alias: str):
 
 @functools.cache
 def record_group(alias: str) -> str:
-    """-- record_group -- (PostgreSQL): how the runs of a group ended, one row each, in one statement.
+    """PostgreSQL only: how the runs of a group ended, one row each, in one statement.
 
     The occurrences were locked by lock_ready in this transaction and are still scheduled in the
     table: a compare-and-set from (scheduled, attempts - 1) to the outcome, with the claim's
@@ -122,7 +122,7 @@ def record_group(alias: str) -> str:
 
 @functools.cache
 def record_attempt(alias: str) -> str:
-    """-- record_attempt -- (PostgreSQL): the compare-and-set from running and the attempt row, one round trip.
+    """PostgreSQL only: the compare-and-set from running and the attempt row, one round trip.
 
     Returns the attempt's id, or no row when the claim is no longer this session's.
     """
@@ -148,7 +148,7 @@ def record_attempt(alias: str) -> str:
 
 @functools.cache
 def insert_occurrences(alias: str, rows: int) -> str:
-    """-- insert_occurrences --: planned rows; an instant already planned is skipped, not an error.
+    """Planned rows; an instant already planned is skipped, not an error.
 
     Parameters per row: task id, job name, scheduled_for, run_after, priority, status,
     finished_at, reason, created_at. ON CONFLICT DO NOTHING lets the partial unique constraint
@@ -168,7 +168,7 @@ def insert_occurrences(alias: str, rows: int) -> str:
 
 @functools.cache
 def insert_occurrence_arrays(alias: str) -> str:
-    """-- insert_occurrence_arrays -- (PostgreSQL): insert_occurrences with one array per column.
+    """PostgreSQL only: insert_occurrences with one array per column.
 
     Parameters: created_at, then the same eight values as arrays (one element per row), sent in
     binary (%b: psycopg quotes each element of a text array, 6 times slower). Nine placeholders
@@ -190,7 +190,7 @@ def insert_occurrence_arrays(alias: str) -> str:
 
 @functools.cache
 def read_cursors(alias: str, lock: bool) -> str:
-    """-- read_cursors -- (PostgreSQL): the planning cursors of the given definitions, one statement.
+    """PostgreSQL only: the planning cursors of the given definitions, one statement.
 
     Parameter: the definitions' ids as one array. Returns (task id, planned_through, paused_at,
     resumed_at) in id order. With lock, only those of enabled definitions, locked FOR UPDATE SKIP
@@ -211,7 +211,7 @@ def read_cursors(alias: str, lock: bool) -> str:
 
 @functools.cache
 def move_cursors(alias: str) -> str:
-    """-- move_cursors -- (PostgreSQL): set planning cursors, one statement for any number.
+    """PostgreSQL only: set planning cursors, one statement for any number.
 
     Parameters: arrays (one element per cursor) of task id, planned_through, paused_at, resumed_at.
     """
@@ -226,7 +226,7 @@ def move_cursors(alias: str) -> str:
 
 @functools.cache
 def prune_occurrences(alias: str) -> str:
-    """-- prune_occurrences -- (PostgreSQL): one batch of old finished occurrences, one round trip.
+    """PostgreSQL only: one batch of old finished occurrences, one round trip.
 
     Parameters: the finished statuses, the cutoff, the batch size. Deletes their attempts,
     unlinks their alerts (which keep their own copy of the job and error) and deletes them;

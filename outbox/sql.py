@@ -33,7 +33,7 @@ class _Names:
 
 @functools.cache
 def claim(alias: str) -> tuple[str, object]:
-    """-- claim --: lock up to N rows ready at now, in write order, skipping rows another relay holds.
+    """Lock up to N rows ready at now, in write order, skipping rows another relay holds.
 
     Parameters: now, an id to start after, N. A pass of the relay starts after 0, then after the
     last row it claimed: the scan of outbox_pending then starts where the last claim stopped
@@ -81,7 +81,7 @@ def claim(alias: str) -> tuple[str, object]:
 
 @functools.cache
 def record_outcomes(alias: str, returning: bool) -> str:
-    """-- record_outcomes -- (PostgreSQL): every outcome of a batch in one UPDATE, then COMMIT (asynchronous).
+    """PostgreSQL only: every outcome of a batch in one UPDATE, then COMMIT (asynchronous).
 
     Parameters: now (delivered_at), the ids delivered (an array literal, e.g. '{1,2}': the common
     case costs one parameter, and no adaptation of each id), then five arrays of equal length
@@ -114,7 +114,7 @@ def record_outcomes(alias: str, returning: bool) -> str:
 
 @functools.cache
 def record_outcome(alias: str) -> str:
-    """-- record_outcome -- (SQLite): one row's outcome, executed once per row, as record_outcomes.
+    """SQLite only: one row's outcome, executed once per row, as record_outcomes.
 
     Parameters: status, last_error, delivered_at, attempts and available_at (NULL: unchanged), id.
     """

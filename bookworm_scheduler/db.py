@@ -169,9 +169,8 @@ def _cursor_classes():
         and asks for its results in binary.
 
         Binary results, because Django's loader of a timestamptz in text parses it in Python (its
-        subclass of psycopg's TimestamptzLoader), about 5 µs each: 10 ready occurrences, three
-        timestamps or more each, took 290 µs to fetch in text and 70 µs in binary. psycopg's binary
-        loaders give the same values (an aware datetime in the connection's time zone, UTC); the
+        subclass of psycopg's TimestamptzLoader), several times slower than the binary loader
+        (docs/benchmarks.md). psycopg's binary loaders give the same values (an aware datetime in the connection's time zone, UTC); the
         statements of this cursor return no json, whose text Django's JSONField expects.
         """
 

@@ -61,8 +61,8 @@ def zone_names() -> tuple[str, ...]:
 class ZoneSelect(forms.Select):
     """The ~600 time zones as one select, its options written in Python.
 
-    Django's Select renders a template per option: about 150 ms for this list, most of the
-    change form's time.
+    Django's Select renders a template per option, which for this list was most of the change
+    form's time.
     """
 
     def render(self, name, value, attrs=None, renderer=None):

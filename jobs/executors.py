@@ -355,8 +355,8 @@ class ConfirmedPublisher:
             soft_time_limit=soft_time_limit,
             ignore_result=None,  # as send_task leaves it
             # What as_task_v2 would otherwise work out per message (saferepr, anon_nodename: about
-            # half of a hand-over's CPU, 410 -> 200 us a message): the saferepr of three plain
-            # values is their repr, and the origin is this process.
+            # half of a hand-over's CPU, docs/benchmarks.md): the saferepr of three plain values is
+            # their repr, and the origin is this process.
             argsrepr=repr(args),
             kwargsrepr="{}",
             origin=self._origin,

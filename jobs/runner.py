@@ -72,9 +72,9 @@ JOB_FAILURES = (Exception, JobTimeout, SystemExit, KeyboardInterrupt)
 # A group starts no more runs once it ran GROUP_RUNS, or its thread spent GROUP_SECONDS of CPU time
 # in it, or its transaction has been open GROUP_WALL_FACTOR times GROUP_SECONDS; it locks at most
 # GROUP_LOCK ready occurrences at a time. CPU time, because on a busy machine a thread waits for a
-# core (or the GIL) between its runs: measured on the wall clock alone, a group of 1 ms runs then
-# ended after its first run, and a burst paid a group's statements for every run (4 schedulers on
-# 2 cores: 1.07 runs per group). Only a job whose runs here took less than GROUP_JOB_FACTOR times
+# core (or the GIL) between its runs: measured on the wall clock alone, a group of short runs then
+# ended after its first run, and a burst paid a group's statements for every run
+# (docs/benchmarks.md). Only a job whose runs here took less than GROUP_JOB_FACTOR times
 # GROUP_SECONDS of wall time (on average) joins a group, so a run waits for its commit at most
 # about GROUP_WALL_FACTOR times that long: a job not seen yet, or a slower one, runs on its own
 # (Runner.run).

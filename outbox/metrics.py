@@ -37,8 +37,8 @@ DEAD = Counter(
     "Messages marked dead after OUTBOX_MAX_ATTEMPTS failed sends.",
     registry=REGISTRY,
 )
-# PUBLISH_LATENCY costs the relay a query per batch (some 3 ms per 500 rows: a drain of a backlog
-# is that much slower): only a relay that serves its metrics measures it (relay_outbox sets this).
+# PUBLISH_LATENCY costs the relay a query per batch (a drain of a backlog is slower by it): only a
+# relay that serves its metrics measures it (relay_outbox sets this).
 measure_latency = False
 PUBLISH_LATENCY = Histogram(
     "bookworm_outbox_publish_latency_seconds",

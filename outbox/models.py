@@ -59,7 +59,7 @@ class OutboxQuerySet(models.QuerySet):
         One count per status, each an index-only scan of an index that holds only that status's
         rows first (outbox_pending, outbox_delivered, outbox_status_recent): a GROUP BY over the
         table reads every row of it. Delivered rows are most of the table, so their count costs
-        the most (some 80 ms per million rows). The oldest pending row is the first in write
+        the most. The oldest pending row is the first in write
         order: one step into outbox_pending, where MIN(created_at) would read every pending row.
         """
         counts = {status: self.filter(status=status).count() for status in OutboxMessage.Status.values}

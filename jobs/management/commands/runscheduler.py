@@ -47,7 +47,7 @@ class Command(BaseCommand):
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: scheduler.stop())
         # What start-up made (Django, the apps, the jobs) lives as long as the process: out of the
-        # collector's reach, a full collection does not walk it again (about 60 ms each, with the GIL).
+        # collector's reach, a full collection does not walk it again, with the GIL held.
         gc.freeze()
         still_running = scheduler.run(once=options["once"], shutdown_timeout=options["shutdown_timeout"])
         if still_running:

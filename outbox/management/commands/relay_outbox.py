@@ -64,7 +64,7 @@ class Command(BaseCommand):
         waker = Waker()
         heartbeat = Heartbeat(relay.clock)  # the instance row: registered at the loop's first turn
         # What start-up made lives as long as the process: out of the collector's reach, a full
-        # collection does not walk it again (about 60 ms each, the relay's publishing held up meanwhile).
+        # collection does not walk it again, the relay's publishing held up meanwhile.
         gc.freeze()
         try:
             run(

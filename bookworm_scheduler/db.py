@@ -170,8 +170,9 @@ def _cursor_classes():
 
         Binary results, because Django's loader of a timestamptz in text parses it in Python (its
         subclass of psycopg's TimestamptzLoader), several times slower than the binary loader
-        (docs/benchmarks.md). psycopg's binary loaders give the same values (an aware datetime in the connection's time zone, UTC); the
-        statements of this cursor return no json, whose text Django's JSONField expects.
+        (docs/benchmarks.md). psycopg's binary loaders give the same values (an aware datetime in
+        the connection's time zone, UTC); the statements of this cursor return no json, whose text
+        Django's JSONField expects.
         """
 
         def execute(self, query, params=None, *, prepare=True, binary=True):

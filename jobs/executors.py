@@ -1,7 +1,10 @@
 """Where claimed occurrences run: the scheduler's own threads (inline) or Celery workers (celery).
 
-Both executors answer the scheduler's questions alike: free() (how many to claim), idle,
-running_ids() (the claims whose leases this process renews), submit_all() and shutdown().
+Both executors answer the scheduler's questions alike: free(long_running) (how many to claim),
+idle, running_ids() (the claims whose leases this process renews), wait(timeout) (for a slot to
+free up), submit_all() and shutdown(). The inline one (jobs.pool.WorkerPool) also takes
+submit_drain(), a slot that runs groups of quick jobs (Scheduler._drain, Runner.run_group); the scheduler
+groups only with it.
 
 With the celery executor the scheduler still plans and claims (exactly once, jobs.sql.claim);
 submit_all() publishes one message per claim, naming (occurrence, session, attempt), a batch at

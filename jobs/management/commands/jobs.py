@@ -109,13 +109,14 @@ class Command(BaseCommand):
             raise CommandError("--count must be at least 1", returncode=USAGE_ERROR)
         try:
             zone = get_zone(tz)
-            start = timezone.now()
             if after:
                 start = parse_datetime(after)
                 if start is None:
                     raise InvalidSchedule(f"--after is not an ISO-8601 instant: {after}")
                 if timezone.is_naive(start):
                     start = start.replace(tzinfo=zone)  # a local time in --tz
+            else:
+                start = database_now()  # the clock that decides when the scheduler runs it
             instants = next_instants(cron_instants(expression, zone, start), count)
         except (InvalidSchedule, ValueError) as exc:
             raise CommandError(str(exc), returncode=USAGE_ERROR) from None

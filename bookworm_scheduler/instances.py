@@ -1,10 +1,14 @@
 """The heartbeat row of a long-running process: a scheduler's (jobs) or a relay's (outbox)."""
 
+import os
+import socket
 import uuid
 from datetime import datetime, timedelta
 
 from django.db import models
 from django.db.models import F
+
+import bookworm_scheduler
 
 from .liveness import Liveness
 
@@ -12,6 +16,21 @@ from .liveness import Liveness
 class InstanceQuerySet(models.QuerySet):
     def alive(self):
         return self.filter(state=self.model.State.RUNNING)
+
+    def register(self, session, instance_id: str, now) -> None:
+        """A process's row, as it starts: who and where it is, running, seen now."""
+        self.update_or_create(
+            session=session,
+            defaults=dict(
+                instance_id=instance_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                version=bookworm_scheduler.__version__,
+                started_at=now,
+                last_seen=now,
+                state=self.model.State.RUNNING,
+            ),
+        )
 
     def beat(self, session, now) -> int:
         """Renew one process's heartbeat; a process marked lost that beats again was only slow."""

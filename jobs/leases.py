@@ -6,13 +6,10 @@ the lost attempt and retries it per the job's policy, and marks the dead instanc
 """
 
 import logging
-import os
-import socket
 from datetime import datetime, timedelta
 
 from django.db import DatabaseError, transaction
 
-import bookworm_scheduler
 from bookworm_scheduler.liveness import Liveness
 
 from .definitions import Definition, load_definition
@@ -33,18 +30,7 @@ class Leases:
 
     def register(self, now: datetime) -> None:
         """Create this process's instance row."""
-        SchedulerInstance.objects.update_or_create(
-            session=self.session,
-            defaults=dict(
-                instance_id=self.scheduler,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                version=bookworm_scheduler.__version__,
-                started_at=now,
-                last_seen=now,
-                state=SchedulerInstance.State.RUNNING,
-            ),
-        )
+        SchedulerInstance.objects.register(self.session, self.scheduler, now)
         self._renewed_at = now
 
     def due(self, now: datetime, *, early: timedelta = timedelta(0)) -> bool:

@@ -19,7 +19,6 @@ afresh and tries again; the rows of a batch whose outcomes were not committed st
 import itertools
 import json
 import logging
-import os
 import select
 import socket
 import time
@@ -41,7 +40,6 @@ from django.db import (
 )
 from opentelemetry.trace import SpanKind
 
-import bookworm_scheduler
 from bookworm_scheduler import backoff as backoffs
 from bookworm_scheduler import tracing
 from bookworm_scheduler.clock import default_clock
@@ -619,15 +617,7 @@ class Heartbeat:
             return
         rows = RelayInstance.objects.using(self.using)
         if not rows.beat(self.session, now):
-            rows.create(
-                session=self.session,
-                instance_id=self.instance_id,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                version=bookworm_scheduler.__version__,
-                started_at=now,
-                last_seen=now,
-            )
+            rows.register(self.session, self.instance_id, now)
         rows.mark_lost(now, self.LOST_AFTER)
         rows.prune(now - self.KEEP)
         self._beaten_at = now

@@ -31,7 +31,9 @@ def executor(celery_queue):
 
 
 def claim_one(executor) -> Occurrence:
-    (occurrence,) = claim_ready(executor)
+    # Ready as soon as the database's clock passes the instant the trigger read from its estimate
+    # of it (bookworm_scheduler.clock.DatabaseClock), which may run a fraction of a round trip ahead.
+    (occurrence,) = wait_for(lambda: claim_ready(executor), timeout=5, interval=0.01)
     return occurrence
 
 
@@ -187,7 +189,9 @@ def test_claims_handed_over_as_one_batch_each_reach_the_workers_once(
     task = make_definition("batched", "test.publish", every=3600)
     for _ in range(30):
         Occurrence.trigger(task, priority=Priority.NORMAL)
-    executor.submit_all(claim_ready(executor, limit=30), long_running=False)
+    claimed = []  # as claim_one, each once the database's clock has passed its trigger's instant
+    wait_for(lambda: claimed.extend(claim_ready(executor, limit=30 - len(claimed))) or len(claimed) == 30, timeout=5)
+    executor.submit_all(claimed, long_running=False)
 
     assert messages_in(celery_queue) == 30  # every claim's message confirmed by the broker before submit_all returned
     assert set(Occurrence.objects.values_list("status", flat=True)) == {"running"}

@@ -20,7 +20,6 @@ process's metrics (bookworm_scheduler.daemon_metrics).
 import logging
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import DatabaseError
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
@@ -36,7 +35,7 @@ from outbox.models import OutboxMessage, RelayInstance
 
 from .basic_auth import authenticate_basic, basic_header, unauthorized
 from .clock import default_clock
-from .liveness import scheduler_liveness
+from .liveness import relay_liveness, scheduler_liveness
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +120,9 @@ class DatabaseCollector(Collector):
         )
         scheduler_family.add_metric(["live"], len(schedulers) - stale)
         scheduler_family.add_metric(["stale"], stale)
-        # A relay beats every 5 s outside a batch; /health/ judges it by the same age.
-        silence = timedelta(seconds=settings.HEALTH_HEARTBEAT_MAX_AGE_SECONDS)
+        liveness = relay_liveness()
         relays = list(RelayInstance.objects.alive())
-        stale = sum(1 for relay in relays if now - relay.last_seen > silence)
+        stale = sum(1 for relay in relays if relay.is_stale(now, liveness))
         relay_family = GaugeMetricFamily(
             "bookworm_outbox_relays",
             "Relay processes registered as running: live (beating), "

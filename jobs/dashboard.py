@@ -60,7 +60,7 @@ def schedulers(now: datetime, lease: timedelta | None = None) -> dict:
 
     The table holds one row per process and a day of stopped ones.
     """
-    liveness = Liveness(lease) if lease else scheduler_liveness()
+    liveness = Liveness.of_lease(lease) if lease else scheduler_liveness()
     instances = list(SchedulerInstance.objects.alive().order_by("instance_id", "started_at")[:MAX_SCHEDULERS])
     return {
         "live": [i for i in instances if not i.is_stale(now, liveness)],

@@ -457,7 +457,7 @@ class LeaseKeeper:
 
     def _run(self) -> None:
         try:
-            while not self._stop.wait(Liveness(self.lease).renew_every.total_seconds()):
+            while not self._stop.wait(Liveness.of_lease(self.lease).renew_every.total_seconds()):
                 try:
                     Occurrence.renew_leases(
                         [self.occurrence_id], session=self.session, now=database_now(), lease=self.lease

@@ -24,7 +24,7 @@ class Leases:
         self.session = session
         self.scheduler = scheduler
         self.lease = lease
-        self.liveness = Liveness(lease)
+        self.liveness = Liveness.of_lease(lease)
         self.renew_every = self.liveness.renew_every
         self._renewed_at: datetime | None = None
 

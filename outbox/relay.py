@@ -44,6 +44,7 @@ from bookworm_scheduler import backoff as backoffs
 from bookworm_scheduler import tracing
 from bookworm_scheduler.clock import default_clock
 from bookworm_scheduler.db import DatabaseFault, database_fault, describe_database_error
+from bookworm_scheduler.liveness import relay_liveness
 
 from . import metrics, sql
 from .broker import Broker, BrokerUnavailable, Outcome, Outgoing, describe
@@ -590,18 +591,14 @@ class Waker:
 class Heartbeat:
     """This relay's instance row (outbox.RelayInstance), as jobs.leases.Leases keeps a scheduler's.
 
-    beat() registers the row the first time, then renews it once EVERY has passed by the
-    database's clock; run() calls it at every turn of its loop and between the slices of its
-    waits, so a live relay beats at least every EVERY + Waker.SLICE seconds outside a batch.
-    Each renewal also marks the relays silent for LOST_AFTER lost and deletes the rows of
-    relays stopped or lost more than KEEP ago. retire() says goodbye at exit.
+    beat() registers the row the first time, then renews it once the relay's renewal period
+    (bookworm_scheduler.liveness.relay_liveness) has passed by the database's clock; run()
+    calls it at every turn of its loop and between the slices of its waits, so a live relay
+    beats at least that often, plus Waker.SLICE, outside a batch. Each renewal also marks the
+    relays silent for longer than the liveness allows lost and deletes the rows of relays
+    stopped or lost more than KEEP ago. retire() says goodbye at exit.
     """
 
-    EVERY = timedelta(seconds=5)
-    # Longer than a live relay's longest silence with the default settings: a batch that waits
-    # OUTBOX_CONFIRM_TIMEOUT_SECONDS (30) for confirms on a connection blocked up to
-    # OUTBOX_BLOCKED_TIMEOUT_SECONDS (60). A relay marked lost that beats again is running again.
-    LOST_AFTER = timedelta(minutes=2)
     KEEP = timedelta(days=1)
 
     def __init__(self, clock: Callable[[], datetime], *, instance_id: str = "", using: str = DEFAULT_DB_ALIAS):
@@ -609,16 +606,17 @@ class Heartbeat:
         self.instance_id = instance_id or socket.gethostname()
         self.clock = clock
         self.using = using
+        self.liveness = relay_liveness()
         self._beaten_at: datetime | None = None
 
     def beat(self) -> None:
         now = self.clock()
-        if self._beaten_at is not None and now - self._beaten_at < self.EVERY:
+        if self._beaten_at is not None and now - self._beaten_at < self.liveness.renew_every:
             return
         rows = RelayInstance.objects.using(self.using)
         if not rows.beat(self.session, now):
             rows.register(self.session, self.instance_id, now)
-        rows.mark_lost(now, self.LOST_AFTER)
+        rows.mark_lost(now, self.liveness.lost_after)
         rows.prune(now - self.KEEP)
         self._beaten_at = now
 

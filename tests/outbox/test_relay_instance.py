@@ -136,7 +136,7 @@ def test_a_running_relay_keeps_beating_passes_the_health_check_and_stops_on_sigt
     process = start_relay()
     first = wait_for(lambda: RelayInstance.objects.filter(pid=process.pid, state="running").first(), timeout=30)
 
-    # Renewed within EVERY (5 s) and a wait's slice (1 s), with time to spare.
+    # Renewed every 5 s (relay_liveness) plus a wait's slice (1 s), with time to spare.
     wait_for(lambda: RelayInstance.objects.get(pk=first.pk).last_seen > first.last_seen, timeout=15)
     assert client.get("/health/?format=json").json()["relays"] == "OK"
 

@@ -2,7 +2,7 @@
 
 import enum
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 
@@ -79,6 +79,26 @@ def _chain(exc: BaseException | None) -> Iterator[BaseException]:
         seen.add(id(exc))
         yield exc
         exc = exc.__cause__ or exc.__context__
+
+
+class SqlNames:
+    """Quoted table and column names of a model on one database: names.table, names.<field> (its column)."""
+
+    def __init__(self, model, alias: str):
+        self.model = model
+        self.quote = connections[alias].ops.quote_name
+        self.table = self.quote(model._meta.db_table)
+
+    def __getattr__(self, field: str) -> str:
+        return self.quote(self.model._meta.get_field(field).column)
+
+
+def row_converter(model, alias: str, fields) -> Callable | None:
+    """Django's conversion of these fields' values as a raw statement returns them (rows in, lists of
+    values out: SQLite's text UUIDs, say); None where the database's values need none."""
+    compiler = model.objects.none().query.get_compiler(alias)
+    converters = compiler.get_converters([field.get_col(model._meta.db_table) for field in fields])
+    return (lambda rows: list(compiler.apply_converters(rows, converters))) if converters else None
 
 
 def _inserted_fields(model) -> tuple:

@@ -10,20 +10,14 @@ import zlib
 from django.apps import apps
 from django.db import connections, transaction
 
-
-class _Names:
-    """Quoted table and column names of a model: names.table, names.column("field")."""
-
-    def __init__(self, model_name: str, alias: str):
-        self.model = apps.get_model("jobs", model_name)
-        self.quote = connections[alias].ops.quote_name
-        self.table = self.quote(self.model._meta.db_table)
-
-    def __getattr__(self, field: str) -> str:
-        return self.quote(self.model._meta.get_field(field).column)
+from bookworm_scheduler.db import SqlNames, row_converter
 
 
-def _ready(occ: "_Names", alias: str, long_running: bool, also: str = "") -> str:
+def _names(model_name: str, alias: str) -> SqlNames:
+    return SqlNames(apps.get_model("jobs", model_name), alias)
+
+
+def _ready(occ: SqlNames, alias: str, long_running: bool, also: str = "") -> str:
     """The SELECT of ready occurrences that claim and lock_ready share: one rule for what is ready, in what order.
 
     Parameters: the scheduled status, now, the LongRunning priority, those of `also` (a further
@@ -39,12 +33,10 @@ def _ready(occ: "_Names", alias: str, long_running: bool, also: str = "") -> str
     )
 
 
-def _rows(occ: "_Names", alias: str):
+def _rows(occ: SqlNames, alias: str):
     """The columns a statement returns to build Occurrence instances, their attnames and a row converter."""
     fields = occ.model._meta.concrete_fields
-    compiler = occ.model.objects.none().query.get_compiler(alias)
-    converters = compiler.get_converters([f.get_col(occ.model._meta.db_table) for f in fields])
-    convert = (lambda rows: list(compiler.apply_converters(rows, converters))) if converters else None
+    convert = row_converter(occ.model, alias, fields)
     return ", ".join(occ.quote(f.column) for f in fields), [f.attname for f in fields], convert
 
 
@@ -56,7 +48,7 @@ def claim(alias: str, long_running: bool):
     attempt: attempts + 1, started_at = now. Returns the statement, the attribute names of the
     returned columns and a converter of the rows (or None).
     """
-    occ = _Names("Occurrence", alias)
+    occ = _names("Occurrence", alias)
     columns, names, convert = _rows(occ, alias)
     statement = (
         f"UPDATE {occ.table} SET {occ.status} = %s, {occ.attempts} = {occ.attempts} + 1, {occ.scheduler} = %s, "
@@ -77,7 +69,7 @@ def lock_ready(alias: str):
     last parameter but one: the rows this transaction locked already, which SKIP LOCKED does not
     skip.
     """
-    occ = _Names("Occurrence", alias)
+    occ = _names("Occurrence", alias)
     columns, names, convert = _rows(occ, alias)
     return f"SELECT {columns} {_ready(occ, alias, False, also=f'AND {occ.id} <> ALL(%s::bigint[]) ')}", names, convert
 
@@ -93,7 +85,8 @@ def record_group(alias: str) -> str:
     ended_at, error and traceback, sent in binary (%b, as in insert_occurrence_arrays); then
     scheduler and session. Returns one row per attempt inserted.
     """
-    occ, att = _Names("Occurrence", alias), _Names("Attempt", alias)
+    occ, att = _names("Occurrence", alias), _names("Attempt", alias)
+    scheduled = occ.model.Status.SCHEDULED.value
     return f"""
         WITH done AS (
             SELECT * FROM unnest(%b::bigint[], %b::int[], %b::text[], %b::timestamptz[], %b::timestamptz[],
@@ -107,7 +100,7 @@ def record_group(alias: str) -> str:
                    {occ.run_after} = COALESCE(done.run_after, o.{occ.run_after}),
                    {occ.finished_at} = done.finished_at, {occ.reason} = done.reason, {occ.lease_expires_at} = NULL
               FROM done
-             WHERE o.{occ.id} = done.id AND o.{occ.status} = 'scheduled' AND o.{occ.attempts} = done.number - 1
+             WHERE o.{occ.id} = done.id AND o.{occ.status} = '{scheduled}' AND o.{occ.attempts} = done.number - 1
          RETURNING o.{occ.id}, o.{occ.scheduler}
         )
         INSERT INTO {att.table}
@@ -126,13 +119,14 @@ def record_attempt(alias: str) -> str:
 
     Returns the attempt's id, or no row when the claim is no longer this session's.
     """
-    occ, att = _Names("Occurrence", alias), _Names("Attempt", alias)
+    occ, att = _names("Occurrence", alias), _names("Attempt", alias)
+    running = occ.model.Status.RUNNING.value
     return f"""
         WITH finished AS (
             UPDATE {occ.table}
                SET {occ.status} = %(status)s, {occ.run_after} = COALESCE(%(run_after)s, {occ.run_after}),
                    {occ.finished_at} = %(finished_at)s, {occ.reason} = %(reason)s, {occ.lease_expires_at} = NULL
-             WHERE {occ.id} = %(id)s AND {occ.status} = 'running' AND {occ.session} = %(session)s
+             WHERE {occ.id} = %(id)s AND {occ.status} = '{running}' AND {occ.session} = %(session)s
                AND {occ.attempts} = %(number)s
          RETURNING {occ.id}
         )
@@ -155,7 +149,7 @@ def insert_occurrences(alias: str, rows: int) -> str:
     occurrence_once_per_instant drop a row another scheduler inserted first; RETURNING tells
     which rows the database took, so what is logged is what was inserted.
     """
-    occ = _Names("Occurrence", alias)
+    occ = _names("Occurrence", alias)
     given = ("task", "job_name", "scheduled_for", "run_after", "priority", "status", "finished_at", "reason")
     constant = {"manual": "FALSE", "triggered_by": "''", "attempts": "0", "scheduler": "''"}
     columns = [getattr(occ, name) for name in (*given, "created_at", *constant)]
@@ -175,7 +169,7 @@ def insert_occurrence_arrays(alias: str) -> str:
     however many rows: psycopg converts a query with thousands of them slowly (a burst of 10,000
     instants spent over a second there).
     """
-    occ = _Names("Occurrence", alias)
+    occ = _names("Occurrence", alias)
     given = ("task", "job_name", "scheduled_for", "run_after", "priority", "status", "finished_at", "reason")
     types = ("int", "text", "timestamptz", "timestamptz", "int", "text", "timestamptz", "text")
     constant = {"manual": "FALSE", "triggered_by": "''", "attempts": "0", "scheduler": "''"}
@@ -198,7 +192,7 @@ def read_cursors(alias: str, lock: bool) -> str:
     of 10,000 due definitions as Django's `task_id__in` spent about 0.4 s converting its 10,000
     placeholders and 0.6 s building model instances.
     """
-    cursor = _Names("PlanningCursor", alias)
+    cursor = _names("PlanningCursor", alias)
     task = connections[alias].ops.quote_name(cursor.model._meta.get_field("task").related_model._meta.db_table)
     columns = f"c.{cursor.task}, c.{cursor.planned_through}, c.{cursor.paused_at}, c.{cursor.resumed_at}"
     if not lock:
@@ -215,7 +209,7 @@ def move_cursors(alias: str) -> str:
 
     Parameters: arrays (one element per cursor) of task id, planned_through, paused_at, resumed_at.
     """
-    cursor = _Names("PlanningCursor", alias)
+    cursor = _names("PlanningCursor", alias)
     return (
         f"UPDATE {cursor.table} c SET {cursor.planned_through} = m.planned_through, "
         f"{cursor.paused_at} = m.paused_at, {cursor.resumed_at} = m.resumed_at "
@@ -233,7 +227,7 @@ def prune_occurrences(alias: str) -> str:
     returns how many occurrences went. The oldest first, by index occ_finished; rows another
     transaction holds are left for the next batch.
     """
-    occ, att, alert = _Names("Occurrence", alias), _Names("Attempt", alias), _Names("Alert", alias)
+    occ, att, alert = _names("Occurrence", alias), _names("Attempt", alias), _names("Alert", alias)
     return f"""
         WITH doomed AS (
             SELECT {occ.id} FROM {occ.table}

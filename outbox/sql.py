@@ -12,23 +12,16 @@ from collections import namedtuple
 
 from django.db import connections
 
+from bookworm_scheduler.db import SqlNames, row_converter
+
 from .models import OutboxMessage
+
+PENDING = OutboxMessage.Status.PENDING.value  # the status literal the statements below compare with
 
 # A claimed row: what the envelope needs (EnvelopeWriter.body reads the JSON columns as text, as
 # they are stored; on PostgreSQL the ids too) and attempts, for the retry rule
 # (OutboxMessage.record_failure) if its send fails.
 Claimed = namedtuple("Claimed", "id message_id correlation_id exchange types_json body_json headers_json attempts")
-
-
-class _Names:
-    """Quoted table and column names of OutboxMessage: names.table, names.column_name."""
-
-    def __init__(self, alias: str):
-        self.quote = connections[alias].ops.quote_name
-        self.table = self.quote(OutboxMessage._meta.db_table)
-
-    def __getattr__(self, field: str) -> str:
-        return self.quote(OutboxMessage._meta.get_field(field).column)
 
 
 @functools.cache
@@ -51,25 +44,24 @@ def claim(alias: str) -> tuple[str, object]:
     """
     connection = connections[alias]
     postgresql = connection.vendor == "postgresql"
-    m = _Names(alias)
+    m = SqlNames(OutboxMessage, alias)
     # PostgreSQL's text of a uuid is its canonical form, what the envelope needs: no UUID object.
     message_id, correlation_id = (f"CAST({c} AS text)" if postgresql else c for c in (m.message_id, m.correlation_id))
     select = (
         f"SELECT {m.id}, {message_id}, {correlation_id}, {m.exchange}, CAST({m.message_types} AS text), "
         f"CAST({m.body} AS text), CAST({m.headers} AS text), {m.attempts} FROM {m.table} "
-        f"WHERE {m.status} = 'pending' AND {m.available_at} <= %s AND {m.id} > %s ORDER BY {m.id} LIMIT %s"
+        f"WHERE {m.status} = '{PENDING}' AND {m.available_at} <= %s AND {m.id} > %s ORDER BY {m.id} LIMIT %s"
     )
     if postgresql:
         statement = f"BEGIN; SET LOCAL enable_bitmapscan = off; {select} FOR UPDATE SKIP LOCKED"
     else:
         statement = select
     fields = [OutboxMessage._meta.get_field(name) for name in ("id", "message_id", "correlation_id")]
-    compiler = OutboxMessage.objects.none().query.get_compiler(alias)
-    converters = compiler.get_converters([field.get_col(OutboxMessage._meta.db_table) for field in fields])
-    if converters:  # SQLite stores UUIDs as text
+    values = row_converter(OutboxMessage, alias, fields)
+    if values:  # SQLite stores UUIDs as text
 
         def convert(rows):
-            return [Claimed._make(row) for row in compiler.apply_converters(rows, converters)]
+            return list(map(Claimed._make, values(rows)))
 
     else:
 
@@ -89,7 +81,7 @@ def record_outcomes(alias: str, returning: bool) -> str:
     compare-and-set: only rows still pending change. With returning, the statement returns the
     created_at of the rows delivered (for outbox.metrics.PUBLISH_LATENCY).
     """
-    m = _Names(alias)
+    m = SqlNames(OutboxMessage, alias)
     delivered = OutboxMessage.Status.DELIVERED
     statement = f"""
         UPDATE {m.table} AS m
@@ -103,7 +95,7 @@ def record_outcomes(alias: str, returning: bool) -> str:
                  UNION ALL
                 SELECT * FROM unnest(%s::bigint[], %s::varchar[], %s::text[], %s::integer[], %s::timestamptz[])
                ) AS o (id, status, last_error, attempts, available_at)
-         WHERE m.{m.id} = o.id AND m.{m.status} = 'pending'"""
+         WHERE m.{m.id} = o.id AND m.{m.status} = '{PENDING}'"""
     if returning:
         statement += f" RETURNING CASE WHEN o.status = '{delivered}' THEN m.{m.created_at} END"
     # The commit does not wait for the WAL to reach the disk: should PostgreSQL crash in the next
@@ -118,9 +110,9 @@ def record_outcome(alias: str) -> str:
 
     Parameters: status, last_error, delivered_at, attempts and available_at (NULL: unchanged), id.
     """
-    m = _Names(alias)
+    m = SqlNames(OutboxMessage, alias)
     return (
         f"UPDATE {m.table} SET {m.status} = %s, {m.last_error} = %s, {m.delivered_at} = %s, "
         f"{m.attempts} = COALESCE(%s, {m.attempts}), {m.available_at} = COALESCE(%s, {m.available_at}) "
-        f"WHERE {m.id} = %s AND {m.status} = 'pending'"
+        f"WHERE {m.id} = %s AND {m.status} = '{PENDING}'"
     )

@@ -1,6 +1,7 @@
 """Plain database helpers shared by the apps, and what a database error means (database_fault)."""
 
 import enum
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,6 +54,15 @@ def database_fault(exc: BaseException) -> DatabaseFault | None:
         if fault is None and isinstance(error, (Error, psycopg.Error, sqlite3.Error)):
             fault = DatabaseFault.ERROR
     return fault
+
+
+def fault_event(exc: BaseException, actions: dict) -> tuple[DatabaseFault, str, int, str]:
+    """How a database error is logged: its fault (ERROR when database_fault knows none), the
+    caller's action for that fault (docs/logging.md), the level (WARNING for a conflict, which is
+    retried at once, else ERROR) and the words of the message."""
+    fault = database_fault(exc) or DatabaseFault.ERROR
+    level = logging.WARNING if fault is DatabaseFault.CONFLICT else logging.ERROR
+    return fault, actions[fault], level, f"database {fault.value}"
 
 
 def connection_lost(exc: BaseException) -> bool:

@@ -41,8 +41,6 @@ logger = logging.getLogger(__name__)
 
 # The window of bookworm_job_runs_last_hour: finished runs are found through index occ_finished.
 RUNS_WINDOW = timedelta(hours=1)
-# The statuses of the partial index occ_finished, in its order: the query repeats its condition.
-FINISHED = ["succeeded", "failed", "skipped", "missed"]
 # Outbox rows are counted up to this many per status (a count of a large backlog reads the whole
 # index); the gauge then says "at least this many".
 OUTBOX_COUNT_CAP = 100_000
@@ -85,7 +83,7 @@ class DatabaseCollector(Collector):
             labels=["job_name", "status"],
         )
         rows = (
-            Occurrence.objects.filter(status__in=FINISHED, finished_at__gte=now - RUNS_WINDOW)
+            Occurrence.objects.filter(status__in=Occurrence.FINISHED, finished_at__gte=now - RUNS_WINDOW)
             .values_list("job_name", "status")
             .annotate(count=Count("id"))
             .order_by()

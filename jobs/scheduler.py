@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from bookworm_scheduler import backoff as backoffs
 from bookworm_scheduler.clock import DatabaseClock
-from bookworm_scheduler.db import DatabaseFault, database_fault, describe_database_error
+from bookworm_scheduler.db import DatabaseFault, database_fault, describe_database_error, fault_event
 from bookworm_scheduler.listen import Listener
 
 from .alerts import AlertSender
@@ -381,17 +381,17 @@ class Scheduler:
             connection.close()
 
 
-# How each kind of database fault is logged (bookworm_scheduler.db.database_fault): its action, level and words.
-DATABASE_FAULT_EVENTS = {
-    DatabaseFault.UNAVAILABLE: ("database_unavailable", logging.ERROR, "database unavailable"),
-    DatabaseFault.CONFLICT: ("database_conflict", logging.WARNING, "database conflict"),
-    DatabaseFault.ERROR: ("database_error", logging.ERROR, "database error"),
+# The main thread's and the workers' log actions for each kind of database fault.
+DATABASE_FAULT_ACTIONS = {
+    DatabaseFault.UNAVAILABLE: "database_unavailable",
+    DatabaseFault.CONFLICT: "database_conflict",
+    DatabaseFault.ERROR: "database_error",
 }
 
 
 def log_database_error(exc: Exception, delay: float | None, *, where: str) -> None:
     """One line per failure: the database is unreachable, a transaction lost a conflict, or a statement failed."""
-    action, level, words = DATABASE_FAULT_EVENTS[database_fault(exc) or DatabaseFault.ERROR]
+    _, action, level, words = fault_event(exc, DATABASE_FAULT_ACTIONS)
     error = describe_database_error(exc)
     logger.log(
         level,

@@ -43,7 +43,7 @@ from opentelemetry.trace import SpanKind
 from bookworm_scheduler import backoff as backoffs
 from bookworm_scheduler import tracing
 from bookworm_scheduler.clock import default_clock
-from bookworm_scheduler.db import DatabaseFault, database_fault, describe_database_error
+from bookworm_scheduler.db import DatabaseFault, describe_database_error, fault_event
 from bookworm_scheduler.liveness import relay_liveness
 
 from . import metrics, sql
@@ -694,8 +694,7 @@ def run(
         except (DatabaseError, InterfaceError) as error:
             # A conflict (a deadlock, a serialization failure) is tried again soon, not backed off
             # from as an outage; either way the pass starts afresh, since its batch rolled back.
-            fault = database_fault(error) or DatabaseFault.ERROR
-            action, level, words = DATABASE_FAULT_EVENTS[fault]
+            fault, action, level, words = fault_event(error, DATABASE_FAULT_ACTIONS)
             delay = (conflicts if fault is DatabaseFault.CONFLICT else failure_backoff).next()
             described = describe_database_error(error)
             logger.log(
@@ -725,11 +724,11 @@ def run(
     logger.info("relay stopped", extra={"action": "outbox_relay_stopped"})
 
 
-# How the relay logs each kind of database fault (bookworm_scheduler.db.database_fault): action, level, words.
-DATABASE_FAULT_EVENTS = {
-    DatabaseFault.UNAVAILABLE: ("outbox_database_unavailable", logging.ERROR, "database unavailable"),
-    DatabaseFault.CONFLICT: ("outbox_database_conflict", logging.WARNING, "database conflict"),
-    DatabaseFault.ERROR: ("outbox_database_error", logging.ERROR, "database error"),
+# The relay's log actions for each kind of database fault.
+DATABASE_FAULT_ACTIONS = {
+    DatabaseFault.UNAVAILABLE: "outbox_database_unavailable",
+    DatabaseFault.CONFLICT: "outbox_database_conflict",
+    DatabaseFault.ERROR: "outbox_database_error",
 }
 
 

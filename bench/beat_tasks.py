@@ -5,7 +5,7 @@ of that name); runscheduler runs it as this registered job, or hands it to Celer
 SCHEDULER_EXECUTOR=celery.
 """
 
-from jobs.registry import JobContext, job
+from jobs.engine.registry import JobContext, job
 
 NAME = "bench.noop"
 

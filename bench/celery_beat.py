@@ -75,7 +75,7 @@ from django.db.models.functions import Now  # noqa: E402
 from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTasks  # noqa: E402
 
 from bench.beat_tasks import NAME as JOB  # noqa: E402
-from jobs.executors import NOTIFY_CHANNEL  # noqa: E402
+from jobs.engine.store import NOTIFY_CHANNEL  # noqa: E402
 from jobs.models import Attempt, Occurrence, PlanningCursor, SchedulerInstance  # noqa: E402
 
 EVERY_MINUTE = 10
@@ -191,7 +191,7 @@ class StandInWorkers:
     A scheduler keeps at most SCHEDULER_CELERY_MAX_IN_FLIGHT occurrences handed over that no
     worker has taken over. No Celery worker runs here (it would consume the messages this bench
     times); instead, every 20 ms, one UPDATE marks what arrived in the queue as succeeded and
-    NOTIFYs the schedulers, as a worker fleet that takes over at once (jobs.executors.take_over)
+    NOTIFYs the schedulers, as a worker fleet that takes over at once (jobs.handover.executor.take_over)
     and runs a job of no duration would.
     """
 

@@ -86,7 +86,7 @@ from django.db import DatabaseError, connection  # noqa: E402
 from django.test import Client  # noqa: E402
 from django_celery_beat.models import CrontabSchedule, PeriodicTask  # noqa: E402
 
-from bookworm_scheduler.clock import database_now  # noqa: E402
+from bookworm_scheduler.kernel.clock import database_now  # noqa: E402
 from jobs.models import JobPolicy, Occurrence, SchedulerInstance  # noqa: E402
 from outbox.models import OutboxMessage  # noqa: E402
 

@@ -17,7 +17,7 @@ VACUUM (ANALYZE), as autovacuum would have done. Measured:
    page itself), `jobs history --job`, and one prune batch (its deferred foreign-key checks made
    immediate so that their cost shows);
 2. pruning a backlog: 500,000 more rows 60 to 90 days old make about 1,000,000 older than 30
-   days; then prune_history as the scheduler calls it (PRUNE_BATCH rows per transaction,
+   days; then store.prune as the scheduler calls it (PRUNE_BATCH rows per transaction,
    PRUNE_BATCHES per call) until done: total time, rows/s, the length of every transaction
    (first statement to after COMMIT), and from a second process (Watch), every 20 ms, the
    pruning backend's transaction age in pg_stat_activity and lock waits in pg_locks, and every
@@ -66,9 +66,10 @@ from django.db import connection, transaction  # noqa: E402
 from django.test import Client  # noqa: E402
 from django_celery_beat.models import IntervalSchedule, PeriodicTask  # noqa: E402
 
-from bookworm_scheduler.clock import database_now  # noqa: E402
-from jobs.models import Occurrence, prune_history  # noqa: E402
-from jobs.scheduler import PRUNE_BATCH, PRUNE_BATCHES  # noqa: E402
+from bookworm_scheduler.kernel.clock import database_now  # noqa: E402
+from jobs.engine import store  # noqa: E402
+from jobs.engine.loop import PRUNE_BATCH, PRUNE_BATCHES  # noqa: E402
+from jobs.models import Occurrence  # noqa: E402
 
 NAMES = 200
 RARE = range(195, 200)  # about 20 rows each
@@ -374,8 +375,8 @@ def section(title: str) -> None:
 
 
 def next_due_instant(runs: int) -> None:
-    section("(a) next due instant: Occurrence.next_ready_at() (Scheduler.dispatch, every pass)")
-    found, statements = capture(Occurrence.next_ready_at)
+    section("(a) next due instant: store.next_ready_at() (Scheduler.dispatch, every pass)")
+    found, statements = capture(store.next_ready_at)
     print(f"  returns {found}")
     explain(statements, runs=runs)
 
@@ -406,17 +407,17 @@ def claim_during_a_burst(runs: int) -> None:
 
 
 def expired_leases(runs: int) -> None:
-    section("(c) expired leases: Occurrence.expired_leases(now) (Leases.reap, every lease/3)")
-    found, statements = capture(lambda: Occurrence.expired_leases(database_now()))
+    section("(c) expired leases: store.expired_leases(now) (Leases.reap, every lease/3)")
+    found, statements = capture(lambda: store.expired_leases(database_now()))
     print(f"  finds {len(found)} expired leases")
     explain(statements, runs=runs)
 
 
 def renew_leases(runs: int) -> None:
-    section("(d) lease renewal: Occurrence.renew_leases (Leases.renew, every lease/3)")
+    section("(d) lease renewal: store.renew_leases (Leases.renew, every lease/3)")
     ids = list(Occurrence.objects.filter(status="running", session=LIVE_SESSION).values_list("id", flat=True))
     renewed, statements = capture(
-        lambda: Occurrence.renew_leases(ids, session=LIVE_SESSION, now=database_now(), lease=LEASE)
+        lambda: store.renew_leases(ids, session=LIVE_SESSION, now=database_now(), lease=LEASE)
     )
     print(f"  renews {renewed} leases (rolled back)")
     explain(statements, runs=runs)
@@ -448,9 +449,9 @@ def job_history(runs: int) -> None:
         explain(statements, runs=runs)
 
 
-def prune_batch(runs: int, *, title: str = "(g) one prune batch: prune_history(batches=1) -> prune_batch") -> None:
+def prune_batch(runs: int, *, title: str = "(g) one prune batch: store.prune(batches=1) -> prune_batch") -> None:
     section(f"{title} (foreign-key checks made immediate)")
-    deleted, statements = capture(lambda: prune_history(database_now(), keep=KEEP, batch=PRUNE_BATCH, batches=1))
+    deleted, statements = capture(lambda: store.prune(database_now(), keep=KEEP, batch=PRUNE_BATCH, batches=1))
     print(f"  deletes (rolled back): {deleted}")
     explain(statements, setup=["SET CONSTRAINTS ALL IMMEDIATE"], runs=runs)
 
@@ -540,8 +541,8 @@ class Watch:
 
     def tick(self):
         def queries():
-            Occurrence.next_ready_at()
-            Occurrence.claim(
+            store.next_ready_at()
+            store.claim_ready(
                 now=database_now(), session=uuid.uuid4(), scheduler="watch", lease=LEASE, long_running=False, limit=2
             )
 
@@ -598,7 +599,7 @@ def prune_backlog(rows: int, runs: int) -> None:
     with connection.execute_wrapper(clock):
         more = True
         while more:
-            deleted, more = prune_history(database_now(), keep=KEEP, batch=PRUNE_BATCH, batches=PRUNE_BATCHES)
+            deleted, more = store.prune(database_now(), keep=KEEP, batch=PRUNE_BATCH, batches=PRUNE_BATCHES)
             total += deleted
             calls += 1
     elapsed = time.perf_counter() - started
@@ -607,7 +608,7 @@ def prune_backlog(rows: int, runs: int) -> None:
     lengths = sorted(t * 1000 for t in clock.transactions)
     print(
         f"  pruned {total:,} occurrences (and their attempts) in {elapsed:.1f} s: {total / elapsed:,.0f} rows/s; "
-        f"{calls} calls of prune_history(batch={PRUNE_BATCH}, batches={PRUNE_BATCHES}), {len(lengths)} transactions"
+        f"{calls} calls of store.prune(batch={PRUNE_BATCH}, batches={PRUNE_BATCHES}), {len(lengths)} transactions"
     )
     print(
         f"  transaction length ms: median {statistics.median(lengths):.0f}, p99 {percentile(lengths, 99):.0f}, "

@@ -32,9 +32,10 @@ DATABASE = scheduler_bench("_bench_run_cost")
 from django.core.management import call_command  # noqa: E402
 from django_celery_beat.models import IntervalSchedule, PeriodicTask  # noqa: E402
 
+from jobs.engine import store  # noqa: E402
+from jobs.engine.groups import GROUP_SECONDS  # noqa: E402
+from jobs.engine.loop import Scheduler  # noqa: E402
 from jobs.models import Attempt, Occurrence, Priority  # noqa: E402
-from jobs.runner import GROUP_SECONDS  # noqa: E402
-from jobs.scheduler import Scheduler  # noqa: E402
 from outbox.models import OutboxMessage  # noqa: E402
 
 
@@ -75,7 +76,7 @@ def main() -> None:
     start = scheduler.clock() + timedelta(days=1)
     task = PeriodicTask.objects.create(name="bench.publish", task="bench.publish", interval=interval, start_time=start)
     scheduler.planner.refresh()
-    Occurrence.trigger(task, priority=Priority.NORMAL)
+    store.trigger(task, priority=Priority.NORMAL)
     assert scheduler.run_ready(scheduler.clock()) == 1  # seen once on its own: quick, so it joins groups
 
     per_run = []

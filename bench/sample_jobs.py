@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from jobs.registry import JobContext, job
+from jobs.engine.registry import JobContext, job
 from outbox.events import IntegrationEvent
 from outbox.publishing import publish
 

@@ -17,7 +17,7 @@ rule or run longer than their interval, all publishing through the outbox) run w
 injector, at moments drawn from --seed, SIGKILLs and restarts schedulers and relays, pauses a
 scheduler past its lease (SIGSTOP/SIGCONT), stops and starts RabbitMQ's app, restarts
 PostgreSQL, and (through the admin's code paths: model save()) disables, edits and re-enables
-definitions, while manual runs are asked for through jobs.definitions.run_now.
+definitions, while manual runs are asked for through jobs.engine.definitions.run_now.
 
 Then it stops injecting, lets the system settle, stops everything and checks, computing the
 due instants itself from each definition's schedule and the pauses it made (see
@@ -600,7 +600,7 @@ class Soak:
         from django.db import connection
         from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-        from jobs.definitions import run_now
+        from jobs.engine.definitions import run_now
 
         rng = random.Random(self.options.seed * 1000 + 11)
         ids = [i for i, d in self.definitions.items() if d["job"].startswith("soak.") and d["job"] != "soak.slow"]

@@ -20,8 +20,8 @@ followed each definition's policy:
 
 import threading
 
-from jobs.contracts import CleanUpSentEmailIntegrationEvent, ResendErrorEmailIntegrationEvent
-from jobs.registry import JobContext, job
+from jobs.engine.registry import JobContext, job
+from jobs.seed.contracts import CleanUpSentEmailIntegrationEvent, ResendErrorEmailIntegrationEvent
 from outbox.publishing import publish
 
 EVENTS = {"clean": CleanUpSentEmailIntegrationEvent, "resend": ResendErrorEmailIntegrationEvent}

@@ -1,7 +1,7 @@
 """The Celery app: workers that run the occurrences a scheduler hands over (SCHEDULER_EXECUTOR=celery).
 
 `celery -A bookworm_scheduler worker` consumes the two queues below; the one task is
-jobs.tasks.run_occurrence. Schedulers publish to them (jobs.executors.CeleryExecutor).
+jobs.handover.worker.run_occurrence. Schedulers publish to them (jobs.handover.executor.CeleryExecutor).
 """
 
 import os
@@ -11,7 +11,7 @@ from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bookworm_scheduler.settings")
 
-# Message priorities are jobs.policy.Priority values (Low 0, Normal 1, High 2); the queue of
+# Message priorities are jobs.engine.policy.Priority values (Low 0, Normal 1, High 2); the queue of
 # ordinary jobs is a RabbitMQ priority queue with that many levels.
 MAX_PRIORITY = 3
 
@@ -35,6 +35,5 @@ def _declare_job_queues(sender, **kwargs):
 
     sender.conf.task_queues = job_queues(settings.SCHEDULER_CELERY_QUEUE)
     sender.conf.task_default_queue = settings.SCHEDULER_CELERY_QUEUE
-
-
-app.autodiscover_tasks()
+    # The tasks: the hand-over's and stock celery beat's (not in a `tasks` module, where autodiscovery looks).
+    sender.conf.imports = ("jobs.handover.worker", "jobs.handover.beat")

@@ -12,7 +12,7 @@ schedulers, relays, outbox_backlog, migrations), the row of the page, the key of
 `check` label of `?format=openmetrics`; these names are stable. A failing check logs one WARNING
 line, action health_check_failed, and nothing else does: no traceback, no "Internal Server Error".
 The checks run at once, each in a thread of its own with a connection of its own that it closes.
-Ages are judged by the database's clock (bookworm_scheduler.clock), the one that stamped them.
+Ages are judged by the database's clock (bookworm_scheduler.kernel.clock), the one that stamped them.
 Messages name what failed and how, never a URL, a host's credentials or a database error's text.
 
 This module wires the apps together: outbox knows nothing of jobs, so checks that read both
@@ -36,11 +36,10 @@ from health_check.base import HealthCheck, HealthCheckResult
 from health_check.exceptions import HealthCheckException, ServiceUnavailable
 from health_check.views import HealthCheckView
 
+from bookworm_scheduler.kernel.clock import database_now
 from jobs.models import SchedulerInstance
 from outbox.health import RabbitMQ
 from outbox.models import OutboxMessage, RelayInstance
-
-from .clock import database_now
 
 logger = logging.getLogger(__name__)
 

@@ -7,14 +7,14 @@ bounded queries, so every gunicorn worker answers the same and no multiprocess m
 the registry it is served from holds nothing else (no per-worker counters, no process_*).
 
 The view is behind the dashboard's authentication: a staff user's session, or HTTP Basic with a
-staff user's credentials (Prometheus' `basic_auth`), checked by bookworm_scheduler.basic_auth
+staff user's credentials (Prometheus' `basic_auth`), checked by bookworm_scheduler.web.basic_auth
 (throttled by django-axes, hashed once per CACHE_SECONDS); anything else is answered 401 with a
 Basic challenge. It is mounted at /metrics, outside /tickerq/, so the view checks the
 credentials itself instead of BasicAuthMiddleware.
 
 A definition's name is the label job_name: Prometheus owns `job` (the scrape job's name) and
 would rename ours. `manage.py runscheduler` and `manage.py relay_outbox` serve their own
-process's metrics (bookworm_scheduler.daemon_metrics).
+process's metrics (bookworm_scheduler.kernel.daemon_metrics).
 """
 
 import logging
@@ -30,12 +30,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from bookworm_scheduler.kernel.clock import default_clock
+from bookworm_scheduler.kernel.liveness import relay_liveness, scheduler_liveness
+from bookworm_scheduler.web.basic_auth import authenticate_basic, basic_header, unauthorized
 from jobs.models import Occurrence, SchedulerInstance
 from outbox.models import OutboxMessage, RelayInstance
-
-from .basic_auth import authenticate_basic, basic_header, unauthorized
-from .clock import default_clock
-from .liveness import relay_liveness, scheduler_liveness
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import dj_email_url
 from django.core.exceptions import ImproperlyConfigured
 from environs import Env, EnvError
 
-from bookworm_scheduler.cpus import available_cpus
+from bookworm_scheduler.kernel.cpus import available_cpus
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -80,7 +80,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 else:
     # Not None, so that psycopg prepares the statements the hot paths mark for it
-    # (bookworm_scheduler.db.prepared_cursor); Django's own cursors bind parameters on the
+    # (bookworm_scheduler.kernel.db.prepared_cursor); Django's own cursors bind parameters on the
     # client and never prepare, whatever this says. 5 is psycopg's default.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 5)
 DATABASES["default"]["TEST"] = {"NAME": _read("str", "TEST_DATABASE_NAME", None)}
@@ -99,13 +99,13 @@ SCHEDULER_MISFIRE_GRACE_SECONDS = _positive("int", "SCHEDULER_MISFIRE_GRACE_SECO
 SCHEDULER_SHUTDOWN_TIMEOUT_SECONDS = _positive("int", "SCHEDULER_SHUTDOWN_TIMEOUT_SECONDS", 30)
 SCHEDULER_LONG_RUNNING_CONCURRENCY = _positive("int", "SCHEDULER_LONG_RUNNING_CONCURRENCY", available_cpus())
 SCHEDULER_HISTORY_DAYS = _positive("int", "SCHEDULER_HISTORY_DAYS", 30)
-# Runs of short jobs grouped in one transaction (jobs.runner.Runner.run_group): at most this many, and
+# Runs of short jobs grouped in one transaction (jobs.engine.runner.Runner.run_group): at most this many, and
 # none started once its thread spent this much CPU time in the group or it has been open ten times as
 # long; a job that takes five times as long runs on its own. SCHEDULER_GROUP_RUNS=1: no groups.
 SCHEDULER_GROUP_RUNS = _positive("int", "SCHEDULER_GROUP_RUNS", 20)
 SCHEDULER_GROUP_MILLISECONDS = _positive("int", "SCHEDULER_GROUP_MILLISECONDS", 10)
 SCHEDULER_JOB_MODULES = _read("list", "SCHEDULER_JOB_MODULES", [])
-# Where claimed occurrences run (jobs/executors.py): "inline", in the scheduler's own threads, or
+# Where claimed occurrences run (jobs/handover/executor.py): "inline", in the scheduler's own threads, or
 # "celery", handed over through RabbitMQ to `celery -A bookworm_scheduler worker` processes.
 SCHEDULER_EXECUTOR = _read("str", "SCHEDULER_EXECUTOR", "inline")
 if SCHEDULER_EXECUTOR not in ("inline", "celery"):
@@ -136,7 +136,7 @@ OUTBOX_BLOCKED_TIMEOUT_SECONDS = _positive("int", "OUTBOX_BLOCKED_TIMEOUT_SECOND
 # while its oldest pending message is younger than HEALTH_OUTBOX_MAX_AGE_SECONDS.
 HEALTH_HEARTBEAT_MAX_AGE_SECONDS = _positive("int", "HEALTH_HEARTBEAT_MAX_AGE_SECONDS", 60)
 HEALTH_OUTBOX_MAX_AGE_SECONDS = _positive("int", "HEALTH_OUTBOX_MAX_AGE_SECONDS", 300)
-# Three heartbeats: a scheduler's come every third of its lease (jobs.leases), a relay's every
+# Three heartbeats: a scheduler's come every third of its lease (jobs.engine.leases), a relay's every
 # 5 s (outbox.relay.Heartbeat). A shorter age would report live ones dead between two beats.
 if HEALTH_HEARTBEAT_MAX_AGE_SECONDS < max(SCHEDULER_LEASE_SECONDS, 15):
     raise ImproperlyConfigured(
@@ -144,7 +144,7 @@ if HEALTH_HEARTBEAT_MAX_AGE_SECONDS < max(SCHEDULER_LEASE_SECONDS, 15):
         f"and 15, got {HEALTH_HEARTBEAT_MAX_AGE_SECONDS}"
     )
 
-# Alerts (jobs/alerts.py): by email to ALERT_EMAILS and/or by a JSON POST to ALERT_WEBHOOK_URL
+# Alerts (jobs/alerts/delivery.py): by email to ALERT_EMAILS and/or by a JSON POST to ALERT_WEBHOOK_URL
 # (a Slack or Microsoft Teams incoming webhook). With neither set, no alert is written or sent.
 ALERT_EMAILS = _read("list", "ALERT_EMAILS", [])
 for _address in ALERT_EMAILS:
@@ -194,7 +194,7 @@ DEFAULT_FROM_EMAIL = _read("str", "DEFAULT_FROM_EMAIL", _email.get("DEFAULT_FROM
 # Prometheus (bookworm_scheduler/metrics.py): the port on which `runscheduler` and `relay_outbox`
 # serve their own process's metrics (0: not served), and the address they listen on. The web
 # app's /metrics needs no setting. Traces are configured by the standard OTEL_* variables alone
-# (bookworm_scheduler/tracing.py).
+# (bookworm_scheduler/kernel/tracing.py).
 def _port(name):
     port = _read("int", name, 0)
     if not 0 <= port <= 65535:
@@ -220,7 +220,7 @@ INSTALLED_APPS = [
     "outbox",
     "jobs",
     # Starts OpenTelemetry when the OTEL_* variables ask for it, before middleware and connections.
-    "bookworm_scheduler.tracing.TracingConfig",
+    "bookworm_scheduler.kernel.tracing.TracingConfig",
 ]
 
 MIDDLEWARE = [
@@ -233,7 +233,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     # HTTP Basic for scripts and monitors on the dashboard; after the session's user is known.
-    "bookworm_scheduler.basic_auth.BasicAuthMiddleware",
+    "bookworm_scheduler.web.basic_auth.BasicAuthMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: turns a locked-out form login into its lockout page.
@@ -252,7 +252,7 @@ AXES_FAILURE_LIMIT = _positive("int", "AXES_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = timedelta(minutes=_positive("int", "AXES_COOLOFF_MINUTES", 15))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
-AXES_LOCKOUT_CALLABLE = "bookworm_scheduler.basic_auth.lockout_response"
+AXES_LOCKOUT_CALLABLE = "bookworm_scheduler.web.basic_auth.lockout_response"
 # Behind reverse proxies every request comes from the nearest proxy's address (REMOTE_ADDR), and
 # throttling by address would count every client of a username as one: TRUSTED_PROXY_COUNT is the
 # number of proxies in front of the web app, each appending its peer's address to X-Forwarded-For
@@ -261,7 +261,7 @@ AXES_LOCKOUT_CALLABLE = "bookworm_scheduler.basic_auth.lockout_response"
 TRUSTED_PROXY_COUNT = _read("int", "TRUSTED_PROXY_COUNT", 0)
 if TRUSTED_PROXY_COUNT < 0:
     raise ImproperlyConfigured(f"TRUSTED_PROXY_COUNT: a number of proxies, or 0, got {TRUSTED_PROXY_COUNT}")
-AXES_CLIENT_IP_CALLABLE = "bookworm_scheduler.basic_auth.client_address"
+AXES_CLIENT_IP_CALLABLE = "bookworm_scheduler.web.basic_auth.client_address"
 # No "AXES: BEGIN" line at every process start; failures and lockouts are still logged.
 AXES_VERBOSE = False
 
@@ -332,7 +332,7 @@ LOGIN_URL = "admin:login"
 
 # Celery (optional workers): the broker is the same RabbitMQ.
 CELERY_BROKER_URL = RABBITMQ_URL
-# The worker's behaviour (jobs/tasks.py; its queues: bookworm_scheduler/celery.py): a message is
+# The worker's behaviour (jobs/handover/worker.py; its queues: bookworm_scheduler/celery.py): a message is
 # acknowledged after its run (a killed worker's message is delivered again), a worker holds no more
 # messages than it runs (so priorities decide what runs next), and a publish waits for the broker's
 # confirm.
@@ -354,9 +354,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        # One line per event in both formats (see bookworm_scheduler/logs.py).
+        # One line per event in both formats (see bookworm_scheduler/kernel/logs.py).
         "text": {
-            "()": "bookworm_scheduler.logs.OneLineFormatter",
+            "()": "bookworm_scheduler.kernel.logs.OneLineFormatter",
             "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
         },
         "json": {

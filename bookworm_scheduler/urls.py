@@ -11,8 +11,8 @@ admin.site.index_title = "Jobs, runs and outbox"
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
-    path("tickerq/api/", include("jobs.api_urls")),  # before the admin: its catch-all takes every path
-    path("tickerq/overview/", include("jobs.urls")),  # the overview fragment; before the admin too
+    path("tickerq/api/", include("jobs.web.api_urls")),  # before the admin: its catch-all takes every path
+    path("tickerq/overview/", include("jobs.web.urls")),  # the overview fragment; before the admin too
     path("tickerq/", admin.site.urls),
     # 200 when every check passes, else 500 naming the failed ones; /alive is health.AliveMiddleware's.
     path("health/", health.HealthView.as_view(), name="health"),

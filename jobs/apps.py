@@ -7,8 +7,8 @@ from django.utils.module_loading import autodiscover_modules
 
 
 def create_definitions_after_migrate(sender, using, **kwargs):
-    from .definitions import create_missing_definitions
-    from .models import DefinitionsVersion
+    from jobs.engine.definitions import create_missing_definitions
+    from jobs.models import DefinitionsVersion
 
     # The version row is made by migration 0003; a flush (the tests') empties the table.
     DefinitionsVersion.objects.using(using).get_or_create(id=1)
@@ -20,15 +20,15 @@ class JobsConfig(AppConfig):
     verbose_name = "Jobs"
 
     def ready(self):
-        from . import (
-            checks,  # noqa: F401  (registers the system checks)
-            schedule_changes,
-        )
+        from jobs import checks  # noqa: F401  registers the system checks
+        from jobs.engine import definition_changes
+        from jobs.web import admin  # noqa: F401  registers the admin's pages (the admin looks for jobs.admin)
 
-        schedule_changes.connect()
+        definition_changes.connect()
 
-        # Job code lives in a `scheduled_jobs` module of any installed app, or in the modules
+        # Job code: the seed jobs, a `scheduled_jobs` module of any installed app, and the modules
         # that SCHEDULER_JOB_MODULES names.
+        import_module("jobs.seed.jobs")
         autodiscover_modules("scheduled_jobs")
         for module in settings.SCHEDULER_JOB_MODULES:
             import_module(module)

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from django.core import checks
 
-from bookworm_scheduler.liveness import scheduler_liveness
+from bookworm_scheduler.kernel.liveness import scheduler_liveness
 
 
 @checks.register(checks.Tags.compatibility)

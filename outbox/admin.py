@@ -31,13 +31,12 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
-from bookworm_scheduler.clock import default_clock
-from bookworm_scheduler.read_only_admin import ReadOnlyAdmin
-
-from .broker import connection_parameters
-from .envelope import EnvelopeWriter, broker_address
-from .events import IntegrationEvent
-from .models import OutboxMessage, RelayInstance
+from bookworm_scheduler.kernel.clock import default_clock
+from bookworm_scheduler.web.read_only_admin import ReadOnlyAdmin
+from outbox.broker import connection_parameters
+from outbox.envelope import EnvelopeWriter, broker_address
+from outbox.events import IntegrationEvent
+from outbox.models import OutboxMessage, RelayInstance
 
 logger = logging.getLogger(__name__)
 

@@ -28,9 +28,8 @@ import pika.exceptions
 from pika import frame
 from pika.adapters.select_connection import SelectConnection
 
-from bookworm_scheduler.errors import one_line
-
-from . import metrics
+from bookworm_scheduler.kernel.errors import one_line
+from outbox import relay_metrics as metrics
 
 logger = logging.getLogger(__name__)
 

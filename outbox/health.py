@@ -13,7 +13,7 @@ from django.conf import settings
 from health_check.base import HealthCheck
 from health_check.exceptions import ServiceUnavailable
 
-from .broker import connection_parameters, describe
+from outbox.broker import connection_parameters, describe
 
 
 @dataclasses.dataclass

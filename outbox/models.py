@@ -5,8 +5,8 @@ from django.db import connections, models
 from django.db.models import Q
 from django.utils import timezone
 
-from bookworm_scheduler.backoff import doubling
-from bookworm_scheduler.instances import ProcessInstance
+from bookworm_scheduler.kernel.backoff import doubling
+from bookworm_scheduler.kernel.instances import ProcessInstance
 
 
 class OutboxQuerySet(models.QuerySet):

@@ -9,12 +9,11 @@ import uuid6
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
-from bookworm_scheduler import tracing
-from bookworm_scheduler.clock import default_clock
-from bookworm_scheduler.db import insert_row, insert_rows
-
-from .events import IntegrationEvent
-from .models import OutboxMessage, PublishedKey
+from bookworm_scheduler.kernel import tracing
+from bookworm_scheduler.kernel.clock import default_clock
+from bookworm_scheduler.kernel.db import insert_row, insert_rows
+from outbox.events import IntegrationEvent
+from outbox.models import OutboxMessage, PublishedKey
 
 NOTIFY_CHANNEL = "outbox"  # see migration 0002_notify_on_insert
 
@@ -57,7 +56,7 @@ def deferred(using: str = DEFAULT_DB_ALIAS):
     work that may read them. What is still kept when the block ends is the caller's to insert
     before its transaction commits (kept.insert(), or insert_rows with the rows of other blocks)
     or to drop with the rest of the block's work, if that failed. A grouped run of the
-    scheduler is such a block (jobs.runner): the rows of a job that only publishes cost no
+    scheduler is such a block (jobs.engine.runner): the rows of a job that only publishes cost no
     round trip of their own; the group writes the rows of all its runs with its record.
     """
     kept = Kept(using)
@@ -101,7 +100,7 @@ def publish(
 
     When tracing is on, the current span's context (an occurrence's run, a web request) is
     stored in the row's headers as W3C `traceparent` and `tracestate`, unless the caller gave
-    its own: the relay continues that trace when it publishes (bookworm_scheduler.tracing).
+    its own: the relay continues that trace when it publishes (bookworm_scheduler.kernel.tracing).
     """
     connection = transaction.get_connection(using)
     if not connection.in_atomic_block:

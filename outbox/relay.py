@@ -40,17 +40,17 @@ from django.db import (
 )
 from opentelemetry.trace import SpanKind
 
-from bookworm_scheduler import backoff as backoffs
-from bookworm_scheduler import tracing
-from bookworm_scheduler.clock import default_clock
-from bookworm_scheduler.db import DatabaseFault, describe_database_error, fault_event
-from bookworm_scheduler.liveness import relay_liveness
-
-from . import metrics, sql
-from .broker import Broker, BrokerUnavailable, Outcome, Outgoing, describe
-from .envelope import EnvelopeWriter, exchange_chain
-from .models import OutboxMessage, PublishedKey, RelayInstance
-from .publishing import NOTIFY_CHANNEL
+from bookworm_scheduler.kernel import backoff as backoffs
+from bookworm_scheduler.kernel import tracing
+from bookworm_scheduler.kernel.clock import default_clock
+from bookworm_scheduler.kernel.db import DatabaseFault, describe_database_error, fault_event
+from bookworm_scheduler.kernel.liveness import relay_liveness
+from outbox import relay_metrics as metrics
+from outbox import sql
+from outbox.broker import Broker, BrokerUnavailable, Outcome, Outgoing, describe
+from outbox.envelope import EnvelopeWriter, exchange_chain
+from outbox.models import OutboxMessage, PublishedKey, RelayInstance
+from outbox.publishing import NOTIFY_CHANNEL
 
 logger = logging.getLogger(__name__)
 
@@ -308,7 +308,7 @@ class Relay:
 
     @staticmethod
     def _measure(outcome, failed: list, spans: dict) -> None:
-        """Count the outcomes (outbox.metrics) and end the publish spans that have one."""
+        """Count the outcomes (outbox.relay_metrics) and end the publish spans that have one."""
         metrics.CONFIRMED.inc(len(outcome.delivered))
         metrics.RETURNED.inc(len(outcome.unroutable))
         metrics.FAILED.inc(len(failed))
@@ -463,7 +463,7 @@ class _Pass:
                 # The session of an earlier claim ended (a restart, a timeout, an operator): its
                 # rows were free to claim again. What it held goes out again in the next pass.
                 # Caused by a lost connection, as the driver says it, so that it is handled as one
-                # (bookworm_scheduler.db.database_fault).
+                # (bookworm_scheduler.kernel.db.database_fault).
                 raise DatabaseError("a claim's session ended before its outcomes were recorded") from (
                     psycopg.OperationalError("the session holding the claim ended")
                 )
@@ -589,10 +589,10 @@ class Waker:
 
 
 class Heartbeat:
-    """This relay's instance row (outbox.RelayInstance), as jobs.leases.Leases keeps a scheduler's.
+    """This relay's instance row (outbox.RelayInstance), as jobs.engine.leases.Leases keeps a scheduler's.
 
     beat() registers the row the first time, then renews it once the relay's renewal period
-    (bookworm_scheduler.liveness.relay_liveness) has passed by the database's clock; run()
+    (bookworm_scheduler.kernel.liveness.relay_liveness) has passed by the database's clock; run()
     calls it at every turn of its loop and between the slices of its waits, so a live relay
     beats at least that often, plus Waker.SLICE, outside a batch. Each renewal also marks the
     relays silent for longer than the liveness allows lost and deletes the rows of relays

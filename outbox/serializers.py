@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from .models import OutboxMessage
+from outbox.models import OutboxMessage
 
 
 def outbox_status(now: datetime) -> dict:

@@ -1,4 +1,4 @@
-"""The statements of the relay's hot path, named and kept together (as jobs/sql.py is the scheduler's).
+"""The statements of the relay's hot path, named and kept together (as jobs/engine/sql.py is the scheduler's).
 
 Table and column names come from the model's _meta; each statement is built once per database
 alias (functools.cache). On PostgreSQL the claim opens its transaction and the record of the
@@ -12,9 +12,8 @@ from collections import namedtuple
 
 from django.db import connections
 
-from bookworm_scheduler.db import SqlNames, row_converter
-
-from .models import OutboxMessage
+from bookworm_scheduler.kernel.db import SqlNames, row_converter
+from outbox.models import OutboxMessage
 
 PENDING = OutboxMessage.Status.PENDING.value  # the status literal the statements below compare with
 
@@ -79,7 +78,7 @@ def record_outcomes(alias: str, returning: bool) -> str:
     case costs one parameter, and no adaptation of each id), then five arrays of equal length
     for the other rows: id, status, last_error, attempts and available_at (NULL: unchanged). A
     compare-and-set: only rows still pending change. With returning, the statement returns the
-    created_at of the rows delivered (for outbox.metrics.PUBLISH_LATENCY).
+    created_at of the rows delivered (for outbox.relay_metrics.PUBLISH_LATENCY).
     """
     m = SqlNames(OutboxMessage, alias)
     delivered = OutboxMessage.Status.DELIVERED

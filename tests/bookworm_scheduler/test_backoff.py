@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from bookworm_scheduler import backoff as backoffs
-from bookworm_scheduler.backoff import Backoff, doubling
+from bookworm_scheduler.kernel import backoff as backoffs
+from bookworm_scheduler.kernel.backoff import Backoff, doubling
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,7 @@ import base64
 import pytest
 from django.test import RequestFactory
 
-from bookworm_scheduler.basic_auth import basic_header, client_address, decode_credentials, unauthorized
+from bookworm_scheduler.web.basic_auth import basic_header, client_address, decode_credentials, unauthorized
 
 pytestmark = pytest.mark.unit
 

@@ -7,9 +7,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bookworm_scheduler.cgroup import CpuThrottling, cpu_quota, cpu_throttling, memory_limit
-from bookworm_scheduler.cpus import available_cpus
-from bookworm_scheduler.daemon_metrics import CgroupCollector
+from bookworm_scheduler.kernel.cgroup import CpuThrottling, cpu_quota, cpu_throttling, memory_limit
+from bookworm_scheduler.kernel.cpus import available_cpus
+from bookworm_scheduler.kernel.daemon_metrics import CgroupCollector
 
 pytestmark = pytest.mark.unit
 

@@ -282,7 +282,7 @@ def test_compose_refuses_to_start_without_each_secret():
 def test_the_scheduler_concurrency_defaults_to_the_available_cpus():
     code = (
         "import json, django; from django.conf import settings; django.setup(); "
-        "from bookworm_scheduler.cpus import available_cpus; "
+        "from bookworm_scheduler.kernel.cpus import available_cpus; "
         "print(json.dumps([settings.SCHEDULER_CONCURRENCY, settings.SCHEDULER_LONG_RUNNING_CONCURRENCY, "
         "available_cpus()]))"
     )

@@ -9,7 +9,7 @@ from django.contrib.auth.models import Group
 from django.db import DataError, Error, OperationalError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from bookworm_scheduler.db import (
+from bookworm_scheduler.kernel.db import (
     DatabaseFault,
     connection_lost,
     database_fault,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bookworm_scheduler.errors import one_line
+from bookworm_scheduler.kernel.errors import one_line
 
 pytestmark = pytest.mark.unit
 

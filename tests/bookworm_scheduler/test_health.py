@@ -15,8 +15,8 @@ import pytest
 from django.core.management import call_command
 from django.db import connections
 
-from bookworm_scheduler.clock import database_now
 from bookworm_scheduler.health import Migrations, SchedulerHeartbeat
+from bookworm_scheduler.kernel.clock import database_now
 from jobs.models import SchedulerInstance
 from outbox.models import OutboxMessage, RelayInstance
 

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from django.conf import settings
 
-from jobs.contracts import CleanUpSentEmailIntegrationEvent
+from jobs.seed.contracts import CleanUpSentEmailIntegrationEvent
 from tests.bookworm_scheduler.test_container import BASE_DIR, SECRETS, compose, free_port
 from tests.jobs.helpers import wait_for
 from tests.outbox.helpers import Rabbit

@@ -3,7 +3,7 @@ import threading
 import pytest
 from django.db import connection
 
-from bookworm_scheduler.listen import Listener
+from bookworm_scheduler.kernel.listen import Listener
 from tests.jobs.helpers import listener_ready, wait_for
 
 CHANNEL = "test_listen"

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bookworm_scheduler.liveness import Liveness, relay_liveness, scheduler_liveness
+from bookworm_scheduler.kernel.liveness import Liveness, relay_liveness, scheduler_liveness
 
 pytestmark = pytest.mark.unit
 

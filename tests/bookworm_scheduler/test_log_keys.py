@@ -14,7 +14,7 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from pythonjsonlogger.json import JsonFormatter
 
-from jobs.models import Occurrence
+from jobs.engine import store
 from outbox.models import OutboxMessage
 from outbox.publishing import publish
 from tests.jobs import sample_jobs  # noqa: F401  (registers the sample jobs)
@@ -50,8 +50,8 @@ def run_a_scheduler(clock):
     scheduler = make_scheduler(clock)
     scheduler.start(clock.now)
     PeriodicTask.objects.all().delete()  # the seed definitions start() created: their events would go out
-    Occurrence.trigger(make_definition("fine", every=60), now=clock.now, priority=1)
-    Occurrence.trigger(make_definition("failing", "test.fail", every=3600, max_retries=1), now=clock.now, priority=1)
+    store.trigger(make_definition("fine", every=60), now=clock.now, priority=1)
+    store.trigger(make_definition("failing", "test.fail", every=3600, max_retries=1), now=clock.now, priority=1)
     paused = make_definition("paused", cron="* * * * *", planned_through=clock.now)
     scheduler.planner.refresh()
     scheduler.planner.plan(clock.advance(minutes=1))
@@ -61,8 +61,8 @@ def run_a_scheduler(clock):
     scheduler.run_ready(clock.now)
     scheduler.run_ready(clock.now)  # the failing job's retry
 
-    reaped = Occurrence.trigger(make_definition("reaped", every=60), now=clock.now, priority=1)
-    [claimed] = Occurrence.claim(
+    reaped = store.trigger(make_definition("reaped", every=60), now=clock.now, priority=1)
+    [claimed] = store.claim_ready(
         now=clock.now, session=scheduler.session, scheduler="test", lease=timedelta(seconds=1), long_running=False
     )
     assert claimed.id == reaped.id
@@ -133,7 +133,7 @@ def test_the_main_events_of_a_scheduler_and_a_relay_have_their_documented_keys(c
 
 @pytest.mark.django_db(transaction=True)
 def test_the_run_events_name_the_job_occurrence_attempt_and_instance(clock, no_seed, caplog):
-    occurrence = Occurrence.trigger(make_definition("failing", "test.fail", every=60), now=clock.now, priority=1)
+    occurrence = store.trigger(make_definition("failing", "test.fail", every=60), now=clock.now, priority=1)
     scheduler = make_scheduler(clock)
     scheduler.planner.refresh()
     scheduler.run_ready(clock.now)

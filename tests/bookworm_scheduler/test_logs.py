@@ -8,7 +8,7 @@ import sys
 import pytest
 from django.conf import settings
 
-from bookworm_scheduler.logs import OneLineFormatter
+from bookworm_scheduler.kernel.logs import OneLineFormatter
 
 # Logs one ERROR event with a multi-line message, a traceback and an action, through the
 # logging that settings.LOGGING configures.

@@ -23,10 +23,11 @@ from django.utils import timezone
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bookworm_scheduler import daemon_metrics, metrics
-from jobs import metrics as scheduler_metrics
+from bookworm_scheduler import metrics
+from bookworm_scheduler.kernel import daemon_metrics
+from jobs.engine import scheduler_metrics, store
 from jobs.models import Occurrence, SchedulerInstance
-from outbox import metrics as relay_metrics
+from outbox import relay_metrics
 from outbox.models import OutboxMessage, RelayInstance
 from outbox.publishing import publish
 from tests.jobs import sample_jobs  # noqa: F401  (registers the sample jobs)
@@ -209,11 +210,11 @@ def test_a_scheduler_counts_its_runs_by_outcome_and_times_them(clock, no_seed):
     durations = sample_value("bookworm_job_run_duration_seconds_count", task="test.publish")
     lags = sample_value("bookworm_job_fire_lag_seconds_count")
     good = make_definition("counted", every=60)
-    Occurrence.trigger(good, now=clock.now, priority=1)
+    store.trigger(good, now=clock.now, priority=1)
     scheduler = make_scheduler(clock)
     scheduler.planner.refresh()
     scheduler.run_ready(clock.now)
-    Occurrence.trigger(good, now=clock.now, priority=1)
+    store.trigger(good, now=clock.now, priority=1)
     scheduler.run_ready(clock.now)
 
     assert sample_value("bookworm_job_runs_started_total", job_name="counted") - started == 2
@@ -233,7 +234,7 @@ def test_a_retried_attempt_and_a_final_failure_are_told_apart(clock, no_seed):
         for status in ("retry_scheduled", "failed")
     }
     lags = sample_value("bookworm_job_fire_lag_seconds_count")
-    Occurrence.trigger(task, now=clock.now, priority=1)
+    store.trigger(task, now=clock.now, priority=1)
     scheduler = make_scheduler(clock)
     scheduler.planner.refresh()
     scheduler.run_ready(clock.now)

@@ -15,7 +15,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from bookworm_scheduler import tracing
+from bookworm_scheduler.kernel import tracing
+from jobs.engine import store
 from jobs.models import Occurrence
 from outbox.models import OutboxMessage
 from outbox.publishing import publish
@@ -42,7 +43,7 @@ def spans():
 
 
 def run_one(clock, name, job="test.publish", **definition) -> Occurrence:
-    occurrence = Occurrence.trigger(make_definition(name, job, every=60, **definition), now=clock.now, priority=1)
+    occurrence = store.trigger(make_definition(name, job, every=60, **definition), now=clock.now, priority=1)
     scheduler = make_scheduler(clock)
     scheduler.planner.refresh()
     assert scheduler.run_ready(clock.now) == 1
@@ -117,7 +118,7 @@ def test_without_a_valid_context_a_message_carries_no_trace_headers(carrier):
 
 @pytest.mark.parametrize("environ, active", [({}, "False"), ({"OTEL_TRACES_EXPORTER": "console"}, "True")])
 def test_a_process_starts_tracing_when_django_is_set_up(environ, active):
-    probe = "import django; django.setup(); from bookworm_scheduler import tracing; print(tracing.active())"
+    probe = "import django; django.setup(); from bookworm_scheduler.kernel import tracing; print(tracing.active())"
     env = {"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "bookworm_scheduler.settings", "DEBUG": "1", **environ}
     result = subprocess.run(
         [sys.executable, "-c", probe], cwd=settings.BASE_DIR, env=env, capture_output=True, text=True, timeout=60

@@ -16,9 +16,9 @@ from django.conf import settings
 from kombu import Connection
 
 from bookworm_scheduler.celery import job_queues
-from bookworm_scheduler.clock import database_now
-from jobs.models import Occurrence
-from jobs.registry import JobContext, job
+from bookworm_scheduler.kernel.clock import database_now
+from jobs.engine import store
+from jobs.engine.registry import JobContext, job
 from tests.jobs.helpers import wait_for
 
 CELERY = [sys.executable, "-m", "celery", "-A", "bookworm_scheduler"]
@@ -39,7 +39,7 @@ def delete_queues(name: str, url: str) -> None:
 
 def claim_ready(executor, limit: int = 1) -> list:
     """Claim what is ready for the executor's session, oldest first, as a scheduler's dispatch pass does."""
-    return Occurrence.claim(
+    return store.claim_ready(
         now=database_now(),
         session=executor.session,
         scheduler="test",

@@ -14,10 +14,10 @@ from django.conf import settings
 from django.db import connection
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
-from bookworm_scheduler.listen import Listener
-from jobs.executors import NOTIFY_CHANNEL
+from bookworm_scheduler.kernel.listen import Listener
+from jobs.engine.loop import Scheduler
+from jobs.engine.store import NOTIFY_CHANNEL
 from jobs.models import JobPolicy, PlanningCursor
-from jobs.scheduler import Scheduler
 
 UTC = UTC
 MANAGE = [sys.executable, str(settings.BASE_DIR / "manage.py")]

@@ -7,7 +7,7 @@ import time
 import psycopg
 from django.db import DatabaseError, connection, transaction
 
-from jobs.registry import JobContext, job
+from jobs.engine.registry import JobContext, job
 from outbox.events import IntegrationEvent
 from outbox.publishing import publish
 

@@ -11,8 +11,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
-from jobs.contracts import ResendErrorEmailIntegrationEvent
 from jobs.models import Attempt, Occurrence, SchedulerInstance
+from jobs.seed.contracts import ResendErrorEmailIntegrationEvent
 from outbox.publishing import origin, publish
 
 pytestmark = pytest.mark.django_db

@@ -12,8 +12,9 @@ from django.core import mail
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from jobs import alerts
-from jobs.alerts import AlertSender, Sent, check_failure_rate, send_due_alerts
+from jobs.alerts import delivery as alerts
+from jobs.alerts.delivery import AlertSender, Sent, check_failure_rate, send_due_alerts
+from jobs.engine import store
 from jobs.models import Alert, Occurrence, Priority
 from tests.jobs.helpers import make_definition, make_scheduler
 
@@ -90,9 +91,7 @@ def alert_settings(settings):
 
 def fail_for_good(clock, name="failing"):
     """Run a job that raises and has no retries; the failed occurrence."""
-    occurrence = Occurrence.trigger(
-        make_definition(name, "test.fail", every=60), now=clock.now, priority=Priority.NORMAL
-    )
+    occurrence = store.trigger(make_definition(name, "test.fail", every=60), now=clock.now, priority=Priority.NORMAL)
     scheduler = make_scheduler(clock)
     scheduler.planner.refresh()
     assert scheduler.run_ready(clock.now) == 1
@@ -142,7 +141,7 @@ def test_a_job_that_fails_for_good_writes_one_alert_in_its_failing_transaction(
 @pytest.mark.django_db
 def test_a_failure_that_will_be_retried_and_a_success_write_no_alert(clock, no_seed_definitions, alert_settings):
     task = make_definition("flaky", "test.fail_until", every=3600, kwargs={"succeed_on": 2}, max_retries=1)
-    occurrence = Occurrence.trigger(task, now=clock.now, priority=Priority.NORMAL)
+    occurrence = store.trigger(task, now=clock.now, priority=Priority.NORMAL)
     scheduler = make_scheduler(clock)
     scheduler.planner.refresh()
     scheduler.run_ready(clock.now, limit=1)
@@ -158,13 +157,13 @@ def test_a_failure_that_will_be_retried_and_a_success_write_no_alert(clock, no_s
 @pytest.mark.django_db
 def test_the_alert_rolls_back_with_the_failure_it_reports(clock, no_seed_definitions, alert_settings):
     task = make_definition("doomed", every=60)
-    Occurrence.trigger(task, now=clock.now, priority=Priority.NORMAL)
+    store.trigger(task, now=clock.now, priority=Priority.NORMAL)
     scheduler = make_scheduler(clock)
-    [occurrence] = Occurrence.claim(
+    [occurrence] = store.claim_ready(
         now=clock.now, session=scheduler.session, scheduler="test", lease=timedelta(seconds=60), long_running=False
     )
     with pytest.raises(ConnectionError), transaction.atomic():
-        occurrence.record_attempt(session=scheduler.session, started_at=clock.now, now=clock.now, error="boom")
+        store.record_attempt(occurrence, session=scheduler.session, started_at=clock.now, now=clock.now, error="boom")
         assert Alert.objects.filter(occurrence=occurrence).count() == 1
         raise ConnectionError("the commit never happened")
     assert not Alert.objects.exists()
@@ -178,8 +177,8 @@ def test_recording_a_success_still_takes_one_statement_and_a_final_failure_one_m
     task = make_definition("counted", every=60)
     scheduler = make_scheduler(clock)
     for _ in range(2):
-        Occurrence.trigger(task, now=clock.now, priority=Priority.NORMAL)
-    first, second = Occurrence.claim(
+        store.trigger(task, now=clock.now, priority=Priority.NORMAL)
+    first, second = store.claim_ready(
         now=clock.now,
         session=scheduler.session,
         scheduler="test",
@@ -188,18 +187,20 @@ def test_recording_a_success_still_takes_one_statement_and_a_final_failure_one_m
         limit=2,
     )
     with CaptureQueriesContext(connection) as success:
-        first.record_attempt(session=scheduler.session, started_at=clock.now, now=clock.now)
+        store.record_attempt(first, session=scheduler.session, started_at=clock.now, now=clock.now)
     with CaptureQueriesContext(connection) as failure:
-        second.record_attempt(session=scheduler.session, started_at=clock.now, now=clock.now, error="boom")
+        store.record_attempt(second, session=scheduler.session, started_at=clock.now, now=clock.now, error="boom")
     assert (len(success), len(failure)) == (1, 2)
 
 
 @pytest.mark.django_db
 def test_a_run_the_reaper_records_as_failed_for_good_writes_its_alert(clock, no_seed_definitions, alert_settings):
     task = make_definition("abandoned", every=3600)
-    occurrence = Occurrence.trigger(task, now=clock.now, priority=Priority.NORMAL)
+    occurrence = store.trigger(task, now=clock.now, priority=Priority.NORMAL)
     dead = make_scheduler(clock, instance_id="dead", lease=30)
-    Occurrence.claim(now=clock.now, session=dead.session, scheduler="dead", lease=dead.leases.lease, long_running=False)
+    store.claim_ready(
+        now=clock.now, session=dead.session, scheduler="dead", lease=dead.leases.lease, long_running=False
+    )
     survivor = make_scheduler(clock, instance_id="survivor", lease=30)
     survivor.planner.refresh()
     assert survivor.reap(clock.advance(seconds=31)) == 1

@@ -10,7 +10,7 @@ import pytest
 from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.celery import app, job_queues
-from bookworm_scheduler.clock import database_now
+from bookworm_scheduler.kernel.clock import database_now
 from jobs.models import Attempt, Occurrence, PlanningCursor
 from outbox.models import OutboxMessage
 from tests.jobs.celery_helpers import BeatProcess

@@ -10,11 +10,12 @@ from django.conf import settings
 from kombu import Connection
 
 from bookworm_scheduler.celery import app as celery_app
-from bookworm_scheduler.clock import database_now
-from jobs.definitions import load_definition
-from jobs.executors import TASK_NAME, CeleryExecutor, LeaseKeeper, take_over
+from bookworm_scheduler.kernel.clock import database_now
+from jobs.engine import store
+from jobs.engine.definitions import load_definition
+from jobs.handover.executor import TASK_NAME, CeleryExecutor
+from jobs.handover.worker import LeaseKeeper, run_occurrence
 from jobs.models import Attempt, Occurrence, Priority
-from jobs.tasks import run_occurrence
 from outbox.models import OutboxMessage
 from tests.jobs.celery_helpers import claim_ready, messages_in
 from tests.jobs.helpers import make_definition, wait_for, woken_by_notify
@@ -32,13 +33,13 @@ def executor(celery_queue):
 
 def claim_one(executor) -> Occurrence:
     # Ready as soon as the database's clock passes the instant the trigger read from its estimate
-    # of it (bookworm_scheduler.clock.DatabaseClock), which may run a fraction of a round trip ahead.
+    # of it (bookworm_scheduler.kernel.clock.DatabaseClock), which may run a fraction of a round trip ahead.
     (occurrence,) = wait_for(lambda: claim_ready(executor), timeout=5, interval=0.01)
     return occurrence
 
 
 def hand_over(executor, task, priority=Priority.NORMAL) -> Occurrence:
-    Occurrence.trigger(task, priority=priority)
+    store.trigger(task, priority=priority)
     occurrence = claim_one(executor)
     executor.submit_all([occurrence], long_running=False)
     return occurrence
@@ -54,7 +55,7 @@ def test_a_job_run_by_a_worker_records_success_and_publishes_its_event(
     task = make_definition("published-by-a-worker", "test.publish", every=3600)
     workers()
     scheduler_processes(env=celery_env, instance_id="hands-over")
-    occurrence = Occurrence.trigger(task, priority=Priority.NORMAL)
+    occurrence = store.trigger(task, priority=Priority.NORMAL)
 
     wait_for(lambda: status_of(occurrence) == "succeeded", timeout=30)
     occurrence.refresh_from_db()
@@ -72,7 +73,7 @@ def test_a_worker_killed_mid_job_is_noticed_and_its_run_retried(
     )
     victim = workers(name="victim")
     scheduler_processes(env=celery_env, instance_id="hands-over")
-    occurrence = Occurrence.trigger(task, priority=Priority.NORMAL)
+    occurrence = store.trigger(task, priority=Priority.NORMAL)
     wait_for(lambda: Occurrence.objects.filter(id=occurrence.id, scheduler__startswith="celery@").exists(), timeout=30)
     victim.kill()
     workers(name="survivor")
@@ -87,7 +88,7 @@ def test_a_worker_killed_mid_job_is_noticed_and_its_run_retried(
 def test_a_task_delivered_twice_runs_the_job_once(executor, workers, no_seed_definitions):
     task = make_definition("delivered-twice", "test.publish", every=3600)
     worker = workers()
-    Occurrence.trigger(task, priority=Priority.NORMAL)
+    store.trigger(task, priority=Priority.NORMAL)
     occurrence = claim_one(executor)
     executor.submit_all([occurrence, occurrence], long_running=False)  # the same claim's message twice
 
@@ -165,7 +166,7 @@ def test_a_claim_the_broker_does_not_take_is_released_and_handed_over_when_it_re
         hard_limit_margin=1,
         app=down,
     )
-    Occurrence.trigger(task, priority=Priority.NORMAL)
+    store.trigger(task, priority=Priority.NORMAL)
     occurrence = claim_one(broken)
     broken.submit_all([occurrence], long_running=False)
 
@@ -188,7 +189,7 @@ def test_claims_handed_over_as_one_batch_each_reach_the_workers_once(
 ):
     task = make_definition("batched", "test.publish", every=3600)
     for _ in range(30):
-        Occurrence.trigger(task, priority=Priority.NORMAL)
+        store.trigger(task, priority=Priority.NORMAL)
     claimed = []  # as claim_one, each once the database's clock has passed its trigger's instant
     wait_for(lambda: claimed.extend(claim_ready(executor, limit=30 - len(claimed))) or len(claimed) == 30, timeout=5)
     executor.submit_all(claimed, long_running=False)
@@ -203,7 +204,7 @@ def test_claims_handed_over_as_one_batch_each_reach_the_workers_once(
 
 def test_a_hand_over_is_the_message_celery_send_task_sends(executor, celery_queue, no_seed_definitions):
     task = make_definition("same-message", "test.publish", every=3600, timeout_seconds=5)
-    Occurrence.trigger(task, priority=Priority.HIGH)
+    store.trigger(task, priority=Priority.HIGH)
     occurrence = claim_one(executor)
     message = executor.message(occurrence, long_running=False)
     assert executor.publisher.publish_all([message]) == [""]
@@ -235,10 +236,10 @@ def test_the_scheduler_claims_no_more_than_the_in_flight_bound(celery_queue, no_
 
 def test_a_worker_taking_a_claim_over_wakes_the_schedulers(executor, no_seed_definitions):
     task = make_definition("taken-over", "test.publish", every=3600)
-    Occurrence.trigger(task, priority=Priority.NORMAL)
+    store.trigger(task, priority=Priority.NORMAL)
     occurrence = claim_one(executor)
     with woken_by_notify() as woken:
-        taken = take_over(
+        taken = store.take_over(
             occurrence.id,
             handed_by=executor.session,
             attempt=1,
@@ -257,10 +258,10 @@ def test_room_freed_by_a_worker_is_used_at_once_not_at_the_next_poll(
     task = make_definition("one-at-a-time", "test.publish", every=3600)
     workers(concurrency=2)
     scheduler_processes(env=dict(celery_env, SCHEDULER_CELERY_MAX_IN_FLIGHT="1"), instance_id="hands-over")
-    first = Occurrence.trigger(task, priority=Priority.NORMAL)
+    first = store.trigger(task, priority=Priority.NORMAL)
     wait_for(lambda: status_of(first) == "succeeded", timeout=30)  # the scheduler and the worker are up
     for _ in range(10):
-        Occurrence.trigger(task, priority=Priority.NORMAL)
+        store.trigger(task, priority=Priority.NORMAL)
 
     # One hand-over in flight at a time: waiting for the next poll (1 s) would take about 10 s.
     wait_for(lambda: Occurrence.objects.filter(status="succeeded").count() == 11, timeout=30)
@@ -272,7 +273,7 @@ def test_a_fault_of_ours_in_the_workers_task_records_the_attempt_at_once(
     executor, no_seed_definitions, monkeypatch, caplog
 ):
     task = make_definition("worker-fault", "test.publish", every=3600, max_retries=1, retry_intervals=[60])
-    Occurrence.trigger(task, priority=Priority.NORMAL)
+    store.trigger(task, priority=Priority.NORMAL)
     occurrence = claim_one(executor)
 
     def no_thread(keeper):

@@ -11,9 +11,10 @@ from datetime import timedelta
 
 import pytest
 
-from bookworm_scheduler.clock import database_now
-from jobs.definitions import load_definition
-from jobs.executors import CeleryExecutor
+from bookworm_scheduler.kernel.clock import database_now
+from jobs.engine import store
+from jobs.engine.definitions import load_definition
+from jobs.handover.executor import CeleryExecutor
 from jobs.models import Attempt, Occurrence, Priority
 from tests.jobs.celery_helpers import claim_ready, messages_in
 from tests.jobs.helpers import make_definition, wait_for
@@ -98,7 +99,7 @@ def test_under_run_all_every_late_instant_runs(executor, workers, no_seed_defini
 def test_a_manual_run_is_handed_over_however_late(executor, workers, no_seed_definitions):
     task = make_definition("asked-for", "test.publish", every=3600, misfire_policy="skip")
     workers()
-    asked = Occurrence.trigger(task, priority=Priority.NORMAL, now=database_now() - timedelta(minutes=5))
+    asked = store.trigger(task, priority=Priority.NORMAL, now=database_now() - timedelta(minutes=5))
     hand_over_ready(executor)
 
     wait_for(lambda: status_of(asked) == "succeeded", timeout=30)

@@ -16,7 +16,8 @@ from datetime import timedelta
 
 import pytest
 
-from bookworm_scheduler.clock import database_now
+from bookworm_scheduler.kernel.clock import database_now
+from jobs.engine import store
 from jobs.models import Attempt, Occurrence, Priority, SchedulerInstance
 from outbox.models import OutboxMessage
 from tests.jobs.helpers import make_definition, wait_for
@@ -120,7 +121,7 @@ def test_a_fast_scheduler_does_not_steal_a_live_claim(scheduler_processes, env, 
     # The fast one is frozen while the normal one claims the run, so that the run is the normal one's.
     fast.process.send_signal(signal.SIGSTOP)
     try:
-        occurrence = Occurrence.trigger(task, priority=Priority.NORMAL)
+        occurrence = store.trigger(task, priority=Priority.NORMAL)
         wait_for(lambda: Occurrence.objects.filter(id=occurrence.id, status="running", scheduler="normal").exists())
     finally:
         fast.process.send_signal(signal.SIGCONT)
@@ -149,7 +150,7 @@ def test_a_slow_scheduler_reaps_a_dead_claim_on_time(scheduler_processes, env, n
     )
     victim = scheduler_processes(env=env, instance_id="victim")
     started("victim")
-    occurrence = Occurrence.trigger(task, priority=Priority.NORMAL)
+    occurrence = store.trigger(task, priority=Priority.NORMAL)
     wait_for(lambda: Occurrence.objects.filter(id=occurrence.id, status="running", scheduler="victim").exists())
     # By the slow scheduler's own clock the lease expires 5 minutes after the database's.
     slow = scheduler_processes(env=shifted_clock(env, -5), instance_id="slow")

@@ -7,9 +7,9 @@ from django.contrib.auth.models import User
 from django.contrib.sessions.models import Session
 from django_celery_beat.models import PeriodicTask
 
-from jobs import dashboard
 from jobs.models import Occurrence, PlanningCursor, SchedulerInstance
-from jobs.templatetags.dashboard import axis_label, nice_step
+from jobs.templatetags.dashboard_tags import axis_label, nice_step
+from jobs.web import dashboard
 from outbox.models import OutboxMessage
 from tests.jobs.helpers import make_definition
 
@@ -30,8 +30,8 @@ def admin_client(client):
 def fixed_clock(monkeypatch, settings):
     """The overview as of NOW, with nothing held from another test (rolled back, it reuses versions and instants)."""
     settings.SCHEDULER_LEASE_SECONDS = 30
-    monkeypatch.setattr("jobs.views.default_clock", lambda: NOW)
-    monkeypatch.setattr("jobs.templatetags.dashboard.default_clock", lambda: NOW)
+    monkeypatch.setattr("jobs.web.views.default_clock", lambda: NOW)
+    monkeypatch.setattr("jobs.templatetags.dashboard_tags.default_clock", lambda: NOW)
     dashboard.reset()
     yield
     dashboard.reset()

@@ -1,11 +1,11 @@
-"""The dashboard's template tags (jobs/templatetags/dashboard.py) as plain functions: durations, relative
+"""The dashboard's template tags (jobs/templatetags/dashboard_tags.py) as plain functions: durations, relative
 times, round axis steps and the geometry of a bar chart. The pages that show them: test_dashboard.py."""
 
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from jobs.templatetags.dashboard import Bar, Tick, axis_label, bar_chart, duration, nice_step, relative_to, span
+from jobs.templatetags.dashboard_tags import Bar, Tick, axis_label, bar_chart, duration, nice_step, relative_to, span
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ import pytest
 from django.db import connection
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 
-from jobs.definitions import (
+from jobs.engine.definitions import (
     Cursor,
     Definition,
     Schedule,
@@ -16,9 +16,9 @@ from jobs.definitions import (
     load_definitions,
     schedule_zone,
 )
+from jobs.engine.policy import Policy
+from jobs.engine.schedules import InvalidSchedule, next_instants
 from jobs.models import JobPolicy, Priority
-from jobs.policy import Policy
-from jobs.schedules import InvalidSchedule, next_instants
 
 T0 = datetime(2026, 3, 1, 0, 0, tzinfo=UTC)
 HOURLY = Schedule(kind="crontab", expression="0 * * * *", zone="UTC")

@@ -8,6 +8,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
 
+from jobs.engine import store
 from jobs.models import Attempt, Occurrence, Priority
 from outbox.models import OutboxMessage
 from tests.jobs.helpers import make_definition, make_scheduler, wait_for
@@ -16,7 +17,7 @@ from tests.jobs.helpers import make_definition, make_scheduler, wait_for
 def trigger(task, clock=None, count=1):
     """count manual runs of task, due at clock.now (without a clock: the database's time)."""
     now = clock.now if clock else None
-    return [Occurrence.trigger(task, now=now, priority=Priority.NORMAL) for _ in range(count)]
+    return [store.trigger(task, now=now, priority=Priority.NORMAL) for _ in range(count)]
 
 
 def events_of(occurrences):

@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from jobs.models import Attempt, Occurrence, SchedulerInstance, prune_history
+from jobs.engine import store
+from jobs.models import Attempt, Occurrence, SchedulerInstance
 from tests.jobs.helpers import MANAGE, make_definition, make_scheduler
 
 pytestmark = pytest.mark.django_db
@@ -60,7 +61,7 @@ def history(clock, no_seed_definitions):
 
 def test_old_finished_occurrences_go_with_their_attempts_and_the_rest_stays(clock, history):
     old, recent = history
-    deleted, more = prune_history(clock.now, keep=timedelta(days=30), batch=3, batches=10)
+    deleted, more = store.prune(clock.now, keep=timedelta(days=30), batch=3, batches=10)
     assert (deleted, more) == (4, False)
     assert sorted(Occurrence.objects.values_list("id", flat=True)) == sorted(o.id for o in recent)
     assert Attempt.objects.count() == 1
@@ -68,8 +69,8 @@ def test_old_finished_occurrences_go_with_their_attempts_and_the_rest_stays(cloc
 
 
 def test_a_backlog_is_pruned_in_bounded_batches(clock, history):
-    assert prune_history(clock.now, keep=timedelta(days=30), batch=1, batches=3) == (3, True)
-    assert prune_history(clock.now, keep=timedelta(days=30), batch=1, batches=3) == (1, False)
+    assert store.prune(clock.now, keep=timedelta(days=30), batch=1, batches=3) == (3, True)
+    assert store.prune(clock.now, keep=timedelta(days=30), batch=1, batches=3) == (1, False)
 
 
 def test_the_scheduler_prunes_history_itself(clock, history):

@@ -3,9 +3,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django_celery_beat.models import ClockedSchedule, PeriodicTask
 
-from jobs import planning
+from jobs.engine import planning
+from jobs.engine.planning import apply_misfire_policy
 from jobs.models import MisfirePolicy, Occurrence, PlanningCursor, Priority
-from jobs.planning import apply_misfire_policy
 from tests.jobs.helpers import make_definition, make_scheduler
 
 HOUR = timedelta(hours=1)

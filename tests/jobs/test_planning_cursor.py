@@ -9,8 +9,8 @@ from django.db import connection
 from django.test import Client
 from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTasks
 
-from bookworm_scheduler.clock import database_now
-from jobs.definitions import Cursor, Schedule
+from bookworm_scheduler.kernel.clock import database_now
+from jobs.engine.definitions import Cursor, Schedule
 from jobs.models import DefinitionsVersion, JobPolicy, Occurrence, PlanningCursor
 from tests.jobs.helpers import make_definition, make_scheduler
 

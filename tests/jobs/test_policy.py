@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from jobs.policy import MisfirePolicy, Policy, Priority
+from jobs.engine.policy import MisfirePolicy, Policy, Priority
 
 pytestmark = pytest.mark.unit
 

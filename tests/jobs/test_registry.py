@@ -5,10 +5,10 @@ Each test registers into a registry of its own, so the sample jobs and the seed 
 
 import pytest
 
-from jobs import registry
-from jobs.policy import Policy, Priority
-from jobs.registry import DuplicateJob, get_job, job, registered_jobs
-from jobs.schedules import InvalidSchedule
+from jobs.engine import registry
+from jobs.engine.policy import Policy, Priority
+from jobs.engine.registry import DuplicateJob, get_job, job, registered_jobs
+from jobs.engine.schedules import InvalidSchedule
 
 pytestmark = pytest.mark.unit
 

@@ -3,9 +3,9 @@ from datetime import timedelta
 import pytest
 from django.db import connection
 
-from jobs import runner
+from jobs.engine import observer, runner, store
+from jobs.engine.runner import Runner
 from jobs.models import Attempt, Occurrence, Priority
-from jobs.runner import Runner
 from outbox.models import OutboxMessage
 from tests.jobs.helpers import make_definition, make_scheduler
 from tests.outbox.helpers import SERIALIZATION_FAILURE, changed_since_read
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.django_db
 
 
 def trigger(task, clock, priority=Priority.NORMAL):
-    return Occurrence.trigger(task, now=clock.now, priority=priority)
+    return store.trigger(task, now=clock.now, priority=priority)
 
 
 def events_of(occurrence):
@@ -155,7 +155,7 @@ def test_a_result_is_not_recorded_when_the_claim_was_reaped_meanwhile(clock, no_
     occurrence = trigger(make_definition("publisher", every=60), clock)
     scheduler = make_scheduler(clock)
     scheduler.planner.refresh()
-    [claimed] = Occurrence.claim(
+    [claimed] = store.claim_ready(
         now=clock.now, session=scheduler.session, scheduler="test", lease=timedelta(seconds=1), long_running=False
     )
     # Another scheduler decides this one is dead and reaps the claim.
@@ -172,7 +172,7 @@ def test_a_failure_is_not_recorded_either_when_the_claim_was_reaped(clock, no_se
     occurrence = trigger(make_definition("failing", "test.fail", every=60), clock)
     scheduler = make_scheduler(clock)
     scheduler.planner.refresh()
-    [claimed] = Occurrence.claim(
+    [claimed] = store.claim_ready(
         now=clock.now, session=scheduler.session, scheduler="test", lease=timedelta(seconds=1), long_running=False
     )
     reaper = make_scheduler(clock, instance_id="reaper")
@@ -265,7 +265,7 @@ def test_a_record_that_raises_records_the_attempt_with_its_error_and_applies_the
     clock, no_seed_definitions, monkeypatch, caplog, policy, status, retry_at
 ):
     occurrence = trigger(make_definition("failing", "test.fail", every=3600, **policy), clock)
-    fail_once(monkeypatch, Occurrence, "record_attempt", RuntimeError("a bug in recording\nsecond line"))
+    fail_once(monkeypatch, store, "record_attempt", RuntimeError("a bug in recording\nsecond line"))
     scheduler = make_scheduler(clock)
     scheduler.planner.refresh()
 
@@ -319,14 +319,14 @@ def test_a_fault_after_the_outcome_was_recorded_is_raised_and_the_outcome_stands
     occurrence = trigger(make_definition("publisher", every=60), clock)
     scheduler = make_scheduler(clock)
     scheduler.planner.refresh()
-    log = runner._log
+    log = observer.event
 
     def failing_after_success(occurrence, action, *args, **kwargs):
         if action == "occurrence_succeeded":
             raise RuntimeError("a bug in logging")
         return log(occurrence, action, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "_log", failing_after_success)
+    monkeypatch.setattr(observer, "event", failing_after_success)
 
     scheduler.run_ready(clock.now)
 
@@ -364,16 +364,16 @@ def test_a_record_of_its_own_that_loses_a_conflict_is_written_again_after_a_shor
     clock, no_seed_definitions, monkeypatch, caplog
 ):
     occurrence = trigger(make_definition("own", "test.own_transactions", every=3600), clock)
-    record = Occurrence.record_attempt
+    record = store.record_attempt
     tries = []
 
-    def record_after_a_concurrent_update(self, **kwargs):
+    def record_after_a_concurrent_update(occurrence, **kwargs):
         tries.append(kwargs)
         if len(tries) == 1:
-            changed_since_read(connection, "jobs_occurrence", self.id)
-        return record(self, **kwargs)
+            changed_since_read(connection, "jobs_occurrence", occurrence.id)
+        return record(occurrence, **kwargs)
 
-    monkeypatch.setattr(Occurrence, "record_attempt", record_after_a_concurrent_update)
+    monkeypatch.setattr(store, "record_attempt", record_after_a_concurrent_update)
     scheduler = make_scheduler(clock)
     scheduler.planner.refresh()
 

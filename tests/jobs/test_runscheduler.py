@@ -12,7 +12,8 @@ from django.db.models import F
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from bookworm_scheduler.clock import database_now
+from bookworm_scheduler.kernel.clock import database_now
+from jobs.engine import store
 from jobs.models import Attempt, Occurrence, PlanningCursor, Priority, SchedulerInstance
 from outbox.models import OutboxMessage
 from tests.jobs.helpers import MANAGE, make_definition, wait_for
@@ -44,7 +45,7 @@ def test_a_killed_instance_is_noticed_and_its_run_retried(scheduler_processes, s
         "long-sleeper", "test.sleep", every=3600, kwargs={"seconds": 60, "on_attempt": 1}, max_retries=1
     )
     victim = scheduler_processes(env=env, instance_id="victim")
-    occurrence = Occurrence.trigger(task, now=timezone.now(), priority=Priority.NORMAL)
+    occurrence = store.trigger(task, now=timezone.now(), priority=Priority.NORMAL)
     wait_for(lambda: Occurrence.objects.filter(id=occurrence.id, status="running").exists())
     victim.kill()
     killed_at = timezone.now()
@@ -63,7 +64,7 @@ def test_a_killed_instance_is_noticed_and_its_run_retried(scheduler_processes, s
 def test_sigterm_lets_the_running_job_finish_and_exits_0(scheduler_processes, no_seed_definitions):
     task = make_definition("short-sleeper", "test.sleep", every=3600, kwargs={"seconds": 2})
     process = scheduler_processes(instance_id="graceful")
-    occurrence = Occurrence.trigger(task, now=timezone.now(), priority=Priority.NORMAL)
+    occurrence = store.trigger(task, now=timezone.now(), priority=Priority.NORMAL)
     wait_for(lambda: Occurrence.objects.filter(id=occurrence.id, status="running").exists())
     assert process.terminate() == 0
     occurrence.refresh_from_db()
@@ -86,7 +87,7 @@ def test_a_definition_changed_in_the_admin_is_seen_without_a_restart(
 
 def test_run_once_runs_what_is_due_and_exits(scheduler_env, no_seed_definitions):
     task = make_definition("manual", every=3600)
-    occurrence = Occurrence.trigger(task, now=timezone.now(), priority=Priority.NORMAL)
+    occurrence = store.trigger(task, now=timezone.now(), priority=Priority.NORMAL)
     result = subprocess.run([*MANAGE, "runscheduler", "--once"], env=scheduler_env, capture_output=True, timeout=60)
     assert result.returncode == 0, result.stderr
     occurrence.refresh_from_db()
@@ -146,9 +147,9 @@ def test_no_more_than_concurrency_jobs_run_at_once_and_long_running_ones_run_bes
     )
     now = timezone.now()
     for _ in range(5):
-        Occurrence.trigger(sleeper, now=now, priority=Priority.NORMAL)
+        store.trigger(sleeper, now=now, priority=Priority.NORMAL)
     for _ in range(2):
-        Occurrence.trigger(long_one, now=now, priority=Priority.LONG_RUNNING)
+        store.trigger(long_one, now=now, priority=Priority.LONG_RUNNING)
     env = dict(scheduler_env, SCHEDULER_LONG_RUNNING_CONCURRENCY="1")
     process = scheduler_processes("--concurrency", "2", env=env, instance_id="bounded")
     peak = {"normal": 0, "long": 0}
@@ -168,7 +169,7 @@ def test_no_more_than_concurrency_jobs_run_at_once_and_long_running_ones_run_bes
 def test_run_once_renews_the_leases_of_what_it_runs(scheduler_env, no_seed_definitions):
     env = dict(scheduler_env, SCHEDULER_LEASE_SECONDS="3")
     task = make_definition("slow", "test.sleep", every=3600, kwargs={"seconds": 5})
-    occurrence = Occurrence.trigger(task, priority=Priority.NORMAL)
+    occurrence = store.trigger(task, priority=Priority.NORMAL)
     process = subprocess.Popen(
         [*MANAGE, "runscheduler", "--once"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -185,7 +186,7 @@ def test_run_once_renews_the_leases_of_what_it_runs(scheduler_env, no_seed_defin
 def test_a_postgresql_restart_during_a_run_is_not_the_jobs_failure(scheduler_processes, no_seed_definitions):
     task = make_definition("sleeper", "test.sleep", every=3600, kwargs={"seconds": 3, "on_attempt": 1})
     process = scheduler_processes(instance_id="survivor")
-    occurrence = Occurrence.trigger(task, priority=Priority.NORMAL)
+    occurrence = store.trigger(task, priority=Priority.NORMAL)
     wait_for(lambda: Occurrence.objects.filter(id=occurrence.id, status="running").exists())
     restart_postgresql()
     connection.close()

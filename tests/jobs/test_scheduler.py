@@ -12,8 +12,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django_celery_beat.models import PeriodicTask
 
+from jobs.engine import store
+from jobs.engine.loop import NOTIFY_CHANNEL
 from jobs.models import Attempt, Occurrence, Priority, SchedulerInstance
-from jobs.scheduler import NOTIFY_CHANNEL
 from outbox.models import OutboxMessage
 from tests.jobs.helpers import (
     FakeClock,
@@ -30,7 +31,7 @@ from tests.outbox.helpers import SERIALIZATION_FAILURE, serialization_failure
 def test_higher_priority_runs_first_when_more_is_due_than_there_are_slots(clock, no_seed_definitions):
     for name, priority in [("low", Priority.LOW), ("normal", Priority.NORMAL), ("high", Priority.HIGH)]:
         task = make_definition(name, every=60, priority=priority)
-        Occurrence.trigger(task, now=clock.now, priority=priority)
+        store.trigger(task, now=clock.now, priority=priority)
     scheduler = make_scheduler(clock, concurrency=1)
     scheduler.planner.refresh()
     order = []
@@ -51,7 +52,7 @@ def test_the_priority_of_a_definition_is_copied_to_its_occurrences(clock, no_see
 @pytest.mark.django_db
 def test_long_running_jobs_are_not_claimed_by_the_bounded_workers(clock, no_seed_definitions):
     task = make_definition("long", every=3600, priority=Priority.LONG_RUNNING)
-    occurrence = Occurrence.trigger(task, now=clock.now, priority=Priority.LONG_RUNNING)
+    occurrence = store.trigger(task, now=clock.now, priority=Priority.LONG_RUNNING)
     scheduler = make_scheduler(clock, concurrency=1)
     scheduler.planner.refresh()
     assert scheduler.run_ready(clock.now) == 0
@@ -104,9 +105,11 @@ def test_three_schedulers_run_every_instant_exactly_once(no_seed_definitions):
 @pytest.mark.django_db
 def test_an_expired_lease_is_reaped_recorded_and_retried(clock, no_seed_definitions, caplog):
     task = make_definition("victim", every=3600, max_retries=1)
-    occurrence = Occurrence.trigger(task, now=clock.now, priority=Priority.NORMAL)
+    occurrence = store.trigger(task, now=clock.now, priority=Priority.NORMAL)
     dead = make_scheduler(clock, instance_id="dead", lease=30)
-    Occurrence.claim(now=clock.now, session=dead.session, scheduler="dead", lease=dead.leases.lease, long_running=False)
+    store.claim_ready(
+        now=clock.now, session=dead.session, scheduler="dead", lease=dead.leases.lease, long_running=False
+    )
     survivor = make_scheduler(clock, instance_id="survivor", lease=30)
     survivor.planner.refresh()
     assert survivor.reap(clock.advance(seconds=29)) == 0
@@ -124,10 +127,10 @@ def test_an_expired_lease_is_reaped_recorded_and_retried(clock, no_seed_definiti
 @pytest.mark.django_db
 def test_the_heartbeat_renews_the_leases_of_running_occurrences(clock, no_seed_definitions):
     task = make_definition("steady", every=3600)
-    Occurrence.trigger(task, now=clock.now, priority=Priority.NORMAL)
+    store.trigger(task, now=clock.now, priority=Priority.NORMAL)
     scheduler = make_scheduler(clock, lease=30)
     scheduler.start(clock.now)
-    [claimed] = Occurrence.claim(
+    [claimed] = store.claim_ready(
         now=clock.now, session=scheduler.session, scheduler="test", lease=scheduler.leases.lease, long_running=False
     )
     scheduler.leases.renew(clock.advance(seconds=20), [claimed.id])
@@ -192,9 +195,9 @@ def test_a_definition_another_scheduler_planned_meanwhile_is_passed_over_without
 @pytest.mark.django_db
 def test_each_attempt_records_when_it_really_started(clock, no_seed_definitions):
     task = make_definition("victim", every=3600, max_retries=1)
-    occurrence = Occurrence.trigger(task, now=clock.now, priority=Priority.NORMAL)
+    occurrence = store.trigger(task, now=clock.now, priority=Priority.NORMAL)
     first_claim = clock.now
-    Occurrence.claim(
+    store.claim_ready(
         now=clock.now, session=uuid.uuid4(), scheduler="dead", lease=timedelta(seconds=30), long_running=False
     )
     survivor = make_scheduler(clock, instance_id="survivor", lease=30)
@@ -250,7 +253,7 @@ def test_a_notify_of_ready_occurrences_claims_and_only_a_definitions_one_looks_a
 @pytest.mark.django_db(transaction=True)
 def test_a_written_definition_and_an_occurrence_scheduled_again_notify(no_seed_definitions):
     task = make_definition("notifying", every=3600)
-    occurrence = Occurrence.trigger(task, priority=Priority.NORMAL)
+    occurrence = store.trigger(task, priority=Priority.NORMAL)
     with psycopg.connect(**connection.get_connection_params(), autocommit=True) as listening:
         listening.execute(f"LISTEN {NOTIFY_CHANNEL}")
         PeriodicTask.objects.filter(id=task.id).update(description="edited with QuerySet.update()")
@@ -264,14 +267,14 @@ def test_a_written_definition_and_an_occurrence_scheduled_again_notify(no_seed_d
 def test_inserted_occurrences_wake_idle_schedulers_at_once(no_seed_definitions):
     task = make_definition("manual", every=3600)
     with woken_by_notify() as woken:
-        Occurrence.trigger(task, priority=Priority.NORMAL)
+        store.trigger(task, priority=Priority.NORMAL)
         assert woken.wait(10)
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_pass_that_loses_a_conflict_is_logged_as_one_and_run_again_soon(no_seed_definitions, monkeypatch, caplog):
     task = make_definition("after-the-conflict", every=3600)
-    occurrence = Occurrence.trigger(task, priority=Priority.NORMAL)
+    occurrence = store.trigger(task, priority=Priority.NORMAL)
     scheduler = make_scheduler(None)
     prune = scheduler.prune
     conflicts = []

@@ -4,7 +4,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from jobs.schedules import InvalidSchedule, cron_instants, interval_instants, next_instants, validate_cron
+from jobs.engine.schedules import InvalidSchedule, cron_instants, interval_instants, next_instants, validate_cron
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from jobs.serializers import BadFilter, HistoryFilter, iso
+from jobs.web.serializers import BadFilter, HistoryFilter, iso
 
 pytestmark = pytest.mark.unit
 

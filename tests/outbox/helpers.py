@@ -116,9 +116,9 @@ def rabbitmqctl(*args):
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
 
 
-# Real conflicts for the code that tells them apart (bookworm_scheduler.db.database_fault).
+# Real conflicts for the code that tells them apart (bookworm_scheduler.kernel.db.database_fault).
 
-# How such a serialization failure is logged (bookworm_scheduler.db.describe_database_error).
+# How such a serialization failure is logged (bookworm_scheduler.kernel.db.describe_database_error).
 SERIALIZATION_FAILURE = "SerializationFailure (SQLSTATE 40001): could not serialize access due to concurrent update"
 
 

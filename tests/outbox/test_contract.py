@@ -6,7 +6,7 @@ import uuid
 import pytest
 from django.db import transaction
 
-from jobs.contracts import CleanUpSentEmailIntegrationEvent
+from jobs.seed.contracts import CleanUpSentEmailIntegrationEvent
 from outbox.publishing import publish
 
 GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from jobs.contracts import CleanUpSentEmailIntegrationEvent
+from jobs.seed.contracts import CleanUpSentEmailIntegrationEvent
 from outbox.events import IntegrationEvent, camel_case, wire_value
 
 pytestmark = pytest.mark.unit

@@ -6,7 +6,7 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
-from jobs.contracts import CleanUpSentEmailIntegrationEvent
+from jobs.seed.contracts import CleanUpSentEmailIntegrationEvent
 from outbox.models import OutboxMessage, PublishedKey
 from outbox.publishing import TransactionRequired, deferred, publish
 

@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.db import transaction
 from django.utils import timezone
 
-from bookworm_scheduler.clock import default_clock
+from bookworm_scheduler.kernel.clock import default_clock
 from outbox.models import OutboxMessage, PublishedKey
 from outbox.publishing import publish
 from outbox.relay import Waker

@@ -10,7 +10,7 @@ import pytest
 from django.urls import reverse
 
 import bookworm_scheduler
-from bookworm_scheduler.clock import database_now
+from bookworm_scheduler.kernel.clock import database_now
 from outbox.models import RelayInstance
 from outbox.relay import Heartbeat
 from tests.jobs.helpers import FakeClock, wait_for

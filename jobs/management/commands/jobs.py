@@ -11,11 +11,12 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django_celery_beat.models import PeriodicTask
 
-from bookworm_scheduler.clock import database_now
-from jobs.definitions import run_now
-from jobs.models import Occurrence, prune_history
-from jobs.schedules import InvalidSchedule, cron_instants, get_zone, next_instants
-from jobs.serializers import DEFAULT_LIMIT, MAX_LIMIT, BadFilter, HistoryFilter, history_rows, iso, job_rows
+from bookworm_scheduler.kernel.clock import database_now
+from jobs.engine import store
+from jobs.engine.definitions import run_now
+from jobs.engine.schedules import InvalidSchedule, cron_instants, get_zone, next_instants
+from jobs.models import Occurrence
+from jobs.web.serializers import DEFAULT_LIMIT, MAX_LIMIT, BadFilter, HistoryFilter, history_rows, iso, job_rows
 
 USAGE_ERROR = 2
 
@@ -132,6 +133,6 @@ class Command(BaseCommand):
             return
         total, more = 0, True
         while more:
-            deleted, more = prune_history(now, keep=keep, batch=5000, batches=1)
+            deleted, more = store.prune(now, keep=keep, batch=5000, batches=1)
             total += deleted
         self.stdout.write(f"deleted {total} occurrences finished before {iso(now - keep)}")

@@ -9,9 +9,9 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from bookworm_scheduler import daemon_metrics, tracing
-from jobs import metrics
-from jobs.scheduler import Scheduler
+from bookworm_scheduler.kernel import daemon_metrics, tracing
+from jobs.engine import scheduler_metrics as metrics
+from jobs.engine.loop import Scheduler
 
 
 class Command(BaseCommand):

@@ -4,7 +4,7 @@ import json
 
 from django.core.management.base import BaseCommand
 
-from bookworm_scheduler.clock import default_clock
+from bookworm_scheduler.kernel.clock import default_clock
 from outbox.models import OutboxMessage
 from outbox.serializers import outbox_status
 

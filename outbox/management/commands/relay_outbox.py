@@ -7,8 +7,8 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from bookworm_scheduler import daemon_metrics
-from outbox import metrics
+from bookworm_scheduler.kernel import daemon_metrics
+from outbox import relay_metrics as metrics
 from outbox.broker import Broker, BrokerUnavailable, connection_parameters
 from outbox.envelope import EnvelopeWriter, broker_address
 from outbox.relay import Heartbeat, Relay, Waker, run

@@ -1,0 +1,1 @@
+"""The web app's kit, shared by the jobs and outbox admins: sign-in, read-only pages, paging."""

@@ -1,0 +1,324 @@
+"""Running one claimed occurrence and recording its attempt exactly once.
+
+A job declared atomic (the default) runs inside one transaction that also records its
+success, so its own changes and its outbox messages commit if and only if the run is
+recorded as succeeded. A job that raises, times out or exits is a failed attempt, recorded
+in a transaction of its own and retried per its policy.
+
+A lost database connection is the scheduler's problem, not the job's: the runner
+reconnects, finds out whether the run committed, and records it once. A run that did not
+commit through no fault of its job goes back to scheduled without counting an attempt; so
+does one whose record lost a conflict (a deadlock or a serialization failure), which is then
+claimed again at once. A fault of ours during a run (the recording, or a bug of the runner's
+own code) is recorded as the attempt's failure, with its error, and the job's retry policy
+applies at once (give_back): the occurrence does not stay running until its lease expires and
+is reaped as "presumed dead".
+
+Short atomic jobs can also run in groups, one transaction each (jobs.engine.groups). Each run
+is reported (span, metrics, log events) through jobs.engine.observer; every state change of its
+occurrence is the occurrence store's (jobs.engine.store).
+"""
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import datetime
+
+from django.db import DatabaseError, connection, transaction
+
+from bookworm_scheduler.kernel import backoff as backoffs
+from bookworm_scheduler.kernel.db import (
+    DatabaseFault,
+    connection_lost,
+    database_fault,
+    describe_database_error,
+)
+from bookworm_scheduler.kernel.errors import one_line
+from bookworm_scheduler.kernel.transactions import statement_timeout
+from jobs.engine import observer, store
+from jobs.engine import scheduler_metrics as metrics
+from jobs.engine.definitions import Definition, load_definition
+from jobs.engine.policy import Policy
+from jobs.engine.registry import JobContext, JobSpec, get_job
+from jobs.engine.store import LeaseLost
+from jobs.engine.timeouts import JobTimeout, Watchdog
+from jobs.models import Occurrence
+from outbox.publishing import origin
+
+logger = logging.getLogger(__name__)
+
+# What job code may raise that is the job's own failure. JobTimeout, SystemExit and
+# KeyboardInterrupt are not Exceptions (a job's `except Exception:` cannot swallow them).
+JOB_FAILURES = (Exception, JobTimeout, SystemExit, KeyboardInterrupt)
+
+
+def skip_reason(occurrence: Occurrence, definition: Definition | None, now: datetime) -> str:
+    if definition is None:
+        return "skipped: the definition was deleted"
+    if not occurrence.manual and not definition.enabled:
+        return "skipped: the definition is disabled"
+    if definition.expired(occurrence.scheduled_for, now):
+        return "skipped: expired before it could run"
+    return ""
+
+
+class Runner:
+    """Runs the occurrences one scheduler session claimed; safe to share between threads."""
+
+    def __init__(
+        self,
+        *,
+        session,
+        clock: Callable[[], datetime],
+        stopping: Callable[[], bool] = lambda: False,
+        watchdog: Callable[[int | None], AbstractContextManager] = Watchdog,
+    ):
+        self.session = session
+        self.clock = clock
+        self.stopping = stopping
+        # What raises JobTimeout in the job after its timeout: a timer thread in a scheduler;
+        # Celery's soft time limit in a worker process (jobs.handover.executor.SoftTimeLimit).
+        self.watchdog = watchdog
+        # Seconds the runs of each job (by name) took in this process, an exponential average (one
+        # run slowed by a busy machine does not send a quick job out of groups): who may join a group.
+        self._took: dict[str, float] = {}
+
+    def run(self, occurrence: Occurrence, definition: Definition | None) -> None:
+        """Run a claimed occurrence of definition (None: look it up) and record the attempt.
+
+        Raises only a fault it could not record (see give_back).
+        """
+        observer.started(occurrence)
+        begun, started = time.monotonic(), self.clock()
+        with observer.run_span(occurrence) as span:
+            try:
+                definition = definition or load_definition(occurrence.task_id)
+                status, error = self._run(occurrence, definition, started)
+            except LeaseLost as exc:
+                status, error = observer.lease_lost(occurrence, str(exc))
+            except Exception as exc:  # a fault of ours, not the job's (_run records those)
+                status, error = self.give_back(occurrence, definition, exc, started=started)
+            observer.outcome(span, status, error)
+        observer.finished(
+            occurrence,
+            status,
+            job=definition.job if definition is not None else "",
+            duration=None if status == metrics.SKIPPED else time.monotonic() - begun,
+            started_at=started,
+        )
+
+    def _run(self, occurrence: Occurrence, definition: Definition | None, started: datetime) -> tuple[str, str]:
+        """Run and record; how it ended (a jobs.engine.scheduler_metrics outcome) and its error, if any."""
+        reason = skip_reason(occurrence, definition, started)
+        if reason:
+            self._write(occurrence, lambda: store.skip(occurrence, session=self.session, now=started, reason=reason))
+            observer.event(occurrence, "occurrence_skipped", reason=reason, status="skipped")
+            return metrics.SKIPPED, ""
+        spec = get_job(definition.job)
+        if spec is None:
+            return self._fail(occurrence, definition, started, f"no such job: {definition.job}", "", retry=False)
+        context = job_context(occurrence, definition)
+        timeout = definition.policy.timeout
+        source = f"occurrence:{occurrence.id}"  # the origin of what the job publishes
+        returned, begun = False, time.monotonic()
+        try:
+            if spec.atomic:
+                with transaction.atomic():
+                    with statement_timeout(timeout, local=True), self.watchdog(timeout), origin(source):
+                        try:
+                            spec.func(context)
+                        finally:
+                            self._timed(spec, begun)
+                    returned = True
+                    store.record_attempt(occurrence, session=self.session, started_at=started, now=self.clock())
+            else:
+                with statement_timeout(timeout, local=False), self.watchdog(timeout), origin(source):
+                    spec.func(context)
+                returned = True
+                self._write(
+                    occurrence,
+                    lambda: store.record_attempt(
+                        occurrence, session=self.session, started_at=started, now=self.clock()
+                    ),
+                )
+        except LeaseLost:
+            raise
+        except JOB_FAILURES as exc:
+            if returned or connection_lost(exc):
+                # The job did its part and recording it failed, or the connection broke: not the job's failure.
+                doing = "recording the run" if returned else ""
+                return self.give_back(occurrence, definition, exc, started=started, doing=doing)
+            observer.raised(exc)
+            error = f"timed out after {timeout} s" if isinstance(exc, JobTimeout) else one_line(exc)
+            return self._fail(occurrence, definition, started, error, traceback.format_exc())
+        observer.ended(occurrence, duration_ms=observer.ms(self.clock() - started))
+        return metrics.SUCCEEDED, ""
+
+    def give_back(
+        self,
+        occurrence: Occurrence,
+        definition: Definition | None,
+        exc: BaseException,
+        *,
+        started: datetime | None = None,
+        doing: str = "",
+    ) -> tuple[str, str]:
+        """A fault that is not the job's failure, during a run of this claim: settle the attempt now.
+
+        The connection broke: the attempt is settled as after any lost connection
+        (_settle_unknown). The record lost a conflict: the transaction rolled back, the job's work
+        with it, and the occurrence goes back to scheduled without counting the attempt, to be
+        claimed again at once. Anything else (a bug of ours, a statement of ours the database
+        refused, the commit of the job's work): the attempt is recorded failed with that error
+        and its traceback, and retried per the job's policy (definition, looked up if None; a
+        deleted definition's: none), as when the job itself raises. Waiting for the lease to
+        expire instead would cost a lease's delay and record the attempt as "presumed dead".
+
+        Raises exc again when the claim is no longer this attempt's: its outcome was recorded
+        before the fault, or another scheduler reaped it. doing names what failed, for the error.
+        """
+        error = f"{doing} failed: {one_line(exc)}" if doing else one_line(exc)
+        fault = database_fault(exc)
+        if fault is DatabaseFault.UNAVAILABLE:
+            return self._settle_unknown(occurrence, error=one_line(exc))
+        if fault is DatabaseFault.CONFLICT:
+            return self._release_after_conflict(occurrence, exc)
+        if not store.still_claimed(occurrence, self.session):
+            raise exc
+        observer.event(occurrence, "run_error", error=error, level=logging.ERROR, exc_info=exc)
+        if definition is None:
+            definition = load_definition(occurrence.task_id)  # for its retry policy; None once deleted
+        trace = "".join(traceback.format_exception(exc))
+        try:
+            return self._fail(occurrence, definition, started or occurrence.started_at, error, trace)
+        except LeaseLost as lost:
+            return observer.lease_lost(occurrence, str(lost))
+
+    def _release_after_conflict(self, occurrence: Occurrence, exc: BaseException) -> tuple[str, str]:
+        """The run's transaction lost a conflict and rolled back: back to scheduled, the attempt not counted."""
+        error = describe_database_error(exc)
+        observer.event(occurrence, "database_conflict", error=error, retry_in=0.0, level=logging.WARNING)
+        reason = f"released: its record lost a conflict with another transaction ({error})"
+        try:
+            released = self._write(occurrence, lambda: store.release(occurrence, session=self.session, reason=reason))
+        except LeaseLost as lost:
+            return observer.lease_lost(occurrence, str(lost))
+        if not released:  # the scheduler stops, and the database is unreachable: the lease expires
+            return metrics.LEASE_LOST, error
+        observer.event(occurrence, "occurrence_released", error=error, status="scheduled", level=logging.WARNING)
+        return metrics.RELEASED, error
+
+    def _fail(
+        self, occurrence, definition: Definition | None, started, error: str, trace: str, retry: bool = True
+    ) -> tuple[str, str]:
+        finished = self.clock()
+        policy = definition.policy if definition is not None else Policy()
+        retry_at = policy.retry_at(occurrence.attempts, finished) if retry else None
+        self._write(
+            occurrence,
+            lambda: store.record_attempt(
+                occurrence,
+                session=self.session,
+                started_at=started,
+                now=finished,
+                error=error,
+                traceback=trace,
+                retry_at=retry_at,
+            ),
+        )
+        observer.ended(occurrence, error=error, retry_at=retry_at, duration_ms=observer.ms(finished - started))
+        return (metrics.RETRY_SCHEDULED if retry_at else metrics.FAILED), error
+
+    def _settle_unknown(self, occurrence: Occurrence, error: str) -> tuple[str, str]:
+        """The connection broke during the run or its commit: did it commit? Record it once."""
+        observer.event(occurrence, "run_interrupted", error=error, level=logging.WARNING)
+        reason = f"released: the database connection was lost during the run ({error})"
+        if self._write(
+            occurrence, lambda: store.release(occurrence, session=self.session, reason=reason), reconnect=True
+        ):
+            observer.event(occurrence, "occurrence_released", error=error, status="scheduled", level=logging.WARNING)
+            return metrics.RELEASED, error
+        if store.attempt_recorded(occurrence):
+            observer.event(occurrence, "occurrence_succeeded", status="succeeded", committed_before_loss=True)
+            return metrics.SUCCEEDED, ""
+        # Reaped by another scheduler, or given up while stopping: another scheduler records it.
+        return metrics.LEASE_LOST, error
+
+    def _write(self, occurrence: Occurrence, write: Callable[[], object], *, reconnect: bool = False) -> bool:
+        """Run write() in a transaction until it commits; False if the occurrence stopped being ours.
+
+        After a lost connection (or with reconnect=True, when the connection was lost already)
+        the write is tried again on a new connection, but only while the claim is still this
+        session's: if the earlier try committed before the connection broke, or another
+        scheduler reaped the claim, there is nothing left to write. Gives up when the scheduler
+        stops; the lease then expires and another scheduler records the attempt. A write that
+        lost a conflict (a deadlock, a serialization failure) rolled back, surely: it is tried
+        again after a short delay, on the same connection.
+        """
+        backoff, conflicts = backoffs.recording(), backoffs.conflict()
+        uncertain = reconnect
+        while True:
+            try:
+                if uncertain:
+                    connection.close()
+                    if not store.still_claimed(occurrence, self.session):
+                        return False
+                with transaction.atomic():
+                    write()
+                return True
+            except DatabaseError as exc:
+                fault = database_fault(exc)
+                if fault is DatabaseFault.CONFLICT:
+                    delay = conflicts.next()
+                    observer.event(
+                        occurrence,
+                        "database_conflict",
+                        error=describe_database_error(exc),
+                        retry_in=delay,
+                        level=logging.WARNING,
+                        detail=f"recording it lost a conflict, retrying in {delay:.2f} s",
+                    )
+                    threading.Event().wait(delay)
+                    continue
+                if fault is not DatabaseFault.UNAVAILABLE:
+                    raise
+                if self.stopping():
+                    observer.event(
+                        occurrence,
+                        "record_abandoned",
+                        error=one_line(exc),
+                        level=logging.ERROR,
+                        detail="the database is unreachable and the scheduler is stopping; its lease will expire "
+                        "and another scheduler will record it",
+                    )
+                    return False
+                delay = backoff.next()
+                observer.event(
+                    occurrence,
+                    "record_retry",
+                    error=one_line(exc),
+                    retry_in=delay,
+                    level=logging.WARNING,
+                    detail=f"the database is unreachable, retrying in {delay:.1f} s",
+                )
+                threading.Event().wait(delay)  # not time.sleep, which fails under libfaketime (EINVAL)
+                uncertain = True
+
+    def _timed(self, spec: JobSpec, begun: float) -> None:
+        took, average = time.monotonic() - begun, self._took.get(spec.name)
+        self._took[spec.name] = took if average is None else average + (took - average) * 0.2
+
+
+def job_context(occurrence: Occurrence, definition: Definition) -> JobContext:
+    """What a job is told about the run it is in."""
+    return JobContext(
+        job_name=occurrence.job_name,
+        occurrence_id=occurrence.id,
+        scheduled_for=occurrence.scheduled_for,
+        attempt=occurrence.attempts,
+        manual=occurrence.manual,
+        kwargs=definition.kwargs,
+    )

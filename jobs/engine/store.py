@@ -1,0 +1,445 @@
+"""The occurrence store: every change of an occurrence's state, each one named operation.
+
+An occurrence is made scheduled (planning, trigger), claimed (claim_ready, claim_one, or for
+a group lock_ready then claim_locked), taken over by a Celery worker (take_over), kept alive
+(renew_leases), and ended once: record_attempt or record_group (succeeded, failed, or back to
+scheduled for a retry), release (back to scheduled, the attempt not counted), miss, skip or
+cancel; reaping records an expired claim's attempt (expired_leases, then record_attempt);
+prune deletes finished ones. The scheduler's loop, the runner and its groups, the reaper, the
+Celery worker, the admin's actions and the API call these; models.Occurrence is the schema.
+
+Every change of a running occurrence is guarded by one rule, `_claimed`: still running, by
+this session, at this attempt. A write that finds the claim gone (reaped, or taken over) raises
+LeaseLost, so the caller's transaction, the job's own work with it, rolls back. The rows a
+group locked are its claim (no session is written until its record), so record_group guards
+on what the lock left: scheduled, the attempt not counted yet.
+
+On PostgreSQL the hot operations are single statements (jobs.engine.sql); elsewhere (SQLite,
+the embedded default) the same changes go through the ORM, in this module alone.
+"""
+
+from datetime import datetime, timedelta
+
+from django.db import connections, router, transaction
+from django.db.models import F, Q
+from django_celery_beat.models import PeriodicTask
+
+from bookworm_scheduler.kernel.clock import default_clock
+from bookworm_scheduler.kernel.db import insert_row, prepared_cursor
+from bookworm_scheduler.kernel.dialect import notify, postgresql
+from jobs.engine import sql
+from jobs.engine.policy import Priority
+from jobs.models import Alert, Attempt, Occurrence, SchedulerInstance
+
+Status = Occurrence.Status
+
+
+class LeaseLost(Exception):
+    """The occurrence is no longer claimed by this session: its lease expired and was reaped."""
+
+
+# The channel schedulers LISTEN on to wake up: migrations 0003 and 0009 notify it when occurrences
+# are inserted or scheduled again and when a definition is written, take_over when a scheduler's
+# hand-over room frees.
+NOTIFY_CHANNEL = "jobs_occurrence"
+# Its payload when a definition, schedule or policy was written (migration 0009); the others
+# ('', 'scheduled') say that occurrences may be ready to claim.
+DEFINITIONS_CHANGED = "definitions"
+
+
+def _claimed(occurrence_id: int, session, attempt: int) -> Q:
+    """The guard of every change of a running occurrence (sql.record_attempt says it in SQL)."""
+    return Q(pk=occurrence_id, status=Status.RUNNING, session=session, attempts=attempt)
+
+
+def _lost(occurrence: Occurrence, session) -> LeaseLost:
+    return LeaseLost(
+        f"occurrence {occurrence.pk} attempt {occurrence.attempts} is no longer claimed by session {session}"
+    )
+
+
+# Made scheduled.
+
+
+def trigger(task: PeriodicTask, *, priority: int, by: str = "", now: datetime | None = None, **fields) -> Occurrence:
+    """A manual run of task, due now by the database's clock; an idle scheduler claims it at once."""
+    now = now or default_clock()
+    return Occurrence.objects.create(
+        task=task,
+        job_name=task.name,
+        scheduled_for=now,
+        run_after=now,
+        manual=True,
+        triggered_by=by[:150],
+        priority=priority,
+        **fields,
+    )
+
+
+def trigger_claimed(
+    task: PeriodicTask, *, priority: int, by: str, session, scheduler: str, lease: timedelta, now: datetime
+) -> Occurrence:
+    """A manual run of task, due now and claimed by session in the same insert (its first attempt).
+
+    For a process that runs it at once itself (a Celery worker fed by stock celery beat): no
+    scheduler can claim it between the insert and the run.
+    """
+    return trigger(
+        task,
+        priority=priority,
+        by=by,
+        now=now,
+        status=Status.RUNNING,
+        attempts=1,
+        scheduler=scheduler,
+        session=session,
+        lease_expires_at=now + lease,
+        started_at=now,
+    )
+
+
+# Claimed.
+
+
+def next_ready_at() -> datetime | None:
+    """The earliest run_after of a scheduled occurrence (index occ_scheduled_run_after)."""
+    return (
+        Occurrence.objects.filter(status=Status.SCHEDULED)
+        .order_by("run_after")
+        .values_list("run_after", flat=True)
+        .first()
+    )
+
+
+def claim_ready(*, now, session, scheduler: str, lease: timedelta, long_running: bool, limit: int = 1):
+    """Claim up to `limit` ready occurrences, highest priority and oldest first (sql.claim)."""
+    using = router.db_for_write(Occurrence)
+    connection = connections[using]
+    statement, names, convert = sql.claim(using, long_running)
+
+    def value(field, v):
+        return Occurrence._meta.get_field(field).get_db_prep_value(v, connection)
+
+    params = [
+        Status.RUNNING,
+        scheduler,
+        value("session", session),
+        value("lease_expires_at", now + lease),
+        value("started_at", now),
+        Status.SCHEDULED,
+        value("run_after", now),
+        Priority.LONG_RUNNING,
+        limit,
+    ]
+    # One statement in autocommit mode: atomic on its own, one round trip.
+    return _fetch(using, statement, params, names, convert)
+
+
+def claim_one(occurrence_id: int, *, now, session, scheduler: str, lease: timedelta) -> Occurrence | None:
+    """Compare-and-set one ready occurrence to running for session; None if not ready."""
+    updated = Occurrence.objects.filter(id=occurrence_id, status=Status.SCHEDULED, run_after__lte=now).update(
+        status=Status.RUNNING,
+        attempts=F("attempts") + 1,
+        scheduler=scheduler,
+        session=session,
+        lease_expires_at=now + lease,
+        started_at=now,
+    )
+    return Occurrence.objects.get(id=occurrence_id) if updated else None
+
+
+def lock_ready(*, now, limit: int, besides=()) -> list[Occurrence]:
+    """Lock up to `limit` ready ordinary occurrences for the current transaction, unchanged (sql.lock_ready).
+
+    Call inside transaction.atomic(): they stay locked (a group's claim, see
+    jobs.engine.groups) until it ends. besides: the ids this transaction locked already.
+    """
+    using = router.db_for_write(Occurrence)
+    statement, names, convert = sql.lock_ready(using)
+    value = Occurrence._meta.get_field("run_after").get_db_prep_value(now, connections[using])
+    params = [Status.SCHEDULED, value, Priority.LONG_RUNNING, list(besides), limit]
+    return _fetch(using, statement, params, names, convert)
+
+
+def claim_locked(occurrence: Occurrence, *, session, scheduler: str, now) -> None:
+    """Claim an occurrence lock_ready locked, in memory only: record_group writes it with the outcome."""
+    occurrence.status, occurrence.attempts, occurrence.started_at = Status.RUNNING, occurrence.attempts + 1, now
+    occurrence.scheduler, occurrence.session = scheduler, session
+
+
+def _fetch(using: str, statement: str, params, names, convert) -> list[Occurrence]:
+    with prepared_cursor(using) as cursor:
+        cursor.execute(statement, params)
+        rows = cursor.fetchall()
+    if convert:
+        rows = convert(rows)
+    claimed = [Occurrence.from_db(using, names, row) for row in rows]
+    return sorted(claimed, key=lambda o: (-o.priority, o.run_after, o.id))
+
+
+def take_over(occurrence_id: int, *, handed_by, attempt: int, session, worker: str, lease: timedelta, now: datetime):
+    """Move the claim from the scheduler that handed it over to this worker.
+
+    A compare-and-set on the claim (handed_by, attempt) with a fresh lease; None when the
+    occurrence is no longer that claim (taken already, released or reaped): a duplicate.
+    The schedulers are then woken (NOTIFY_CHANNEL): the one that handed it over has room for
+    another hand-over (CeleryExecutor.free) and uses it at once rather than at its next poll.
+    """
+    updated = Occurrence.objects.filter(_claimed(occurrence_id, handed_by, attempt)).update(
+        session=session, scheduler=worker, lease_expires_at=now + lease, started_at=now
+    )
+    if not updated:
+        return None
+    notify(NOTIFY_CHANNEL)
+    return Occurrence.objects.get(id=occurrence_id)
+
+
+def renew_leases(ids, *, session, now, lease: timedelta) -> int:
+    """Extend the leases of this session's running occurrences."""
+    if not ids:
+        return 0
+    return Occurrence.objects.filter(id__in=ids, status=Status.RUNNING, session=session).update(
+        lease_expires_at=now + lease
+    )
+
+
+def expired_leases(now, limit: int = 100) -> list[Occurrence]:
+    """Running occurrences whose claimer stopped renewing; call inside a transaction.
+
+    Rows locked by a live transaction are skipped. Uses the partial index occ_running_lease.
+    """
+    return list(
+        Occurrence.objects.select_for_update(skip_locked=True).filter(status=Status.RUNNING, lease_expires_at__lt=now)[
+            :limit
+        ]
+    )
+
+
+def still_claimed(occurrence: Occurrence, session) -> bool:
+    """Whether the occurrence is still this session's claim, at this attempt."""
+    return Occurrence.objects.filter(_claimed(occurrence.pk, session, occurrence.attempts)).exists()
+
+
+def attempt_recorded(occurrence: Occurrence, started_at: datetime | None = None) -> bool:
+    """Whether the current attempt's record committed (after a lost connection, say).
+
+    started_at: the attempt's start, when a record of this number may be an earlier run's (a
+    group's claim, which counts the attempt only in its record).
+    """
+    attempts = Attempt.objects.filter(occurrence_id=occurrence.pk, number=occurrence.attempts)
+    if started_at is not None:
+        attempts = attempts.filter(started_at=started_at)
+    return attempts.exists()
+
+
+# Ended.
+
+
+def record_attempt(
+    occurrence: Occurrence, *, session, started_at, now, error: str = "", traceback: str = "", retry_at=None
+) -> None:
+    """Record how the occurrence's current attempt ended: success when error is empty, else failure.
+
+    A failure with retry_at goes back to scheduled for that instant (the pending retry is a
+    row, so it survives restarts); without it, the occurrence has failed, and its alert (if
+    any channel is configured) is written in the same transaction. Raises LeaseLost if the
+    claim is no longer session's (reaped meanwhile), so the caller's transaction (the job's
+    own work included) rolls back.
+    """
+    fields, attempt_status, started_at = _outcome(
+        occurrence, started_at=started_at, now=now, error=error, retry_at=retry_at
+    )
+    using = router.db_for_write(Occurrence)
+    if not postgresql(using):
+        _transition(occurrence, session=session, **fields)
+        _alert_if_failed(occurrence, now, using)
+        attempt = Attempt(
+            occurrence=occurrence,
+            number=occurrence.attempts,
+            status=attempt_status,
+            scheduler=occurrence.scheduler,
+            started_at=started_at,
+            finished_at=now,
+            duration=now - started_at,
+            error=error,
+            traceback=traceback,
+        )
+        insert_row(attempt, using)
+        return
+    with prepared_cursor(using) as cursor:
+        cursor.execute(
+            sql.record_attempt(using),
+            {
+                "id": occurrence.pk,
+                "session": session,
+                "status": fields["status"],
+                "run_after": fields.get("run_after"),
+                "finished_at": fields.get("finished_at"),
+                "reason": fields["reason"],
+                "number": occurrence.attempts,
+                "attempt_status": attempt_status,
+                "scheduler": occurrence.scheduler,
+                "started_at": started_at,
+                "now": now,
+                "duration": now - started_at,
+                "error": error,
+                "traceback": traceback,
+            },
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise _lost(occurrence, session)
+    _ended(occurrence, fields)
+    _alert_if_failed(occurrence, now, using)
+
+
+def record_group(outcomes, *, session, scheduler: str) -> None:
+    """Record the attempts of a group's runs in one statement (sql.record_group), alerts included.
+
+    outcomes: (occurrence, started_at, now, error, traceback, retry_at) per run, each
+    occurrence claimed (claim_locked) from the rows this transaction locked with lock_ready.
+    Raises LeaseLost, and so rolls the whole group back, if a row was not where the lock left it.
+    """
+    using = router.db_for_write(Occurrence)
+    columns: list[list] = [[] for _ in range(11)]
+    finished = []
+    for occurrence, started_at, now, error, traceback, retry_at in outcomes:
+        fields, attempt_status, started_at = _outcome(
+            occurrence, started_at=started_at, now=now, error=error, retry_at=retry_at
+        )
+        row = (
+            occurrence.pk,
+            occurrence.attempts,
+            fields["status"],
+            fields.get("run_after"),
+            fields.get("finished_at"),
+            fields["reason"],
+            attempt_status,
+            started_at,
+            now,
+            error,
+            traceback,
+        )
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+        finished.append((occurrence, fields, now))
+    with prepared_cursor(using) as cursor:
+        cursor.execute(sql.record_group(using), [*columns, scheduler, session])
+        recorded = len(cursor.fetchall())
+    if recorded != len(finished):
+        raise LeaseLost(f"{len(finished) - recorded} of the group's {len(finished)} locked occurrences moved")
+    for occurrence, fields, now in finished:
+        _ended(occurrence, fields)
+        _alert_if_failed(occurrence, now, using)
+
+
+def release(occurrence: Occurrence, *, session, reason: str) -> None:
+    """Back to scheduled without counting the attempt: the run did not commit, through no fault of its job."""
+    _transition(occurrence, session=session, status=Status.SCHEDULED, attempts=occurrence.attempts - 1, reason=reason)
+
+
+def miss(occurrence: Occurrence, *, session, now, reason: str) -> None:
+    """Finish as missed without running (its misfire policy: it could not start in time); no attempt is counted."""
+    _transition(
+        occurrence,
+        session=session,
+        status=Status.MISSED,
+        finished_at=now,
+        reason=reason,
+        attempts=occurrence.attempts - 1,
+    )
+
+
+def skip(occurrence: Occurrence, *, session, now, reason: str) -> None:
+    """Finish without running (definition disabled, deleted or expired); no attempt is counted."""
+    _transition(
+        occurrence,
+        session=session,
+        status=Status.SKIPPED,
+        finished_at=now,
+        reason=reason,
+        attempts=occurrence.attempts - 1,
+    )
+
+
+def cancel(occurrence: Occurrence, *, by: str, now) -> bool:
+    """A scheduled occurrence that will not run (the dashboard's cancel); False if it no longer waits."""
+    return bool(
+        Occurrence.objects.filter(pk=occurrence.pk, status=Status.SCHEDULED).update(
+            status=Status.SKIPPED, finished_at=now, reason=f"cancelled by {by}"
+        )
+    )
+
+
+def _transition(occurrence: Occurrence, *, session, **fields) -> None:
+    """Compare-and-set from the claim (running, session, this attempt) to `fields`; LeaseLost if it is gone."""
+    updated = Occurrence.objects.filter(_claimed(occurrence.pk, session, occurrence.attempts)).update(
+        lease_expires_at=None, **fields
+    )
+    if updated != 1:
+        raise _lost(occurrence, session)
+    _ended(occurrence, fields)
+
+
+def _ended(occurrence: Occurrence, fields: dict) -> None:
+    """The instance as the row now is: the fields written, the lease gone."""
+    for name, value in fields.items():
+        setattr(occurrence, name, value)
+    occurrence.lease_expires_at = None
+
+
+def _outcome(occurrence: Occurrence, *, started_at, now, error: str, retry_at) -> tuple[dict, str, datetime]:
+    """The fields an ended attempt sets on the occurrence, the attempt's status and its start (at most now)."""
+    if not error:
+        fields = dict(status=Status.SUCCEEDED, finished_at=now, reason="")
+    elif retry_at is not None:
+        fields = dict(status=Status.SCHEDULED, run_after=max(retry_at, occurrence.scheduled_for), reason=error)
+    else:
+        fields = dict(status=Status.FAILED, finished_at=now, reason=error)
+    return fields, Attempt.Status.FAILED if error else Attempt.Status.SUCCEEDED, min(started_at, now)
+
+
+def _alert_if_failed(occurrence: Occurrence, now, using: str) -> None:
+    """A run that failed for good writes its alert in the same transaction; jobs.alerts.delivery sends it."""
+    if occurrence.status == Status.FAILED and Alert.enabled():
+        insert_row(Alert.job_failed(occurrence, now), using)
+
+
+# Deleted.
+
+
+def prune(now: datetime, *, keep: timedelta, batch: int, batches: int) -> tuple[int, bool]:
+    """Delete up to batches x batch finished occurrences older than keep, and old instance rows.
+
+    Each batch is its own short transaction. On PostgreSQL an advisory lock lets one scheduler
+    prune at a time (the others skip). Returns (occurrences deleted, more left?).
+    """
+    deleted = 0
+    for _ in range(batches):
+        with transaction.atomic():
+            if not sql.try_lock("jobs.prune_history"):
+                return deleted, False
+            count = _prune_batch(now - keep, batch)
+            if deleted == 0:
+                SchedulerInstance.objects.prune(now - timedelta(days=1))
+        deleted += count
+        if count < batch:
+            return deleted, False
+    return deleted, True
+
+
+def _prune_batch(cutoff: datetime, size: int) -> int:
+    """Delete one batch of occurrences finished before cutoff, with their attempts; the count.
+
+    One statement on PostgreSQL (sql.prune_occurrences); elsewhere Django's delete.
+    """
+    using = router.db_for_write(Occurrence)
+    if postgresql(using):
+        with connections[using].cursor() as cursor:
+            cursor.execute(sql.prune_occurrences(using), [list(Occurrence.FINISHED), cutoff, size])
+            return cursor.fetchone()[0]
+    finished = Occurrence.objects.finished_before(cutoff)
+    ids = list(finished.order_by("finished_at").values_list("id", flat=True)[:size])
+    if ids:
+        Occurrence.objects.filter(id__in=ids).delete()
+    return len(ids)

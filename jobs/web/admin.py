@@ -1,0 +1,618 @@
+"""The dashboard's job pages: definitions, history (occurrences and attempts), schedulers.
+
+Definitions are django-celery-beat's PeriodicTask rows, shown with only what the scheduler
+uses: the job chosen from the registered ones, a cron expression checked the way the
+scheduler evaluates it (with its next fire times and its meaning updated as it is typed),
+or an interval or clocked schedule; the policy inline. Actions write rows for the scheduler
+(a manual occurrence, a cancelled one); the web process never calls the broker or a job.
+History and schedulers are read-only. Lists never count a big table in full.
+"""
+
+import functools
+import json
+import zoneinfo
+from datetime import timedelta
+
+from cron_descriptor import get_description
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import Count, OuterRef, Subquery
+from django.forms.utils import flatatt
+from django.http import HttpResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+from django_celery_beat.models import CrontabSchedule, PeriodicTask, SolarSchedule
+
+from bookworm_scheduler.kernel.clock import default_clock
+from bookworm_scheduler.kernel.liveness import scheduler_liveness
+from bookworm_scheduler.web.paginator import CappedCountPaginator
+from bookworm_scheduler.web.read_only_admin import ReadOnlyAdmin
+from jobs.engine import store
+from jobs.engine.definitions import Definition, cron_expression, policy_of, run_now
+from jobs.engine.registry import get_job, registered_jobs
+from jobs.engine.schedules import InvalidSchedule, cron_instants, next_instants, validate_cron
+from jobs.models import Alert, Attempt, JobPolicy, Occurrence, SchedulerInstance
+from outbox.models import OutboxMessage
+
+STATUS_COLOURS = {
+    "succeeded": "#2e7d32",
+    "failed": "#c62828",
+    "running": "#1565c0",
+    "scheduled": "#6d4c41",
+    "missed": "#ef6c00",
+    "skipped": "#757575",
+}
+
+
+def status_badge(status: str | None):
+    if not status:
+        return "-"
+    return format_html(
+        '<span class="status-badge" style="color:{};font-weight:bold">{}</span>', STATUS_COLOURS.get(status, ""), status
+    )
+
+
+@functools.cache
+def zone_names() -> tuple[str, ...]:
+    return tuple(sorted(zoneinfo.available_timezones()))
+
+
+class ZoneSelect(forms.Select):
+    """The ~600 time zones as one select, its options written in Python.
+
+    Django's Select renders a template per option, which for this list was most of the change
+    form's time.
+    """
+
+    def render(self, name, value, attrs=None, renderer=None):
+        selected = str(value[0] if isinstance(value, list | tuple) and value else value or "")
+        options = format_html_join(
+            "",
+            '<option value="{}"{}>{}</option>',
+            ((zone, " selected" if zone == selected else "", zone) for zone in zone_names()),
+        )
+        return format_html(
+            "<select{}>{}</select>", flatatt(self.build_attrs(self.attrs, {**(attrs or {}), "name": name})), options
+        )
+
+
+def describe_cron(expression: str, zone: str) -> tuple[str, list, str]:
+    """(the expression in words, its next five fire times in zone, an error) for the live preview."""
+    try:
+        validate_cron(expression, zone)
+        tz = zoneinfo.ZoneInfo(zone)
+        instants = next_instants(cron_instants(expression, tz, default_clock()), 5)
+        return cron_words(expression), [i.astimezone(tz) for i in instants], ""
+    except (InvalidSchedule, ValueError, zoneinfo.ZoneInfoNotFoundError) as exc:
+        return "", [], str(exc)
+
+
+@functools.lru_cache(maxsize=4096)
+def cron_words(expression: str) -> str:
+    """A valid expression in words; cron-descriptor reloads its translations on every call."""
+    try:
+        return get_description(expression)
+    except Exception as exc:  # cron-descriptor's own errors: the expression is valid, its words are not
+        return f"({type(exc).__name__})"
+
+
+# Definitions.
+
+
+class CrontabScheduleForm(forms.ModelForm):
+    class Meta:
+        model = CrontabSchedule
+        fields = "__all__"
+
+    def clean(self):
+        data = super().clean()
+        fields = ["minute", "hour", "day_of_month", "month_of_year", "day_of_week"]
+        if not self.errors and all(data.get(f) for f in fields):
+            try:
+                validate_cron(cron_expression(CrontabSchedule(**{f: data[f] for f in fields})), data.get("timezone"))
+            except InvalidSchedule as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return data
+
+
+class JobDefinitionForm(forms.ModelForm):
+    """A definition as the scheduler runs it: a registered job and one schedule."""
+
+    task = forms.ChoiceField(label="Job", help_text="The registered job this definition runs.")
+    cron = forms.CharField(
+        label="Cron expression",
+        required=False,
+        help_text="Five fields, as Debian cron: minute hour day-of-month month day-of-week.",
+    )
+    timezone = forms.ChoiceField(
+        label="Time zone", initial="UTC", help_text="The zone the cron expression is read in.", widget=ZoneSelect
+    )
+
+    class Meta:
+        model = PeriodicTask
+        fields = [
+            "name",
+            "task",
+            "enabled",
+            "description",
+            "interval",
+            "clocked",
+            "start_time",
+            "one_off",
+            "kwargs",
+            "expires",
+            "expire_seconds",
+        ]
+        labels = {"kwargs": "Keyword arguments (JSON)"}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        names = [spec.name for spec in registered_jobs()]
+        current = self.instance.task if self.instance.pk else None
+        choices = [(name, name) for name in names]
+        if current and current not in names:
+            choices.append((current, f"{current} (not registered)"))
+        self.fields["task"].choices = [("", "---------")] + choices
+        self.fields["timezone"].choices = [(z, z) for z in zone_names()]
+        if self.instance.pk and self.instance.crontab_id:
+            self.initial["cron"] = cron_expression(self.instance.crontab)
+            self.initial["timezone"] = str(self.instance.crontab.timezone)
+        preview = reverse("admin:jobs_schedule_preview")
+        for name in ("cron", "timezone"):
+            self.fields[name].widget.attrs.update(
+                {
+                    "hx-get": preview,
+                    "hx-trigger": "input changed delay:300ms, change",
+                    "hx-target": "#schedule-preview",
+                    "hx-include": "[name=cron],[name=timezone]",
+                }
+            )
+
+    def clean_task(self):
+        name = self.cleaned_data["task"]
+        if get_job(name) is None:
+            raise forms.ValidationError(f"No job named {name!r} is registered.")
+        return name
+
+    def clean_kwargs(self):
+        value = self.cleaned_data.get("kwargs") or "{}"
+        try:
+            parsed = json.loads(value)
+        except ValueError as exc:
+            raise forms.ValidationError(f"Not JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise forms.ValidationError("A JSON object, e.g. {}.")
+        return value
+
+    def clean(self):
+        data = super().clean()
+        cron = (data.get("cron") or "").strip()
+        chosen = [kind for kind in ("cron", "interval", "clocked") if (cron if kind == "cron" else data.get(kind))]
+        if len(chosen) != 1:
+            raise forms.ValidationError("Give exactly one schedule: a cron expression, an interval or a clocked time.")
+        if data.get("expires") and data.get("expire_seconds") is not None:
+            raise forms.ValidationError("Give an expiry time or expiry seconds, not both.")
+        self.instance.solar = None
+        if cron:
+            try:
+                validate_cron(cron, data.get("timezone", "UTC"))
+            except InvalidSchedule as exc:
+                self.add_error("cron", str(exc))
+                return data
+            minute, hour, dom, month, dow = cron.split()
+            fields = dict(
+                minute=minute,
+                hour=hour,
+                day_of_month=dom,
+                month_of_year=month,
+                day_of_week=dow,
+                timezone=data["timezone"],
+            )
+            self.instance.crontab = CrontabSchedule.objects.filter(**fields).first() or CrontabSchedule(**fields)
+        else:
+            self.instance.crontab = None
+        return data
+
+    def save(self, commit=True):
+        crontab = self.instance.crontab
+        if crontab is not None and crontab.pk is None:
+            crontab.save()
+            self.instance.crontab = crontab
+        return super().save(commit)
+
+
+class JobPolicyInline(admin.StackedInline):
+    model = JobPolicy
+    can_delete = False
+    fields = ["priority", "misfire_policy", "max_retries", "retry_intervals", "timeout_seconds"]
+
+
+admin.site.unregister(PeriodicTask)
+admin.site.unregister(CrontabSchedule)
+admin.site.unregister(SolarSchedule)
+
+
+@admin.register(CrontabSchedule)
+class CrontabScheduleAdmin(admin.ModelAdmin):
+    form = CrontabScheduleForm
+    list_display = ["__str__", "timezone"]
+
+
+@admin.register(PeriodicTask)
+class JobDefinitionAdmin(admin.ModelAdmin):
+    form = JobDefinitionForm
+    inlines = [JobPolicyInline]
+    change_form_template = "admin/django_celery_beat/periodictask/change_form.html"
+    list_display = [
+        "name",
+        "schedule",
+        "zone",
+        "job_priority",
+        "enabled",
+        "next_run",
+        "last_run",
+        "success_rate",
+        "running_now",
+    ]
+    list_filter = ["enabled"]
+    show_facets = admin.ShowFacets.NEVER
+    search_fields = ["name", "task"]
+    actions = ["run_now", "enable", "disable", "toggle"]
+    readonly_fields = ["schedule_preview"]
+    fieldsets = [
+        (None, {"fields": ["name", "task", "enabled", "description"]}),
+        (
+            "Schedule",
+            {
+                "fields": ["cron", "timezone", "schedule_preview", "interval", "clocked", "start_time", "one_off"],
+                "description": "A cron expression in a time zone, or an interval, or a clocked time: one of them.",
+            },
+        ),
+        ("Arguments", {"fields": ["kwargs"], "classes": ["collapse"]}),
+        ("Expiry", {"fields": ["expires", "expire_seconds"], "classes": ["collapse"]}),
+    ]
+
+    def get_queryset(self, request):
+        # Per row, three indexed look-ups in the history (occ_task_recent covers status and
+        # started_at) and one in the running rows: bounded whatever the table holds.
+        since = default_clock() - timedelta(hours=24)
+        history = Occurrence.objects.filter(task=OuterRef("pk"))
+        latest = history.exclude(started_at=None).order_by("-scheduled_for")
+
+        def count(rows):
+            return Subquery(rows.order_by().values("task").annotate(n=Count("*")).values("n")[:1])
+
+        recent = history.filter(scheduled_for__gte=since)
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("crontab", "interval", "clocked", "solar", "policy", "planning")
+            .annotate(
+                last_started=Subquery(latest.values("started_at")[:1]),
+                last_status=Subquery(latest.values("status")[:1]),
+                succeeded_24h=count(recent.filter(status=Occurrence.Status.SUCCEEDED)),
+                finished_24h=count(recent.filter(status__in=[Occurrence.Status.SUCCEEDED, Occurrence.Status.FAILED])),
+                running=count(history.filter(status=Occurrence.Status.RUNNING)),
+            )
+        )
+
+    def get_urls(self):
+        preview = self.admin_site.admin_view(self.schedule_preview_view)
+        return [path("preview/", preview, name="jobs_schedule_preview"), *super().get_urls()]
+
+    def schedule_preview_view(self, request):
+        """The live preview of a cron expression (htmx fragment)."""
+        return HttpResponse(self._preview_html(request.GET.get("cron", ""), request.GET.get("timezone", "UTC")))
+
+    @staticmethod
+    def _preview_html(expression: str, zone: str):
+        if not expression.strip():
+            return format_html(
+                '<div id="schedule-preview-body">{}</div>', "Type a cron expression to see its next runs."
+            )
+        words, instants, error = describe_cron(expression.strip(), zone or "UTC")
+        if error:
+            return format_html('<div id="schedule-preview-body" class="errornote">{}</div>', error)
+        return format_html(
+            '<div id="schedule-preview-body"><strong>{}</strong><ol>{}</ol></div>',
+            words,
+            format_html_join("", "<li>{}</li>", ((i.strftime("%a %Y-%m-%d %H:%M %Z"),) for i in instants)),
+        )
+
+    @admin.display(description="Next runs")
+    def schedule_preview(self, task):
+        expression = cron_expression(task.crontab) if task and task.crontab_id else ""
+        zone = str(task.crontab.timezone) if task and task.crontab_id else "UTC"
+        return format_html('<div id="schedule-preview">{}</div>', self._preview_html(expression, zone))
+
+    @admin.display(description="Schedule")
+    def schedule(self, task):
+        if task.crontab_id:
+            expression = cron_expression(task.crontab)
+            return format_html("{}<br><code>{}</code>", cron_words(expression), expression)
+        return str(task.interval or task.clocked or task.solar or "")
+
+    @admin.display(description="Zone")
+    def zone(self, task):
+        return str(task.crontab.timezone) if task.crontab_id else "UTC"
+
+    @admin.display(description="Priority")
+    def job_priority(self, task):  # not `priority`: that is Celery's column of the task
+        return policy_of(task).priority.label
+
+    @admin.display(description="Next run")
+    def next_run(self, task):
+        instant = Definition.from_task(task, strict=False).next_instant() if task.enabled else None
+        return instant.strftime("%Y-%m-%d %H:%M:%S") if instant else "-"
+
+    @admin.display(description="Last run", ordering="last_started")
+    def last_run(self, task):
+        if task.last_started is None:
+            return "-"
+        return format_html("{}<br>{}", task.last_started.strftime("%Y-%m-%d %H:%M:%S"), status_badge(task.last_status))
+
+    @admin.display(description="Success (24 h)")
+    def success_rate(self, task):
+        if not task.finished_24h:
+            return "-"
+        return f"{100 * (task.succeeded_24h or 0) / task.finished_24h:.0f} % of {task.finished_24h}"
+
+    @admin.display(description="Running")
+    def running_now(self, task):
+        return task.running or 0
+
+    def has_run_permission(self, request):
+        return request.user.has_perm("jobs.run_job")
+
+    @admin.action(description="Run selected jobs now", permissions=["run"])
+    def run_now(self, request, queryset):
+        for task in queryset.select_related("policy"):
+            occurrence = run_now(task, by=request.user.get_username())
+            self.log_change(request, task, f"Ran now: occurrence {occurrence.id}")
+        self.message_user(request, "Triggered: an idle scheduler runs them at once.", messages.SUCCESS)
+
+    def _set_enabled(self, request, queryset, enabled, verb: str):
+        tasks = list(queryset)
+        for task in tasks:
+            task.enabled = not task.enabled if enabled is None else enabled
+            task.save(update_fields=["enabled"])
+            self.log_change(request, task, f"{verb}d")
+        self.message_user(request, f"{verb}d {len(tasks)} job(s).", messages.SUCCESS)
+
+    @admin.action(description="Enable selected jobs", permissions=["change"])
+    def enable(self, request, queryset):
+        self._set_enabled(request, queryset, True, "Enable")
+
+    @admin.action(description="Disable selected jobs", permissions=["change"])
+    def disable(self, request, queryset):
+        self._set_enabled(request, queryset, False, "Disable")
+
+    @admin.action(description="Toggle selected jobs", permissions=["change"])
+    def toggle(self, request, queryset):
+        self._set_enabled(request, queryset, None, "Toggle")
+
+
+# History.
+
+
+class AttemptInline(admin.StackedInline):
+    model = Attempt
+    extra = 0
+    can_delete = False
+    fields = ["number", "status", "scheduler", "started_at", "finished_at", "duration", "error", "traceback_text"]
+    readonly_fields = fields
+    ordering = ["number"]
+
+    @admin.display(description="Traceback")
+    def traceback_text(self, attempt):
+        return format_html("<pre>{}</pre>", attempt.traceback) if attempt.traceback else "-"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class JobFilter(admin.SimpleListFilter):
+    """By definition (index occ_task_recent); the search box finds deleted ones by name."""
+
+    title = "job"
+    parameter_name = "job"
+    MAX_CHOICES = 200
+
+    def lookups(self, request, model_admin):
+        return list(PeriodicTask.objects.order_by("name").values_list("id", "name")[: self.MAX_CHOICES])
+
+    def queryset(self, request, queryset):
+        return queryset.filter(task_id=self.value()) if self.value() else queryset
+
+
+class KindFilter(admin.SimpleListFilter):
+    title = "kind"
+    parameter_name = "kind"
+
+    def lookups(self, request, model_admin):
+        return [("scheduled", "Scheduled"), ("manual", "Manual")]
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(manual=self.value() == "manual")
+        return queryset
+
+
+class SchedulerFilter(admin.SimpleListFilter):
+    """By the scheduler that ran it; the choices come from the (small) instance table."""
+
+    title = "scheduler"
+    parameter_name = "scheduler"
+
+    def lookups(self, request, model_admin):
+        names = SchedulerInstance.objects.order_by("instance_id").values_list("instance_id", flat=True).distinct()
+        return [(name, name) for name in names[:100]]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(scheduler=self.value()) if self.value() else queryset
+
+
+class WhenFilter(admin.SimpleListFilter):
+    """A range of scheduled_for (index occ_recent)."""
+
+    title = "scheduled"
+    parameter_name = "when"
+    RANGES = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(days=7)}
+
+    def lookups(self, request, model_admin):
+        return [("hour", "Last hour"), ("day", "Last 24 hours"), ("week", "Last 7 days"), ("older", "Older")]
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        if self.value() == "older":
+            return queryset.filter(scheduled_for__lt=default_clock() - self.RANGES["week"])
+        return queryset.filter(scheduled_for__gte=default_clock() - self.RANGES.get(self.value(), timedelta(0)))
+
+
+@admin.register(Occurrence)
+class OccurrenceAdmin(ReadOnlyAdmin):
+    list_display = [
+        "job_name",
+        "scheduled_for",
+        "coloured_status",
+        "attempts",
+        "manual",
+        "triggered_by",
+        "scheduler",
+        "started_at",
+        "duration",
+    ]
+    list_filter = ["status", KindFilter, JobFilter, SchedulerFilter, WhenFilter]
+    search_fields = ["=job_name"]  # exact, case-insensitive: index occ_job_name_recent
+    search_help_text = "The exact name of a job."
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    paginator = CappedCountPaginator
+    inlines = [AttemptInline]
+    actions = ["retry", "cancel"]
+    fieldsets = [
+        (None, {"fields": ["job_name", "task", "coloured_status", "reason", "manual", "triggered_by", "priority"]}),
+        (
+            "Timing",
+            {"fields": ["scheduled_for", "run_after", "started_at", "finished_at", "duration", "fire_lag"]},
+        ),
+        ("Claim", {"fields": ["attempts", "scheduler", "session", "lease_expires_at"]}),
+        ("Published events", {"fields": ["events"]}),
+    ]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in self.model._meta.fields] + ["coloured_status", "duration", "fire_lag", "events"]
+
+    @admin.display(description="Status", ordering="status")
+    def coloured_status(self, occurrence):
+        return status_badge(occurrence.status)
+
+    @admin.display(description="Fire lag")
+    def fire_lag(self, occurrence):
+        return occurrence.started_at - occurrence.scheduled_for if occurrence.started_at else "-"
+
+    @admin.display(description="Events it published")
+    def events(self, occurrence):
+        rows = OutboxMessage.objects.filter(origin=f"occurrence:{occurrence.id}").order_by("id")[:50]
+        links = [
+            (reverse("admin:outbox_outboxmessage_change", args=[row.id]), row.exchange, row.message_id, row.status)
+            for row in rows
+        ]
+        if not links:
+            return "none"
+        return format_html_join(mark_safe("<br>"), '<a href="{}">{}</a> <code>{}</code> ({})', links)
+
+    def has_retry_permission(self, request):
+        return request.user.has_perm("jobs.retry_occurrence")
+
+    def has_cancel_permission(self, request):
+        return request.user.has_perm("jobs.cancel_occurrence")
+
+    @admin.action(description="Run selected failed, missed or skipped occurrences again", permissions=["retry"])
+    def retry(self, request, queryset):
+        count = 0
+        finished = queryset.filter(status__in=[Occurrence.Status.FAILED, Occurrence.Status.MISSED, "skipped"])
+        for occurrence in finished.exclude(task=None).select_related("task"):
+            retried = store.trigger(occurrence.task, priority=occurrence.priority, by=request.user.get_username())
+            self.log_change(request, occurrence, f"Retried as occurrence {retried.id}")
+            count += 1
+        self.message_user(request, f"Triggered {count} manual run(s).", messages.SUCCESS)
+
+    @admin.action(description="Cancel selected scheduled occurrences", permissions=["cancel"])
+    def cancel(self, request, queryset):
+        count = 0
+        for occurrence in queryset.filter(status=Occurrence.Status.SCHEDULED):
+            if store.cancel(occurrence, by=request.user.get_username(), now=default_clock()):
+                self.log_change(request, occurrence, "Cancelled")
+                count += 1
+        self.message_user(request, f"Cancelled {count} occurrence(s).", messages.SUCCESS)
+
+
+# Schedulers.
+
+
+@admin.register(SchedulerInstance)
+class SchedulerInstanceAdmin(ReadOnlyAdmin):
+    list_display = ["instance_id", "host", "pid", "version", "started_at", "last_seen", "liveness", "running_now"]
+    list_filter = ["state"]
+    fields = ["instance_id", "host", "pid", "version", "state", "started_at", "last_seen", "stopped_at", "running_list"]
+
+    def get_queryset(self, request):
+        running = Occurrence.objects.filter(session=OuterRef("session"), status=Occurrence.Status.RUNNING)
+        counted = running.order_by().values("session").annotate(n=Count("*")).values("n")[:1]
+        return super().get_queryset(request).annotate(running=Subquery(counted))
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.fields
+
+    @admin.display(description="Heartbeat")
+    def liveness(self, instance):
+        if instance.state != SchedulerInstance.State.RUNNING:
+            return format_html('<span style="color:{}">{}</span>', STATUS_COLOURS["skipped"], instance.state)
+        stale = instance.is_stale(default_clock(), scheduler_liveness())
+        colour = STATUS_COLOURS["missed" if stale else "succeeded"]
+        return format_html('<span style="color:{};font-weight:bold">{}</span>', colour, "stale" if stale else "alive")
+
+    @admin.display(description="Running now")
+    def running_now(self, instance):
+        return instance.running or 0
+
+    @admin.display(description="Runs now")
+    def running_list(self, instance):
+        rows = Occurrence.objects.filter(session=instance.session, status=Occurrence.Status.RUNNING)[:50]
+        links = [(reverse("admin:jobs_occurrence_change", args=[o.id]), o.job_name, o.started_at) for o in rows]
+        return format_html_join(mark_safe("<br>"), '<a href="{}">{}</a> since {}', links) if links else "nothing"
+
+
+# Alerts.
+
+
+@admin.register(Alert)
+class AlertAdmin(ReadOnlyAdmin):
+    """What was alerted and how each channel fared; read-only (jobs.alerts.delivery sends and retries)."""
+
+    list_display = ["created_at", "kind", "subject", "email_status", "webhook_status", "attempts", "next_try_at"]
+    list_filter = ["kind", "email_status", "webhook_status"]
+    fields = [
+        "kind",
+        "subject",
+        "text",
+        "occurrence",
+        "job_name",
+        "error",
+        "created_at",
+        "email_status",
+        "webhook_status",
+        "attempts",
+        "next_try_at",
+        "last_error",
+    ]
+    readonly_fields = fields
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    paginator = CappedCountPaginator

@@ -1,0 +1,346 @@
+"""What the overview at the top of the dashboard shows: plain functions of `now`, the database's time.
+
+Every call stays cheap however large the history and the outbox grow: each query reads a range
+of an index, stops at a LIMIT, or counts at most COUNT_CAP rows (shown as "1000+"). Two things
+cost too much to compute on every refresh and are held per process, checked against the
+database on every call: the next instant of every definition (UpcomingJobs) and the rows per
+minute of the last day (RecentCounts).
+"""
+
+import dataclasses
+import heapq
+import threading
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from functools import reduce
+from operator import or_
+
+from django.db.models import Count, Q, QuerySet
+from django.db.models.functions import TruncMinute
+from django.urls import reverse
+
+from bookworm_scheduler.kernel.liveness import Liveness, scheduler_liveness
+from jobs.engine.definitions import Cursor, Definition, definitions_version, load_definitions
+from jobs.models import Occurrence, PlanningCursor, SchedulerInstance
+from outbox.models import OutboxMessage
+
+DAY = timedelta(hours=24)
+MINUTE = timedelta(minutes=1)
+HOURS = 24  # bars in a chart, the last one the current hour
+COUNT_CAP = 1000
+PENDING_CAP = 10_000  # a backlog's size matters more than a dead letter's: still a short index-only scan
+UPCOMING = 10
+FAILURES = 10
+MAX_SCHEDULERS = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Capped:
+    """A count that stopped at a cap: `1000+` rather than a scan of every row."""
+
+    value: int
+    capped: bool
+
+    def __str__(self):
+        return f"{self.value}+" if self.capped else str(self.value)
+
+
+def capped_count(queryset: QuerySet, cap: int = COUNT_CAP) -> Capped:
+    """SELECT COUNT(*) FROM (SELECT ... LIMIT cap + 1): reads at most cap + 1 index entries."""
+    n = queryset.order_by()[: cap + 1].count()
+    return Capped(min(n, cap), n > cap)
+
+
+# Schedulers.
+
+
+def schedulers(now: datetime, lease: timedelta | None = None) -> dict:
+    """Instances in state running, live or stale (bookworm_scheduler.kernel.liveness).
+
+    The table holds one row per process and a day of stopped ones.
+    """
+    liveness = Liveness.of_lease(lease) if lease else scheduler_liveness()
+    instances = list(SchedulerInstance.objects.alive().order_by("instance_id", "started_at")[:MAX_SCHEDULERS])
+    return {
+        "live": [i for i in instances if not i.is_stale(now, liveness)],
+        "stale": [i for i in instances if i.is_stale(now, liveness)],
+    }
+
+
+def running_count(now: datetime) -> Capped:
+    """Occurrences running now (partial index occ_running_lease): as many as the schedulers' slots."""
+    return capped_count(Occurrence.objects.filter(status=Occurrence.Status.RUNNING))
+
+
+# The next jobs due.
+
+
+@dataclasses.dataclass(frozen=True)
+class Due:
+    definition: Definition
+    at: datetime
+
+    @property
+    def change_url(self) -> str:
+        return reverse("admin:django_celery_beat_periodictask_change", args=[self.definition.id])
+
+
+class UpcomingJobs:
+    """The next instant of every enabled definition, kept up to date cheaply between requests.
+
+    Loading and evaluating 10,000 definitions takes seconds, so this holds them, like the
+    scheduler's Planner, and reloads only when DefinitionsVersion moved (a definition, schedule
+    or policy was written). Between reloads only planning moves a cursor, and planning moves it
+    only past instants that are due: a held instant later than now is still right, and a held
+    instant at or before now is a lower bound of the true one. So next(now) re-reads the cursors
+    of due definitions only, earliest first, and stops as soon as the first `limit` are settled.
+    """
+
+    BATCH = 200  # cursors re-read per query; doubles while more are needed
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self._version: int | None = None
+        self._loaded = False
+        self.definitions: dict[int, Definition] = {}
+        self.next_at: dict[int, datetime] = {}
+
+    def next(self, now: datetime, limit: int = UPCOMING) -> list[Due]:
+        with self._lock:
+            self._reload_if_changed()
+            self._settle(now, limit)
+            head = heapq.nsmallest(limit, self.next_at.items(), key=lambda item: (item[1], item[0]))
+            return [Due(self.definitions[task_id], at) for task_id, at in head]
+
+    def _reload_if_changed(self) -> None:
+        version = definitions_version()
+        if self._loaded and version == self._version:
+            return
+        self.definitions, _ = load_definitions()
+        self.next_at = {}
+        for task_id, definition in self.definitions.items():
+            at = definition.next_instant()
+            if at is not None:
+                self.next_at[task_id] = at
+        self._version, self._loaded = version, True
+
+    def _settle(self, now: datetime, limit: int) -> None:
+        """Re-read the cursors of due definitions until the first `limit` instants are known."""
+        due = sorted((at, task_id) for task_id, at in self.next_at.items() if at <= now)
+        checked: set[int] = set()
+        start, batch = 0, self.BATCH
+        while start < len(due):
+            head = heapq.nsmallest(limit, self.next_at.items(), key=lambda item: (item[1], item[0]))
+            if all(task_id in checked or at > now for task_id, at in head):
+                return
+            ids = [task_id for _, task_id in due[start : start + batch]]
+            self._refresh(ids)
+            checked.update(ids)
+            start, batch = start + batch, batch * 2
+
+    def _refresh(self, ids: list[int]) -> None:
+        cursors = {row.task_id: row for row in PlanningCursor.objects.filter(task_id__in=ids)}
+        instants: dict = {}  # definitions sharing a schedule and a cursor are evaluated once
+        for task_id in ids:
+            definition, row = self.definitions[task_id], cursors.get(task_id)
+            cursor = Cursor.of(row) if row is not None else None
+            key = (definition.schedule, cursor)
+            if key not in instants:
+                instants[key] = definition.next_instant(cursor) if cursor is not None else None
+            if instants[key] is None:
+                self.next_at.pop(task_id, None)
+            else:
+                self.next_at[task_id] = instants[key]
+
+
+# One per process: what it holds is a cache, checked against the database on every call.
+upcoming_jobs = UpcomingJobs()
+
+
+# Runs, failures and deliveries per minute of the last day.
+
+
+def minute_floor(instant: datetime) -> datetime:
+    return instant.astimezone(UTC).replace(second=0, microsecond=0)
+
+
+def hour_floor(instant: datetime) -> datetime:
+    return instant.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+class RecentCounts:
+    """Rows per minute (and per `split` column) of the last 24 hours, by the instant in `field`.
+
+    Counting a day of a busy table on every refresh would read a million index entries. A row
+    is stamped (finished_at, delivered_at) with the database's time shortly before its
+    transaction commits, so the minutes older than SETTLE do not change any more: they are
+    counted once and kept here, per process, and each call reads only the rows after them (a few
+    minutes' worth) on the range index. The relay stamps a batch before it waits for the
+    broker's confirms (OUTBOX_CONFIRM_TIMEOUT_SECONDS); SETTLE is well beyond that.
+    """
+
+    SETTLE = timedelta(minutes=5)
+
+    def __init__(self, rows, field: str, split: str | None = None):
+        self.rows, self.field, self.split = rows, field, split
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.watermark: datetime | None = None  # minutes before it are counted in `settled`
+        self.settled: Counter = Counter()
+
+    def per_minute(self, now: datetime) -> Counter:
+        """{(minute, split value): rows} for the minutes from minute_floor(now - 24 h) to now."""
+        since = minute_floor(now - DAY)
+        with self._lock:
+            if self.watermark is None or not since <= self.watermark <= now:
+                self.watermark, self.settled = since, Counter()
+            settled_until = max(self.watermark, minute_floor(now - self.SETTLE))
+            if settled_until > self.watermark:
+                self.settled.update(self._count(self.watermark, settled_until))
+                self.watermark = settled_until
+            for key in [key for key in self.settled if key[0] < since]:
+                del self.settled[key]
+            counts = Counter(self.settled)
+        counts.update(self._count(settled_until, now, through=True))
+        return counts
+
+    def _count(self, start: datetime, end: datetime, through: bool = False) -> Counter:
+        """Rows per minute with start <= field < end (<= end if through): date_trunc on a range."""
+        bounds = {f"{self.field}__gte": start, f"{self.field}__{'lte' if through else 'lt'}": end}
+        rows = (
+            self.rows()
+            .filter(**bounds)
+            .annotate(minute=TruncMinute(self.field, tzinfo=UTC))
+            .values_list("minute", *([self.split] if self.split else []))
+            .annotate(n=Count("*"))
+            .order_by()
+        )
+        return Counter({(row[0], row[1] if self.split else None): row[-1] for row in rows})
+
+
+# Finished runs on the partial index occ_finished, deliveries on the partial index outbox_delivered.
+finished_runs = RecentCounts(
+    lambda: Occurrence.objects.filter(status__in=[Occurrence.Status.SUCCEEDED, Occurrence.Status.FAILED]),
+    "finished_at",
+    split="status",
+)
+deliveries = RecentCounts(lambda: OutboxMessage.objects.filter(status=OutboxMessage.Status.DELIVERED), "delivered_at")
+
+
+def chart_hours(now: datetime) -> list[datetime]:
+    """The starts of the HOURS hours the charts show, the last one the current (partial) hour."""
+    last = hour_floor(now)
+    return [last - timedelta(hours=HOURS - 1 - i) for i in range(HOURS)]
+
+
+def _per_hour(per_minute: Counter, hours: list[datetime], split) -> list[int]:
+    counts = Counter()
+    for (minute, value), n in per_minute.items():
+        if value == split:
+            counts[hour_floor(minute)] += n
+    return [counts[hour] for hour in hours]
+
+
+def runs_per_hour(now: datetime, per_minute: Counter | None = None) -> dict:
+    """Succeeded and failed runs per hour, by the time they finished."""
+    hours = chart_hours(now)
+    if per_minute is None:
+        per_minute = finished_runs.per_minute(now)
+    statuses = (Occurrence.Status.SUCCEEDED, Occurrence.Status.FAILED)
+    return {"hours": hours, "series": {status: _per_hour(per_minute, hours, status) for status in statuses}}
+
+
+def delivered_per_hour(now: datetime) -> dict:
+    """Messages delivered per hour."""
+    hours = chart_hours(now)
+    return {"hours": hours, "series": {"delivered": _per_hour(deliveries.per_minute(now), hours, None)}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    occurrence: Occurrence
+
+    @property
+    def change_url(self) -> str:
+        return reverse("admin:jobs_occurrence_change", args=[self.occurrence.id])
+
+    @property
+    def error(self) -> str:
+        """The last line of the reason: the exception, without its traceback."""
+        lines = self.occurrence.reason.strip().splitlines()
+        return lines[-1] if lines else ""
+
+
+def recent_failures(now: datetime, per_minute: Counter | None = None, limit: int = FAILURES) -> dict:
+    """Runs that failed since minute_floor(now - 24 h), newest first, and how many.
+
+    The count comes from finished_runs. The rows are read from the newest minutes that had
+    failures only, just enough of them to hold `limit` failures: a search of the whole day for
+    the few failures of a healthy system would read every run of the day on occ_finished
+    (which does not hold the status).
+    """
+    if per_minute is None:
+        per_minute = finished_runs.per_minute(now)
+    failed = {minute: n for (minute, status), n in per_minute.items() if status == Occurrence.Status.FAILED and n}
+    newest, held = [], 0
+    for minute in sorted(failed, reverse=True):
+        if held >= limit:
+            break
+        newest.append(minute)
+        held += failed[minute]
+    if not newest:
+        return {"rows": [], "count": 0}
+    ranges = reduce(or_, (Q(finished_at__gte=minute, finished_at__lt=minute + MINUTE) for minute in newest))
+    rows = (
+        Occurrence.objects.filter(ranges, status=Occurrence.Status.FAILED, finished_at__lte=now)
+        .order_by("-finished_at", "-id")
+        .only("id", "job_name", "scheduled_for", "finished_at", "attempts", "reason", "manual")[:limit]
+    )
+    return {"rows": [Failure(o) for o in rows], "count": sum(failed.values())}
+
+
+# The outbox.
+
+
+def outbox_backlog(now: datetime) -> dict:
+    """Messages waiting or given up on, and the age of the oldest one waiting.
+
+    Pending rows are counted on the partial index outbox_pending (up to PENDING_CAP), dead and
+    unroutable ones on outbox_status_recent (up to COUNT_CAP), index-only. The oldest pending
+    row is the first of outbox_pending: ids grow with created_at, and a requeued row keeps both.
+    """
+    pending = OutboxMessage.objects.filter(status=OutboxMessage.Status.PENDING)
+    oldest = pending.order_by("id").values_list("created_at", flat=True).first()
+    return {
+        "pending": capped_count(pending, PENDING_CAP),
+        "dead": capped_count(OutboxMessage.objects.filter(status=OutboxMessage.Status.DEAD)),
+        "unroutable": capped_count(OutboxMessage.objects.filter(status=OutboxMessage.Status.UNROUTABLE)),
+        "oldest_pending_age": max(now - oldest, timedelta(0)) if oldest else None,
+    }
+
+
+def reset() -> None:
+    """Forget what this process holds (the tests' rolled-back rows reuse versions and instants)."""
+    upcoming_jobs.reset()
+    finished_runs.reset()
+    deliveries.reset()
+
+
+def overview(now: datetime) -> dict:
+    """Everything the overview shows, as of now."""
+    runs = finished_runs.per_minute(now)
+    return {
+        "now": now,
+        "schedulers": schedulers(now),
+        "running": running_count(now),
+        "upcoming": upcoming_jobs.next(now),
+        "failures": recent_failures(now, runs),
+        "runs": runs_per_hour(now, runs),
+        "outbox": outbox_backlog(now),
+        "delivered": delivered_per_hour(now),
+    }

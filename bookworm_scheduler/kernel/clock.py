@@ -14,11 +14,13 @@ from datetime import UTC, datetime, timedelta
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.utils import timezone
 
+from bookworm_scheduler.kernel.dialect import postgresql
+
 
 def database_now(using: str = DEFAULT_DB_ALIAS) -> datetime:
     """The database's current time (one round trip). SQLite runs on this host: its clock is ours."""
     connection = connections[using]
-    if connection.vendor != "postgresql":
+    if not postgresql(connection.alias):
         return timezone.now()
     with connection.cursor() as cursor:
         cursor.execute("SELECT clock_timestamp()")

@@ -11,6 +11,7 @@ import psycopg
 from django.db import Error, connections
 from django.db.backends.utils import CursorDebugWrapper
 
+from bookworm_scheduler.kernel.dialect import postgresql
 from bookworm_scheduler.kernel.errors import one_line
 
 # SQLSTATEs of a connection that broke (class 08) or a server that shut down or restarts.
@@ -174,7 +175,7 @@ def insert_rows(instances: list, using: str) -> None:
     if not instances:
         return
     connection = connections[using]
-    if connection.vendor != "postgresql":
+    if not postgresql(connection.alias):
         for instance in instances:
             insert_row(instance, using)
         return
@@ -233,7 +234,7 @@ def prepared_cursor(using: str = "default"):
     prepared.
     """
     connection = connections[using]
-    if connection.vendor == "postgresql":
+    if postgresql(connection.alias):
         cursor = _kept_cursor(connection)
         if cursor is not None:
             yield cursor

@@ -4,6 +4,8 @@ from django.core.paginator import Paginator
 from django.db import connections
 from django.utils.functional import cached_property
 
+from bookworm_scheduler.kernel.dialect import postgresql
+
 
 class CappedCountPaginator(Paginator):
     """Counts at most CAP rows, so a filtered list of a million rows costs a bounded query.
@@ -18,7 +20,7 @@ class CappedCountPaginator(Paginator):
     @cached_property
     def count(self) -> int:
         queryset = self.object_list
-        if not queryset.query.where and connections[queryset.db].vendor == "postgresql":
+        if not queryset.query.where and postgresql(queryset.db):
             with connections[queryset.db].cursor() as cursor:
                 cursor.execute(
                     "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [queryset.model._meta.db_table]

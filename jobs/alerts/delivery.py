@@ -39,8 +39,8 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Count, Q
 
+from bookworm_scheduler.kernel.dialect import try_advisory_lock
 from bookworm_scheduler.kernel.errors import one_line
-from jobs.engine import sql
 from jobs.models import Alert, Occurrence
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def check_failure_rate(now: datetime) -> Alert | None:
     window = timedelta(minutes=settings.ALERT_FAILURE_RATE_WINDOW_MINUTES)
     cooldown = timedelta(minutes=settings.ALERT_COOLDOWN_MINUTES)
     with transaction.atomic():
-        if not sql.try_lock("jobs.alert_failure_rate"):
+        if not try_advisory_lock("jobs.alert_failure_rate"):
             return None
         if Alert.objects.created_since(Alert.Kind.FAILURE_RATE, now - cooldown).exists():
             return None

@@ -17,7 +17,8 @@ from django.core.exceptions import ValidationError
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
-from jobs.engine import sql, store
+from bookworm_scheduler.kernel.dialect import advisory_lock
+from jobs.engine import store
 from jobs.engine.policy import Policy
 from jobs.engine.registry import get_job, registered_jobs
 from jobs.engine.schedules import (
@@ -255,7 +256,7 @@ def create_missing_definitions(using: str = DEFAULT_DB_ALIAS) -> list[str]:
             continue
         try:
             with transaction.atomic(using=using):
-                sql.lock("create_missing_definitions", using)
+                advisory_lock("create_missing_definitions", using)
                 if _create_definition(spec, using):
                     created.append(spec.name)
         except (IntegrityError, ValidationError):

@@ -35,6 +35,7 @@ from django.utils import timezone
 from bookworm_scheduler.kernel import backoff as backoffs
 from bookworm_scheduler.kernel.clock import DatabaseClock
 from bookworm_scheduler.kernel.db import DatabaseFault, database_fault, describe_database_error, fault_event
+from bookworm_scheduler.kernel.dialect import postgresql
 from bookworm_scheduler.kernel.listen import Listener
 from jobs.alerts.delivery import AlertSender
 from jobs.engine import store
@@ -98,7 +99,7 @@ class Scheduler:
             definition_of=self._definition_of,
         )
         self.listener = Listener(NOTIFY_CHANNEL, self.notified)
-        self.poll_interval = POLL_INTERVAL if connection.vendor == "postgresql" else POLL_INTERVAL_WITHOUT_NOTIFY
+        self.poll_interval = POLL_INTERVAL if postgresql(connection.alias) else POLL_INTERVAL_WITHOUT_NOTIFY
         self.alerts = AlertSender(history=history)
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -325,7 +326,7 @@ class Scheduler:
         return (
             isinstance(self.pool, WorkerPool)
             and self.runner.group_runs > 1
-            and connection.vendor == "postgresql"
+            and postgresql(connection.alias)
             and time.monotonic() >= self._groups_paused_until
         )
 

@@ -18,6 +18,7 @@ from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.kernel.clock import default_clock
 from bookworm_scheduler.kernel.db import prepared_cursor
+from bookworm_scheduler.kernel.dialect import postgresql
 from jobs.engine import sql
 from jobs.engine.definitions import Cursor, Definition, definitions_version, load_definition, load_definitions
 from jobs.engine.policy import MisfirePolicy
@@ -82,7 +83,7 @@ def plan_due(definitions: dict[int, Definition], due_ids, *, now: datetime, grac
 def _read_cursors(task_ids: list[int], *, lock: bool) -> list[tuple[int, Cursor]]:
     """The definitions' cursors (sql.read_cursors); with lock, of the enabled ones that no other
     scheduler holds, locked until the transaction ends."""
-    if connection.vendor == "postgresql":
+    if postgresql(connection.alias):
         with prepared_cursor(connection.alias) as cursor:
             cursor.execute(sql.read_cursors(connection.alias, lock), [task_ids])
             return [(task_id, Cursor(*values)) for task_id, *values in cursor.fetchall()]
@@ -202,7 +203,7 @@ def _insert(rows: list[list], now: datetime) -> list[str]:
         return []
     taken = []
     with prepared_cursor(connection.alias) as cursor:
-        if connection.vendor == "postgresql":
+        if postgresql(connection.alias):
             columns = [list(column) for column in zip(*rows, strict=True)]
             cursor.execute(sql.insert_occurrence_arrays(connection.alias), [now, *columns])
             return [status for (status,) in cursor.fetchall()]
@@ -217,7 +218,7 @@ def _insert(rows: list[list], now: datetime) -> list[str]:
 def _save_cursors(moved: dict[int, Cursor]) -> None:
     """One UPDATE on PostgreSQL (sql.move_cursors); elsewhere one per distinct cursor value (a burst
     of definitions due at one instant is one statement)."""
-    if connection.vendor == "postgresql":
+    if postgresql(connection.alias):
         ids, cursors = zip(*moved.items(), strict=True)
         columns = [[getattr(c, name) for c in cursors] for name in ("planned_through", "paused_at", "resumed_at")]
         with prepared_cursor(connection.alias) as cursor:

@@ -5,10 +5,9 @@ database alias (functools.cache): they run once or more per occurrence.
 """
 
 import functools
-import zlib
 
 from django.apps import apps
-from django.db import connections, transaction
+from django.db import connections
 
 from bookworm_scheduler.kernel.db import SqlNames, row_converter
 
@@ -242,25 +241,3 @@ def prune_occurrences(alias: str) -> str:
         )
         SELECT count(*) FROM gone
     """
-
-
-def try_lock(name: str) -> bool:
-    """A transaction-scoped advisory lock on PostgreSQL: True if this session got it (always on SQLite)."""
-    connection = transaction.get_connection()
-    if connection.vendor != "postgresql":
-        return True
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_lock_key(name)])
-        return cursor.fetchone()[0]
-
-
-def lock(name: str, using: str | None = None) -> None:
-    """A transaction-scoped advisory lock on PostgreSQL, waited for (nothing on SQLite)."""
-    connection = transaction.get_connection(using)
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_lock_key(name)])
-
-
-def _lock_key(name: str) -> int:
-    return zlib.crc32(name.encode())

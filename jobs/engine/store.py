@@ -26,7 +26,7 @@ from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.kernel.clock import default_clock
 from bookworm_scheduler.kernel.db import insert_row, prepared_cursor
-from bookworm_scheduler.kernel.dialect import notify, postgresql
+from bookworm_scheduler.kernel.dialect import notify, postgresql, try_advisory_lock
 from jobs.engine import sql
 from jobs.engine.policy import Priority
 from jobs.models import Alert, Attempt, Occurrence, SchedulerInstance
@@ -417,7 +417,7 @@ def prune(now: datetime, *, keep: timedelta, batch: int, batches: int) -> tuple[
     deleted = 0
     for _ in range(batches):
         with transaction.atomic():
-            if not sql.try_lock("jobs.prune_history"):
+            if not try_advisory_lock("jobs.prune_history"):
                 return deleted, False
             count = _prune_batch(now - keep, batch)
             if deleted == 0:

@@ -24,7 +24,6 @@ import contextlib
 import inspect
 import logging
 import timeit
-from datetime import timedelta
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, Error, connections
@@ -37,6 +36,7 @@ from health_check.exceptions import HealthCheckException, ServiceUnavailable
 from health_check.views import HealthCheckView
 
 from bookworm_scheduler.kernel.clock import database_now
+from bookworm_scheduler.kernel.liveness import health_max_age
 from jobs.models import SchedulerInstance
 from outbox.health import RabbitMQ
 from outbox.models import OutboxMessage, RelayInstance
@@ -160,27 +160,29 @@ def reading(alias: str = DEFAULT_DB_ALIAS):
 
 
 class Heartbeat(Check):
-    """At least one running instance of `model` beat within HEALTH_HEARTBEAT_MAX_AGE_SECONDS."""
+    """At least one running instance of `model` beat within health_max_age (bookworm_scheduler.kernel.liveness)."""
 
     model = None
     what = ""
 
     def run(self):
-        max_age = settings.HEALTH_HEARTBEAT_MAX_AGE_SECONDS
+        max_age = health_max_age()
         with reading() as connection:
             now = database_now(connection.alias)
             instances = self.model.objects.using(connection.alias)
-            if instances.alive().filter(last_seen__gte=now - timedelta(seconds=max_age)).exists():
+            if instances.alive().filter(last_seen__gte=now - max_age).exists():
                 return
             latest = instances.order_by("-last_seen").values_list("last_seen", flat=True).first()
         if latest is None:
             raise ServiceUnavailable(f"no {self.what} has registered")
         age = (now - latest).total_seconds()
-        raise ServiceUnavailable(f"no {self.what} has beaten in the last {max_age} s (the latest beat {age:.0f} s ago)")
+        raise ServiceUnavailable(
+            f"no {self.what} has beaten in the last {max_age.total_seconds():.0f} s (the latest beat {age:.0f} s ago)"
+        )
 
 
 class SchedulerHeartbeat(Heartbeat):
-    """A runscheduler process is alive (jobs.SchedulerInstance, renewed every third of the lease)."""
+    """A runscheduler process is alive (jobs.SchedulerInstance, renewed per scheduler_liveness)."""
 
     name = "schedulers"
     model = SchedulerInstance
@@ -188,7 +190,7 @@ class SchedulerHeartbeat(Heartbeat):
 
 
 class RelayHeartbeat(Heartbeat):
-    """A relay_outbox process is alive (outbox.RelayInstance, renewed every 5 s)."""
+    """A relay_outbox process is alive (outbox.RelayInstance, renewed per relay_liveness)."""
 
     name = "relays"
     model = RelayInstance

@@ -11,6 +11,10 @@ HEALTH_HEARTBEAT_MAX_AGE_SECONDS (/metrics, as /health/ judges it), and lost aft
 longer than a live relay's longest silence with the default settings, a batch that waits
 OUTBOX_CONFIRM_TIMEOUT_SECONDS (30) for confirms on a connection blocked up to
 OUTBOX_BLOCKED_TIMEOUT_SECONDS (60). A process marked lost that beats again is running again.
+
+/health/ asks another question, whether any scheduler or relay is alive at all, and tolerates
+HEALTH_HEARTBEAT_MAX_AGE_SECONDS of silence from all of them (health_max_age): at least a lease,
+so that a scheduler whose claims are still its own is never reported down.
 """
 
 import dataclasses
@@ -44,3 +48,8 @@ def relay_liveness() -> Liveness:
         stale_after=timedelta(seconds=settings.HEALTH_HEARTBEAT_MAX_AGE_SECONDS),
         lost_after=timedelta(minutes=2),
     )
+
+
+def health_max_age() -> timedelta:
+    """How long /health/ tolerates silence from every scheduler, or from every relay."""
+    return timedelta(seconds=settings.HEALTH_HEARTBEAT_MAX_AGE_SECONDS)

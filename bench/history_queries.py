@@ -383,10 +383,10 @@ def next_due_instant(runs: int) -> None:
 
 def claim(runs: int, *, title: str = "(b) claim") -> None:
     for long_running, limit in ((False, 2), (True, 1)):
-        section(f"{title}, long_running={long_running}, limit={limit}: Occurrence.claim -> sql.claim")
+        section(f"{title}, long_running={long_running}, limit={limit}: store.claim_ready -> sql.claim")
         claimed, statements = capture(
             functools.partial(
-                Occurrence.claim,
+                store.claim_ready,
                 now=database_now(),
                 session=uuid.uuid4(),
                 scheduler="bench",

@@ -99,7 +99,7 @@ SCHEDULER_MISFIRE_GRACE_SECONDS = _positive("int", "SCHEDULER_MISFIRE_GRACE_SECO
 SCHEDULER_SHUTDOWN_TIMEOUT_SECONDS = _positive("int", "SCHEDULER_SHUTDOWN_TIMEOUT_SECONDS", 30)
 SCHEDULER_LONG_RUNNING_CONCURRENCY = _positive("int", "SCHEDULER_LONG_RUNNING_CONCURRENCY", available_cpus())
 SCHEDULER_HISTORY_DAYS = _positive("int", "SCHEDULER_HISTORY_DAYS", 30)
-# Runs of short jobs grouped in one transaction (jobs.engine.runner.Runner.run_group): at most this many, and
+# Runs of short jobs grouped in one transaction (jobs.engine.groups.GroupRunner.run_group): at most this many, and
 # none started once its thread spent this much CPU time in the group or it has been open ten times as
 # long; a job that takes five times as long runs on its own. SCHEDULER_GROUP_RUNS=1: no groups.
 SCHEDULER_GROUP_RUNS = _positive("int", "SCHEDULER_GROUP_RUNS", 20)

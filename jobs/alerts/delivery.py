@@ -1,6 +1,6 @@
 """Alerts without Prometheus: an email and a webhook when a job fails for good or too many runs fail.
 
-Occurrence.record_attempt writes a job_failed alert in the transaction that records a run's
+jobs.engine.store.record_attempt writes a job_failed alert in the transaction that records a run's
 final failure (after its retries); check_failure_rate writes a failure_rate alert. Both are
 rows (models.Alert), sent here after their transaction committed: a crash between the failure
 and the send loses no alert, the row waits for the next pass of any scheduler.

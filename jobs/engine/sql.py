@@ -62,7 +62,7 @@ def claim(alias: str, long_running: bool):
 def lock_ready(alias: str):
     """Lock up to N ready ordinary occurrences for the current transaction, unchanged.
 
-    A group (jobs.engine.runner.Runner.run_group) runs them and records them in the same transaction
+    A group (jobs.engine.groups.GroupRunner.run_group) runs them and records them in the same transaction
     (record_group): the row lock is their claim, so a crash before the commit leaves them
     scheduled, as if never taken. Same order and rule as claim (_ready), less the ids of the
     last parameter but one: the rows this transaction locked already, which SKIP LOCKED does not

@@ -1,4 +1,4 @@
-"""Runs grouped in one transaction (Runner.run_group): each keeps the promises of a run on its own."""
+"""Runs grouped in one transaction (GroupRunner.run_group): each keeps the promises of a run on its own."""
 
 from collections import Counter
 from datetime import timedelta

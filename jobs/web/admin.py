@@ -1,23 +1,17 @@
-"""The dashboard's job pages: definitions, history (occurrences and attempts), schedulers.
+"""The dashboard's job pages: definitions, history (occurrences and attempts), schedulers, alerts.
 
-Definitions are django-celery-beat's PeriodicTask rows, shown with only what the scheduler
-uses: the job chosen from the registered ones, a cron expression checked the way the
-scheduler evaluates it (with its next fire times and its meaning updated as it is typed),
-or an interval or clocked schedule; the policy inline. Actions write rows for the scheduler
+Definitions are django-celery-beat's PeriodicTask rows, edited through jobs.web.forms (the job
+chosen from the registered ones, one schedule, the policy inline) with a live preview of a cron
+expression's next fire times. Actions write rows for the scheduler through the occurrence store
 (a manual occurrence, a cancelled one); the web process never calls the broker or a job.
-History and schedulers are read-only. Lists never count a big table in full.
+History, schedulers and alerts are read-only; the history's filters are jobs.web.filters. Lists
+never count a big table in full.
 """
 
-import functools
-import json
-import zoneinfo
 from datetime import timedelta
 
-from cron_descriptor import get_description
-from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, OuterRef, Subquery
-from django.forms.utils import flatatt
 from django.http import HttpResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -30,18 +24,18 @@ from bookworm_scheduler.web.paginator import CappedCountPaginator
 from bookworm_scheduler.web.read_only_admin import ReadOnlyAdmin
 from jobs.engine import store
 from jobs.engine.definitions import Definition, cron_expression, policy_of, run_now
-from jobs.engine.registry import get_job, registered_jobs
-from jobs.engine.schedules import InvalidSchedule, cron_instants, next_instants, validate_cron
 from jobs.models import Alert, Attempt, JobPolicy, Occurrence, SchedulerInstance
+from jobs.web.filters import JobFilter, KindFilter, SchedulerFilter, WhenFilter
+from jobs.web.forms import CrontabScheduleForm, JobDefinitionForm, cron_words, describe_cron
 from outbox.models import OutboxMessage
 
 STATUS_COLOURS = {
-    "succeeded": "#2e7d32",
-    "failed": "#c62828",
-    "running": "#1565c0",
-    "scheduled": "#6d4c41",
-    "missed": "#ef6c00",
-    "skipped": "#757575",
+    Occurrence.Status.SUCCEEDED: "#2e7d32",
+    Occurrence.Status.FAILED: "#c62828",
+    Occurrence.Status.RUNNING: "#1565c0",
+    Occurrence.Status.SCHEDULED: "#6d4c41",
+    Occurrence.Status.MISSED: "#ef6c00",
+    Occurrence.Status.SKIPPED: "#757575",
 }
 
 
@@ -53,173 +47,7 @@ def status_badge(status: str | None):
     )
 
 
-@functools.cache
-def zone_names() -> tuple[str, ...]:
-    return tuple(sorted(zoneinfo.available_timezones()))
-
-
-class ZoneSelect(forms.Select):
-    """The ~600 time zones as one select, its options written in Python.
-
-    Django's Select renders a template per option, which for this list was most of the change
-    form's time.
-    """
-
-    def render(self, name, value, attrs=None, renderer=None):
-        selected = str(value[0] if isinstance(value, list | tuple) and value else value or "")
-        options = format_html_join(
-            "",
-            '<option value="{}"{}>{}</option>',
-            ((zone, " selected" if zone == selected else "", zone) for zone in zone_names()),
-        )
-        return format_html(
-            "<select{}>{}</select>", flatatt(self.build_attrs(self.attrs, {**(attrs or {}), "name": name})), options
-        )
-
-
-def describe_cron(expression: str, zone: str) -> tuple[str, list, str]:
-    """(the expression in words, its next five fire times in zone, an error) for the live preview."""
-    try:
-        validate_cron(expression, zone)
-        tz = zoneinfo.ZoneInfo(zone)
-        instants = next_instants(cron_instants(expression, tz, default_clock()), 5)
-        return cron_words(expression), [i.astimezone(tz) for i in instants], ""
-    except (InvalidSchedule, ValueError, zoneinfo.ZoneInfoNotFoundError) as exc:
-        return "", [], str(exc)
-
-
-@functools.lru_cache(maxsize=4096)
-def cron_words(expression: str) -> str:
-    """A valid expression in words; cron-descriptor reloads its translations on every call."""
-    try:
-        return get_description(expression)
-    except Exception as exc:  # cron-descriptor's own errors: the expression is valid, its words are not
-        return f"({type(exc).__name__})"
-
-
 # Definitions.
-
-
-class CrontabScheduleForm(forms.ModelForm):
-    class Meta:
-        model = CrontabSchedule
-        fields = "__all__"
-
-    def clean(self):
-        data = super().clean()
-        fields = ["minute", "hour", "day_of_month", "month_of_year", "day_of_week"]
-        if not self.errors and all(data.get(f) for f in fields):
-            try:
-                validate_cron(cron_expression(CrontabSchedule(**{f: data[f] for f in fields})), data.get("timezone"))
-            except InvalidSchedule as exc:
-                raise forms.ValidationError(str(exc)) from None
-        return data
-
-
-class JobDefinitionForm(forms.ModelForm):
-    """A definition as the scheduler runs it: a registered job and one schedule."""
-
-    task = forms.ChoiceField(label="Job", help_text="The registered job this definition runs.")
-    cron = forms.CharField(
-        label="Cron expression",
-        required=False,
-        help_text="Five fields, as Debian cron: minute hour day-of-month month day-of-week.",
-    )
-    timezone = forms.ChoiceField(
-        label="Time zone", initial="UTC", help_text="The zone the cron expression is read in.", widget=ZoneSelect
-    )
-
-    class Meta:
-        model = PeriodicTask
-        fields = [
-            "name",
-            "task",
-            "enabled",
-            "description",
-            "interval",
-            "clocked",
-            "start_time",
-            "one_off",
-            "kwargs",
-            "expires",
-            "expire_seconds",
-        ]
-        labels = {"kwargs": "Keyword arguments (JSON)"}
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        names = [spec.name for spec in registered_jobs()]
-        current = self.instance.task if self.instance.pk else None
-        choices = [(name, name) for name in names]
-        if current and current not in names:
-            choices.append((current, f"{current} (not registered)"))
-        self.fields["task"].choices = [("", "---------")] + choices
-        self.fields["timezone"].choices = [(z, z) for z in zone_names()]
-        if self.instance.pk and self.instance.crontab_id:
-            self.initial["cron"] = cron_expression(self.instance.crontab)
-            self.initial["timezone"] = str(self.instance.crontab.timezone)
-        preview = reverse("admin:jobs_schedule_preview")
-        for name in ("cron", "timezone"):
-            self.fields[name].widget.attrs.update(
-                {
-                    "hx-get": preview,
-                    "hx-trigger": "input changed delay:300ms, change",
-                    "hx-target": "#schedule-preview",
-                    "hx-include": "[name=cron],[name=timezone]",
-                }
-            )
-
-    def clean_task(self):
-        name = self.cleaned_data["task"]
-        if get_job(name) is None:
-            raise forms.ValidationError(f"No job named {name!r} is registered.")
-        return name
-
-    def clean_kwargs(self):
-        value = self.cleaned_data.get("kwargs") or "{}"
-        try:
-            parsed = json.loads(value)
-        except ValueError as exc:
-            raise forms.ValidationError(f"Not JSON: {exc}") from None
-        if not isinstance(parsed, dict):
-            raise forms.ValidationError("A JSON object, e.g. {}.")
-        return value
-
-    def clean(self):
-        data = super().clean()
-        cron = (data.get("cron") or "").strip()
-        chosen = [kind for kind in ("cron", "interval", "clocked") if (cron if kind == "cron" else data.get(kind))]
-        if len(chosen) != 1:
-            raise forms.ValidationError("Give exactly one schedule: a cron expression, an interval or a clocked time.")
-        if data.get("expires") and data.get("expire_seconds") is not None:
-            raise forms.ValidationError("Give an expiry time or expiry seconds, not both.")
-        self.instance.solar = None
-        if cron:
-            try:
-                validate_cron(cron, data.get("timezone", "UTC"))
-            except InvalidSchedule as exc:
-                self.add_error("cron", str(exc))
-                return data
-            minute, hour, dom, month, dow = cron.split()
-            fields = dict(
-                minute=minute,
-                hour=hour,
-                day_of_month=dom,
-                month_of_year=month,
-                day_of_week=dow,
-                timezone=data["timezone"],
-            )
-            self.instance.crontab = CrontabSchedule.objects.filter(**fields).first() or CrontabSchedule(**fields)
-        else:
-            self.instance.crontab = None
-        return data
-
-    def save(self, commit=True):
-        crontab = self.instance.crontab
-        if crontab is not None and crontab.pk is None:
-            crontab.save()
-            self.instance.crontab = crontab
-        return super().save(commit)
 
 
 class JobPolicyInline(admin.StackedInline):
@@ -415,65 +243,6 @@ class AttemptInline(admin.StackedInline):
         return False
 
 
-class JobFilter(admin.SimpleListFilter):
-    """By definition (index occ_task_recent); the search box finds deleted ones by name."""
-
-    title = "job"
-    parameter_name = "job"
-    MAX_CHOICES = 200
-
-    def lookups(self, request, model_admin):
-        return list(PeriodicTask.objects.order_by("name").values_list("id", "name")[: self.MAX_CHOICES])
-
-    def queryset(self, request, queryset):
-        return queryset.filter(task_id=self.value()) if self.value() else queryset
-
-
-class KindFilter(admin.SimpleListFilter):
-    title = "kind"
-    parameter_name = "kind"
-
-    def lookups(self, request, model_admin):
-        return [("scheduled", "Scheduled"), ("manual", "Manual")]
-
-    def queryset(self, request, queryset):
-        if self.value():
-            return queryset.filter(manual=self.value() == "manual")
-        return queryset
-
-
-class SchedulerFilter(admin.SimpleListFilter):
-    """By the scheduler that ran it; the choices come from the (small) instance table."""
-
-    title = "scheduler"
-    parameter_name = "scheduler"
-
-    def lookups(self, request, model_admin):
-        names = SchedulerInstance.objects.order_by("instance_id").values_list("instance_id", flat=True).distinct()
-        return [(name, name) for name in names[:100]]
-
-    def queryset(self, request, queryset):
-        return queryset.filter(scheduler=self.value()) if self.value() else queryset
-
-
-class WhenFilter(admin.SimpleListFilter):
-    """A range of scheduled_for (index occ_recent)."""
-
-    title = "scheduled"
-    parameter_name = "when"
-    RANGES = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(days=7)}
-
-    def lookups(self, request, model_admin):
-        return [("hour", "Last hour"), ("day", "Last 24 hours"), ("week", "Last 7 days"), ("older", "Older")]
-
-    def queryset(self, request, queryset):
-        if not self.value():
-            return queryset
-        if self.value() == "older":
-            return queryset.filter(scheduled_for__lt=default_clock() - self.RANGES["week"])
-        return queryset.filter(scheduled_for__gte=default_clock() - self.RANGES.get(self.value(), timedelta(0)))
-
-
 @admin.register(Occurrence)
 class OccurrenceAdmin(ReadOnlyAdmin):
     list_display = [
@@ -536,7 +305,9 @@ class OccurrenceAdmin(ReadOnlyAdmin):
     @admin.action(description="Run selected failed, missed or skipped occurrences again", permissions=["retry"])
     def retry(self, request, queryset):
         count = 0
-        finished = queryset.filter(status__in=[Occurrence.Status.FAILED, Occurrence.Status.MISSED, "skipped"])
+        finished = queryset.filter(
+            status__in=[Occurrence.Status.FAILED, Occurrence.Status.MISSED, Occurrence.Status.SKIPPED]
+        )
         for occurrence in finished.exclude(task=None).select_related("task"):
             retried = store.trigger(occurrence.task, priority=occurrence.priority, by=request.user.get_username())
             self.log_change(request, occurrence, f"Retried as occurrence {retried.id}")
@@ -573,9 +344,11 @@ class SchedulerInstanceAdmin(ReadOnlyAdmin):
     @admin.display(description="Heartbeat")
     def liveness(self, instance):
         if instance.state != SchedulerInstance.State.RUNNING:
-            return format_html('<span style="color:{}">{}</span>', STATUS_COLOURS["skipped"], instance.state)
+            return format_html(
+                '<span style="color:{}">{}</span>', STATUS_COLOURS[Occurrence.Status.SKIPPED], instance.state
+            )
         stale = instance.is_stale(default_clock(), scheduler_liveness())
-        colour = STATUS_COLOURS["missed" if stale else "succeeded"]
+        colour = STATUS_COLOURS[Occurrence.Status.MISSED if stale else Occurrence.Status.SUCCEEDED]
         return format_html('<span style="color:{};font-weight:bold">{}</span>', colour, "stale" if stale else "alive")
 
     @admin.display(description="Running now")

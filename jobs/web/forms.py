@@ -1,0 +1,188 @@
+"""The job definition's forms, and the cron and time-zone helpers they and the admin show.
+
+JobDefinitionForm edits a PeriodicTask as the scheduler runs it: a registered job and one
+schedule, a cron expression checked the way the scheduler evaluates it. describe_cron gives
+the live preview (an expression's words and next fire times), cron_words the list's words.
+"""
+
+import functools
+import json
+import zoneinfo
+
+from cron_descriptor import get_description
+from django import forms
+from django.forms.utils import flatatt
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django_celery_beat.models import CrontabSchedule, PeriodicTask
+
+from bookworm_scheduler.kernel.clock import default_clock
+from jobs.engine.definitions import cron_expression
+from jobs.engine.registry import get_job, registered_jobs
+from jobs.engine.schedules import InvalidSchedule, cron_instants, next_instants, validate_cron
+
+
+@functools.cache
+def zone_names() -> tuple[str, ...]:
+    return tuple(sorted(zoneinfo.available_timezones()))
+
+
+class ZoneSelect(forms.Select):
+    """The ~600 time zones as one select, its options written in Python.
+
+    Django's Select renders a template per option, which for this list was most of the change
+    form's time.
+    """
+
+    def render(self, name, value, attrs=None, renderer=None):
+        selected = str(value[0] if isinstance(value, list | tuple) and value else value or "")
+        options = format_html_join(
+            "",
+            '<option value="{}"{}>{}</option>',
+            ((zone, " selected" if zone == selected else "", zone) for zone in zone_names()),
+        )
+        return format_html(
+            "<select{}>{}</select>", flatatt(self.build_attrs(self.attrs, {**(attrs or {}), "name": name})), options
+        )
+
+
+def describe_cron(expression: str, zone: str) -> tuple[str, list, str]:
+    """(the expression in words, its next five fire times in zone, an error) for the live preview."""
+    try:
+        validate_cron(expression, zone)
+        tz = zoneinfo.ZoneInfo(zone)
+        instants = next_instants(cron_instants(expression, tz, default_clock()), 5)
+        return cron_words(expression), [i.astimezone(tz) for i in instants], ""
+    except (InvalidSchedule, ValueError, zoneinfo.ZoneInfoNotFoundError) as exc:
+        return "", [], str(exc)
+
+
+@functools.lru_cache(maxsize=4096)
+def cron_words(expression: str) -> str:
+    """A valid expression in words; cron-descriptor reloads its translations on every call."""
+    try:
+        return get_description(expression)
+    except Exception as exc:  # cron-descriptor's own errors: the expression is valid, its words are not
+        return f"({type(exc).__name__})"
+
+
+class CrontabScheduleForm(forms.ModelForm):
+    class Meta:
+        model = CrontabSchedule
+        fields = "__all__"
+
+    def clean(self):
+        data = super().clean()
+        fields = ["minute", "hour", "day_of_month", "month_of_year", "day_of_week"]
+        if not self.errors and all(data.get(f) for f in fields):
+            try:
+                validate_cron(cron_expression(CrontabSchedule(**{f: data[f] for f in fields})), data.get("timezone"))
+            except InvalidSchedule as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return data
+
+
+class JobDefinitionForm(forms.ModelForm):
+    """A definition as the scheduler runs it: a registered job and one schedule."""
+
+    task = forms.ChoiceField(label="Job", help_text="The registered job this definition runs.")
+    cron = forms.CharField(
+        label="Cron expression",
+        required=False,
+        help_text="Five fields, as Debian cron: minute hour day-of-month month day-of-week.",
+    )
+    timezone = forms.ChoiceField(
+        label="Time zone", initial="UTC", help_text="The zone the cron expression is read in.", widget=ZoneSelect
+    )
+
+    class Meta:
+        model = PeriodicTask
+        fields = [
+            "name",
+            "task",
+            "enabled",
+            "description",
+            "interval",
+            "clocked",
+            "start_time",
+            "one_off",
+            "kwargs",
+            "expires",
+            "expire_seconds",
+        ]
+        labels = {"kwargs": "Keyword arguments (JSON)"}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        names = [spec.name for spec in registered_jobs()]
+        current = self.instance.task if self.instance.pk else None
+        choices = [(name, name) for name in names]
+        if current and current not in names:
+            choices.append((current, f"{current} (not registered)"))
+        self.fields["task"].choices = [("", "---------")] + choices
+        self.fields["timezone"].choices = [(z, z) for z in zone_names()]
+        if self.instance.pk and self.instance.crontab_id:
+            self.initial["cron"] = cron_expression(self.instance.crontab)
+            self.initial["timezone"] = str(self.instance.crontab.timezone)
+        preview = reverse("admin:jobs_schedule_preview")
+        for name in ("cron", "timezone"):
+            self.fields[name].widget.attrs.update(
+                {
+                    "hx-get": preview,
+                    "hx-trigger": "input changed delay:300ms, change",
+                    "hx-target": "#schedule-preview",
+                    "hx-include": "[name=cron],[name=timezone]",
+                }
+            )
+
+    def clean_task(self):
+        name = self.cleaned_data["task"]
+        if get_job(name) is None:
+            raise forms.ValidationError(f"No job named {name!r} is registered.")
+        return name
+
+    def clean_kwargs(self):
+        value = self.cleaned_data.get("kwargs") or "{}"
+        try:
+            parsed = json.loads(value)
+        except ValueError as exc:
+            raise forms.ValidationError(f"Not JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise forms.ValidationError("A JSON object, e.g. {}.")
+        return value
+
+    def clean(self):
+        data = super().clean()
+        cron = (data.get("cron") or "").strip()
+        chosen = [kind for kind in ("cron", "interval", "clocked") if (cron if kind == "cron" else data.get(kind))]
+        if len(chosen) != 1:
+            raise forms.ValidationError("Give exactly one schedule: a cron expression, an interval or a clocked time.")
+        if data.get("expires") and data.get("expire_seconds") is not None:
+            raise forms.ValidationError("Give an expiry time or expiry seconds, not both.")
+        self.instance.solar = None
+        if cron:
+            try:
+                validate_cron(cron, data.get("timezone", "UTC"))
+            except InvalidSchedule as exc:
+                self.add_error("cron", str(exc))
+                return data
+            minute, hour, dom, month, dow = cron.split()
+            fields = dict(
+                minute=minute,
+                hour=hour,
+                day_of_month=dom,
+                month_of_year=month,
+                day_of_week=dow,
+                timezone=data["timezone"],
+            )
+            self.instance.crontab = CrontabSchedule.objects.filter(**fields).first() or CrontabSchedule(**fields)
+        else:
+            self.instance.crontab = None
+        return data
+
+    def save(self, commit=True):
+        crontab = self.instance.crontab
+        if crontab is not None and crontab.pk is None:
+            crontab.save()
+            self.instance.crontab = crontab
+        return super().save(commit)

@@ -340,26 +340,17 @@ def release(occurrence: Occurrence, *, session, reason: str) -> None:
 
 def miss(occurrence: Occurrence, *, session, now, reason: str) -> None:
     """Finish as missed without running (its misfire policy: it could not start in time); no attempt is counted."""
-    _transition(
-        occurrence,
-        session=session,
-        status=Status.MISSED,
-        finished_at=now,
-        reason=reason,
-        attempts=occurrence.attempts - 1,
-    )
+    _finish_unrun(occurrence, Status.MISSED, session=session, now=now, reason=reason)
 
 
 def skip(occurrence: Occurrence, *, session, now, reason: str) -> None:
     """Finish without running (definition disabled, deleted or expired); no attempt is counted."""
-    _transition(
-        occurrence,
-        session=session,
-        status=Status.SKIPPED,
-        finished_at=now,
-        reason=reason,
-        attempts=occurrence.attempts - 1,
-    )
+    _finish_unrun(occurrence, Status.SKIPPED, session=session, now=now, reason=reason)
+
+
+def _finish_unrun(occurrence: Occurrence, status: str, *, session, now, reason: str) -> None:
+    fields = dict(status=status, finished_at=now, reason=reason, attempts=occurrence.attempts - 1)
+    _transition(occurrence, session=session, **fields)
 
 
 def cancel(occurrence: Occurrence, *, by: str, now) -> bool:

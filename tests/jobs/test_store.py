@@ -1,0 +1,692 @@
+"""The occurrence store's contract (jobs.engine.store): what each operation promises, on both databases.
+
+Every test here runs against PostgreSQL; those not marked postgresql_only run against SQLite too,
+in a subprocess that test_the_contract_holds_on_sqlite_too starts. The postgresql_only ones test what
+SQLite has no form of: lock_ready and record_group (arrays, FOR UPDATE SKIP LOCKED: the grouped runs
+are PostgreSQL's alone, Scheduler._groups), the row locks that concurrent schedulers skip, the
+advisory lock prune takes (dialect.try_advisory_lock: always True on SQLite) and NOTIFY.
+"""
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import threading
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.conf import settings
+from django.db import connection, transaction
+
+from bookworm_scheduler.kernel.dialect import advisory_lock
+from jobs.engine import store
+from jobs.engine.store import LeaseLost
+from jobs.models import Alert, Attempt, Occurrence, Priority, SchedulerInstance
+from tests.conftest import ALLOW_SQLITE
+from tests.jobs.helpers import make_definition, woken_by_notify
+
+pytestmark = pytest.mark.django_db
+
+ON_SQLITE = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+
+SESSION = uuid.UUID("00000000-0000-4000-8000-00000000000a")
+OTHER = uuid.UUID("00000000-0000-4000-8000-00000000000b")
+LEASE = timedelta(seconds=60)
+
+
+def postgresql_only(test):
+    """What SQLite cannot do: deselected from the SQLite run, and skipped on SQLite however it is run."""
+    return pytest.mark.postgresql_only(pytest.mark.skipif(ON_SQLITE, reason="PostgreSQL only")(test))
+
+
+@pytest.fixture
+def task(db):
+    return make_definition("store-contract", every=3600)
+
+
+def scheduled(task, at, *, priority=Priority.NORMAL, **fields) -> Occurrence:
+    """A planned occurrence due at `at`."""
+    return Occurrence.objects.create(
+        task=task, job_name=task.name, scheduled_for=at, run_after=at, priority=priority, **fields
+    )
+
+
+def claimed(task, at, *, session=SESSION, scheduler="alpha") -> Occurrence:
+    """An occurrence due at `at`, claimed then by session (its first attempt)."""
+    occurrence = scheduled(task, at)
+    return store.claim_one(occurrence.id, now=at, session=session, scheduler=scheduler, lease=LEASE)
+
+
+def claim_ready(now, *, limit=10, long_running=False, session=SESSION):
+    return store.claim_ready(
+        now=now, session=session, scheduler="alpha", lease=LEASE, long_running=long_running, limit=limit
+    )
+
+
+def row(occurrence) -> Occurrence:
+    return Occurrence.objects.get(id=occurrence.id)
+
+
+def finished(task, at, status, **fields) -> Occurrence:
+    return scheduled(task, at, status=status, finished_at=at, **fields)
+
+
+@contextlib.contextmanager
+def another_transaction(work):
+    """work() in a transaction of another connection (a thread's), held open until the block ends; yields its result."""
+    held, release, result, errors = threading.Event(), threading.Event(), [], []
+
+    def hold():
+        try:
+            with transaction.atomic():
+                result.append(work())
+                held.set()
+                release.wait(30)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            held.set()
+            connection.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert held.wait(30)
+        assert errors == []
+        yield result[0]
+    finally:
+        release.set()
+        thread.join(30)
+    assert not thread.is_alive() and errors == []
+
+
+# Made scheduled.
+
+
+def test_trigger_makes_a_manual_occurrence_due_now(task, clock):
+    occurrence = store.trigger(task, priority=Priority.HIGH, by="x" * 200, now=clock.now)
+    stored = row(occurrence)
+    assert (stored.status, stored.manual, stored.priority, stored.attempts) == ("scheduled", True, 2, 0)
+    assert stored.scheduled_for == stored.run_after == clock.now
+    assert stored.triggered_by == "x" * 150 and stored.job_name == "store-contract"
+
+
+def test_trigger_claimed_is_running_for_its_session_in_the_same_insert(task, clock):
+    occurrence = store.trigger_claimed(
+        task, priority=Priority.NORMAL, by="beat", session=SESSION, scheduler="worker-1", lease=LEASE, now=clock.now
+    )
+    stored = row(occurrence)
+    assert (stored.status, stored.attempts, stored.scheduler, stored.session) == ("running", 1, "worker-1", SESSION)
+    assert stored.lease_expires_at == clock.now + timedelta(seconds=60)
+    assert stored.started_at == stored.scheduled_for == clock.now and stored.manual
+
+
+# Claimed.
+
+
+def test_next_ready_at_is_the_earliest_run_after_of_a_scheduled_one(task, clock):
+    assert store.next_ready_at() is None
+    claimed(task, clock.now - timedelta(minutes=10))
+    finished(task, clock.now - timedelta(minutes=5), "succeeded")
+    scheduled(task, clock.now + timedelta(minutes=3))
+    scheduled(task, clock.now + timedelta(minutes=1))
+    assert store.next_ready_at() == clock.now + timedelta(minutes=1)
+
+
+def test_a_claim_moves_a_ready_occurrence_to_running_with_a_lease_and_counts_the_attempt(task, clock):
+    occurrence = scheduled(task, clock.now - timedelta(seconds=5))
+    [claim] = claim_ready(clock.now)
+    assert claim.id == occurrence.id
+    for got in (claim, row(occurrence)):
+        assert (got.status, got.attempts, got.scheduler, got.session) == ("running", 1, "alpha", SESSION)
+        assert got.lease_expires_at == clock.now + timedelta(seconds=60)
+        assert got.started_at == clock.now
+    assert not Attempt.objects.exists()
+
+
+def test_an_occurrence_not_yet_due_is_not_claimed(task, clock):
+    later = scheduled(task, clock.now + timedelta(microseconds=1))
+    assert claim_ready(clock.now) == []
+    assert (row(later).status, row(later).attempts) == ("scheduled", 0)
+    due = scheduled(task, clock.now)  # run_after == now: due
+    assert [o.id for o in claim_ready(clock.now)] == [due.id]
+
+
+def test_claims_take_the_highest_priority_first_then_the_oldest(task, clock):
+    low_oldest = scheduled(task, clock.now - timedelta(minutes=9), priority=Priority.LOW)
+    normal_old = scheduled(task, clock.now - timedelta(minutes=8))
+    normal_new = scheduled(task, clock.now - timedelta(minutes=1))
+    high_newest = scheduled(task, clock.now, priority=Priority.HIGH)
+    claims = claim_ready(clock.now, limit=3)
+    assert [o.id for o in claims] == [high_newest.id, normal_old.id, normal_new.id]
+    assert row(low_oldest).status == "scheduled"
+
+
+def test_long_running_occurrences_are_claimed_only_by_a_long_running_claim(task, clock):
+    long = scheduled(task, clock.now - timedelta(minutes=2), priority=Priority.LONG_RUNNING)
+    ordinary = scheduled(task, clock.now - timedelta(minutes=1), priority=Priority.LOW)
+    assert [o.id for o in claim_ready(clock.now)] == [ordinary.id]
+    assert [o.id for o in claim_ready(clock.now, long_running=True)] == [long.id]
+
+
+def test_only_scheduled_occurrences_are_claimed(task, clock):
+    running = claimed(task, clock.now - timedelta(minutes=3), session=OTHER)
+    for n, status in enumerate(Occurrence.FINISHED):
+        finished(task, clock.now - timedelta(minutes=10 + n), status)
+    assert claim_ready(clock.now) == []
+    assert row(running).session == OTHER and row(running).attempts == 1
+
+
+def test_a_retry_claimed_counts_its_second_attempt(task, clock):
+    occurrence = claimed(task, clock.now - timedelta(minutes=1))
+    store.record_attempt(
+        occurrence, session=SESSION, started_at=occurrence.started_at, now=clock.now, error="E", retry_at=clock.now
+    )
+    [retry] = claim_ready(clock.now)
+    assert (retry.id, retry.status, retry.attempts) == (occurrence.id, "running", 2)
+
+
+def test_claim_one_claims_a_ready_occurrence(task, clock):
+    occurrence = scheduled(task, clock.now)
+    claim = store.claim_one(occurrence.id, now=clock.now, session=SESSION, scheduler="alpha", lease=LEASE)
+    assert (claim.status, claim.attempts, claim.session, claim.scheduler) == ("running", 1, SESSION, "alpha")
+    assert claim.lease_expires_at == clock.now + timedelta(seconds=60)
+
+
+@pytest.mark.parametrize("state", ["not due", "running", "succeeded", "skipped"])
+def test_claim_one_of_an_occurrence_that_is_not_ready_is_none(task, clock, state):
+    if state == "not due":
+        occurrence = scheduled(task, clock.now + timedelta(seconds=1))
+    elif state == "running":
+        occurrence = claimed(task, clock.now, session=OTHER)
+    else:
+        occurrence = finished(task, clock.now, state)
+    before = row(occurrence)
+    assert store.claim_one(occurrence.id, now=clock.now, session=SESSION, scheduler="beta", lease=LEASE) is None
+    after = row(occurrence)
+    assert (after.status, after.attempts, after.session) == (before.status, before.attempts, before.session)
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_skips_the_rows_another_transaction_holds(task, clock):
+    first = scheduled(task, clock.now - timedelta(minutes=3))
+    second = scheduled(task, clock.now - timedelta(minutes=2))
+    third = scheduled(task, clock.now - timedelta(minutes=1))
+    with another_transaction(lambda: store.lock_ready(now=clock.now, limit=1)) as locked:
+        assert [o.id for o in locked] == [first.id]
+        assert [o.id for o in claim_ready(clock.now)] == [second.id, third.id]
+    assert row(first).status == "scheduled"
+
+
+# Locked for a group (PostgreSQL only).
+
+
+@postgresql_only
+def test_lock_ready_returns_the_ready_ordinary_occurrences_in_claim_order_unchanged(task, clock):
+    low = scheduled(task, clock.now - timedelta(minutes=5), priority=Priority.LOW)
+    normal = scheduled(task, clock.now - timedelta(minutes=4))
+    high = scheduled(task, clock.now - timedelta(minutes=3), priority=Priority.HIGH)
+    scheduled(task, clock.now - timedelta(minutes=2), priority=Priority.LONG_RUNNING)
+    scheduled(task, clock.now + timedelta(minutes=1))
+    with transaction.atomic():
+        first = store.lock_ready(now=clock.now, limit=2)
+        assert [o.id for o in first] == [high.id, normal.id]
+        more = store.lock_ready(now=clock.now, limit=5, besides=[o.id for o in first])
+        assert [o.id for o in more] == [low.id]
+        assert store.lock_ready(now=clock.now, limit=5, besides=[high.id, normal.id, low.id]) == []
+    assert {(o.status, o.attempts) for o in Occurrence.objects.all()} == {("scheduled", 0)}
+
+
+@postgresql_only
+def test_claim_locked_claims_in_memory_only(task, clock):
+    scheduled(task, clock.now)
+    with transaction.atomic():
+        [occurrence] = store.lock_ready(now=clock.now, limit=1)
+        store.claim_locked(occurrence, session=SESSION, scheduler="alpha", now=clock.now)
+        assert (occurrence.status, occurrence.attempts, occurrence.session) == ("running", 1, SESSION)
+        assert occurrence.started_at == clock.now and occurrence.scheduler == "alpha"
+        stored = row(occurrence)
+        assert (stored.status, stored.attempts, stored.session, stored.started_at) == ("scheduled", 0, None, None)
+
+
+@postgresql_only
+def test_record_group_writes_each_outcome_and_its_attempt(task, clock, settings):
+    settings.ALERT_EMAILS, settings.ALERT_WEBHOOK_URL = ["ops@example.com"], ""
+    due = clock.now - timedelta(minutes=1)
+    ok, retried, failed = (scheduled(task, due - timedelta(seconds=n)) for n in (3, 2, 1))
+    end = clock.now + timedelta(seconds=2)
+    with transaction.atomic():
+        locked = store.lock_ready(now=clock.now, limit=3)
+        assert [o.id for o in locked] == [ok.id, retried.id, failed.id]
+        for occurrence in locked:
+            store.claim_locked(occurrence, session=SESSION, scheduler="alpha", now=clock.now)
+        first, second, third = locked
+        store.record_group(
+            [
+                (first, clock.now, end, "", "", None),
+                (second, clock.now, end, "E2", "T2", end + timedelta(seconds=30)),
+                (third, clock.now, end, "E3", "T3", None),
+            ],
+            session=SESSION,
+            scheduler="alpha",
+        )
+    assert third.status == "failed" and third.lease_expires_at is None  # the instances as the rows now are
+    got = {o.id: o for o in Occurrence.objects.all()}
+    assert [(got[o.id].status, got[o.id].attempts, got[o.id].session, got[o.id].scheduler) for o in locked] == [
+        ("succeeded", 1, SESSION, "alpha"),
+        ("scheduled", 1, SESSION, "alpha"),
+        ("failed", 1, SESSION, "alpha"),
+    ]
+    assert got[ok.id].finished_at == got[failed.id].finished_at == end and got[retried.id].finished_at is None
+    assert got[retried.id].run_after == end + timedelta(seconds=30)
+    assert [got[o.id].reason for o in locked] == ["", "E2", "E3"]
+    attempts = Attempt.objects.order_by("occurrence_id")
+    assert [(a.occurrence_id, a.number, a.status, a.scheduler, a.error, a.traceback) for a in attempts] == [
+        (ok.id, 1, "succeeded", "alpha", "", ""),
+        (retried.id, 1, "failed", "alpha", "E2", "T2"),
+        (failed.id, 1, "failed", "alpha", "E3", "T3"),
+    ]
+    assert {(a.started_at, a.finished_at, a.duration) for a in attempts} == {(clock.now, end, timedelta(seconds=2))}
+    assert list(Alert.objects.values_list("occurrence_id", "kind")) == [(failed.id, "job_failed")]
+
+
+@postgresql_only
+def test_record_group_raises_lease_lost_when_a_locked_row_moved_and_its_transaction_writes_nothing(task, clock):
+    a = scheduled(task, clock.now - timedelta(seconds=2))
+    b = scheduled(task, clock.now - timedelta(seconds=1))
+    with pytest.raises(LeaseLost), transaction.atomic():
+        locked = store.lock_ready(now=clock.now, limit=2)
+        for occurrence in locked:
+            store.claim_locked(occurrence, session=SESSION, scheduler="alpha", now=clock.now)
+        assert store.cancel(b, by="alice", now=clock.now)  # the row moves (in this transaction: the lock is its)
+        store.record_group(
+            [(o, clock.now, clock.now, "", "", None) for o in locked], session=SESSION, scheduler="alpha"
+        )
+    assert [(row(o).status, row(o).attempts) for o in (a, b)] == [("scheduled", 0), ("scheduled", 0)]
+    assert not Attempt.objects.exists()
+
+
+# Taken over by a Celery worker.
+
+
+def test_take_over_moves_the_claim_once(task, clock):
+    occurrence = claimed(task, clock.now)
+    later = clock.now + timedelta(seconds=3)
+    taken = store.take_over(
+        occurrence.id, handed_by=SESSION, attempt=1, session=OTHER, worker="worker-1", lease=LEASE, now=later
+    )
+    assert (taken.status, taken.session, taken.scheduler, taken.attempts) == ("running", OTHER, "worker-1", 1)
+    assert taken.lease_expires_at == later + timedelta(seconds=60) and taken.started_at == later
+    again = store.take_over(
+        occurrence.id, handed_by=SESSION, attempt=1, session=uuid.uuid4(), worker="worker-2", lease=LEASE, now=later
+    )
+    assert again is None
+    assert (row(occurrence).session, row(occurrence).scheduler) == (OTHER, "worker-1")
+
+
+@pytest.mark.parametrize("handed_by, attempt", [(OTHER, 1), (SESSION, 2)])
+def test_take_over_from_another_session_or_attempt_is_none(task, clock, handed_by, attempt):
+    occurrence = claimed(task, clock.now)
+    taken = store.take_over(
+        occurrence.id,
+        handed_by=handed_by,
+        attempt=attempt,
+        session=uuid.uuid4(),
+        worker="w",
+        lease=LEASE,
+        now=clock.now,
+    )
+    assert taken is None
+    assert (row(occurrence).session, row(occurrence).scheduler) == (SESSION, "alpha")
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_take_over_wakes_the_schedulers(task, clock):
+    occurrence = claimed(task, clock.now)
+    with woken_by_notify() as woken:
+        store.take_over(
+            occurrence.id, handed_by=SESSION, attempt=1, session=OTHER, worker="w", lease=LEASE, now=clock.now
+        )
+        assert woken.wait(10)
+
+
+# Kept alive.
+
+
+def test_renew_leases_extends_only_this_sessions_running_ones(task, clock):
+    mine = claimed(task, clock.now - timedelta(minutes=3))
+    theirs = claimed(task, clock.now - timedelta(minutes=2), session=OTHER)
+    done = claimed(task, clock.now - timedelta(minutes=1))
+    store.record_attempt(done, session=SESSION, started_at=done.started_at, now=clock.now)
+    later = clock.now + timedelta(seconds=20)
+    assert store.renew_leases([mine.id, theirs.id, done.id], session=SESSION, now=later, lease=LEASE) == 1
+    assert row(mine).lease_expires_at == later + timedelta(seconds=60)
+    assert row(theirs).lease_expires_at == clock.now - timedelta(minutes=2) + timedelta(seconds=60)
+    assert row(done).lease_expires_at is None
+    assert store.renew_leases([], session=SESSION, now=later, lease=LEASE) == 0
+
+
+def test_expired_leases_finds_only_running_ones_whose_lease_expired(task, clock):
+    expired = claimed(task, clock.now - timedelta(seconds=61))  # lease until now - 1 s
+    claimed(task, clock.now - timedelta(seconds=60))  # lease until now: not expired yet
+    scheduled(task, clock.now - timedelta(minutes=5))
+    finished(task, clock.now - timedelta(minutes=6), "failed")
+    with transaction.atomic():
+        assert [o.id for o in store.expired_leases(clock.now)] == [expired.id]
+
+
+def test_expired_leases_returns_at_most_limit(task, clock):
+    for n in range(3):
+        claimed(task, clock.now - timedelta(minutes=5 + n))
+    with transaction.atomic():
+        assert len(store.expired_leases(clock.now, limit=2)) == 2
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_expired_leases_skips_the_ones_another_reaper_holds(task, clock):
+    first = claimed(task, clock.now - timedelta(minutes=5))
+    second = claimed(task, clock.now - timedelta(minutes=4))
+    with another_transaction(lambda: store.expired_leases(clock.now, limit=1)) as held:
+        with transaction.atomic():
+            mine = store.expired_leases(clock.now)
+    assert {o.id for o in held} | {o.id for o in mine} == {first.id, second.id}
+    assert len(held) == len(mine) == 1
+
+
+def test_still_claimed_is_this_sessions_claim_at_this_attempt(task, clock):
+    occurrence = claimed(task, clock.now)
+    assert store.still_claimed(occurrence, SESSION)
+    assert not store.still_claimed(occurrence, OTHER)
+    store.take_over(occurrence.id, handed_by=SESSION, attempt=1, session=OTHER, worker="w", lease=LEASE, now=clock.now)
+    assert not store.still_claimed(occurrence, SESSION)
+    assert store.still_claimed(occurrence, OTHER)
+    store.record_attempt(occurrence, session=OTHER, started_at=clock.now, now=clock.now, error="E", retry_at=clock.now)
+    store.claim_one(occurrence.id, now=clock.now, session=OTHER, scheduler="w", lease=LEASE)
+    assert not store.still_claimed(occurrence, OTHER)  # the instance says attempt 1; the row is at attempt 2
+
+
+def test_attempt_recorded_says_whether_this_attempts_record_committed(task, clock):
+    occurrence = claimed(task, clock.now)
+    assert not store.attempt_recorded(occurrence)
+    store.record_attempt(occurrence, session=SESSION, started_at=clock.now, now=clock.now + timedelta(seconds=1))
+    assert store.attempt_recorded(occurrence)
+    assert store.attempt_recorded(occurrence, started_at=clock.now)
+    assert not store.attempt_recorded(occurrence, started_at=clock.now - timedelta(seconds=1))
+
+
+# Ended.
+
+
+def test_record_attempt_success_is_succeeded_with_one_attempt_row(task, clock):
+    occurrence = claimed(task, clock.now)
+    end = clock.now + timedelta(seconds=2)
+    store.record_attempt(occurrence, session=SESSION, started_at=clock.now, now=end)
+    assert (occurrence.status, occurrence.finished_at, occurrence.lease_expires_at) == ("succeeded", end, None)
+    stored = row(occurrence)
+    assert (stored.status, stored.attempts, stored.reason, stored.lease_expires_at) == ("succeeded", 1, "", None)
+    assert stored.finished_at == end
+    attempt = Attempt.objects.get()
+    assert (attempt.occurrence_id, attempt.number, attempt.status, attempt.scheduler) == (
+        occurrence.id,
+        1,
+        "succeeded",
+        "alpha",
+    )
+    assert (attempt.started_at, attempt.finished_at, attempt.duration) == (clock.now, end, timedelta(seconds=2))
+    assert (attempt.error, attempt.traceback) == ("", "")
+
+
+def test_record_attempt_failure_with_retry_at_is_scheduled_again_for_then(task, clock, settings):
+    settings.ALERT_EMAILS = ["ops@example.com"]
+    occurrence = claimed(task, clock.now)
+    end = clock.now + timedelta(seconds=1)
+    retry_at = clock.now + timedelta(seconds=30)
+    store.record_attempt(
+        occurrence, session=SESSION, started_at=clock.now, now=end, error="E", traceback="T", retry_at=retry_at
+    )
+    stored = row(occurrence)
+    assert (stored.status, stored.attempts, stored.reason, stored.run_after) == ("scheduled", 1, "E", retry_at)
+    assert (stored.finished_at, stored.lease_expires_at) == (None, None)
+    attempt = Attempt.objects.get()
+    assert (attempt.number, attempt.status, attempt.error, attempt.traceback) == (1, "failed", "E", "T")
+    assert not Alert.objects.exists()
+
+
+def test_a_retry_is_never_scheduled_before_the_occurrences_due_instant(task, clock):
+    occurrence = claimed(task, clock.now)
+    store.record_attempt(
+        occurrence,
+        session=SESSION,
+        started_at=clock.now,
+        now=clock.now,
+        error="E",
+        retry_at=clock.now - timedelta(seconds=10),
+    )
+    assert (row(occurrence).status, row(occurrence).run_after) == ("scheduled", clock.now)
+
+
+def test_record_attempt_failure_without_retry_at_has_failed_and_writes_its_alert(task, clock, settings):
+    settings.ALERT_EMAILS, settings.ALERT_WEBHOOK_URL = ["ops@example.com"], ""
+    occurrence = claimed(task, clock.now)
+    end = clock.now + timedelta(seconds=1)
+    store.record_attempt(occurrence, session=SESSION, started_at=clock.now, now=end, error="E", traceback="T")
+    stored = row(occurrence)
+    assert (stored.status, stored.attempts, stored.reason, stored.finished_at) == ("failed", 1, "E", end)
+    assert list(Attempt.objects.values_list("number", "status", "error")) == [(1, "failed", "E")]
+    alert = Alert.objects.get()
+    assert (alert.kind, alert.occurrence_id, alert.error, alert.email_status) == (
+        "job_failed",
+        occurrence.id,
+        "E",
+        "pending",
+    )
+
+
+def test_a_failure_writes_no_alert_while_no_channel_is_configured(task, clock, settings):
+    settings.ALERT_EMAILS, settings.ALERT_WEBHOOK_URL = [], ""
+    occurrence = claimed(task, clock.now)
+    store.record_attempt(occurrence, session=SESSION, started_at=clock.now, now=clock.now, error="E")
+    assert row(occurrence).status == "failed"
+    assert not Alert.objects.exists()
+
+
+def test_an_attempts_start_is_at_most_its_end(task, clock):
+    occurrence = claimed(task, clock.now)
+    store.record_attempt(occurrence, session=SESSION, started_at=clock.now + timedelta(seconds=5), now=clock.now)
+    attempt = Attempt.objects.get()
+    assert (attempt.started_at, attempt.finished_at, attempt.duration) == (clock.now, clock.now, timedelta(0))
+
+
+@pytest.mark.parametrize("who", ["another session", "an earlier attempt", "after a take-over"])
+def test_a_record_without_the_claim_raises_lease_lost_and_writes_nothing(task, clock, who, settings):
+    settings.ALERT_EMAILS = ["ops@example.com"]
+    occurrence = claimed(task, clock.now)
+    session = SESSION
+    if who == "another session":
+        session = OTHER
+    elif who == "an earlier attempt":
+        occurrence.attempts = 0
+    else:
+        store.take_over(
+            occurrence.id, handed_by=SESSION, attempt=1, session=OTHER, worker="w", lease=LEASE, now=clock.now
+        )
+    before = row(occurrence)
+    with pytest.raises(LeaseLost):
+        store.record_attempt(occurrence, session=session, started_at=clock.now, now=clock.now, error="E")
+    after = row(occurrence)
+    assert (after.status, after.attempts, after.session, after.lease_expires_at) == (
+        "running",
+        1,
+        before.session,
+        before.lease_expires_at,
+    )
+    assert not Attempt.objects.exists() and not Alert.objects.exists()
+
+
+def test_release_goes_back_to_scheduled_without_counting_the_attempt(task, clock):
+    occurrence = claimed(task, clock.now)
+    store.release(occurrence, session=SESSION, reason="connection lost")
+    assert (occurrence.status, occurrence.attempts) == ("scheduled", 0)
+    stored = row(occurrence)
+    assert (stored.status, stored.attempts, stored.reason, stored.lease_expires_at) == (
+        "scheduled",
+        0,
+        "connection lost",
+        None,
+    )
+    assert not Attempt.objects.exists()
+    again = store.claim_one(occurrence.id, now=clock.now, session=OTHER, scheduler="beta", lease=LEASE)
+    assert (again.attempts, again.session) == (1, OTHER)
+
+
+@pytest.mark.parametrize("end, status", [(store.miss, "missed"), (store.skip, "skipped")])
+def test_miss_and_skip_finish_without_counting_an_attempt(task, clock, end, status):
+    occurrence = claimed(task, clock.now)
+    later = clock.now + timedelta(seconds=1)
+    end(occurrence, session=SESSION, now=later, reason="why")
+    stored = row(occurrence)
+    assert (stored.status, stored.attempts, stored.reason, stored.finished_at, stored.lease_expires_at) == (
+        status,
+        0,
+        "why",
+        later,
+        None,
+    )
+    assert not Attempt.objects.exists()
+
+
+@pytest.mark.parametrize("name", ["release", "miss", "skip"])
+def test_release_miss_and_skip_without_the_claim_raise_lease_lost(task, clock, name):
+    occurrence = claimed(task, clock.now)
+    kwargs = {"reason": "why"} if name == "release" else {"reason": "why", "now": clock.now}
+    with pytest.raises(LeaseLost):
+        getattr(store, name)(occurrence, session=OTHER, **kwargs)
+    stored = row(occurrence)
+    assert (stored.status, stored.attempts, stored.session) == ("running", 1, SESSION)
+
+
+def test_cancel_skips_a_scheduled_occurrence(task, clock):
+    occurrence = scheduled(task, clock.now + timedelta(minutes=5))
+    assert store.cancel(occurrence, by="alice", now=clock.now) is True
+    stored = row(occurrence)
+    assert (stored.status, stored.reason, stored.finished_at, stored.attempts) == (
+        "skipped",
+        "cancelled by alice",
+        clock.now,
+        0,
+    )
+
+
+@pytest.mark.parametrize("state", ["running", "succeeded", "failed"])
+def test_cancel_of_an_occurrence_that_no_longer_waits_is_false(task, clock, state):
+    occurrence = claimed(task, clock.now) if state == "running" else finished(task, clock.now, state)
+    assert store.cancel(occurrence, by="alice", now=clock.now) is False
+    assert (row(occurrence).status, row(occurrence).reason) == (state, "")
+
+
+# Deleted.
+
+
+def test_prune_deletes_only_finished_occurrences_older_than_the_cutoff_with_their_attempts(task, clock):
+    old = clock.now - timedelta(days=8)
+    doomed = claimed(task, old)
+    store.record_attempt(doomed, session=SESSION, started_at=old, now=old)
+    missed = finished(task, old - timedelta(minutes=1), "missed")
+    recent = claimed(task, clock.now - timedelta(days=6))
+    store.record_attempt(recent, session=SESSION, started_at=recent.started_at, now=recent.started_at)
+    waiting = scheduled(task, old - timedelta(minutes=2))
+    running = claimed(task, old - timedelta(minutes=3))
+    assert store.prune(clock.now, keep=timedelta(days=7), batch=10, batches=3) == (2, False)
+    assert set(Occurrence.objects.values_list("id", flat=True)) == {recent.id, waiting.id, running.id}
+    assert list(Attempt.objects.values_list("occurrence_id", flat=True)) == [recent.id]
+    assert not Occurrence.objects.filter(id=missed.id).exists()
+
+
+def test_prune_deletes_at_most_batches_of_batch_and_says_whether_more_are_left(task, clock):
+    for n in range(5):
+        finished(task, clock.now - timedelta(days=30, minutes=n), "succeeded")
+    assert store.prune(clock.now, keep=timedelta(days=7), batch=2, batches=2) == (4, True)
+    assert store.prune(clock.now, keep=timedelta(days=7), batch=2, batches=2) == (1, False)
+    assert not Occurrence.objects.exists()
+
+
+def test_prune_keeps_the_alerts_of_the_occurrences_it_deletes(task, clock, settings):
+    settings.ALERT_EMAILS = ["ops@example.com"]
+    old = clock.now - timedelta(days=8)
+    occurrence = claimed(task, old)
+    store.record_attempt(occurrence, session=SESSION, started_at=old, now=old, error="E")
+    assert store.prune(clock.now, keep=timedelta(days=7), batch=10, batches=1) == (1, False)
+    assert list(Alert.objects.values_list("occurrence_id", "job_name", "error")) == [(None, "store-contract", "E")]
+
+
+def test_prune_deletes_the_rows_of_instances_stopped_over_a_day_ago(db, clock):
+    ago = clock.now - timedelta(days=2)
+    for session, state in [(SESSION, "stopped"), (OTHER, "lost")]:
+        SchedulerInstance.objects.register(session, f"old-{state}", ago)
+        SchedulerInstance.objects.filter(session=session).update(state=state)
+    running = uuid.UUID("00000000-0000-4000-8000-00000000000c")
+    SchedulerInstance.objects.register(running, "silent-but-running", ago)
+    recent = uuid.UUID("00000000-0000-4000-8000-00000000000d")
+    SchedulerInstance.objects.register(recent, "recently-stopped", clock.now)
+    SchedulerInstance.objects.retire(recent, clock.now - timedelta(hours=1))
+    assert store.prune(clock.now, keep=timedelta(days=7), batch=10, batches=1) == (0, False)
+    assert set(SchedulerInstance.objects.values_list("session", flat=True)) == {running, recent}
+
+
+@postgresql_only
+def test_prune_skips_while_another_scheduler_prunes(task, clock):
+    finished(task, clock.now - timedelta(days=30), "succeeded")
+    with another_transaction(lambda: advisory_lock("jobs.prune_history")):
+        assert store.prune(clock.now, keep=timedelta(days=7), batch=10, batches=1) == (0, False)
+    assert store.prune(clock.now, keep=timedelta(days=7), batch=10, batches=1) == (1, False)
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_prune_leaves_the_rows_another_transaction_holds_for_the_next_batch(task, clock):
+    held = finished(task, clock.now - timedelta(days=30), "succeeded")
+    free = finished(task, clock.now - timedelta(days=29), "succeeded")
+
+    def lock():
+        return list(Occurrence.objects.select_for_update().filter(id=held.id))
+
+    with another_transaction(lock):
+        assert store.prune(clock.now, keep=timedelta(days=7), batch=10, batches=1) == (1, False)
+        assert list(Occurrence.objects.values_list("id", flat=True)) == [held.id]
+    assert not Occurrence.objects.filter(id=free.id).exists()
+
+
+# The same contract on SQLite.
+
+# What the run on SQLite must report: every test above not marked postgresql_only passed.
+SQLITE_SUMMARY = {"passed": 45, "deselected": 10}
+
+
+@pytest.mark.slow
+@postgresql_only
+def test_the_contract_holds_on_sqlite_too(tmp_path):
+    env = dict(
+        os.environ,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        TEST_DATABASE_NAME=str(tmp_path / "test.sqlite3"),
+        DEBUG="1",
+        **{ALLOW_SQLITE: "1"},
+    )
+    env.pop("PYTEST_ADDOPTS", None)  # this run's options (-m, say) are not the SQLite run's
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not postgresql_only", __file__],
+        cwd=settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert {kind: int(count) for count, kind in re.findall(r"(\d+) (\w+)", summary)} == SQLITE_SUMMARY, summary

@@ -1,105 +1,42 @@
-"""The occurrence store's contract (jobs.engine.store): what each operation promises, on both databases.
+"""The occurrence store's contract, made scheduled and claimed: what each operation promises, on both databases.
 
-Every test here runs against PostgreSQL; those not marked postgresql_only run against SQLite too,
-in a subprocess that test_the_contract_holds_on_sqlite_too starts. The postgresql_only ones test what
-SQLite has no form of: lock_ready and record_group (arrays, FOR UPDATE SKIP LOCKED: the grouped runs
-are PostgreSQL's alone, Scheduler._groups), the row locks that concurrent schedulers skip, the
-advisory lock prune takes (dialect.try_advisory_lock: always True on SQLite) and NOTIFY.
+Every test here runs against PostgreSQL; those not marked postgresql_only run against SQLite too, in
+a subprocess that test_store_records.test_the_contract_holds_on_sqlite_too starts. The
+postgresql_only ones test what SQLite has no form of: lock_ready and record_group (arrays, FOR
+UPDATE SKIP LOCKED: the grouped runs are PostgreSQL's alone, Scheduler._groups), the row locks that
+concurrent schedulers skip, the advisory lock prune takes (dialect.try_advisory_lock: always True on
+SQLite) and NOTIFY.
 """
 
-import contextlib
-import os
-import re
-import subprocess
-import sys
-import threading
 import uuid
 from datetime import timedelta
 
 import pytest
-from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 
-from bookworm_scheduler.kernel.dialect import advisory_lock
 from jobs.engine import store
 from jobs.engine.store import LeaseLost
-from jobs.models import Alert, Attempt, Occurrence, Priority, SchedulerInstance
-from tests.conftest import ALLOW_SQLITE
+from jobs.models import Alert, Attempt, Occurrence, Priority
 from tests.jobs.helpers import make_definition, woken_by_notify
+from tests.jobs.store_helpers import (
+    LEASE,
+    OTHER,
+    SESSION,
+    another_transaction,
+    claim_ready,
+    claimed,
+    finished,
+    postgresql_only,
+    row,
+    scheduled,
+)
 
 pytestmark = pytest.mark.django_db
-
-ON_SQLITE = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
-
-SESSION = uuid.UUID("00000000-0000-4000-8000-00000000000a")
-OTHER = uuid.UUID("00000000-0000-4000-8000-00000000000b")
-LEASE = timedelta(seconds=60)
-
-
-def postgresql_only(test):
-    """What SQLite cannot do: deselected from the SQLite run, and skipped on SQLite however it is run."""
-    return pytest.mark.postgresql_only(pytest.mark.skipif(ON_SQLITE, reason="PostgreSQL only")(test))
 
 
 @pytest.fixture
 def task(db):
     return make_definition("store-contract", every=3600)
-
-
-def scheduled(task, at, *, priority=Priority.NORMAL, **fields) -> Occurrence:
-    """A planned occurrence due at `at`."""
-    return Occurrence.objects.create(
-        task=task, job_name=task.name, scheduled_for=at, run_after=at, priority=priority, **fields
-    )
-
-
-def claimed(task, at, *, session=SESSION, scheduler="alpha") -> Occurrence:
-    """An occurrence due at `at`, claimed then by session (its first attempt)."""
-    occurrence = scheduled(task, at)
-    return store.claim_one(occurrence.id, now=at, session=session, scheduler=scheduler, lease=LEASE)
-
-
-def claim_ready(now, *, limit=10, long_running=False, session=SESSION):
-    return store.claim_ready(
-        now=now, session=session, scheduler="alpha", lease=LEASE, long_running=long_running, limit=limit
-    )
-
-
-def row(occurrence) -> Occurrence:
-    return Occurrence.objects.get(id=occurrence.id)
-
-
-def finished(task, at, status, **fields) -> Occurrence:
-    return scheduled(task, at, status=status, finished_at=at, **fields)
-
-
-@contextlib.contextmanager
-def another_transaction(work):
-    """work() in a transaction of another connection (a thread's), held open until the block ends; yields its result."""
-    held, release, result, errors = threading.Event(), threading.Event(), [], []
-
-    def hold():
-        try:
-            with transaction.atomic():
-                result.append(work())
-                held.set()
-                release.wait(30)
-        except Exception as exc:  # surfaced below
-            errors.append(exc)
-        finally:
-            held.set()
-            connection.close()
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    try:
-        assert held.wait(30)
-        assert errors == []
-        yield result[0]
-    finally:
-        release.set()
-        thread.join(30)
-    assert not thread.is_alive() and errors == []
 
 
 # Made scheduled.
@@ -417,276 +354,3 @@ def test_attempt_recorded_says_whether_this_attempts_record_committed(task, cloc
     assert store.attempt_recorded(occurrence)
     assert store.attempt_recorded(occurrence, started_at=clock.now)
     assert not store.attempt_recorded(occurrence, started_at=clock.now - timedelta(seconds=1))
-
-
-# Ended.
-
-
-def test_record_attempt_success_is_succeeded_with_one_attempt_row(task, clock):
-    occurrence = claimed(task, clock.now)
-    end = clock.now + timedelta(seconds=2)
-    store.record_attempt(occurrence, session=SESSION, started_at=clock.now, now=end)
-    assert (occurrence.status, occurrence.finished_at, occurrence.lease_expires_at) == ("succeeded", end, None)
-    stored = row(occurrence)
-    assert (stored.status, stored.attempts, stored.reason, stored.lease_expires_at) == ("succeeded", 1, "", None)
-    assert stored.finished_at == end
-    attempt = Attempt.objects.get()
-    assert (attempt.occurrence_id, attempt.number, attempt.status, attempt.scheduler) == (
-        occurrence.id,
-        1,
-        "succeeded",
-        "alpha",
-    )
-    assert (attempt.started_at, attempt.finished_at, attempt.duration) == (clock.now, end, timedelta(seconds=2))
-    assert (attempt.error, attempt.traceback) == ("", "")
-
-
-def test_record_attempt_failure_with_retry_at_is_scheduled_again_for_then(task, clock, settings):
-    settings.ALERT_EMAILS = ["ops@example.com"]
-    occurrence = claimed(task, clock.now)
-    end = clock.now + timedelta(seconds=1)
-    retry_at = clock.now + timedelta(seconds=30)
-    store.record_attempt(
-        occurrence, session=SESSION, started_at=clock.now, now=end, error="E", traceback="T", retry_at=retry_at
-    )
-    stored = row(occurrence)
-    assert (stored.status, stored.attempts, stored.reason, stored.run_after) == ("scheduled", 1, "E", retry_at)
-    assert (stored.finished_at, stored.lease_expires_at) == (None, None)
-    attempt = Attempt.objects.get()
-    assert (attempt.number, attempt.status, attempt.error, attempt.traceback) == (1, "failed", "E", "T")
-    assert not Alert.objects.exists()
-
-
-def test_a_retry_is_never_scheduled_before_the_occurrences_due_instant(task, clock):
-    occurrence = claimed(task, clock.now)
-    store.record_attempt(
-        occurrence,
-        session=SESSION,
-        started_at=clock.now,
-        now=clock.now,
-        error="E",
-        retry_at=clock.now - timedelta(seconds=10),
-    )
-    assert (row(occurrence).status, row(occurrence).run_after) == ("scheduled", clock.now)
-
-
-def test_record_attempt_failure_without_retry_at_has_failed_and_writes_its_alert(task, clock, settings):
-    settings.ALERT_EMAILS, settings.ALERT_WEBHOOK_URL = ["ops@example.com"], ""
-    occurrence = claimed(task, clock.now)
-    end = clock.now + timedelta(seconds=1)
-    store.record_attempt(occurrence, session=SESSION, started_at=clock.now, now=end, error="E", traceback="T")
-    stored = row(occurrence)
-    assert (stored.status, stored.attempts, stored.reason, stored.finished_at) == ("failed", 1, "E", end)
-    assert list(Attempt.objects.values_list("number", "status", "error")) == [(1, "failed", "E")]
-    alert = Alert.objects.get()
-    assert (alert.kind, alert.occurrence_id, alert.error, alert.email_status) == (
-        "job_failed",
-        occurrence.id,
-        "E",
-        "pending",
-    )
-
-
-def test_a_failure_writes_no_alert_while_no_channel_is_configured(task, clock, settings):
-    settings.ALERT_EMAILS, settings.ALERT_WEBHOOK_URL = [], ""
-    occurrence = claimed(task, clock.now)
-    store.record_attempt(occurrence, session=SESSION, started_at=clock.now, now=clock.now, error="E")
-    assert row(occurrence).status == "failed"
-    assert not Alert.objects.exists()
-
-
-def test_an_attempts_start_is_at_most_its_end(task, clock):
-    occurrence = claimed(task, clock.now)
-    store.record_attempt(occurrence, session=SESSION, started_at=clock.now + timedelta(seconds=5), now=clock.now)
-    attempt = Attempt.objects.get()
-    assert (attempt.started_at, attempt.finished_at, attempt.duration) == (clock.now, clock.now, timedelta(0))
-
-
-@pytest.mark.parametrize("who", ["another session", "an earlier attempt", "after a take-over"])
-def test_a_record_without_the_claim_raises_lease_lost_and_writes_nothing(task, clock, who, settings):
-    settings.ALERT_EMAILS = ["ops@example.com"]
-    occurrence = claimed(task, clock.now)
-    session = SESSION
-    if who == "another session":
-        session = OTHER
-    elif who == "an earlier attempt":
-        occurrence.attempts = 0
-    else:
-        store.take_over(
-            occurrence.id, handed_by=SESSION, attempt=1, session=OTHER, worker="w", lease=LEASE, now=clock.now
-        )
-    before = row(occurrence)
-    with pytest.raises(LeaseLost):
-        store.record_attempt(occurrence, session=session, started_at=clock.now, now=clock.now, error="E")
-    after = row(occurrence)
-    assert (after.status, after.attempts, after.session, after.lease_expires_at) == (
-        "running",
-        1,
-        before.session,
-        before.lease_expires_at,
-    )
-    assert not Attempt.objects.exists() and not Alert.objects.exists()
-
-
-def test_release_goes_back_to_scheduled_without_counting_the_attempt(task, clock):
-    occurrence = claimed(task, clock.now)
-    store.release(occurrence, session=SESSION, reason="connection lost")
-    assert (occurrence.status, occurrence.attempts) == ("scheduled", 0)
-    stored = row(occurrence)
-    assert (stored.status, stored.attempts, stored.reason, stored.lease_expires_at) == (
-        "scheduled",
-        0,
-        "connection lost",
-        None,
-    )
-    assert not Attempt.objects.exists()
-    again = store.claim_one(occurrence.id, now=clock.now, session=OTHER, scheduler="beta", lease=LEASE)
-    assert (again.attempts, again.session) == (1, OTHER)
-
-
-@pytest.mark.parametrize("end, status", [(store.miss, "missed"), (store.skip, "skipped")])
-def test_miss_and_skip_finish_without_counting_an_attempt(task, clock, end, status):
-    occurrence = claimed(task, clock.now)
-    later = clock.now + timedelta(seconds=1)
-    end(occurrence, session=SESSION, now=later, reason="why")
-    stored = row(occurrence)
-    assert (stored.status, stored.attempts, stored.reason, stored.finished_at, stored.lease_expires_at) == (
-        status,
-        0,
-        "why",
-        later,
-        None,
-    )
-    assert not Attempt.objects.exists()
-
-
-@pytest.mark.parametrize("name", ["release", "miss", "skip"])
-def test_release_miss_and_skip_without_the_claim_raise_lease_lost(task, clock, name):
-    occurrence = claimed(task, clock.now)
-    kwargs = {"reason": "why"} if name == "release" else {"reason": "why", "now": clock.now}
-    with pytest.raises(LeaseLost):
-        getattr(store, name)(occurrence, session=OTHER, **kwargs)
-    stored = row(occurrence)
-    assert (stored.status, stored.attempts, stored.session) == ("running", 1, SESSION)
-
-
-def test_cancel_skips_a_scheduled_occurrence(task, clock):
-    occurrence = scheduled(task, clock.now + timedelta(minutes=5))
-    assert store.cancel(occurrence, by="alice", now=clock.now) is True
-    stored = row(occurrence)
-    assert (stored.status, stored.reason, stored.finished_at, stored.attempts) == (
-        "skipped",
-        "cancelled by alice",
-        clock.now,
-        0,
-    )
-
-
-@pytest.mark.parametrize("state", ["running", "succeeded", "failed"])
-def test_cancel_of_an_occurrence_that_no_longer_waits_is_false(task, clock, state):
-    occurrence = claimed(task, clock.now) if state == "running" else finished(task, clock.now, state)
-    assert store.cancel(occurrence, by="alice", now=clock.now) is False
-    assert (row(occurrence).status, row(occurrence).reason) == (state, "")
-
-
-# Deleted.
-
-
-def test_prune_deletes_only_finished_occurrences_older_than_the_cutoff_with_their_attempts(task, clock):
-    old = clock.now - timedelta(days=8)
-    doomed = claimed(task, old)
-    store.record_attempt(doomed, session=SESSION, started_at=old, now=old)
-    missed = finished(task, old - timedelta(minutes=1), "missed")
-    recent = claimed(task, clock.now - timedelta(days=6))
-    store.record_attempt(recent, session=SESSION, started_at=recent.started_at, now=recent.started_at)
-    waiting = scheduled(task, old - timedelta(minutes=2))
-    running = claimed(task, old - timedelta(minutes=3))
-    assert store.prune(clock.now, keep=timedelta(days=7), batch=10, batches=3) == (2, False)
-    assert set(Occurrence.objects.values_list("id", flat=True)) == {recent.id, waiting.id, running.id}
-    assert list(Attempt.objects.values_list("occurrence_id", flat=True)) == [recent.id]
-    assert not Occurrence.objects.filter(id=missed.id).exists()
-
-
-def test_prune_deletes_at_most_batches_of_batch_and_says_whether_more_are_left(task, clock):
-    for n in range(5):
-        finished(task, clock.now - timedelta(days=30, minutes=n), "succeeded")
-    assert store.prune(clock.now, keep=timedelta(days=7), batch=2, batches=2) == (4, True)
-    assert store.prune(clock.now, keep=timedelta(days=7), batch=2, batches=2) == (1, False)
-    assert not Occurrence.objects.exists()
-
-
-def test_prune_keeps_the_alerts_of_the_occurrences_it_deletes(task, clock, settings):
-    settings.ALERT_EMAILS = ["ops@example.com"]
-    old = clock.now - timedelta(days=8)
-    occurrence = claimed(task, old)
-    store.record_attempt(occurrence, session=SESSION, started_at=old, now=old, error="E")
-    assert store.prune(clock.now, keep=timedelta(days=7), batch=10, batches=1) == (1, False)
-    assert list(Alert.objects.values_list("occurrence_id", "job_name", "error")) == [(None, "store-contract", "E")]
-
-
-def test_prune_deletes_the_rows_of_instances_stopped_over_a_day_ago(db, clock):
-    ago = clock.now - timedelta(days=2)
-    for session, state in [(SESSION, "stopped"), (OTHER, "lost")]:
-        SchedulerInstance.objects.register(session, f"old-{state}", ago)
-        SchedulerInstance.objects.filter(session=session).update(state=state)
-    running = uuid.UUID("00000000-0000-4000-8000-00000000000c")
-    SchedulerInstance.objects.register(running, "silent-but-running", ago)
-    recent = uuid.UUID("00000000-0000-4000-8000-00000000000d")
-    SchedulerInstance.objects.register(recent, "recently-stopped", clock.now)
-    SchedulerInstance.objects.retire(recent, clock.now - timedelta(hours=1))
-    assert store.prune(clock.now, keep=timedelta(days=7), batch=10, batches=1) == (0, False)
-    assert set(SchedulerInstance.objects.values_list("session", flat=True)) == {running, recent}
-
-
-@postgresql_only
-def test_prune_skips_while_another_scheduler_prunes(task, clock):
-    finished(task, clock.now - timedelta(days=30), "succeeded")
-    with another_transaction(lambda: advisory_lock("jobs.prune_history")):
-        assert store.prune(clock.now, keep=timedelta(days=7), batch=10, batches=1) == (0, False)
-    assert store.prune(clock.now, keep=timedelta(days=7), batch=10, batches=1) == (1, False)
-
-
-@postgresql_only
-@pytest.mark.django_db(transaction=True)
-def test_prune_leaves_the_rows_another_transaction_holds_for_the_next_batch(task, clock):
-    held = finished(task, clock.now - timedelta(days=30), "succeeded")
-    free = finished(task, clock.now - timedelta(days=29), "succeeded")
-
-    def lock():
-        return list(Occurrence.objects.select_for_update().filter(id=held.id))
-
-    with another_transaction(lock):
-        assert store.prune(clock.now, keep=timedelta(days=7), batch=10, batches=1) == (1, False)
-        assert list(Occurrence.objects.values_list("id", flat=True)) == [held.id]
-    assert not Occurrence.objects.filter(id=free.id).exists()
-
-
-# The same contract on SQLite.
-
-# What the run on SQLite must report: every test above not marked postgresql_only passed.
-SQLITE_SUMMARY = {"passed": 45, "deselected": 10}
-
-
-@pytest.mark.slow
-@postgresql_only
-def test_the_contract_holds_on_sqlite_too(tmp_path):
-    env = dict(
-        os.environ,
-        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        TEST_DATABASE_NAME=str(tmp_path / "test.sqlite3"),
-        DEBUG="1",
-        **{ALLOW_SQLITE: "1"},
-    )
-    env.pop("PYTEST_ADDOPTS", None)  # this run's options (-m, say) are not the SQLite run's
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not postgresql_only", __file__],
-        cwd=settings.BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
-    summary = result.stdout.strip().splitlines()[-1]
-    assert {kind: int(count) for count, kind in re.findall(r"(\d+) (\w+)", summary)} == SQLITE_SUMMARY, summary

@@ -79,7 +79,9 @@ from outbox.envelope import EnvelopeWriter, broker_address, exchange_chain  # no
 from outbox.events import IntegrationEvent  # noqa: E402
 from outbox.models import OutboxMessage  # noqa: E402
 from outbox.publishing import publish  # noqa: E402
-from outbox.relay import Relay, Slot, Waker, run  # noqa: E402
+from outbox.relay import Relay, run  # noqa: E402
+from outbox.slots import Slot  # noqa: E402
+from outbox.waker import Waker  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

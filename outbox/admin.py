@@ -292,7 +292,7 @@ class OutboxMessageAdmin(ReadOnlyAdmin):
         return request.user.has_perm("outbox.discard_outboxmessage")
 
 
-# Relays: their heartbeats, read-only (outbox.relay.Heartbeat writes them).
+# Relays: their heartbeats, read-only (outbox.heartbeat.Heartbeat writes them).
 
 
 @admin.register(RelayInstance)

@@ -4,7 +4,7 @@ pika's BlockingChannel waits for each confirm in basic_publish, one round trip p
 Here a SelectConnection's I/O loop is stepped by hand instead: the messages of a batch are
 written as the caller produces them, confirms are taken in between, and at the end the loop runs
 until the broker has acked, nacked or returned every message. The caller stays synchronous; a
-caller whose batch spans several database transactions (outbox.relay) can wait, while it
+caller whose batch spans several database transactions (outbox.relay_pass) can wait, while it
 produces the batch, for the broker's answer to its earlier messages (await_outcomes) and read
 it from the outcome in progress.
 

@@ -4,6 +4,7 @@ An event is a frozen dataclass whose fields become the camelCase body of the mes
 Its message types are the URNs of its class and of every base class up to
 IntegrationEvent, most derived first, as MassTransit lists them:
 ``urn:message:<Namespace>:<TypeName>``. The exchange of a type is ``<Namespace>:<TypeName>``.
+An event's creation date is the database's time, the clock its outbox row is stamped by.
 """
 
 import dataclasses
@@ -13,9 +14,12 @@ from typing import ClassVar
 
 import uuid6
 
+from bookworm_scheduler.kernel.clock import default_clock
+
 
 def utc_now() -> datetime:
-    return datetime.now(UTC)
+    """Now by the database's clock (default_clock), in UTC: a new event's creation date."""
+    return default_clock()
 
 
 def camel_case(name: str) -> str:

@@ -97,6 +97,8 @@ class OutboxMessage(models.Model):
     # The event object: the envelope's "message".
     body = models.JSONField()
     headers = models.JSONField(default=dict, blank=True)
+    # publish() sets created_at and available_at from the database's clock (default_clock), which
+    # the relay judges them by; these defaults stamp only rows made without it (a test, a shell).
     created_at = models.DateTimeField(default=timezone.now)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
@@ -194,7 +196,7 @@ class PublishedKey(models.Model):
 class RelayInstance(ProcessInstance):
     """The heartbeat of one relay_outbox process, as jobs.SchedulerInstance is a scheduler's.
 
-    Written by outbox.relay.Heartbeat; read by /health/ (a relay with a fresh heartbeat) and the admin.
+    Written by outbox.heartbeat.Heartbeat; read by /health/ (a relay with a fresh heartbeat) and the admin.
     """
 
     class Meta(ProcessInstance.Meta):

@@ -4,15 +4,16 @@ Table and column names come from the model's _meta; each statement is built once
 alias (functools.cache). On PostgreSQL the claim opens its transaction and the record of the
 outcomes closes it in the same round trip as the statement itself (`BEGIN; ...` and `...;
 COMMIT` in one string, which psycopg's client-side binding cursor, Django's default, sends as
-one query): two round trips per batch, whatever its size.
+one query; bookworm_scheduler.kernel.transactions.begun and committed): two round trips per
+batch, whatever its size.
 """
 
 import functools
 from collections import namedtuple
 
-from django.db import connections
-
 from bookworm_scheduler.kernel.db import SqlNames, row_converter
+from bookworm_scheduler.kernel.dialect import postgresql
+from bookworm_scheduler.kernel.transactions import begun, committed
 from outbox.models import OutboxMessage
 
 PENDING = OutboxMessage.Status.PENDING.value  # the status literal the statements below compare with
@@ -41,18 +42,19 @@ def claim(alias: str) -> tuple[str, object]:
 
     Returns the statement and a converter of the fetched rows into Claimed tuples.
     """
-    connection = connections[alias]
-    postgresql = connection.vendor == "postgresql"
+    on_postgresql = postgresql(alias)
     m = SqlNames(OutboxMessage, alias)
     # PostgreSQL's text of a uuid is its canonical form, what the envelope needs: no UUID object.
-    message_id, correlation_id = (f"CAST({c} AS text)" if postgresql else c for c in (m.message_id, m.correlation_id))
+    message_id, correlation_id = (
+        f"CAST({c} AS text)" if on_postgresql else c for c in (m.message_id, m.correlation_id)
+    )
     select = (
         f"SELECT {m.id}, {message_id}, {correlation_id}, {m.exchange}, CAST({m.message_types} AS text), "
         f"CAST({m.body} AS text), CAST({m.headers} AS text), {m.attempts} FROM {m.table} "
         f"WHERE {m.status} = '{PENDING}' AND {m.available_at} <= %s AND {m.id} > %s ORDER BY {m.id} LIMIT %s"
     )
-    if postgresql:
-        statement = f"BEGIN; SET LOCAL enable_bitmapscan = off; {select} FOR UPDATE SKIP LOCKED"
+    if on_postgresql:
+        statement = begun(f"{select} FOR UPDATE SKIP LOCKED", "enable_bitmapscan = off")
     else:
         statement = select
     fields = [OutboxMessage._meta.get_field(name) for name in ("id", "message_id", "correlation_id")]
@@ -100,7 +102,7 @@ def record_outcomes(alias: str, returning: bool) -> str:
     # The commit does not wait for the WAL to reach the disk: should PostgreSQL crash in the next
     # moment and lose the record, its rows are pending again and are sent again with their message
     # ids, as after any lost record; the relay does not wait for a flush per batch meanwhile.
-    return "SET LOCAL synchronous_commit = off; " + statement + "; COMMIT"
+    return committed(statement, synchronous=False)
 
 
 @functools.cache

@@ -9,6 +9,8 @@ from collections.abc import Callable
 import psycopg
 from django.db import DEFAULT_DB_ALIAS, connections
 
+from bookworm_scheduler.kernel.dialect import postgresql
+
 logger = logging.getLogger(__name__)
 
 
@@ -16,8 +18,10 @@ class Listener:
     """Calls on_notify(payload) whenever `channel` is notified, until close(). A no-op on SQLite.
 
     A dedicated autocommit connection listens: Django's connections run transactions. A lost
-    connection is retried every `retry` seconds; once listening again it calls on_notify(None),
-    for whatever was notified while it was not (callers poll as well, as a safety net).
+    connection, or one that cannot be made, is reported to on_failure(error) (by default logged,
+    listen_failed, at DEBUG) and retried every `retry` seconds. Each time it listens, the first
+    time included, it calls on_notify(None), for whatever was notified while it was not (callers
+    poll as well, as a safety net). Callbacks are made from the listener's thread.
 
     The thread sleeps in select() on the connection's socket and a pipe that close() writes to,
     with no timeout: an idle listener costs no CPU. (psycopg's notifies(timeout=...) wakes every
@@ -25,18 +29,24 @@ class Listener:
     """
 
     def __init__(
-        self, channel: str, on_notify: Callable[[str | None], None], using: str = DEFAULT_DB_ALIAS, retry: float = 1.0
+        self,
+        channel: str,
+        on_notify: Callable[[str | None], None],
+        using: str = DEFAULT_DB_ALIAS,
+        retry: float = 1.0,
+        on_failure: Callable[[psycopg.Error], None] | None = None,
     ):
         self.channel = channel
         self.on_notify = on_notify
         self.using = using
         self.retry = retry
+        self.on_failure = on_failure or self._log_failure
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
         self._wakeup: tuple[int, int] | None = None  # a pipe: close() writes to it
 
     def start(self) -> None:
-        if connections[self.using].vendor != "postgresql":
+        if not postgresql(self.using):
             return
         self._wakeup = os.pipe()
         self._thread = threading.Thread(target=self._listen, name=f"listen-{self.channel}", daemon=True)
@@ -70,5 +80,8 @@ class Listener:
                             for notify in listener.notifies(timeout=0):
                                 self.on_notify(notify.payload)
             except psycopg.Error as error:
-                logger.debug("listening on %s failed: %s", self.channel, error, extra={"action": "listen_failed"})
+                self.on_failure(error)
                 self._closed.wait(self.retry)
+
+    def _log_failure(self, error: psycopg.Error) -> None:
+        logger.debug("listening on %s failed: %s", self.channel, error, extra={"action": "listen_failed"})

@@ -8,8 +8,9 @@ per occurrence or message (docs/benchmarks.md). So:
   and never released (job_savepoint): Django's atomic() would send SAVEPOINT and RELEASE on
   their own, two round trips per run;
 - the relay opens its transaction in the string of its first statement and commits in the
-  string of its last (begun, committed): psycopg's client-side binding cursor sends a string of
-  several statements as one, and Django's atomic() would add a BEGIN and a COMMIT of their own;
+  string of its last (begun, committed), or rolls it back (rollback): psycopg's client-side
+  binding cursor sends a string of several statements as one, and Django's atomic() would add a
+  BEGIN and a COMMIT of their own;
 - a job's timeout is also the server's statement timeout (statement_timeout), because the
   watchdog that stops the job cannot stop a query.
 
@@ -129,3 +130,29 @@ def reset_statement_timeout() -> None:
     if postgresql():
         with connection.cursor() as cursor:
             cursor.execute("RESET statement_timeout")
+
+
+def begun(statement: str, *set_local: str) -> str:
+    """PostgreSQL: statement as the first of a transaction, `BEGIN; SET LOCAL ...; statement` in one string.
+
+    set_local: settings for this transaction alone, e.g. "enable_bitmapscan = off". The results of
+    BEGIN and of each SET LOCAL come first (cursor.nextset() steps past them). Django does not
+    know that the transaction is open: committed() or rollback() ends it.
+    """
+    return "; ".join(["BEGIN", *(f"SET LOCAL {setting}" for setting in set_local), statement])
+
+
+def committed(statement: str, *, synchronous: bool = True) -> str:
+    """PostgreSQL: statement as the last of the transaction begun() opened, `statement; COMMIT` in one string.
+
+    Not synchronous: the commit does not wait for its WAL to reach the disk (SET LOCAL
+    synchronous_commit = off, sent first: its result comes before the statement's).
+    """
+    if synchronous:
+        return f"{statement}; COMMIT"
+    return f"SET LOCAL synchronous_commit = off; {statement}; COMMIT"
+
+
+def rollback(cursor) -> None:
+    """PostgreSQL: roll back the transaction begun() opened, on the connection of cursor."""
+    cursor.execute("ROLLBACK")

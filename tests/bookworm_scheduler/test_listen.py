@@ -1,5 +1,7 @@
+import logging
 import threading
 
+import psycopg
 import pytest
 from django.db import connection
 
@@ -66,13 +68,36 @@ def test_each_notification_calls_back_with_its_payload_and_close_ends_the_thread
     wait_for(lambda: listening_pid() is None, timeout=10)
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_lost_connection_is_listened_on_again_and_called_back_for_what_it_missed(listening):
-    _listener, calls = listening
+def end_the_listening_session() -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(%s)", [listening_pid()])
 
-    wait_for(lambda: calls.seen() == [None, None], timeout=10)  # listening again
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_connection_is_listened_on_again_and_called_back_for_what_it_missed(listening, caplog):
+    _listener, calls = listening
+    with caplog.at_level(logging.DEBUG, logger="bookworm_scheduler.kernel.listen"):
+        end_the_listening_session()
+
+        wait_for(lambda: calls.seen() == [None, None], timeout=10)  # listening again
+    assert [record.action for record in caplog.records if hasattr(record, "action")] == ["listen_failed"]
     wait_for(lambda: listener_ready(CHANNEL), timeout=10)
     notify("scheduled")
     wait_for(lambda: calls.seen() == [None, None, "scheduled"], timeout=10)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failure_goes_to_on_failure_when_one_is_given_and_the_listener_listens_again():
+    calls, failures = Calls(), Calls()
+    listener = Listener(CHANNEL, calls, on_failure=failures)
+    listener.start()
+    try:
+        wait_for(lambda: listener_ready(CHANNEL), timeout=10)
+        wait_for(lambda: calls.seen() == [None], timeout=10)
+        end_the_listening_session()
+
+        wait_for(lambda: calls.seen() == [None, None], timeout=10)
+        [error] = failures.seen()
+        assert isinstance(error, psycopg.OperationalError)
+    finally:
+        listener.close()

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from jobs.seed.contracts import CleanUpSentEmailIntegrationEvent
+from outbox import events
 from outbox.events import IntegrationEvent, camel_case, wire_value
 
 pytestmark = pytest.mark.unit
@@ -73,8 +74,11 @@ def test_the_body_is_every_field_in_camel_case_with_wire_values():
     }
 
 
-def test_a_new_event_has_a_version_7_guid_and_a_utc_creation_date():
+def test_a_new_event_has_a_version_7_guid_and_the_databases_time_as_its_utc_creation_date(monkeypatch):
+    database_time = datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=UTC)
+    monkeypatch.setattr(events, "default_clock", lambda: database_time)  # a unit test reaches no database
+
     event = CleanUpSentEmailIntegrationEvent()
 
     assert event.id.version == 7
-    assert event.creation_date.tzinfo is UTC
+    assert event.creation_date == database_time and event.creation_date.tzinfo is UTC

@@ -13,7 +13,6 @@ from django.utils import timezone
 from bookworm_scheduler.kernel.clock import default_clock
 from outbox.models import OutboxMessage, PublishedKey
 from outbox.publishing import publish
-from outbox.relay import Waker
 from tests.outbox.helpers import build_relay
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -182,22 +181,3 @@ def test_retention_deletes_only_delivered_rows_older_than_the_retention(relay, e
     assert deleted == 1
     assert set(OutboxMessage.objects.values_list("id", flat=True)) == {row.id for row in rows[1:]}
     assert list(PublishedKey.objects.values_list("idempotency_key", flat=True)) == ["recent"]
-
-
-def test_the_waker_wakes_when_an_outbox_row_commits(event_type):
-    waker = Waker()
-    try:
-        assert waker.wait(0.1, tick=lambda: None, stopping=lambda: False) is False
-        publish_events(event_type, 1)
-
-        assert waker.wait(30, tick=lambda: None, stopping=lambda: False) is True
-    finally:
-        waker.close()
-
-
-def test_the_waker_returns_at_once_when_asked_to_stop():
-    waker = Waker()
-    try:
-        assert waker.wait(30, tick=lambda: None, stopping=lambda: True) is False
-    finally:
-        waker.close()

@@ -11,8 +11,8 @@ from django.urls import reverse
 
 import bookworm_scheduler
 from bookworm_scheduler.kernel.clock import database_now
+from outbox.heartbeat import Heartbeat
 from outbox.models import RelayInstance
-from outbox.relay import Heartbeat
 from tests.jobs.helpers import FakeClock, wait_for
 from tests.outbox.helpers import run_command
 

@@ -15,7 +15,9 @@ from django.utils import timezone
 
 from outbox.models import OutboxMessage
 from outbox.publishing import publish
-from outbox.relay import Slot, Waker, run
+from outbox.relay import run
+from outbox.slots import Slot
+from outbox.waker import Waker
 from tests.jobs.helpers import wait_for
 from tests.outbox.helpers import build_relay, run_command
 

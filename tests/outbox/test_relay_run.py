@@ -9,7 +9,8 @@ from django.db import connections, transaction
 
 from outbox.models import OutboxMessage
 from outbox.publishing import publish
-from outbox.relay import Waker, run
+from outbox.relay import run
+from outbox.waker import Waker
 from tests.outbox.helpers import SERIALIZATION_FAILURE, serialization_failure
 
 pytestmark = pytest.mark.django_db(transaction=True)

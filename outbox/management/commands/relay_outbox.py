@@ -11,7 +11,9 @@ from bookworm_scheduler.kernel import daemon_metrics
 from outbox import relay_metrics as metrics
 from outbox.broker import Broker, BrokerUnavailable, connection_parameters
 from outbox.envelope import EnvelopeWriter, broker_address
-from outbox.relay import Heartbeat, Relay, Waker, run
+from outbox.heartbeat import Heartbeat
+from outbox.relay import Relay, run
+from outbox.waker import Waker
 
 
 class Command(BaseCommand):

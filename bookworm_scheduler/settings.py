@@ -137,7 +137,7 @@ OUTBOX_BLOCKED_TIMEOUT_SECONDS = _positive("int", "OUTBOX_BLOCKED_TIMEOUT_SECOND
 HEALTH_HEARTBEAT_MAX_AGE_SECONDS = _positive("int", "HEALTH_HEARTBEAT_MAX_AGE_SECONDS", 60)
 HEALTH_OUTBOX_MAX_AGE_SECONDS = _positive("int", "HEALTH_OUTBOX_MAX_AGE_SECONDS", 300)
 # Three heartbeats: a scheduler's come every third of its lease (jobs.engine.leases), a relay's every
-# 5 s (outbox.relay.Heartbeat). A shorter age would report live ones dead between two beats.
+# 5 s (outbox.heartbeat.Heartbeat). A shorter age would report live ones dead between two beats.
 if HEALTH_HEARTBEAT_MAX_AGE_SECONDS < max(SCHEDULER_LEASE_SECONDS, 15):
     raise ImproperlyConfigured(
         f"HEALTH_HEARTBEAT_MAX_AGE_SECONDS: must be at least SCHEDULER_LEASE_SECONDS ({SCHEDULER_LEASE_SECONDS}) "

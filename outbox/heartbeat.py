@@ -3,7 +3,7 @@
 import socket
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError
 
@@ -19,10 +19,9 @@ class Heartbeat:
     outbox.relay.run calls it at every turn of its loop and between the slices of its waits, so
     a live relay beats at least that often, plus outbox.waker.Waker.SLICE, outside a batch. Each
     renewal also marks the relays silent for longer than the liveness allows lost and deletes
-    the rows of relays stopped or lost more than KEEP ago. retire() says goodbye at exit.
+    the rows of relays stopped or lost long ago (bookworm_scheduler.kernel.instances.KEEP).
+    retire() says goodbye at exit.
     """
-
-    KEEP = timedelta(days=1)
 
     def __init__(self, clock: Callable[[], datetime], *, instance_id: str = "", using: str = DEFAULT_DB_ALIAS):
         self.session = uuid.uuid4()
@@ -40,7 +39,7 @@ class Heartbeat:
         if not rows.beat(self.session, now):
             rows.register(self.session, self.instance_id, now)
         rows.mark_lost(now, self.liveness.lost_after)
-        rows.prune(now - self.KEEP)
+        rows.prune(now)
         self._beaten_at = now
 
     def retire(self) -> None:

@@ -11,6 +11,9 @@ from django.db.models import F
 import bookworm_scheduler
 from bookworm_scheduler.kernel.liveness import Liveness
 
+# How long the row of a stopped or lost process is kept (the admin's list of instances shows it).
+KEEP = timedelta(days=1)
+
 
 class InstanceQuerySet(models.QuerySet):
     def alive(self):
@@ -47,9 +50,9 @@ class InstanceQuerySet(models.QuerySet):
             .update(state=self.model.State.LOST, stopped_at=F("last_seen"))
         )
 
-    def prune(self, cutoff) -> int:
-        """Delete the rows of processes stopped or lost before cutoff."""
-        deleted, _ = self.exclude(state=self.model.State.RUNNING).filter(last_seen__lt=cutoff).delete()
+    def prune(self, now) -> int:
+        """Delete the rows of processes stopped or lost more than KEEP before now."""
+        deleted, _ = self.exclude(state=self.model.State.RUNNING).filter(last_seen__lt=now - KEEP).delete()
         return deleted
 
 

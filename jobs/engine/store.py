@@ -412,7 +412,7 @@ def prune(now: datetime, *, keep: timedelta, batch: int, batches: int) -> tuple[
                 return deleted, False
             count = _prune_batch(now - keep, batch)
             if deleted == 0:
-                SchedulerInstance.objects.prune(now - timedelta(days=1))
+                SchedulerInstance.objects.prune(now)
         deleted += count
         if count < batch:
             return deleted, False

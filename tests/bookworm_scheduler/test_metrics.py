@@ -329,13 +329,19 @@ def test_a_running_relay_serves_its_metrics(subprocess_env):
     env = {**subprocess_env, "RELAY_METRICS_PORT": str(port), "METRICS_ADDRESS": "127.0.0.1"}
     relay = subprocess.Popen([*MANAGE, "relay_outbox"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        values = wait_for(lambda: scrape_process(port), timeout=30)
+        # Its last batch is stamped at start; the broker's gauge once it has connected.
+        values = wait_for(lambda: connected(scrape_process(port)), timeout=30)
     finally:
         relay.send_signal(signal.SIGTERM)
         relay.communicate(timeout=30)
 
     assert values["bookworm_outbox_broker_connected"] == 1
     assert values["bookworm_outbox_relay_last_batch_timestamp_seconds"] > 0
+
+
+def connected(values: dict | None) -> dict | None:
+    """The relay's samples once it has connected to the broker; None before."""
+    return values if values and values.get("bookworm_outbox_broker_connected") == 1 else None
 
 
 def scrape_process(port: int) -> dict | None:

@@ -110,7 +110,30 @@ class JobDefinitionForm(forms.ModelForm):
             "expires",
             "expire_seconds",
         ]
-        labels = {"kwargs": "Keyword arguments (JSON)"}
+        # Ours, not django-celery-beat's: the view-only page shows these for the model's fields too.
+        labels = {
+            "task": "Job",
+            "interval": "Interval",
+            "clocked": "Clocked time",
+            "start_time": "Starts at",
+            "one_off": "Once only",
+            "kwargs": "Keyword arguments (JSON)",
+            "expires": "Expires at",
+            "expire_seconds": "Expires after (seconds)",
+        }
+        help_texts = {
+            "name": "The job's name in the console, the history and the alerts; unique.",
+            "task": "The registered job this definition runs.",
+            "enabled": "Untick to pause the schedule; instants while paused are not run later.",
+            "description": "What the job does and whom to ask about it (optional).",
+            "interval": "Run every so often instead of a cron expression.",
+            "clocked": "Run once at this time instead of a cron expression.",
+            "start_time": "No run before this time (optional).",
+            "one_off": "Run once, then disable the job.",
+            "kwargs": 'Passed to the job, e.g. {"batch_size": 100}.',
+            "expires": "No run after this time (optional).",
+            "expire_seconds": "A run not started this many seconds after its instant is skipped (optional).",
+        }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -12,6 +12,9 @@ CACHE_SECONDS by a cache entry keyed by an HMAC of its header, holding the user'
 hash (a changed password no longer matches, and a user who lost staff status or was deactivated
 is refused at the next request).
 
+Under the JSON API (/tickerq/api/) every refusal, the lockout's included, is the API's one error
+shape (api_error); elsewhere it is a line of text, or the lockout page for a browser.
+
 Basic authentication does not exempt a POST from the admin's CSRF protection. Behind reverse
 proxies, django-axes knows a client by client_address.
 """
@@ -25,7 +28,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import authenticate, get_user_model, login
 from django.core.cache import cache
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils.crypto import constant_time_compare, salted_hmac
@@ -64,7 +67,7 @@ def authenticate_basic(request: HttpRequest, header: str) -> HttpResponse | None
     try:
         username, password = decode_credentials(header)
     except ValueError:
-        return unauthorized("Malformed Basic credentials.")
+        return unauthorized(request, "Malformed Basic credentials.")
 
     if request.user.is_authenticated and request.user.get_username() == username:
         return None  # logged into this session earlier: checked then
@@ -81,14 +84,12 @@ def authenticate_basic(request: HttpRequest, header: str) -> HttpResponse | None
         logger.warning("Basic credentials refused", extra={"action": "basic_auth_refused"})
         if getattr(request, "axes_locked_out", False):
             return get_lockout_response(request, None, {"username": username})
-        return unauthorized("Wrong username or password.")
+        return unauthorized(request, "Wrong username or password.")
     if not (user.is_active and user.is_staff):
         logger.warning(
             "Basic login of a non-staff user", extra={"action": "basic_auth_forbidden", "username": username}
         )
-        return HttpResponse(
-            "This user may not use the dashboard.\n", status=403, content_type="text/plain; charset=utf-8"
-        )
+        return refusal(request, 403, "This user may not use the dashboard.")
 
     login(request, user)
     cache.set(key, (user.pk, user.password), CACHE_SECONDS)
@@ -109,8 +110,28 @@ def decode_credentials(header: str) -> tuple[str, str]:
     return username, password
 
 
-def unauthorized(text: str) -> HttpResponse:
-    response = HttpResponse(text + "\n", status=401, content_type="text/plain; charset=utf-8")
+def is_api(request: HttpRequest) -> bool:
+    """The request is for the JSON API (jobs.web.api), whose errors all have api_error's shape."""
+    return request.path.startswith(reverse("api:index"))
+
+
+def api_error(status: int, message: str) -> JsonResponse:
+    """The one shape of every error the API answers: {"error": {"status": 404, "message": "..."}}.
+
+    Here rather than in jobs.web.api because this middleware's refusals under the API need it too.
+    """
+    return JsonResponse({"error": {"status": status, "message": message}}, status=status)
+
+
+def refusal(request: HttpRequest, status: int, message: str) -> HttpResponse:
+    """message as the API's JSON error under /tickerq/api/, else as one line of plain text."""
+    if is_api(request):
+        return api_error(status, message)
+    return HttpResponse(message + "\n", status=status, content_type="text/plain; charset=utf-8")
+
+
+def unauthorized(request: HttpRequest, message: str) -> HttpResponse:
+    response = refusal(request, 401, message)
     response["WWW-Authenticate"] = CHALLENGE
     return response
 
@@ -140,18 +161,14 @@ def _cached_user(key: str):
 def lockout_response(request: HttpRequest, original_response=None, credentials=None) -> HttpResponse:
     """django-axes' AXES_LOCKOUT_CALLABLE: the answer to a login refused by a lockout.
 
-    A Basic request gets a line of text, a browser the lockout page; both say how long to wait.
-    django-axes restarts the cool-off at every attempt while locked (its default), so the wait
-    is the whole cool-off.
+    An API request gets the API's JSON error, another Basic request a line of text, a browser
+    the lockout page; each says how long to wait, and so does Retry-After. django-axes restarts
+    the cool-off at every attempt while locked (its default), so the wait is the whole cool-off.
     """
     minutes = int(get_cool_off(request).total_seconds() // 60)
-    if basic_header(request):
+    if is_api(request) or basic_header(request):
         unit = "minute" if minutes == 1 else "minutes"
-        response = HttpResponse(
-            f"Account locked: too many failed logins. Try again in {minutes} {unit}.\n",
-            status=429,
-            content_type="text/plain; charset=utf-8",
-        )
+        response = refusal(request, 429, f"Account locked: too many failed logins. Try again in {minutes} {unit}.")
     else:
         context = {
             **admin.site.each_context(request),

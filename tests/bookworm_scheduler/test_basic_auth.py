@@ -1,13 +1,22 @@
-"""The parts of Basic authentication that need no user table: reading the header, the 401, and the client's
-address behind reverse proxies. Logins, lockouts and the cache of Basic logins: test_access.py and
-test_settings.py."""
+"""The parts of Basic authentication that need no user table: reading the header, the 401 and the lockout's
+429 (JSON under the API, text elsewhere), and the client's address behind reverse proxies. Logins, lockouts
+and the cache of Basic logins: test_access.py and test_settings.py; the API's refusals: tests/jobs/test_api.py."""
 
 import base64
+import json
+from datetime import timedelta
 
 import pytest
 from django.test import RequestFactory
 
-from bookworm_scheduler.web.basic_auth import basic_header, client_address, decode_credentials, unauthorized
+from bookworm_scheduler.web.basic_auth import (
+    basic_header,
+    client_address,
+    decode_credentials,
+    is_api,
+    lockout_response,
+    unauthorized,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -50,13 +59,51 @@ def test_only_a_basic_authorization_header_is_taken_whatever_the_case_of_its_sch
     assert basic_header(factory.get("/")) is None
 
 
-def test_a_refusal_is_a_401_with_the_basic_challenge_and_one_line_of_text():
-    response = unauthorized("Wrong username or password.")
+def test_a_refusal_on_the_dashboard_is_a_401_with_the_basic_challenge_and_one_line_of_text():
+    response = unauthorized(RequestFactory().get("/tickerq/jobs/occurrence/"), "Wrong username or password.")
 
     assert response.status_code == 401
     assert response["WWW-Authenticate"] == 'Basic realm="BookWorm Scheduler", charset="UTF-8"'
     assert response["Content-Type"] == "text/plain; charset=utf-8"
     assert response.content == b"Wrong username or password.\n"
+
+
+def test_a_refusal_under_the_api_is_its_json_error_with_the_basic_challenge():
+    response = unauthorized(RequestFactory().get("/tickerq/api/jobs/"), "Wrong username or password.")
+
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == 'Basic realm="BookWorm Scheduler", charset="UTF-8"'
+    assert response["Content-Type"] == "application/json"
+    assert json.loads(response.content) == {"error": {"status": 401, "message": "Wrong username or password."}}
+
+
+@pytest.mark.parametrize(
+    "path, api", [("/tickerq/api/", True), ("/tickerq/api/history/", True), ("/tickerq/", False), ("/api/", False)]
+)
+def test_only_paths_under_tickerq_api_are_the_apis(path, api):
+    assert is_api(RequestFactory().get(path)) is api
+
+
+def test_a_lockout_under_the_api_is_a_json_429_with_retry_after(settings):
+    settings.AXES_COOLOFF_TIME = timedelta(minutes=1)
+
+    response = lockout_response(RequestFactory().get("/tickerq/api/jobs/"))
+
+    assert response.status_code == 429 and response["Retry-After"] == "60"
+    assert json.loads(response.content) == {
+        "error": {"status": 429, "message": "Account locked: too many failed logins. Try again in 1 minute."}
+    }
+
+
+def test_a_basic_lockout_on_the_dashboard_is_a_line_of_text(settings):
+    settings.AXES_COOLOFF_TIME = timedelta(minutes=15)
+    request = RequestFactory().get("/tickerq/", HTTP_AUTHORIZATION=basic(b"monitor:pw"))
+
+    response = lockout_response(request)
+
+    assert response.status_code == 429 and response["Retry-After"] == "900"
+    assert response["Content-Type"] == "text/plain; charset=utf-8"
+    assert response.content == b"Account locked: too many failed logins. Try again in 15 minutes.\n"
 
 
 @pytest.mark.parametrize(

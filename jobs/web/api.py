@@ -6,6 +6,9 @@ user's session, or HTTP Basic credentials, which bookworm_scheduler.web.basic_au
 request.user before a view runs. Each endpoint asks for the permission of the rows it shows, as
 the admin page of those rows does (the change permission implies the view permission there,
 and here). The views only read, or write an occurrence row for the scheduler: never the broker.
+
+Every error, from a view or from the Basic middleware (401, 403, the lockout's 429), is
+{"error": {"status": <the HTTP status>, "message": "<one sentence>"}}: basic_auth.api_error.
 """
 
 import logging
@@ -20,16 +23,16 @@ from django.views.decorators.csrf import csrf_exempt
 from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.kernel.clock import default_clock
-from bookworm_scheduler.web.basic_auth import CHALLENGE, basic_header
-from jobs.engine.definitions import run_now
-from jobs.web.serializers import BadFilter, HistoryFilter, history_rows, job_rows
+from bookworm_scheduler.web.basic_auth import CHALLENGE, api_error, basic_header
+from jobs.engine.definitions import run_now_logged
+from jobs.models import Occurrence
+from jobs.web.serializers import BadFilter, HistoryFilter, history_rows, job_rows, occurrence_detail, occurrence_url
 from outbox.serializers import outbox_status
 
 logger = logging.getLogger(__name__)
 
 
-def error(status: int, message: str) -> JsonResponse:
-    return JsonResponse({"error": message}, status=status)
+error = api_error
 
 
 def may(user, permission: str) -> bool:
@@ -70,7 +73,7 @@ class ApiView(View):
 
 
 class IndexView(ApiView):
-    """GET /tickerq/api/: the endpoints, and the command each one mirrors."""
+    """GET /tickerq/api/: the endpoints, and the command each one mirrors (null: none)."""
 
     def get(self, request):
         endpoints = [
@@ -80,6 +83,7 @@ class IndexView(ApiView):
                 reverse("api:history") + "?job=NAME&status=STATUS&manual=true|false&limit=N",
                 "manage.py jobs history [--job NAME] [--status STATUS] [--manual|--no-manual] [--limit N] --json",
             ),
+            ("GET", reverse("api:occurrence", args=[0]).removesuffix("0") + "ID", None),
             ("GET", reverse("api:outbox"), "manage.py outbox status --json"),
             ("POST", reverse("api:trigger", args=["NAME"]), "manage.py jobs trigger NAME"),
         ]
@@ -110,6 +114,18 @@ class HistoryView(ApiView):
         return JsonResponse(history_rows(history), safe=False)
 
 
+class OccurrenceView(ApiView):
+    """GET /tickerq/api/occurrences/<id>: one occurrence, its attempts and the events it published."""
+
+    permission = "jobs.view_occurrence"
+
+    def get(self, request, pk: int):
+        occurrence = Occurrence.objects.filter(pk=pk).first()
+        if occurrence is None:
+            return error(404, f"No such occurrence: {pk}.")
+        return JsonResponse(occurrence_detail(occurrence))
+
+
 class OutboxView(ApiView):
     """GET /tickerq/api/outbox/: the object of `outbox status --json`."""
 
@@ -123,8 +139,9 @@ class OutboxView(ApiView):
 class TriggerView(ApiView):
     """POST /tickerq/api/jobs/<name>/trigger: a manual run of the definition called name.
 
-    Answers 201 {"occurrence": id, "status": "scheduled"}; the scheduler claims the occurrence
-    as it claims any other. 404 when no definition has that name.
+    Answers 201 {"occurrence": id, "status": "scheduled", "url": ...}, Location the same URL
+    (OccurrenceView's); the scheduler claims the occurrence as it claims any other. Recorded in
+    the admin's log as the dashboard's "Run now" is. 404 when no definition has that name.
 
     CSRF. A browser attaches the session cookie to any request, a cross-site form's included,
     so a request is accepted without Django's CSRF token (X-CSRFToken header, or the
@@ -152,14 +169,15 @@ class TriggerView(ApiView):
         if task is None:
             return error(404, f"No such job definition: {name}.")
         username = request.user.get_username()
-        occurrence = run_now(task, by=username)
+        occurrence = run_now_logged(task, user=request.user, by=username, via="from the API")
         logger.info(
             "triggered %s",
             name,
             extra={"action": "job_triggered", "job_name": name, "occurrence": occurrence.id, "by": username},
         )
-        response = JsonResponse({"occurrence": occurrence.id, "status": occurrence.status}, status=201)
-        response["Location"] = reverse("admin:jobs_occurrence_change", args=[occurrence.id])
+        url = occurrence_url(occurrence.id)
+        response = JsonResponse({"occurrence": occurrence.id, "status": occurrence.status, "url": url}, status=201)
+        response["Location"] = url
         return response
 
     @staticmethod

@@ -15,6 +15,7 @@ urlpatterns = [
     # A definition's name is free text: <path:> lets it hold a slash.
     path("jobs/<path:name>/trigger", api.TriggerView.as_view(), name="trigger"),
     path("history/", api.HistoryView.as_view(), name="history"),
+    path("occurrences/<int:pk>", api.OccurrenceView.as_view(), name="occurrence"),
     path("outbox/", api.OutboxView.as_view(), name="outbox"),
     path("<path:rest>", api.NotFoundView.as_view()),
 ]

@@ -99,7 +99,12 @@ def test_an_anonymous_request_gets_401_with_a_basic_challenge(client, path):
 
     assert response.status_code == 401
     assert response["WWW-Authenticate"].startswith('Basic realm="BookWorm Scheduler"')
-    assert "error" in response.json()
+    assert response.json() == {
+        "error": {
+            "status": 401,
+            "message": "Authentication required: log in, or send Basic credentials of a staff user.",
+        }
+    }
 
 
 def test_an_anonymous_trigger_gets_401_and_runs_nothing(client):
@@ -114,7 +119,7 @@ def test_a_user_who_is_not_staff_gets_403(client, make_user):
 
     response = client.get("/tickerq/api/jobs/")
 
-    assert response.status_code == 403 and "error" in response.json()
+    assert response.json() == {"error": {"status": 403, "message": "Only staff users may use the API."}}
 
 
 @pytest.mark.parametrize("path, permission", GET_ENDPOINTS)
@@ -124,7 +129,7 @@ def test_staff_without_the_view_permission_of_the_rows_gets_403(client, make_use
     response = client.get(path)
 
     assert response.status_code == 403
-    assert response.json() == {"error": f"Permission required: {permission}."}
+    assert response.json() == {"error": {"status": 403, "message": f"Permission required: {permission}."}}
 
 
 @pytest.mark.parametrize("path, permission", GET_ENDPOINTS)
@@ -151,6 +156,47 @@ def test_basic_credentials_of_a_staff_user_read_without_a_session(client, make_u
     assert response.status_code == 200
 
 
+def test_wrong_basic_credentials_get_a_json_401_with_the_challenge(client, make_user):
+    make_user(*VIEW_ALL)
+
+    response = client.get("/tickerq/api/jobs/", **basic(password="not-the-password"))
+
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == 'Basic realm="BookWorm Scheduler", charset="UTF-8"'
+    assert response.json() == {"error": {"status": 401, "message": "Wrong username or password."}}
+
+
+def test_malformed_basic_credentials_get_a_json_401(client):
+    response = client.get("/tickerq/api/jobs/", HTTP_AUTHORIZATION="Basic !!!")
+
+    assert response.status_code == 401 and "WWW-Authenticate" in response
+    assert response.json() == {"error": {"status": 401, "message": "Malformed Basic credentials."}}
+
+
+def test_basic_credentials_of_a_user_who_is_not_staff_get_a_json_403(client, make_user):
+    make_user(*VIEW_ALL, is_staff=False)
+
+    response = client.get("/tickerq/api/jobs/", **basic())
+
+    assert response.status_code == 403
+    assert response.json() == {"error": {"status": 403, "message": "This user may not use the dashboard."}}
+
+
+def test_a_locked_out_basic_login_gets_a_json_429_saying_how_long_to_wait(client, make_user, settings):
+    settings.AXES_FAILURE_LIMIT = 2
+    settings.AXES_COOLOFF_TIME = timedelta(minutes=15)
+    make_user(*VIEW_ALL)
+
+    statuses = [client.get("/tickerq/api/jobs/", **basic(password="wrong")).status_code for _ in range(2)]
+    response = client.get("/tickerq/api/jobs/", **basic())
+
+    assert statuses == [401, 429]
+    assert response.status_code == 429 and response["Retry-After"] == "900"
+    assert response.json() == {
+        "error": {"status": 429, "message": "Account locked: too many failed logins. Try again in 15 minutes."}
+    }
+
+
 def test_the_index_lists_the_endpoints(client, make_user):
     logged_in(client, make_user())
 
@@ -159,6 +205,7 @@ def test_the_index_lists_the_endpoints(client, make_user):
     assert [(e["method"], e["url"].partition("?")[0]) for e in endpoints] == [
         ("GET", "/tickerq/api/jobs/"),
         ("GET", "/tickerq/api/history/"),
+        ("GET", "/tickerq/api/occurrences/ID"),
         ("GET", "/tickerq/api/outbox/"),
         ("POST", "/tickerq/api/jobs/NAME/trigger"),
     ]
@@ -169,7 +216,7 @@ def test_an_unknown_endpoint_is_a_json_404(client, make_user):
 
     response = client.get("/tickerq/api/nothing/here/")
 
-    assert response.status_code == 404 and "error" in response.json()
+    assert response.json() == {"error": {"status": 404, "message": "No such endpoint; GET /tickerq/api/ lists them."}}
 
 
 def test_a_read_endpoint_refuses_post_with_405(browser, make_user):
@@ -178,6 +225,7 @@ def test_a_read_endpoint_refuses_post_with_405(browser, make_user):
     response = browser.post("/tickerq/api/jobs/", HTTP_X_CSRFTOKEN=csrf_token(browser))
 
     assert response.status_code == 405 and response["Allow"] == "GET, HEAD"
+    assert response.json() == {"error": {"status": 405, "message": "Method not allowed: POST."}}
 
 
 # The shapes: what the command line prints.
@@ -231,7 +279,10 @@ def test_history_filters_by_job_status_and_manual(client, make_user, history):
     assert jobs(status="failed") == [("a", "failed", True), ("b", "failed", False)]
     assert jobs(manual="false", limit="1") == [("Gone", "missed", False)]
     row = client.get("/tickerq/api/history/", {"job": "b"}).json()[0]
+    b = Occurrence.objects.get(job_name="b")
     assert row == {
+        "id": b.id,
+        "url": f"/tickerq/api/occurrences/{b.id}",
         "job": "b",
         "scheduled_for": (history.now + timedelta(minutes=2)).isoformat(),
         "status": "failed",
@@ -262,7 +313,7 @@ def test_bad_history_parameters_answer_400_with_a_json_error(client, make_user, 
     response = client.get("/tickerq/api/history/", query)
 
     assert response.status_code == 400
-    assert response.json() == {"error": message}
+    assert response.json() == {"error": {"status": 400, "message": message}}
 
 
 def test_outbox_is_the_object_of_outbox_status_json(client, make_user):
@@ -287,7 +338,7 @@ def test_view_only_staff_cannot_trigger(browser, make_user):
     response = browser.post(TRIGGER, HTTP_X_CSRFTOKEN=csrf_token(browser))
 
     assert response.status_code == 403
-    assert response.json() == {"error": "Permission required: jobs.run_job."}
+    assert response.json() == {"error": {"status": 403, "message": "Permission required: jobs.run_job."}}
     assert not Occurrence.objects.exists()
 
 
@@ -298,8 +349,12 @@ def test_a_session_with_the_csrf_token_triggers_a_manual_run_with_the_definition
 
     occurrence = Occurrence.objects.get()
     assert response.status_code == 201
-    assert response.json() == {"occurrence": occurrence.id, "status": "scheduled"}
-    assert response["Location"] == f"/tickerq/jobs/occurrence/{occurrence.id}/change/"
+    assert response.json() == {
+        "occurrence": occurrence.id,
+        "status": "scheduled",
+        "url": f"/tickerq/api/occurrences/{occurrence.id}",
+    }
+    assert response["Location"] == f"/tickerq/api/occurrences/{occurrence.id}"
     assert (occurrence.job_name, occurrence.manual, occurrence.triggered_by, occurrence.priority) == (
         "ResendErrorEmailJob",
         True,
@@ -314,7 +369,14 @@ def test_a_session_post_without_the_csrf_token_is_refused(browser, make_user):
 
     response = browser.post(TRIGGER, content_type="application/json")
 
-    assert response.status_code == 403 and "CSRF" in response.json()["error"]
+    assert response.status_code == 403
+    assert response.json() == {
+        "error": {
+            "status": 403,
+            "message": "CSRF token missing or incorrect: send the session's X-CSRFToken header, "
+            "or Basic credentials with Content-Type: application/json.",
+        }
+    }
     assert not Occurrence.objects.exists()
 
 
@@ -343,7 +405,7 @@ def test_triggering_an_unknown_definition_is_a_404(browser, make_user):
     response = browser.post("/tickerq/api/jobs/Nope/trigger", content_type="application/json", **basic())
 
     assert response.status_code == 404
-    assert response.json() == {"error": "No such job definition: Nope."}
+    assert response.json() == {"error": {"status": 404, "message": "No such job definition: Nope."}}
 
 
 def test_a_definition_whose_name_has_a_slash_can_be_triggered(browser, make_user, no_seed_definitions):

@@ -1,10 +1,11 @@
-"""The history filter of `jobs history` and /tickerq/api/history/, read from a query string: no database."""
+"""The history filter of `jobs history` and /tickerq/api/history/, read from a query string, and the rows' values:
+no database."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from jobs.web.serializers import BadFilter, HistoryFilter, iso
+from jobs.web.serializers import BadFilter, HistoryFilter, iso, milliseconds, occurrence_url, occurrence_urls
 
 pytestmark = pytest.mark.unit
 
@@ -59,3 +60,17 @@ def test_the_largest_limit_is_allowed():
 def test_instants_are_iso_8601_and_a_missing_one_is_null():
     assert iso(datetime(2026, 3, 1, 12, 30, tzinfo=UTC)) == "2026-03-01T12:30:00+00:00"
     assert iso(None) is None
+
+
+def test_the_url_of_many_occurrences_is_each_ones_own():
+    url = occurrence_urls()
+
+    assert [url(7), url(1234567890123)] == ["/tickerq/api/occurrences/7", "/tickerq/api/occurrences/1234567890123"]
+    assert url(7) == occurrence_url(7)
+
+
+@pytest.mark.parametrize(
+    "duration, ms", [(None, None), (timedelta(0), 0), (timedelta(seconds=1, microseconds=2400), 1002)]
+)
+def test_durations_are_whole_milliseconds_and_a_missing_one_is_null(duration, ms):
+    assert milliseconds(duration) == ms

@@ -13,7 +13,7 @@ from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.kernel.clock import database_now
 from jobs.engine import store
-from jobs.engine.definitions import run_now
+from jobs.engine.definitions import os_user, run_now_logged
 from jobs.engine.schedules import InvalidSchedule, cron_instants, get_zone, next_instants
 from jobs.models import Occurrence
 from jobs.web.serializers import DEFAULT_LIMIT, MAX_LIMIT, BadFilter, HistoryFilter, history_rows, iso, job_rows
@@ -90,7 +90,10 @@ class Command(BaseCommand):
         task = PeriodicTask.objects.select_related("policy").filter(name=name).first()
         if task is None:
             raise CommandError(f"no such job definition: {name}", returncode=USAGE_ERROR)
-        occurrence = run_now(task, by="manage.py jobs trigger")
+        who = os_user()
+        occurrence = run_now_logged(
+            task, by=f"{who} via manage.py jobs trigger", via=f"from the command line by OS user {who}"
+        )
         self.stdout.write(f"triggered {name}: occurrence {occurrence.id}")
         if wait is None:
             return

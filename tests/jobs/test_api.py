@@ -219,6 +219,23 @@ def test_an_unknown_endpoint_is_a_json_404(client, make_user):
     assert response.json() == {"error": {"status": 404, "message": "No such endpoint; GET /tickerq/api/ lists them."}}
 
 
+@pytest.mark.parametrize(
+    "path, status, message",
+    [
+        ("/tickerq/api/jobs/", 405, "Method not allowed: POST."),
+        ("/tickerq/api/nothing/", 404, "No such endpoint; GET /tickerq/api/ lists them."),
+    ],
+)
+def test_a_post_without_a_csrf_token_where_nothing_is_written_gets_the_json_error(
+    browser, make_user, path, status, message
+):
+    logged_in(browser, make_user(*VIEW_ALL))
+
+    response = browser.post(path)
+
+    assert response.json() == {"error": {"status": status, "message": message}}
+
+
 def test_a_read_endpoint_refuses_post_with_405(browser, make_user):
     logged_in(browser, make_user(*VIEW_ALL))
 

@@ -47,9 +47,9 @@ def job(name: str, *, cron: str | None = None, timezone: str = "UTC", atomic: bo
     """Register the decorated function as the job `name` with its default schedule and policy.
 
     `policy` takes the keywords of jobs.engine.policy.Policy: priority, retries, retry_intervals,
-    timeout, misfire. With a cron expression, `migrate` (and scheduler start-up) creates a
-    definition of that name when none exists; without one, the job runs only where a
-    definition names it.
+    timeout, misfire. With a cron expression (five fields, or a Debian macro such as @daily,
+    kept as its five fields), `migrate` (and scheduler start-up) creates a definition of that
+    name when none exists; without one, the job runs only where a definition names it.
 
     The function receives a JobContext. With atomic (the default) it runs inside one database
     transaction together with the recording of its result: whatever it writes, outbox messages
@@ -60,7 +60,7 @@ def job(name: str, *, cron: str | None = None, timezone: str = "UTC", atomic: bo
     from jobs.engine.schedules import validate_cron
 
     if cron is not None:
-        validate_cron(cron, timezone)
+        cron = validate_cron(cron, timezone)  # a macro (@daily) as the five fields a CrontabSchedule stores
     job_policy = Policy(**policy)
 
     def register(func):

@@ -1,15 +1,18 @@
 """Schedule arithmetic: pure functions of a schedule and an instant.
 
-Cron follows Debian cron through cronsim: five fields, day-of-month OR day-of-week when
-both are restricted, evaluated in the job's zone, and across daylight-saving changes a job
-at a fixed time that falls in a skipped hour runs right after the change while one in a
-repeated hour runs once; wildcard jobs follow the clock. Results are UTC instants.
+Cron follows Debian cron through cronsim: five fields (or one of Debian's macros, @daily and
+the like, read as its five fields), day-of-month OR day-of-week when both are restricted,
+evaluated in the job's zone, and across daylight-saving changes a job at a fixed time that
+falls in a skipped hour runs right after the change while one in a repeated hour runs once;
+wildcard jobs follow the clock. Results are UTC instants. validate_cron is the one check of
+an expression (the command line, the admin, @job and planning call it).
 """
 
+import difflib
 import functools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from cronsim import CronSim, CronSimError
 
@@ -21,31 +24,97 @@ class InvalidSchedule(ValueError):
     """A schedule that cannot be evaluated: bad cron, unknown zone, solar, or none at all."""
 
 
+# Debian cron's macros (crontab(5)), as the five fields a CrontabSchedule stores. @reboot runs a
+# job when cron starts: a scheduler has no such moment, so it is refused (REBOOT).
+MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+REBOOT = (
+    "@reboot is not supported: it means 'when cron starts', and a scheduler runs jobs at instants, "
+    "not at its own start; use a cron expression or another macro"
+)
+
+
+def did_you_mean(word: str, candidates) -> str:
+    """' (did you mean X?)' for the candidate closest to word, the same but for case first; else ''."""
+    by_lower = {str(c).lower(): str(c) for c in candidates}
+    close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1)
+    match = by_lower.get(str(word).lower()) or (by_lower[close[0]] if close else None)
+    return f" (did you mean {match}?)" if match else ""
+
+
+@functools.cache
+def zone_names() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
 def get_zone(name) -> ZoneInfo:
     if isinstance(name, ZoneInfo):
         return name
     try:
         return ZoneInfo(str(name))
     except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidSchedule(f"unknown time zone: {name}") from None
+        raise InvalidSchedule(f"unknown time zone: {name}{did_you_mean(name, zone_names())}") from None
+
+
+def expand_macro(expr: str) -> str:
+    """expr with a Debian cron macro replaced by its five fields, and its blanks made single."""
+    text = " ".join(str(expr).split())
+    if not text.startswith("@"):
+        return text
+    if text == "@reboot":
+        raise InvalidSchedule(REBOOT)
+    if text not in MACROS:
+        known = ", ".join(MACROS)
+        raise InvalidSchedule(f"unknown cron macro {text!r}{did_you_mean(text, MACROS)}; known: {known}")
+    return MACROS[text]
 
 
 @functools.lru_cache(maxsize=4096)
-def validate_cron(expr: str, zone="UTC") -> None:
-    """Raise InvalidSchedule with a readable reason if expr is not a five-field cron expression."""
-    fields = expr.split()
+def validate_cron(expr: str, zone="UTC") -> str:
+    """The five fields of expr (a macro expanded); InvalidSchedule with a readable reason if it cannot run.
+
+    The one check of a cron expression: the command line, the admin's forms, @job and planning
+    all call it. An expression that is well formed but names a day no month has (the 31st of
+    February) never fires, and says so.
+    """
+    fields = expand_macro(expr).split()
     if len(fields) != 5:
         raise InvalidSchedule(f"cron expression must have five fields, got {len(fields)}: {expr!r}")
     tz = get_zone(zone)
+    cron = " ".join(fields)
     try:
-        CronSim(expr, datetime(2000, 1, 1, tzinfo=tz))
+        CronSim(cron, datetime(2000, 1, 1, tzinfo=tz))
     except CronSimError as exc:
+        if _never_fires(fields):
+            dom, month = fields[2], fields[3]
+            raise InvalidSchedule(
+                f"never fires: day-of-month {dom} does not occur in month {month} in cron expression {expr!r}"
+            ) from None
         raise InvalidSchedule(f"{exc} in cron expression {expr!r}") from None
+    return cron
+
+
+def _never_fires(fields: list[str]) -> bool:
+    """cronsim refuses days that no listed month has; with every month the fields are valid."""
+    minute, hour, dom, month, dow = fields
+    try:
+        CronSim(" ".join([minute, hour, dom, "*", dow]), datetime(2000, 1, 1, tzinfo=UTC))
+        CronSim(" ".join([minute, hour, "1", month, dow]), datetime(2000, 1, 1, tzinfo=UTC))
+    except CronSimError:
+        return False
+    return True
 
 
 def cron_instants(expr: str, zone, after: datetime) -> Iterator[datetime]:
     """The fire instants of expr strictly after `after`, in UTC, without end."""
-    validate_cron(expr, zone)
+    expr = validate_cron(expr, zone)
     tz = get_zone(zone)
     try:
         for instant in CronSim(expr, after.astimezone(tz)):

@@ -7,7 +7,6 @@ the live preview (an expression's words and next fire times), cron_words the lis
 
 import functools
 import json
-import zoneinfo
 
 from cron_descriptor import get_description
 from django import forms
@@ -17,14 +16,24 @@ from django.utils.html import format_html, format_html_join
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
 from bookworm_scheduler.kernel.clock import default_clock
+from jobs.engine import schedules
 from jobs.engine.definitions import cron_expression
 from jobs.engine.registry import get_job, registered_jobs
-from jobs.engine.schedules import InvalidSchedule, cron_instants, next_instants, validate_cron
+from jobs.engine.schedules import InvalidSchedule, cron_instants, did_you_mean, get_zone, next_instants, validate_cron
 
 
 @functools.cache
 def zone_names() -> tuple[str, ...]:
-    return tuple(sorted(zoneinfo.available_timezones()))
+    return tuple(sorted(schedules.zone_names()))
+
+
+class ZoneField(forms.ChoiceField):
+    """A zone among zone_names(); an unknown one is an error that names the closest zone."""
+
+    def validate(self, value):
+        if value and value not in zone_names():
+            raise forms.ValidationError(f"Unknown time zone {value!r}{did_you_mean(value, zone_names())}.")
+        super().validate(value)
 
 
 class ZoneSelect(forms.Select):
@@ -49,11 +58,11 @@ class ZoneSelect(forms.Select):
 def describe_cron(expression: str, zone: str) -> tuple[str, list, str]:
     """(the expression in words, its next five fire times in zone, an error) for the live preview."""
     try:
-        validate_cron(expression, zone)
-        tz = zoneinfo.ZoneInfo(zone)
+        expression = validate_cron(expression, zone)
+        tz = get_zone(zone)
         instants = next_instants(cron_instants(expression, tz, default_clock()), 5)
         return cron_words(expression), [i.astimezone(tz) for i in instants], ""
-    except (InvalidSchedule, ValueError, zoneinfo.ZoneInfoNotFoundError) as exc:
+    except (InvalidSchedule, ValueError) as exc:
         return "", [], str(exc)
 
 
@@ -73,6 +82,11 @@ class CrontabScheduleForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
+        zone = self.data.get(self.add_prefix("timezone"))
+        if self.has_error("timezone") and zone and did_you_mean(zone, zone_names()):
+            self.errors["timezone"] = self.error_class(
+                [f"Unknown time zone {zone!r}{did_you_mean(zone, zone_names())}."]
+            )
         fields = ["minute", "hour", "day_of_month", "month_of_year", "day_of_week"]
         if not self.errors and all(data.get(f) for f in fields):
             try:
@@ -89,9 +103,12 @@ class JobDefinitionForm(forms.ModelForm):
     cron = forms.CharField(
         label="Cron expression",
         required=False,
-        help_text="Five fields, as Debian cron: minute hour day-of-month month day-of-week.",
+        help_text=(
+            "Five fields, as Debian cron: minute hour day-of-month month day-of-week; "
+            "or @hourly, @daily (@midnight), @weekly, @monthly, @yearly (@annually)."
+        ),
     )
-    timezone = forms.ChoiceField(
+    timezone = ZoneField(
         label="Time zone", initial="UTC", help_text="The zone the cron expression is read in.", widget=ZoneSelect
     )
 
@@ -183,13 +200,15 @@ class JobDefinitionForm(forms.ModelForm):
         if data.get("expires") and data.get("expire_seconds") is not None:
             raise forms.ValidationError("Give an expiry time or expiry seconds, not both.")
         self.instance.solar = None
+        if cron and "timezone" not in data:
+            return data  # the zone's own error says what is wrong
         if cron:
             try:
-                validate_cron(cron, data.get("timezone", "UTC"))
+                cron = validate_cron(cron, data.get("timezone", "UTC"))
             except InvalidSchedule as exc:
                 self.add_error("cron", str(exc))
                 return data
-            minute, hour, dom, month, dow = cron.split()
+            minute, hour, dom, month, dow = cron.split()  # a macro as the five fields CrontabSchedule stores
             fields = dict(
                 minute=minute,
                 hour=hour,

@@ -55,10 +55,11 @@ def test_the_dashboard_lists_definitions_and_occurrences(admin_client):
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"day_of_month": "31", "month_of_year": "2"}, "Bad day-of-month"),
+        ({"day_of_month": "31", "month_of_year": "2"}, "never fires: day-of-month 31 does not occur in month 2"),
         ({"minute": "0-70"}, "Bad minute in cron expression"),
         ({"minute": "*/0"}, "Bad minute in cron expression"),
         ({"timezone": "Nowhere/City"}, "Select a valid choice"),
+        ({"timezone": "Europe/paris"}, "Unknown time zone &#x27;Europe/paris&#x27; (did you mean Europe/Paris?)."),
     ],
 )
 def test_a_bad_cron_schedule_is_a_form_error_not_a_crash(admin_client, fields, message):
@@ -138,6 +139,14 @@ def test_a_definition_is_made_from_a_registered_job_and_a_cron_expression(admin_
     assert task.policy.priority == 2
 
 
+def test_a_definition_with_a_macro_is_stored_as_its_five_fields(admin_client):
+    response = admin_client.post("/tickerq/django_celery_beat/periodictask/add/", definition_form(cron="@weekly"))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    crontab = PeriodicTask.objects.select_related("crontab").get(name="nightly").crontab
+    fields = (crontab.minute, crontab.hour, crontab.day_of_month, crontab.month_of_year, crontab.day_of_week)
+    assert fields == ("0", "0", "*", "*", "0")
+
+
 def test_the_change_form_shows_the_definitions_zone_selected(admin_client):
     admin_client.post("/tickerq/django_celery_beat/periodictask/add/", definition_form())
     task = PeriodicTask.objects.get(name="nightly")
@@ -154,6 +163,9 @@ def test_the_change_form_shows_the_definitions_zone_selected(admin_client):
     [
         ({"task": "no.such.job"}, "Select a valid choice. no.such.job is not one of the available choices."),
         ({"cron": "61 * * * *"}, "Bad minute in cron expression"),
+        ({"cron": "0 0 31 2 *"}, "never fires: day-of-month 31 does not occur in month 2"),
+        ({"cron": "@reboot"}, "@reboot is not supported: it means &#x27;when cron starts&#x27;"),
+        ({"timezone": "Europe/paris"}, "Unknown time zone &#x27;Europe/paris&#x27; (did you mean Europe/Paris?)."),
         ({"cron": ""}, "Give exactly one schedule"),
         ({"kwargs": "[1, 2]"}, "A JSON object"),
     ],
@@ -179,6 +191,10 @@ def test_the_preview_tells_the_expression_in_words_and_its_next_five_runs(admin_
     assert page.count("<li>") == 5 and " 09:00 UTC</li>" in page
     bad = admin_client.get("/tickerq/django_celery_beat/periodictask/preview/", {"cron": "0 25 * * *"})
     assert "Bad hour in cron expression" in bad.content.decode()
+    macro = admin_client.get("/tickerq/django_celery_beat/periodictask/preview/", {"cron": "@daily"}).content.decode()
+    assert "At 12:00 AM" in macro and macro.count("<li>") == 5
+    never = admin_client.get("/tickerq/django_celery_beat/periodictask/preview/", {"cron": "0 0 31 2 *"})
+    assert "never fires: day-of-month 31 does not occur in month 2" in never.content.decode()
 
 
 def test_the_jobs_list_shows_next_run_success_rate_and_running(admin_client, clock):

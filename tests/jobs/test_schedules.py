@@ -4,7 +4,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from jobs.engine.schedules import InvalidSchedule, cron_instants, interval_instants, next_instants, validate_cron
+from jobs.engine import registry
+from jobs.engine.registry import get_job, job
+from jobs.engine.schedules import (
+    InvalidSchedule,
+    cron_instants,
+    did_you_mean,
+    get_zone,
+    interval_instants,
+    next_instants,
+    validate_cron,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -95,3 +105,92 @@ def test_an_interval_fires_on_a_grid_anchored_at_its_start():
     ]
     assert next_instants(interval_instants(every, anchor, utc(2026, 1, 1, 5, 10, 7)), 1) == [utc(2026, 1, 1, 5, 20, 7)]
     assert next_instants(interval_instants(every, anchor, utc(2025, 1, 1)), 1) == [anchor]
+
+
+@pytest.mark.parametrize(
+    "macro, fields",
+    [
+        ("@yearly", "0 0 1 1 *"),
+        ("@annually", "0 0 1 1 *"),
+        ("@monthly", "0 0 1 * *"),
+        ("@weekly", "0 0 * * 0"),
+        ("@daily", "0 0 * * *"),
+        ("@midnight", "0 0 * * *"),
+        ("@hourly", "0 * * * *"),
+    ],
+)
+def test_debian_crons_macros_are_read_as_their_five_fields(macro, fields):
+    assert validate_cron(macro) == fields
+
+
+def test_a_macro_is_planned_in_the_jobs_zone():
+    instants = next_instants(cron_instants("@weekly", BERLIN, utc(2026, 3, 2)), 2)
+    assert local(instants, BERLIN) == ["03-08 00:00 CET", "03-15 00:00 CET"]
+
+
+def test_validate_cron_gives_the_expression_with_single_blanks():
+    assert validate_cron("  30   2 * * 1-5 ") == "30 2 * * 1-5"
+
+
+@pytest.mark.parametrize(
+    "expression, message",
+    [
+        (
+            "@reboot",
+            "@reboot is not supported: it means 'when cron starts', and a scheduler runs jobs at instants, "
+            "not at its own start; use a cron expression or another macro",
+        ),
+        (
+            "@dayly",
+            "unknown cron macro '@dayly' (did you mean @daily?); "
+            "known: @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly",
+        ),
+        ("0 0 31 2 *", "never fires: day-of-month 31 does not occur in month 2 in cron expression '0 0 31 2 *'"),
+        (
+            "0 0 31 4,6,9,11 *",
+            "never fires: day-of-month 31 does not occur in month 4,6,9,11 in cron expression '0 0 31 4,6,9,11 *'",
+        ),
+        ("0 0 32 2 *", "Bad day-of-month in cron expression '0 0 32 2 *'"),
+        ("0 0 31 13 *", "Bad month in cron expression '0 0 31 13 *'"),
+    ],
+)
+def test_a_refused_expression_says_why(expression, message):
+    with pytest.raises(InvalidSchedule) as raised:
+        validate_cron(expression)
+    assert str(raised.value) == message
+
+
+def test_a_day_some_years_have_fires_and_a_day_of_week_makes_any_day_fire():
+    assert next_instants(cron_instants("0 0 29 2 *", "UTC", utc(2026, 1, 1)), 1) == [utc(2028, 2, 29)]
+    assert next_instants(cron_instants("0 0 31 2 1", "UTC", utc(2026, 1, 1)), 1) == [utc(2026, 2, 2)]  # OR
+
+
+@pytest.mark.parametrize(
+    "zone, message",
+    [
+        ("Europe/paris", "unknown time zone: Europe/paris (did you mean Europe/Paris?)"),
+        ("Europ/Berlinn", "unknown time zone: Europ/Berlinn (did you mean Europe/Berlin?)"),
+        ("Nowhere/City", "unknown time zone: Nowhere/City"),
+    ],
+)
+def test_an_unknown_zone_names_the_closest_one(zone, message):
+    with pytest.raises(InvalidSchedule) as raised:
+        get_zone(zone)
+    assert str(raised.value) == message
+
+
+def test_did_you_mean_prefers_the_same_name_in_another_case():
+    names = ["ResendErrorEmailJob", "CleanUpSentEmailJob"]
+    assert did_you_mean("resenderroremailjob", names) == " (did you mean ResendErrorEmailJob?)"
+    assert did_you_mean("CleanUpSentMailJob", names) == " (did you mean CleanUpSentEmailJob?)"
+    assert did_you_mean("Nope", names) == ""
+
+
+def test_a_job_declared_with_a_macro_keeps_its_five_fields(monkeypatch):
+    monkeypatch.setattr(registry, "_registry", {})
+
+    job("nightly", cron="@daily")(lambda context: None)
+
+    assert get_job("nightly").cron == "0 0 * * *"
+    with pytest.raises(InvalidSchedule, match="^@reboot is not supported"):
+        job("at.start", cron="@reboot")

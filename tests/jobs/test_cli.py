@@ -106,8 +106,36 @@ def test_trigger_writes_a_manual_occurrence_with_the_definitions_priority():
 
 
 def test_trigger_of_an_unknown_definition_is_an_error():
-    with pytest.raises(CommandError, match="no such job definition: Nope"):
+    with pytest.raises(CommandError) as raised:
         run_jobs("trigger", "Nope")
+
+    assert (str(raised.value), raised.value.returncode) == ("no such job definition: Nope", 2)
+    assert not Occurrence.objects.exists()
+
+
+@pytest.mark.parametrize("name", ["resenderroremailjob", "ResendErrorMailJob"])
+def test_trigger_of_a_near_miss_names_the_definition_and_runs_nothing(name):
+    with pytest.raises(CommandError) as raised:
+        run_jobs("trigger", name)
+
+    assert str(raised.value) == f"no such job definition: {name} (did you mean ResendErrorEmailJob?)"
+    assert not Occurrence.objects.exists()
+
+
+def test_history_of_an_unknown_job_is_an_error_with_the_closest_name():
+    with pytest.raises(CommandError) as raised:
+        run_jobs("history", "--job", "CleanUpSentMailJob")
+
+    assert str(raised.value) == "no such job definition: CleanUpSentMailJob (did you mean CleanUpSentEmailJob?)"
+    assert raised.value.returncode == 2
+
+
+def test_history_of_a_deleted_definition_still_shows_the_runs_it_left(clock, no_seed_definitions):
+    task = make_definition("gone", every=60)
+    Occurrence.objects.create(task=task, job_name="gone", scheduled_for=clock.now, run_after=clock.now)
+    task.delete()  # the occurrence keeps its job_name
+
+    assert [row["job"] for row in json.loads(run_jobs("history", "--job", "gone", "--json"))] == ["gone"]
 
 
 def test_preview_prints_instants_with_their_offset():
@@ -118,11 +146,41 @@ def test_preview_prints_instants_with_their_offset():
 
 
 @pytest.mark.parametrize(
+    "macro, instants",
+    [
+        ("@daily", ["2026-03-29T00:00:00+01:00", "2026-03-30T00:00:00+02:00"]),
+        ("@hourly", ["2026-03-28T13:00:00+01:00", "2026-03-28T14:00:00+01:00"]),
+        ("@monthly", ["2026-04-01T00:00:00+02:00", "2026-05-01T00:00:00+02:00"]),
+    ],
+)
+def test_preview_reads_debian_crons_macros(macro, instants):
+    output = run_jobs("preview", macro, "--tz", "Europe/Berlin", "--after", "2026-03-28T12:00:00+01:00", "--count", "2")
+    assert output.split() == instants
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["0 0 31 2 *"], "never fires: day-of-month 31 does not occur in month 2 in cron expression '0 0 31 2 *'"),
+        (["@reboot"], "@reboot is not supported: it means 'when cron starts'"),
+        (["* * * * *", "--tz", "Europe/paris"], "unknown time zone: Europe/paris (did you mean Europe/Paris?)"),
+    ],
+)
+def test_preview_says_why_it_refuses_an_expression_or_a_zone(args, message):
+    with pytest.raises(CommandError) as raised:
+        run_jobs("preview", *args)
+
+    assert str(raised.value).startswith(message)
+    assert raised.value.returncode == 2
+
+
+@pytest.mark.parametrize(
     "args, message",
     [
         (["61 * * * *"], "Bad minute"),
         (["* * *"], "five fields"),
         (["* * * * *", "--tz", "Nowhere/City"], "unknown time zone"),
+        (["0 0 31 2 *"], "never fires"),
     ],
 )
 def test_preview_of_bad_input_is_one_line_on_stderr_and_exit_status_2(subprocess_env, args, message):

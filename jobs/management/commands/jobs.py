@@ -14,7 +14,7 @@ from django_celery_beat.models import PeriodicTask
 from bookworm_scheduler.kernel.clock import database_now
 from jobs.engine import store
 from jobs.engine.definitions import os_user, run_now_logged
-from jobs.engine.schedules import InvalidSchedule, cron_instants, get_zone, next_instants
+from jobs.engine.schedules import InvalidSchedule, cron_instants, did_you_mean, get_zone, next_instants
 from jobs.models import Occurrence
 from jobs.web.serializers import DEFAULT_LIMIT, MAX_LIMIT, BadFilter, HistoryFilter, history_rows, iso, job_rows
 
@@ -46,7 +46,7 @@ class Command(BaseCommand):
         trigger.add_argument("--wait", type=float, metavar="SECONDS", help="Wait up to SECONDS for the run to finish.")
 
         preview = actions.add_parser("preview", help="The next fire instants of a cron expression.")
-        preview.add_argument("expression")
+        preview.add_argument("expression", help="Five fields, or @hourly, @daily, @weekly, @monthly, @yearly.")
         preview.add_argument("--tz", default="UTC")
         preview.add_argument("--after", help="ISO-8601 instant (default: now).")
         preview.add_argument("--count", type=int, default=5)
@@ -80,6 +80,10 @@ class Command(BaseCommand):
             history = HistoryFilter(job=job, status=status, manual=manual, limit=limit)
         except BadFilter as exc:
             raise CommandError(f"--{exc}", returncode=USAGE_ERROR) from None
+        if job and not (
+            PeriodicTask.objects.filter(name=job).exists() or Occurrence.objects.filter(job_name__iexact=job).exists()
+        ):  # neither a definition nor the history of a deleted one
+            raise self.no_such_definition(job)
         self.emit(
             history_rows(history),
             options["json"],
@@ -89,7 +93,7 @@ class Command(BaseCommand):
     def handle_trigger(self, name, wait=None, **options):
         task = PeriodicTask.objects.select_related("policy").filter(name=name).first()
         if task is None:
-            raise CommandError(f"no such job definition: {name}", returncode=USAGE_ERROR)
+            raise self.no_such_definition(name)
         who = os_user()
         occurrence = run_now_logged(
             task, by=f"{who} via manage.py jobs trigger", via=f"from the command line by OS user {who}"
@@ -107,6 +111,11 @@ class Command(BaseCommand):
                 return
             time.sleep(0.1)
         raise CommandError(f"{name} did not finish within {wait} s (status {occurrence.status})", returncode=1)
+
+    @staticmethod
+    def no_such_definition(name: str) -> CommandError:
+        names = PeriodicTask.objects.values_list("name", flat=True)
+        return CommandError(f"no such job definition: {name}{did_you_mean(name, names)}", returncode=USAGE_ERROR)
 
     def handle_preview(self, expression, tz="UTC", after=None, count=5, **options):
         if count < 1:

@@ -2,7 +2,7 @@
 
 import json
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from bookworm_scheduler.kernel.clock import default_clock
 from outbox.models import OutboxMessage
@@ -20,7 +20,7 @@ class Command(BaseCommand):
         requeue.add_argument("--id", type=int, nargs="+", dest="ids", help="only these rows")
         requeue.add_argument(
             "--status",
-            choices=[OutboxMessage.Status.DEAD, OutboxMessage.Status.UNROUTABLE],
+            choices=[status.value for status in OutboxMessage.REQUEUEABLE],  # the words, not the enum's names
             help="only rows in this status",
         )
 
@@ -39,10 +39,19 @@ class Command(BaseCommand):
                 self.stdout.write(f"{name}: {value:g}" if isinstance(value, float) else f"{name}: {value}")
 
     def requeue(self, *, ids: list[int] | None, status: str | None) -> None:
+        """Requeue what was selected; an id that is no row, or nothing to requeue, is an error (exit 1)."""
         rows = OutboxMessage.objects.all()
         if ids:
+            found = set(rows.filter(id__in=ids).values_list("id", flat=True))
+            missing = sorted(set(ids) - found)
+            if missing:
+                raise CommandError(f"no outbox message with id {', '.join(map(str, missing))}; nothing requeued")
             rows = rows.filter(id__in=ids)
         if status:
             rows = rows.filter(status=status)
         count = rows.requeue(default_clock())
+        if count == 0:
+            wanted = status or " or ".join(OutboxMessage.REQUEUEABLE)
+            among = f" among ids {', '.join(map(str, sorted(set(ids))))}" if ids else ""
+            raise CommandError(f"nothing to requeue: no {wanted} message{among}")
         self.stdout.write(f"requeued {count} message{'s' if count != 1 else ''}")

@@ -168,3 +168,19 @@ def relative_to(instant: datetime | None, now: datetime) -> str:
     if instant >= now:
         return f"in {span(instant - now)}"
     return f"{span(now - instant)} ago"
+
+
+def run_time(delta: timedelta | None) -> str:
+    """How long a run took (or was late): "14 ms", "2.3 s", "1 h 2 min"; "-" for none."""
+    if delta is None:
+        return "-"
+    sign, delta = ("-", -delta) if delta < timedelta(0) else ("", delta)
+    seconds = delta.total_seconds()
+    if seconds < 1:
+        return f"{sign}{int(seconds * 1000)} ms"
+    if seconds < 60:
+        return f"{sign}{int(seconds * 10) / 10:.1f} s"
+    return sign + span(delta)
+
+
+register.filter("run_time", run_time)

@@ -25,6 +25,8 @@ from bookworm_scheduler.web.read_only_admin import ReadOnlyAdmin
 from jobs.engine import store
 from jobs.engine.definitions import Definition, cron_expression, policy_of, run_now
 from jobs.models import Alert, Attempt, JobPolicy, Occurrence, SchedulerInstance
+from jobs.templatetags.dashboard_tags import run_time
+from jobs.web import admin_views
 from jobs.web.filters import JobFilter, KindFilter, SchedulerFilter, WhenFilter
 from jobs.web.forms import CrontabScheduleForm, JobDefinitionForm, cron_words, describe_cron
 from outbox.models import OutboxMessage
@@ -53,6 +55,8 @@ def status_badge(status: str | None):
 class JobPolicyInline(admin.StackedInline):
     model = JobPolicy
     can_delete = False
+    verbose_name = "run policy"
+    template = "admin/jobs/jobpolicy/stacked.html"  # titled by the job's name, not JobPolicy's "policy of 2"
     fields = ["priority", "misfire_policy", "max_retries", "retry_intervals", "timeout_seconds"]
 
 
@@ -82,12 +86,12 @@ class JobDefinitionAdmin(admin.ModelAdmin):
         "last_run",
         "success_rate",
         "running_now",
-    ]
+    ]  # and run_button after the name, for those who may run jobs (get_list_display)
     list_filter = ["enabled"]
     show_facets = admin.ShowFacets.NEVER
     search_fields = ["name", "task"]
     actions = ["run_now", "enable", "disable", "toggle"]
-    readonly_fields = ["schedule_preview"]
+    readonly_fields = ["schedule_preview"]  # a view-only user's page shows every field through cron() and timezone()
     fieldsets = [
         (None, {"fields": ["name", "task", "enabled", "description"]}),
         (
@@ -127,7 +131,44 @@ class JobDefinitionAdmin(admin.ModelAdmin):
 
     def get_urls(self):
         preview = self.admin_site.admin_view(self.schedule_preview_view)
-        return [path("preview/", preview, name="jobs_schedule_preview"), *super().get_urls()]
+        return [
+            path("preview/", preview, name="jobs_schedule_preview"),
+            *admin_views.object_action_urls(self, ("run_now", "run")),
+            *super().get_urls(),
+        ]
+
+    def get_list_display(self, request):
+        shown = super().get_list_display(request)  # the button beside the name: a wide list scrolls its last columns
+        return [shown[0], "run_button", *shown[1:]] if self.has_run_permission(request) else shown
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        task = self.get_object(request, object_id)
+        if task is not None:
+            extra_context = {
+                "title": task.name,  # not PeriodicTask.__str__ (name: schedule)
+                "subtitle": None,
+                "recent_runs": admin_views.recent_runs(task.id),
+                "totals": admin_views.totals(task.id, default_clock()),
+                "runs_url": admin_views.runs_url(task.id),
+                "can_run": self.has_run_permission(request),
+                **(extra_context or {}),
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def history_view(self, request, object_id, extra_context=None):
+        task = self.get_object(request, object_id)
+        title = {"title": f"Edit history: {task.name}"} if task is not None else {}
+        return super().history_view(request, object_id, {**title, **(extra_context or {})})
+
+    @admin.display(description="")
+    def run_button(self, task):
+        # A button of the list's own form (which holds the CSRF token), posted to the run view instead.
+        url = reverse("admin:django_celery_beat_periodictask_run_now", args=[task.pk])
+        return format_html(
+            '<button type="submit" class="button run-now" formaction="{}" style="white-space:nowrap">{}</button>',
+            url,
+            "Run now",
+        )
 
     def schedule_preview_view(self, request):
         """The live preview of a cron expression (htmx fragment)."""
@@ -164,6 +205,16 @@ class JobDefinitionAdmin(admin.ModelAdmin):
     @admin.display(description="Zone")
     def zone(self, task):
         return str(task.crontab.timezone) if task.crontab_id else "UTC"
+
+    # The form's cron and timezone fields as a view-only user's page shows them (read-only fields).
+
+    @admin.display(description="Cron expression")
+    def cron(self, task):
+        return cron_expression(task.crontab) if task.crontab_id else "-"
+
+    @admin.display(description="Time zone")
+    def timezone(self, task):
+        return self.zone(task)
 
     @admin.display(description="Priority")
     def job_priority(self, task):  # not `priority`: that is Celery's column of the task
@@ -228,9 +279,13 @@ class AttemptInline(admin.StackedInline):
     model = Attempt
     extra = 0
     can_delete = False
-    fields = ["number", "status", "scheduler", "started_at", "finished_at", "duration", "error", "traceback_text"]
+    fields = ["number", "status", "scheduler", "started_at", "finished_at", "took", "error", "traceback_text"]
     readonly_fields = fields
     ordering = ["number"]
+
+    @admin.display(description="Duration")
+    def took(self, attempt):  # not `duration`: the model's field would win over the method
+        return run_time(attempt.duration)
 
     @admin.display(description="Traceback")
     def traceback_text(self, attempt):
@@ -277,13 +332,26 @@ class OccurrenceAdmin(ReadOnlyAdmin):
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in self.model._meta.fields] + ["coloured_status", "duration", "fire_lag", "events"]
 
+    def get_urls(self):
+        return [*admin_views.object_action_urls(self, ("retry", "retry"), ("cancel", "cancel")), *super().get_urls()]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        occurrence = self.get_object(request, object_id)
+        if occurrence is not None:
+            extra_context = {**admin_views.occurrence_buttons(self, request, occurrence), **(extra_context or {})}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    @admin.display(description="Duration")
+    def duration(self, occurrence):
+        return run_time(occurrence.duration)
+
     @admin.display(description="Status", ordering="status")
     def coloured_status(self, occurrence):
         return status_badge(occurrence.status)
 
     @admin.display(description="Fire lag")
     def fire_lag(self, occurrence):
-        return occurrence.started_at - occurrence.scheduled_for if occurrence.started_at else "-"
+        return run_time(occurrence.started_at - occurrence.scheduled_for) if occurrence.started_at else "-"
 
     @admin.display(description="Events it published")
     def events(self, occurrence):

@@ -47,7 +47,9 @@ def screenshots(tmp_path) -> Path:
     return SCREENSHOTS if os.environ.get("README_SCREENSHOTS") == "1" else tmp_path
 
 
-def test_an_operator_runs_a_job_and_follows_it_to_its_event(browser, live_server, scheduler_processes, screenshots):
+def test_an_operator_runs_a_job_and_follows_it_to_its_event(
+    browser, live_server, scheduler_processes, screenshots, tmp_path
+):
     User.objects.create_superuser("operator", "operator@example.com", PASSWORD)
     scheduler_processes(instance_id="browser-test")
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -64,10 +66,10 @@ def test_an_operator_runs_a_job_and_follows_it_to_its_event(browser, live_server
         row = page.locator("#result_list tr", has_text=name)
         expect(row.locator("td.field-next_run")).to_have_text(re.compile(r"\d{4}-\d\d-\d\d"))
 
-    page.locator("#result_list tr", has_text="ResendErrorEmailJob").locator("input.action-select").check()
-    page.select_option("select[name=action]", "run_now")
-    page.click("button[name=index]")
+    # Run now, one click on the job's row: back on the list with the action's message.
+    page.locator("#result_list tr", has_text="ResendErrorEmailJob").locator("button.run-now").click()
     expect(page.locator(".messagelist")).to_contain_text("Triggered")
+    expect(page).to_have_url(f"{live_server.url}/tickerq/django_celery_beat/periodictask/")
 
     page.goto(f"{live_server.url}/tickerq/")
     page.evaluate("window.notReloaded = true")
@@ -91,3 +93,15 @@ def test_an_operator_runs_a_job_and_follows_it_to_its_event(browser, live_server
     page.goto(f"{live_server.url}/tickerq/django_celery_beat/periodictask/")
     expect(page.locator("#result_list tr", has_text="ResendErrorEmailJob")).to_contain_text("succeeded")
     page.screenshot(path=str(screenshots / "jobs.png"), full_page=True)
+
+    # The job's page: titled by its name, listing the run among its last ones, linked to the occurrence.
+    page.locator("#result_list a", has_text="ResendErrorEmailJob").click()
+    expect(page.locator("h1")).to_have_text("ResendErrorEmailJob")
+    link = page.locator(f"a[href$='/tickerq/jobs/occurrence/{occurrence.id}/change/']")
+    last = page.locator("#job-recent-runs tr.job-run", has=link)  # `has` is relative to the row
+    expect(last.locator(".run-status")).to_have_text("succeeded")
+    expect(last.locator(".run-duration")).to_have_text(re.compile(r"^\d+(\.\d)? m?s$"))
+    expect(page.locator("#job-totals .totals-24-h .succeeded")).to_have_text("1")
+    page.screenshot(path=str(tmp_path / "job.png"), full_page=True)  # not the README's
+    last.locator("a").click()
+    expect(page).to_have_url(f"{live_server.url}/tickerq/jobs/occurrence/{occurrence.id}/change/")

@@ -167,6 +167,6 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         if refusal is not None:
             return refusal
     if not (request.user.is_active and request.user.is_staff):
-        return unauthorized("Staff credentials required (HTTP Basic or a dashboard session).")
+        return unauthorized(request, "Staff credentials required (HTTP Basic or a dashboard session).")
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     return HttpResponse(encoder(database_registry), content_type=content_type)

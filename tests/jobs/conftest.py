@@ -4,12 +4,18 @@ from django_celery_beat.models import PeriodicTask
 
 from tests.jobs import sample_jobs  # noqa: F401  (registers the sample jobs)
 from tests.jobs.celery_helpers import WorkerProcess, delete_queues, unique_queue
-from tests.jobs.helpers import SchedulerProcess
+from tests.jobs.helpers import SchedulerProcess, make_definition
 
 
 @pytest.fixture
 def no_seed_definitions(db):
     PeriodicTask.objects.all().delete()
+
+
+@pytest.fixture
+def task(db):
+    """A definition that runs every hour, for tests that need one (the store's contract tests)."""
+    return make_definition("store-contract", every=3600)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from django.db import connection, transaction
 
 from jobs.engine import store
 from jobs.models import Occurrence, Priority
-from tests.jobs.helpers import make_definition
 
 ON_SQLITE = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
 
@@ -23,11 +22,6 @@ LEASE = timedelta(seconds=60)
 def postgresql_only(test):
     """What SQLite cannot do: deselected from the SQLite run, and skipped on SQLite however it is run."""
     return pytest.mark.postgresql_only(pytest.mark.skipif(ON_SQLITE, reason="PostgreSQL only")(test))
-
-
-@pytest.fixture
-def task(db):
-    return make_definition("store-contract", every=3600)
 
 
 def scheduled(task, at, *, priority=Priority.NORMAL, **fields) -> Occurrence:

@@ -1,11 +1,6 @@
 """The occurrence store's contract, made scheduled and claimed: what each operation promises, on both databases.
 
-Every test here runs against PostgreSQL; those not marked postgresql_only run against SQLite too, in
-a subprocess that test_store_records.test_the_contract_holds_on_sqlite_too starts. The
-postgresql_only ones test what SQLite has no form of: lock_ready and record_group (arrays, FOR
-UPDATE SKIP LOCKED: the grouped runs are PostgreSQL's alone, Scheduler._groups), the row locks that
-concurrent schedulers skip, the advisory lock prune takes (dialect.try_advisory_lock: always True on
-SQLite) and NOTIFY.
+The tests not marked postgresql_only run against SQLite too (see test_store_records.py).
 """
 
 import uuid
@@ -17,7 +12,7 @@ from django.db import transaction
 from jobs.engine import store
 from jobs.engine.store import LeaseLost
 from jobs.models import Alert, Attempt, Occurrence, Priority
-from tests.jobs.helpers import make_definition, woken_by_notify
+from tests.jobs.helpers import woken_by_notify
 from tests.jobs.store_helpers import (
     LEASE,
     OTHER,
@@ -32,11 +27,6 @@ from tests.jobs.store_helpers import (
 )
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def task(db):
-    return make_definition("store-contract", every=3600)
 
 
 # Made scheduled.

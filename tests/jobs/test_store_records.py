@@ -24,7 +24,6 @@ from jobs.engine import store
 from jobs.engine.store import LeaseLost
 from jobs.models import Alert, Attempt, Occurrence, SchedulerInstance
 from tests.conftest import ALLOW_SQLITE
-from tests.jobs.helpers import make_definition
 from tests.jobs.store_helpers import (
     LEASE,
     OTHER,
@@ -38,11 +37,6 @@ from tests.jobs.store_helpers import (
 )
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def task(db):
-    return make_definition("store-contract", every=3600)
 
 
 # Ended.

@@ -48,8 +48,6 @@ from jobs.engine.timeouts import JobTimeout, Watchdog
 from jobs.models import Occurrence
 from outbox.publishing import origin
 
-logger = logging.getLogger(__name__)
-
 # What job code may raise that is the job's own failure. JobTimeout, SystemExit and
 # KeyboardInterrupt are not Exceptions (a job's `except Exception:` cannot swallow them).
 JOB_FAILURES = (Exception, JobTimeout, SystemExit, KeyboardInterrupt)

@@ -69,6 +69,39 @@ class OutboxQuerySet(models.QuerySet):
         counts["oldest_pending_age_seconds"] = (now - oldest).total_seconds() if oldest else 0.0
         return counts
 
+    def failed_pending(self, scan: int) -> "OutboxQuerySet":
+        """The pending rows with a failed send (attempts > 0) among the first `scan` pending rows in write order.
+
+        Bounded: the subquery reads at most `scan` entries of outbox_pending, however long the
+        backlog. The relay claims ready rows oldest first, so the rows it tried and failed to send
+        (OutboxMessage.record_failure) are among the oldest pending ones.
+        """
+        first = OutboxMessage.objects.using(self.db).filter(status=OutboxMessage.Status.PENDING).order_by("id")
+        return self.filter(id__in=first.values("id")[:scan], attempts__gt=0)
+
+    def exchanges_of_newest(self, status: str, window: int, limit: int) -> list[tuple[str, int]]:
+        """(exchange, rows) among the newest `window` rows in status, the most rows first, at most limit of them.
+
+        Bounded: the subquery reads at most `window` entries of outbox_status_recent (status, -id).
+        """
+        newest = OutboxMessage.objects.using(self.db).filter(status=status).order_by("-id").values("id")[:window]
+        rows = (
+            self.filter(id__in=newest)
+            .values_list("exchange")
+            .annotate(n=models.Count("*"))
+            .order_by("-n", "exchange")[:limit]
+        )
+        return [(exchange, n) for exchange, n in rows]
+
+    def last_delivered_at(self):
+        """When the newest delivery happened: one step from the end of outbox_delivered; None if none is kept."""
+        return (
+            self.filter(status=OutboxMessage.Status.DELIVERED)
+            .order_by("-delivered_at")
+            .values_list("delivered_at", flat=True)
+            .first()
+        )
+
 
 class OutboxMessage(models.Model):
     """One integration event waiting for, or done with, delivery to RabbitMQ.

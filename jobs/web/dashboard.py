@@ -14,15 +14,18 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from functools import reduce
 from operator import or_
+from urllib.parse import urlencode
 
+from django.conf import settings
 from django.db.models import Count, Q, QuerySet
 from django.db.models.functions import TruncMinute
 from django.urls import reverse
 
-from bookworm_scheduler.kernel.liveness import Liveness, scheduler_liveness
+from bookworm_scheduler.kernel.backoff import doubling
+from bookworm_scheduler.kernel.liveness import Liveness, relay_liveness, scheduler_liveness
 from jobs.engine.definitions import Cursor, Definition, definitions_version, load_definitions
 from jobs.models import Occurrence, PlanningCursor, SchedulerInstance
-from outbox.models import OutboxMessage
+from outbox.models import OutboxMessage, RelayInstance
 
 DAY = timedelta(hours=24)
 MINUTE = timedelta(minutes=1)
@@ -32,6 +35,9 @@ PENDING_CAP = 10_000  # a backlog's size matters more than a dead letter's: stil
 UPCOMING = 10
 FAILURES = 10
 MAX_SCHEDULERS = 100
+MAX_RELAYS = 100
+FAILED_SCAN = 1000  # pending rows read, oldest first, for failed sends
+EXCHANGES = 5  # exchanges named for the unroutable rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,7 +326,112 @@ def outbox_backlog(now: datetime) -> dict:
         "pending": capped_count(pending, PENDING_CAP),
         "dead": capped_count(OutboxMessage.objects.filter(status=OutboxMessage.Status.DEAD)),
         "unroutable": capped_count(OutboxMessage.objects.filter(status=OutboxMessage.Status.UNROUTABLE)),
+        "oldest_pending_at": oldest,
         "oldest_pending_age": max(now - oldest, timedelta(0)) if oldest else None,
+    }
+
+
+# The relays, and what the outbox tells of the broker.
+
+
+def relays(now: datetime) -> dict:
+    """Relay instances in state running, live or stale by relay_liveness(), as schedulers() does."""
+    liveness = relay_liveness()
+    instances = list(RelayInstance.objects.alive().order_by("instance_id", "started_at")[:MAX_RELAYS])
+    return {
+        "live": [i for i in instances if not i.is_stale(now, liveness)],
+        "stale": [i for i in instances if i.is_stale(now, liveness)],
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class SendFailures:
+    """Pending messages whose last send failed (OutboxMessage.record_failure): the broker nacked
+    them, closed their channel or refused their exchange. The relay retries them with a doubling
+    delay. An unreachable broker leaves no such row: the relay claims nothing while it is
+    disconnected (see stalled in delivery())."""
+
+    count: Capped
+    oldest_created_at: datetime
+    last_failed_at: datetime
+    last_attempt: int
+    last_error: str
+
+
+def failed_at(available_at: datetime, attempts: int) -> datetime:
+    """When a failed send was recorded: record_failure set available_at to then plus the retry's delay."""
+    ceiling = timedelta(seconds=settings.OUTBOX_RETRY_MAX_SECONDS)
+    return available_at - doubling(timedelta(seconds=1), attempts, ceiling)
+
+
+def send_failures(pending: Capped) -> SendFailures | None:
+    """The failed sends among the first FAILED_SCAN pending rows (bounded); None if there are none."""
+    rows = list(
+        OutboxMessage.objects.failed_pending(FAILED_SCAN)
+        .order_by("id")
+        .values_list("id", "created_at", "available_at", "attempts")
+    )
+    if not rows:
+        return None
+    last = max(rows, key=lambda row: (failed_at(row[2], row[3]), row[0]))
+    error = OutboxMessage.objects.filter(id=last[0]).values_list("last_error", flat=True).first() or ""
+    more = len(rows) >= FAILED_SCAN and (pending.capped or pending.value > FAILED_SCAN)
+    return SendFailures(
+        count=Capped(len(rows), more),
+        oldest_created_at=rows[0][1],
+        last_failed_at=failed_at(last[2], last[3]),
+        last_attempt=last[3],
+        last_error=error.strip().splitlines()[-1] if error.strip() else "",
+    )
+
+
+def delivery(now: datetime, backlog: dict, relays: dict) -> dict:
+    """What the database tells of the relays' way to the broker.
+
+    The relay records nothing about the broker itself. Failed sends are on the pending rows
+    (send_failures). A broker that cannot be reached leaves the rows untouched: that shows as
+    `stalled`, a backlog older than relay_liveness().stale_after while a relay runs and nothing
+    was delivered for as long; /health/ and the relay's log (outbox_broker_unavailable) say why.
+    """
+    last_delivered_at = OutboxMessage.objects.last_delivered_at()
+    oldest = backlog["oldest_pending_at"]
+    failures = send_failures(backlog["pending"]) if oldest is not None else None
+    quiet = relay_liveness().stale_after
+    stalled = (
+        failures is None
+        and bool(relays["live"] or relays["stale"])
+        and oldest is not None
+        and now - oldest > quiet
+        and (last_delivered_at is None or now - last_delivered_at > quiet)
+    )
+    return {"last_delivered_at": last_delivered_at, "failures": failures, "stalled": stalled}
+
+
+@dataclasses.dataclass(frozen=True)
+class Unroutable:
+    """Rows the broker returned (no queue bound to their exchange), of one exchange."""
+
+    exchange: str
+    count: int
+
+    @property
+    def list_url(self) -> str:
+        query = urlencode({"status__exact": OutboxMessage.Status.UNROUTABLE, "exchange": self.exchange})
+        return f"{reverse('admin:outbox_outboxmessage_changelist')}?{query}"
+
+
+def unroutable_exchanges(count: Capped) -> dict:
+    """The exchanges of the newest unroutable rows (at most COUNT_CAP + 1 read), the most rows first.
+
+    `of_newest`: the counts are of the newest rows only, when there are more than COUNT_CAP.
+    """
+    if not count.value:
+        return {"exchanges": [], "more": False, "of_newest": False}
+    found = OutboxMessage.objects.exchanges_of_newest(OutboxMessage.Status.UNROUTABLE, COUNT_CAP + 1, EXCHANGES + 1)
+    return {
+        "exchanges": [Unroutable(exchange, n) for exchange, n in found[:EXCHANGES]],
+        "more": len(found) > EXCHANGES,
+        "of_newest": count.capped,
     }
 
 
@@ -334,13 +445,18 @@ def reset() -> None:
 def overview(now: datetime) -> dict:
     """Everything the overview shows, as of now."""
     runs = finished_runs.per_minute(now)
+    backlog = outbox_backlog(now)
+    relay_instances = relays(now)
     return {
         "now": now,
         "schedulers": schedulers(now),
+        "relays": relay_instances,
+        "delivery": delivery(now, backlog, relay_instances),
+        "unroutable": unroutable_exchanges(backlog["unroutable"]),
         "running": running_count(now),
         "upcoming": upcoming_jobs.next(now),
         "failures": recent_failures(now, runs),
         "runs": runs_per_hour(now, runs),
-        "outbox": outbox_backlog(now),
+        "outbox": backlog,
         "delivered": delivered_per_hour(now),
     }

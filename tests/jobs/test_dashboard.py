@@ -385,5 +385,7 @@ def test_a_user_who_is_not_staff_gets_the_login_too(client):
 def test_the_overview_keeps_its_query_count_small(admin_client, django_assert_max_num_queries, definitions):
     dashboard.upcoming_jobs.next(NOW)  # loaded once per definitions version
 
-    with django_assert_max_num_queries(14):
+    # 16: the relays and the last delivery; failed sends and unroutable exchanges add up to 3 when there are any
+    # (tests/jobs/test_overview_outbox.py).
+    with django_assert_max_num_queries(16):
         assert admin_client.get("/tickerq/overview/", HTTP_HX_REQUEST="true").status_code == 200

@@ -207,13 +207,15 @@ RELAY_METRICS_PORT = _port("RELAY_METRICS_PORT")
 METRICS_ADDRESS = _read("str", "METRICS_ADDRESS", "0.0.0.0")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # django.contrib.admin, whose site is the console (bookworm_scheduler/web/admin_site.py).
+    "bookworm_scheduler.web.apps.ConsoleAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
-    "django_celery_beat",
+    # django_celery_beat, its PeriodicTask named "job" (bookworm_scheduler/web/apps.py).
+    "bookworm_scheduler.web.apps.ConsoleBeatConfig",
     "health_check",
     "django_htmx",
     "axes",

@@ -1,13 +1,22 @@
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
 from bookworm_scheduler import health
 from bookworm_scheduler.metrics import metrics_view
 
-admin.site.site_header = "BookWorm Scheduler"
-admin.site.site_title = "BookWorm Scheduler"
-admin.site.index_title = "Jobs, runs and outbox"
+
+class FaviconView(RedirectView):
+    """/favicon.ico, which browsers ask for by themselves: the console's icon, a static file.
+
+    Its URL is looked up per request: with the manifest storage (DEBUG off) it names the file's
+    hashed copy, which a temporary redirect lets the icon change.
+    """
+
+    def get_redirect_url(self, *args, **kwargs):
+        return static("jobs/favicon.svg")
+
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
@@ -18,4 +27,5 @@ urlpatterns = [
     path("health/", health.HealthView.as_view(), name="health"),
     # Prometheus: what the database knows, for staff (a session or HTTP Basic); see bookworm_scheduler.metrics.
     path("metrics", metrics_view, name="metrics"),
+    path("favicon.ico", FaviconView.as_view(), name="favicon"),
 ]

@@ -116,6 +116,9 @@ def test_it_answers_json_to_format_json_and_html_by_default(client, scheduler, r
         "outbox_backlog",
         "migrations",
     ]
+    # The state in words, where django-health-check's heading had emoji (empty boxes without an emoji font).
+    assert re.search(r"<title>\s*System status: OK\s*</title>", response.text)
+    assert "<h1>System status: OK</h1>" in response.text
 
 
 def test_the_text_and_openmetrics_formats_use_the_same_names(client, scheduler, relay):
@@ -170,6 +173,8 @@ def test_no_relay_fails_the_relay_check_and_the_html_names_it(client, scheduler)
     page = client.get("/health/")
     assert page.status_code == 500
     assert '<td data-label="Service">relays</td>' in page.text and "no relay has registered" in page.text
+    assert re.search(r"<title>\s*System status: failing\s*</title>", page.text)
+    assert "<h1>System status: failing</h1>" in page.text and "\N{FIRE}" not in page.text
 
 
 def test_a_failing_check_logs_one_warning_line_naming_it_and_nothing_at_error(client, scheduler, caplog):

@@ -2,10 +2,10 @@
 
 Messages are listed newest first, filterable by status and by type (the exchange), found by
 their exact message id. A message's page shows its envelope as the relay's EnvelopeWriter
-builds it (only sentTime and host are the moment and process of the page view, where the relay
-sets its own) and links the record of what published it. Requeue (dead and unroutable messages, their message ids
-kept) and discard (pending, dead and unroutable messages, deleted) each need a permission of
-their own and are written to the admin's log with the user.
+builds it (a message not sent yet without sentTime and host: the relay adds its own) and links
+the record of what published it. Requeue (dead and unroutable messages, their message ids kept)
+and discard (pending, dead and unroutable messages, deleted) each need a permission of their own
+and are written to the admin's log with the user.
 
 Fast on millions of rows: nothing is counted (the pages are read with one row of look-ahead),
 the status filter and the newest-first order are served by the index outbox_status_recent,
@@ -243,9 +243,22 @@ class OutboxMessageAdmin(ReadOnlyAdmin):
 
     @admin.display(description="Envelope")
     def envelope(self, message: OutboxMessage):
-        """The body the relay publishes for this row, indented. sentTime: the delivery's, else now."""
-        body = envelope_writer().body(WireRow.of(message), message.delivered_at or default_clock())
-        return format_html("<pre>{}</pre>", json.dumps(json.loads(body), indent=2, ensure_ascii=False))
+        """The body the relay publishes for this row, indented.
+
+        A delivered message shows its delivery's sentTime. One not delivered yet has no send time
+        and no sender: its envelope is shown without sentTime and host (the host here would be
+        this web process's, not the relay's), with a note saying so.
+        """
+        if message.delivered_at is not None:
+            body = envelope_writer().body(WireRow.of(message), message.delivered_at)
+            return format_html("<pre>{}</pre>", json.dumps(json.loads(body), indent=2, ensure_ascii=False))
+        envelope = json.loads(envelope_writer().body(WireRow.of(message), default_clock()))
+        del envelope["sentTime"], envelope["host"]
+        return format_html(
+            '<p class="help envelope-unsent">{}</p><pre>{}</pre>',
+            "not sent yet: the relay adds the send time and its host",
+            json.dumps(envelope, indent=2, ensure_ascii=False),
+        )
 
     @admin.action(
         description="Requeue selected dead or unroutable messages (message ids kept)", permissions=["requeue"]

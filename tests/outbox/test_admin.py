@@ -4,6 +4,7 @@ import html
 import json
 import re
 import uuid
+from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 import pytest
@@ -283,3 +284,29 @@ def test_a_page_past_the_end_is_refused_like_any_bad_lookup(admin_client, rows):
     response = admin_client.get(reverse(CHANGELIST), {"p": "5"})
 
     assert response.status_code == 302 and response["Location"].endswith("?e=1")
+
+
+def test_a_pending_message_s_envelope_has_no_send_time_nor_the_web_process_as_host(admin_client):
+    with transaction.atomic():
+        message = publish(make_event_type()())
+
+    page = admin_client.get(reverse(CHANGE_PAGE, args=[message.id])).content.decode()
+
+    [pre] = re.findall(r"<pre>(.*?)</pre>", page, re.S)
+    envelope = json.loads(html.unescape(pre))
+    assert "sentTime" not in envelope and "host" not in envelope
+    assert envelope["messageId"] == str(message.message_id)
+    assert "not sent yet: the relay adds the send time and its host" in page
+
+
+def test_a_delivered_message_s_envelope_shows_its_delivery_time(admin_client):
+    with transaction.atomic():
+        message = publish(make_event_type()())
+    delivered_at = datetime(2026, 12, 7, 11, 29, 9, tzinfo=UTC)
+    OutboxMessage.objects.filter(pk=message.pk).update(status=OutboxMessage.Status.DELIVERED, delivered_at=delivered_at)
+
+    page = admin_client.get(reverse(CHANGE_PAGE, args=[message.id])).content.decode()
+
+    [pre] = re.findall(r"<pre>(.*?)</pre>", page, re.S)
+    assert json.loads(html.unescape(pre))["sentTime"] == "2026-12-07T11:29:09Z"
+    assert "not sent yet" not in page

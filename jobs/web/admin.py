@@ -8,7 +8,7 @@ History, schedulers and alerts are read-only; the history's filters are jobs.web
 never count a big table in full.
 """
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from django.contrib import admin, messages
 from django.db.models import Count, OuterRef, Subquery
@@ -49,6 +49,22 @@ def status_badge(status: str | None):
     )
 
 
+def list_time(instant, day_of=None):
+    """A time in a list: one line, UTC, with its zone ("2026-12-07 11:29:09 UTC"); lists.css keeps it unwrapped.
+
+    Only the time ("11:29:09 UTC") when it falls on the day of day_of, shown beside it.
+    """
+    if instant is None:
+        return "-"
+    instant = instant.astimezone(UTC)
+    same_day = day_of is not None and day_of.astimezone(UTC).date() == instant.date()
+    return format_html(
+        '<span class="list-time" title="{}">{}</span>',
+        instant.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        instant.strftime("%H:%M:%S UTC" if same_day else "%Y-%m-%d %H:%M:%S UTC"),
+    )
+
+
 # Definitions.
 
 
@@ -79,14 +95,13 @@ class JobDefinitionAdmin(admin.ModelAdmin):
     list_display = [
         "name",
         "schedule",
-        "zone",
-        "job_priority",
         "enabled",
         "next_run",
         "last_run",
         "success_rate",
         "running_now",
-    ]  # and run_button after the name, for those who may run jobs (get_list_display)
+    ]  # and run_button after the name, for those who may run jobs (get_list_display); the zone is the
+    # schedule's, the priority on the job's page: the list fits 1280 px (jobs/lists.css)
     list_filter = ["enabled"]
     show_facets = admin.ShowFacets.NEVER
     search_fields = ["name", "task"]
@@ -199,7 +214,7 @@ class JobDefinitionAdmin(admin.ModelAdmin):
     def schedule(self, task):
         if task.crontab_id:
             expression = cron_expression(task.crontab)
-            return format_html("{}<br><code>{}</code>", cron_words(expression), expression)
+            return format_html("{}<br><code>{}</code> {}", cron_words(expression), expression, self.zone(task))
         return str(task.interval or task.clocked or task.solar or "")
 
     @admin.display(description="Zone")
@@ -223,13 +238,13 @@ class JobDefinitionAdmin(admin.ModelAdmin):
     @admin.display(description="Next run")
     def next_run(self, task):
         instant = Definition.from_task(task, strict=False).next_instant() if task.enabled else None
-        return instant.strftime("%Y-%m-%d %H:%M:%S") if instant else "-"
+        return list_time(instant)
 
     @admin.display(description="Last run", ordering="last_started")
     def last_run(self, task):
         if task.last_started is None:
             return "-"
-        return format_html("{}<br>{}", task.last_started.strftime("%Y-%m-%d %H:%M:%S"), status_badge(task.last_status))
+        return format_html("{}<br>{}", list_time(task.last_started), status_badge(task.last_status))
 
     @admin.display(description="Success (24 h)")
     def success_rate(self, task):
@@ -302,15 +317,14 @@ class AttemptInline(admin.StackedInline):
 class OccurrenceAdmin(ReadOnlyAdmin):
     list_display = [
         "job_name",
-        "scheduled_for",
+        "scheduled",
         "coloured_status",
         "attempts",
-        "manual",
-        "triggered_by",
+        "trigger",
         "scheduler",
-        "started_at",
+        "started",
         "duration",
-    ]
+    ]  # times on one line and manual with its user in one column: the list fits 1280 px (lists.css)
     list_filter = ["status", KindFilter, JobFilter, SchedulerFilter, WhenFilter]
     search_fields = ["=job_name"]  # exact, case-insensitive: index occ_job_name_recent
     search_help_text = "The exact name of a job."
@@ -340,6 +354,20 @@ class OccurrenceAdmin(ReadOnlyAdmin):
         if occurrence is not None:
             extra_context = {**admin_views.occurrence_buttons(self, request, occurrence), **(extra_context or {})}
         return super().change_view(request, object_id, form_url, extra_context)
+
+    @admin.display(description="Scheduled for", ordering="scheduled_for")
+    def scheduled(self, occurrence):
+        return list_time(occurrence.scheduled_for)
+
+    @admin.display(description="Started at", ordering="started_at")
+    def started(self, occurrence):
+        return list_time(occurrence.started_at, day_of=occurrence.scheduled_for)  # the time alone on the same day
+
+    @admin.display(description="Trigger")
+    def trigger(self, occurrence):
+        if not occurrence.manual:
+            return "schedule"
+        return f"manual ({occurrence.triggered_by})" if occurrence.triggered_by else "manual"
 
     @admin.display(description="Duration")
     def duration(self, occurrence):

@@ -8,14 +8,22 @@ test run leaves the tree as it was.
 
 import os
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.db import transaction
+from django_celery_beat.models import PeriodicTask
 from playwright.sync_api import expect, sync_playwright
 
+from jobs.engine import store
+from jobs.engine.definitions import policy_of
 from jobs.models import Occurrence
+from jobs.seed.contracts import ResendErrorEmailIntegrationEvent
+from outbox.models import OutboxMessage
+from outbox.publishing import publish
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -105,3 +113,82 @@ def test_an_operator_runs_a_job_and_follows_it_to_its_event(
     page.screenshot(path=str(tmp_path / "job.png"), full_page=True)  # not the README's
     last.locator("a").click()
     expect(page).to_have_url(f"{live_server.url}/tickerq/jobs/occurrence/{occurrence.id}/change/")
+
+
+def fits_without_sideways_scroll(page) -> None:
+    """No sideways scroll of the page, nor of the results table within its container."""
+    widths = page.evaluate(
+        """() => {
+            const table = document.querySelector('#result_list');
+            const box = table && table.parentElement;
+            return {
+                page: document.documentElement.scrollWidth, window: window.innerWidth,
+                table: table ? table.scrollWidth : 0, box: box ? box.clientWidth : 0,
+                columns: table ? Array.from(table.querySelectorAll('thead th')).map(
+                    th => `${th.className.split(' ')[0]}:${th.offsetWidth}`).join(' ') : '',
+            };
+        }"""
+    )
+    assert widths["table"] > 0, f"{page.url}: no results table"
+    assert widths["page"] <= widths["window"], f"{page.url} scrolls sideways: {widths}"
+    assert widths["table"] <= widths["box"], f"{page.url}: its table scrolls sideways: {widths}"
+    text = page.evaluate("() => document.body.innerText")
+    assert "periodic task" not in text.lower(), f"{page.url} says 'periodic task'"
+
+
+def seed_history_and_outbox(now) -> None:
+    """Rows like a busy system's: long scheduler ids, manual runs, pending and delivered messages."""
+    for minutes in range(1, 13):
+        started = now - timedelta(minutes=minutes, seconds=-2)
+        Occurrence.objects.create(
+            job_name="ResendErrorEmailJob" if minutes % 2 else "CleanUpSentEmailJob",
+            scheduled_for=now - timedelta(minutes=minutes),
+            run_after=now - timedelta(minutes=minutes),
+            manual=minutes % 3 == 0,
+            triggered_by="operator" if minutes % 3 == 0 else "",
+            status=Occurrence.Status.FAILED if minutes % 4 == 0 else Occurrence.Status.SUCCEEDED,
+            attempts=1,
+            scheduler="scheduler-prod-eu-west-1a.bookworm.internal-48213",
+            started_at=started,
+            finished_at=started + timedelta(milliseconds=2_350),
+        )
+    with transaction.atomic():
+        messages = [publish(ResendErrorEmailIntegrationEvent()) for _ in range(6)]
+    OutboxMessage.objects.filter(pk__in=[m.pk for m in messages[:3]]).update(
+        status=OutboxMessage.Status.DELIVERED, delivered_at=now
+    )
+
+
+def test_every_list_fits_1280_px_and_the_history_refreshes_itself(browser, live_server, tmp_path):
+    User.objects.create_superuser("operator", "operator@example.com", PASSWORD)
+    now = datetime.now(UTC)
+    seed_history_and_outbox(now)
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.set_default_timeout(30_000)
+    page.goto(f"{live_server.url}/")
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    expect(page.locator("#overview")).to_be_visible()
+
+    for path, shot in (
+        ("django_celery_beat/periodictask/", "jobs-1280.png"),
+        ("jobs/occurrence/", "history-1280.png"),
+        ("outbox/outboxmessage/", "outbox-1280.png"),
+    ):
+        page.goto(f"{live_server.url}/tickerq/{path}")
+        expect(page.locator("#result_list tbody tr").first).to_be_visible()
+        page.screenshot(path=str(tmp_path / shot), full_page=True)  # not the README's
+        fits_without_sideways_scroll(page)
+    expect(page.locator("#result_list td.field-created").first).to_have_text(re.compile(r"^\d{4}-\d\d-\d\d \S+ UTC$"))
+
+    # The history, filtered: a new occurrence appears without a reload, and the filter stays.
+    page.goto(f"{live_server.url}/tickerq/jobs/occurrence/?q=ResendErrorEmailJob")
+    page.evaluate("window.notReloaded = true")
+    task = PeriodicTask.objects.get(name="ResendErrorEmailJob")
+    new = store.trigger(task, priority=policy_of(task).priority, by="someone-else")
+    link = page.locator(f"#result_list a[href*='/tickerq/jobs/occurrence/{new.id}/change/']")  # filters follow
+    expect(link).to_be_visible(timeout=20_000)  # polled every 5 s
+    assert page.evaluate("window.notReloaded") is True
+    assert page.locator("#result_list tr", has_text="CleanUpSentEmailJob").count() == 0
+    expect(page).to_have_url(f"{live_server.url}/tickerq/jobs/occurrence/?q=ResendErrorEmailJob")

@@ -360,3 +360,33 @@ def test_the_history_list_never_counts_the_whole_filtered_table(admin_client):
         admin_client.get("/tickerq/jobs/occurrence/", {"status__exact": "failed"})
     counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
     assert counts and all("LIMIT 10000" in sql for sql in counts)
+
+
+def test_the_history_list_shows_times_on_one_line_in_utc_and_who_triggered(admin_client):
+    task = PeriodicTask.objects.get(name="ResendErrorEmailJob")
+    at = datetime(2026, 12, 7, 11, 29, 9, tzinfo=UTC)
+    Occurrence.objects.create(
+        task=task,
+        job_name=task.name,
+        scheduled_for=at,
+        run_after=at,
+        manual=True,
+        triggered_by="operator",
+        status=Occurrence.Status.SUCCEEDED,
+        started_at=at + timedelta(seconds=2),
+        finished_at=at + timedelta(seconds=3),
+    )
+
+    page = admin_client.get("/tickerq/jobs/occurrence/").content.decode()
+
+    assert re.search(r'<td class="field-scheduled"><span class="list-time"[^>]*>2026-12-07 11:29:09 UTC</span>', page)
+    assert re.search(r'<td class="field-started"><span class="list-time"[^>]*>11:29:11 UTC</span>', page)
+    assert '<td class="field-trigger">manual (operator)</td>' in page
+
+
+def test_the_jobs_list_shows_the_next_run_on_one_line_in_utc(admin_client):
+    page = admin_client.get("/tickerq/django_celery_beat/periodictask/").content.decode()
+
+    assert re.search(
+        r'<td class="field-next_run"><span class="list-time"[^>]*>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC<', page
+    )

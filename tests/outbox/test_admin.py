@@ -310,3 +310,21 @@ def test_a_delivered_message_s_envelope_shows_its_delivery_time(admin_client):
     [pre] = re.findall(r"<pre>(.*?)</pre>", page, re.S)
     assert json.loads(html.unescape(pre))["sentTime"] == "2026-12-07T11:29:09Z"
     assert "not sent yet" not in page
+
+
+def test_the_list_shows_its_times_on_one_line_in_utc(admin_client):
+    with transaction.atomic():
+        message = publish(make_event_type()())
+    created = datetime(2026, 12, 7, 11, 29, 9, tzinfo=UTC)
+    OutboxMessage.objects.filter(pk=message.pk).update(
+        created_at=created,
+        available_at=created,
+        status=OutboxMessage.Status.DELIVERED,
+        delivered_at=created.replace(hour=12),
+    )
+
+    page = admin_client.get(reverse("admin:outbox_outboxmessage_changelist")).content.decode()
+
+    assert re.search(r'<td class="field-created"><span class="list-time"[^>]*>2026-12-07 11:29:09 UTC</span>', page)
+    assert re.search(r'<td class="field-available"><span class="list-time"[^>]*>11:29:09 UTC</span>', page)
+    assert re.search(r'<td class="field-delivered"><span class="list-time"[^>]*>12:29:09 UTC</span>', page)

@@ -17,7 +17,6 @@ import functools
 import json
 import logging
 import uuid
-from datetime import UTC
 from typing import NamedTuple
 
 from django.apps import apps
@@ -34,6 +33,7 @@ from django.utils.html import format_html
 
 from bookworm_scheduler.kernel.clock import default_clock
 from bookworm_scheduler.web.read_only_admin import ReadOnlyAdmin
+from bookworm_scheduler.web.times import list_time
 from outbox.broker import connection_parameters
 from outbox.envelope import EnvelopeWriter, broker_address
 from outbox.events import IntegrationEvent
@@ -164,22 +164,6 @@ class WireRow(NamedTuple):
             json.dumps(message.body),
             json.dumps(message.headers),
         )
-
-
-def list_time(instant, day_of=None) -> str:
-    """A time in a list: one line, UTC, with its zone ("2026-12-07 11:29:09 UTC").
-
-    Only the time ("11:29:09 UTC") when it falls on the day of day_of, shown beside it.
-    """
-    if instant is None:
-        return "-"
-    instant = instant.astimezone(UTC)
-    same_day = day_of is not None and day_of.astimezone(UTC).date() == instant.date()
-    return format_html(
-        '<span class="list-time" title="{}">{}</span>',
-        instant.strftime("%Y-%m-%d %H:%M:%S UTC"),
-        instant.strftime("%H:%M:%S UTC" if same_day else "%Y-%m-%d %H:%M:%S UTC"),
-    )
 
 
 @functools.cache

@@ -8,7 +8,7 @@ History, schedulers and alerts are read-only; the history's filters are jobs.web
 never count a big table in full.
 """
 
-from datetime import UTC, timedelta
+from datetime import timedelta
 
 from django.contrib import admin, messages
 from django.db.models import Count, OuterRef, Subquery
@@ -22,6 +22,7 @@ from bookworm_scheduler.kernel.clock import default_clock
 from bookworm_scheduler.kernel.liveness import scheduler_liveness
 from bookworm_scheduler.web.paginator import CappedCountPaginator
 from bookworm_scheduler.web.read_only_admin import ReadOnlyAdmin
+from bookworm_scheduler.web.times import list_time
 from jobs.engine import store
 from jobs.engine.definitions import Definition, cron_expression, policy_of, run_now
 from jobs.models import Alert, Attempt, JobPolicy, Occurrence, SchedulerInstance
@@ -46,22 +47,6 @@ def status_badge(status: str | None):
         return "-"
     return format_html(
         '<span class="status-badge" style="color:{};font-weight:bold">{}</span>', STATUS_COLOURS.get(status, ""), status
-    )
-
-
-def list_time(instant, day_of=None):
-    """A time in a list: one line, UTC, with its zone ("2026-12-07 11:29:09 UTC"); lists.css keeps it unwrapped.
-
-    Only the time ("11:29:09 UTC") when it falls on the day of day_of, shown beside it.
-    """
-    if instant is None:
-        return "-"
-    instant = instant.astimezone(UTC)
-    same_day = day_of is not None and day_of.astimezone(UTC).date() == instant.date()
-    return format_html(
-        '<span class="list-time" title="{}">{}</span>',
-        instant.strftime("%Y-%m-%d %H:%M:%S UTC"),
-        instant.strftime("%H:%M:%S UTC" if same_day else "%Y-%m-%d %H:%M:%S UTC"),
     )
 
 

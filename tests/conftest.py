@@ -12,7 +12,7 @@ from django.db import connection
 from tests.jobs.helpers import FakeClock, start_of_future_hour
 from tests.outbox.helpers import Rabbit, build_relay
 
-# Set (to 1) by tests/jobs/test_store.py alone, for the run of the store's contract tests on SQLite it
+# Set (to 1) by tests/jobs/test_store_records.py alone, for the run of the store's contract tests on SQLite it
 # starts in a subprocess: that run may use SQLite. Every other run refuses any database but PostgreSQL.
 ALLOW_SQLITE = "BOOKWORM_TESTS_ALLOW_SQLITE"
 

@@ -6,22 +6,18 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.conf import settings
 from django.db import connection, transaction
 
 from jobs.engine import store
 from jobs.models import Occurrence, Priority
-
-ON_SQLITE = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
 
 SESSION = uuid.UUID("00000000-0000-4000-8000-00000000000a")
 OTHER = uuid.UUID("00000000-0000-4000-8000-00000000000b")
 LEASE = timedelta(seconds=60)
 
 
-def postgresql_only(test):
-    """What SQLite cannot do: deselected from the SQLite run, and skipped on SQLite however it is run."""
-    return pytest.mark.postgresql_only(pytest.mark.skipif(ON_SQLITE, reason="PostgreSQL only")(test))
+# What SQLite cannot do: deselected from the SQLite run (-m "not postgresql_only"), never skipped.
+postgresql_only = pytest.mark.postgresql_only
 
 
 def scheduled(task, at, *, priority=Priority.NORMAL, **fields) -> Occurrence:

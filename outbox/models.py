@@ -187,9 +187,12 @@ class OutboxMessage(models.Model):
         if self.attempts >= max_attempts:
             self.status = self.Status.DEAD
         else:
-            self.available_at = now + doubling(
-                timedelta(seconds=1), self.attempts, timedelta(seconds=max_delay_seconds)
-            )
+            self.available_at = now + self.retry_delay(self.attempts, max_delay_seconds)
+
+    @staticmethod
+    def retry_delay(attempts: int, max_delay_seconds: int) -> timedelta:
+        """The wait after a message's `attempts`-th failed send: 1 s, doubling, at most max_delay_seconds."""
+        return doubling(timedelta(seconds=1), attempts, timedelta(seconds=max_delay_seconds))
 
 
 class PublishedKey(models.Model):

@@ -7,10 +7,8 @@ and creates the definitions of registered jobs that have none.
 
 import dataclasses
 import functools
-import getpass
 import json
 import logging
-import os
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from itertools import chain, takewhile
@@ -49,47 +47,6 @@ def policy_of(task: PeriodicTask) -> Policy:
 def run_now(task: PeriodicTask, *, by: str) -> Occurrence:
     """A manual run of task at its policy's priority, due now; who asked is recorded."""
     return store.trigger(task, priority=policy_of(task).priority, by=by)
-
-
-COMMAND_LINE_USER = "command line"  # a LogEntry needs a user: the command line's, which no one can log in as
-
-
-def run_now_logged(task: PeriodicTask, *, user=None, by: str, via: str) -> Occurrence:
-    """run_now, with the record the dashboard's "Run now" writes: a change of task in the admin's log.
-
-    user: who asked (the API's user); None for the command line, recorded as the account
-    COMMAND_LINE_USER, inactive and without a password, made at its first use. by: the
-    occurrence's triggered_by. via: where it was asked from, in the log's message. The
-    occurrence and its record commit together.
-    """
-    from django.contrib.admin.models import CHANGE, LogEntry  # the admin's model; the engine needs it only here
-    from django.contrib.auth import get_user_model
-    from django.contrib.auth.hashers import make_password
-
-    with transaction.atomic():
-        if user is None:
-            model = get_user_model()
-            user, _ = model._default_manager.get_or_create(
-                **{model.USERNAME_FIELD: COMMAND_LINE_USER},
-                defaults={"is_active": False, "password": make_password(None)},
-            )
-        occurrence = run_now(task, by=by)
-        LogEntry.objects.log_actions(
-            user_id=user.pk,
-            queryset=[task],
-            action_flag=CHANGE,
-            change_message=f"Ran now {via}: occurrence {occurrence.id}",
-            single_object=True,
-        )
-    return occurrence
-
-
-def os_user() -> str:
-    """The command line's OS user, for the record of what it triggers; its uid when it has no name."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no name for this uid, as in a container run as an arbitrary user
-        return f"uid {os.getuid()}"
 
 
 def kwargs_of(task: PeriodicTask) -> dict:

@@ -24,10 +24,11 @@ from bookworm_scheduler.web.paginator import CappedCountPaginator
 from bookworm_scheduler.web.read_only_admin import ReadOnlyAdmin
 from bookworm_scheduler.web.times import list_time
 from jobs.engine import store
-from jobs.engine.definitions import Definition, cron_expression, policy_of, run_now
+from jobs.engine.definitions import Definition, cron_expression, policy_of
 from jobs.models import Alert, Attempt, JobPolicy, Occurrence, SchedulerInstance
 from jobs.templatetags.dashboard_tags import run_time
 from jobs.web import admin_views
+from jobs.web.audit import run_now_logged
 from jobs.web.filters import JobFilter, KindFilter, SchedulerFilter, WhenFilter
 from jobs.web.forms import CrontabScheduleForm, JobDefinitionForm, cron_words, describe_cron
 from outbox.models import OutboxMessage
@@ -247,8 +248,7 @@ class JobDefinitionAdmin(admin.ModelAdmin):
     @admin.action(description="Run selected jobs now", permissions=["run"])
     def run_now(self, request, queryset):
         for task in queryset.select_related("policy"):
-            occurrence = run_now(task, by=request.user.get_username())
-            self.log_change(request, task, f"Ran now: occurrence {occurrence.id}")
+            run_now_logged(task, user=request.user, by=request.user.get_username(), via="")
         self.message_user(request, "Triggered: an idle scheduler runs them at once.", messages.SUCCESS)
 
     def _set_enabled(self, request, queryset, enabled, verb: str):

@@ -23,8 +23,8 @@ from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.kernel.clock import default_clock
 from bookworm_scheduler.web.basic_auth import CHALLENGE, api_error, basic_header
-from jobs.engine.definitions import run_now_logged
 from jobs.models import Occurrence
+from jobs.web.audit import run_now_logged
 from jobs.web.serializers import BadFilter, HistoryFilter, history_rows, job_rows, occurrence_detail, occurrence_url
 from outbox.serializers import outbox_status
 

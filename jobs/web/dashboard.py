@@ -21,7 +21,6 @@ from django.db.models import Count, Q, QuerySet
 from django.db.models.functions import TruncMinute
 from django.urls import reverse
 
-from bookworm_scheduler.kernel.backoff import doubling
 from bookworm_scheduler.kernel.liveness import Liveness, relay_liveness, scheduler_liveness
 from jobs.engine.definitions import Cursor, Definition, definitions_version, load_definitions
 from jobs.models import Occurrence, PlanningCursor, SchedulerInstance
@@ -360,8 +359,7 @@ class SendFailures:
 
 def failed_at(available_at: datetime, attempts: int) -> datetime:
     """When a failed send was recorded: record_failure set available_at to then plus the retry's delay."""
-    ceiling = timedelta(seconds=settings.OUTBOX_RETRY_MAX_SECONDS)
-    return available_at - doubling(timedelta(seconds=1), attempts, ceiling)
+    return available_at - OutboxMessage.retry_delay(attempts, settings.OUTBOX_RETRY_MAX_SECONDS)
 
 
 def send_failures(pending: Capped) -> SendFailures | None:

@@ -13,9 +13,9 @@ from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.kernel.clock import database_now
 from jobs.engine import store
-from jobs.engine.definitions import os_user, run_now_logged
 from jobs.engine.schedules import InvalidSchedule, cron_instants, did_you_mean, get_zone, next_instants
 from jobs.models import Occurrence
+from jobs.web.audit import os_user, run_now_logged
 from jobs.web.serializers import DEFAULT_LIMIT, MAX_LIMIT, BadFilter, HistoryFilter, history_rows, iso, job_rows
 
 USAGE_ERROR = 2

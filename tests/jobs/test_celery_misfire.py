@@ -117,23 +117,24 @@ def test_instants_due_while_rabbitmq_is_down_past_the_grace_are_recorded_missed(
     scheduler_processes(env=dict(celery_env, SCHEDULER_MISFIRE_GRACE_SECONDS="1"), instance_id="hands-over")
     wait_for(lambda: Occurrence.objects.filter(task=task, status="succeeded").exists(), timeout=30)
 
-    stopped_at = database_now()
     try:
         rabbitmqctl("stop_app")
-        # Down until a hand-over failed, and instants fell due for 4 s (past the 1 s grace).
+        # Bounds the broker's outage from within: down after stop_app returns, up no earlier than start_app is run.
+        down_at = database_now()
+        # Down until a hand-over failed, and instants fell due for 5 s (past the 1 s grace).
         wait_for(lambda: Occurrence.objects.filter(reason__startswith="released: the broker").exists(), timeout=30)
-        wait_for(lambda: Occurrence.objects.filter(scheduled_for__gte=stopped_at + timedelta(seconds=4)).exists())
+        wait_for(lambda: Occurrence.objects.filter(scheduled_for__gte=down_at + timedelta(seconds=5)).exists())
     finally:
+        up_from = database_now()
         rabbitmqctl("start_app")
         rabbitmqctl("await_startup", "--timeout", "120")
     restarted_at = database_now()
 
     # Each instant due while it was down is then recorded: missed if it was late past the grace.
-    during = Occurrence.objects.filter(
-        task=task, scheduled_for__gt=stopped_at + timedelta(seconds=1), scheduled_for__lt=restarted_at
-    )
+    during = Occurrence.objects.filter(task=task, scheduled_for__gt=down_at, scheduled_for__lt=restarted_at)
     wait_for(lambda: not during.filter(status__in=["scheduled", "running"]).exists(), timeout=60)
-    too_late = during.filter(scheduled_for__lt=restarted_at - timedelta(seconds=2))
+    # Due more than the grace (and a second's margin) before the broker could take anything again.
+    too_late = during.filter(scheduled_for__lt=up_from - timedelta(seconds=2))
     assert too_late.count() >= 3
     assert set(too_late.values_list("status", flat=True)) == {"missed"}
     assert all(reason.startswith("missed: not handed over") for reason in too_late.values_list("reason", flat=True))

@@ -5,7 +5,7 @@ and sorts apps and models alphabetically: the job definitions sat under django-c
 "Periodic tasks", beside its schedule tables, and django-axes' tables had a section of their own.
 ConsoleSite.get_app_list lays the same rows out in sections of its own instead:
 
-- Console (its heading links the overview): Jobs, History, Outbox, Schedulers, Relays, Alerts;
+- Console (its heading links the overview): Jobs, History, Outbox, Schedulers, Relays, Alerts, Audit;
 - Access: Users, Groups;
 - then any other registered model, as Django would group it, so none goes missing unnoticed.
 
@@ -35,6 +35,7 @@ SECTIONS = [
             ("jobs.SchedulerInstance", "Schedulers"),
             ("outbox.RelayInstance", "Relays"),
             ("jobs.Alert", "Alerts"),
+            ("admin.LogEntry", "Audit"),
         ],
     ),
     ("Access", None, [("auth.User", "Users"), ("auth.Group", "Groups")]),

@@ -146,7 +146,7 @@ class JobDefinitionAdmin(admin.ModelAdmin):
         task = self.get_object(request, object_id)
         if task is not None:
             extra_context = {
-                "title": task.name,  # not PeriodicTask.__str__ (name: schedule)
+                "title": task.name,  # the name alone, not Django's "Change job" above it
                 "subtitle": None,
                 "recent_runs": admin_views.recent_runs(task.id),
                 "totals": admin_views.totals(task.id, default_clock()),

@@ -11,7 +11,7 @@ from django.core.management import call_command
 
 pytestmark = pytest.mark.django_db
 
-CONSOLE = ["Jobs", "History", "Outbox", "Schedulers", "Relays", "Alerts"]
+CONSOLE = ["Jobs", "History", "Outbox", "Schedulers", "Relays", "Alerts", "Audit"]
 PASSWORD = "a-long-password"
 
 

@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django_celery_beat.models import PeriodicTask
 
 from jobs.models import Attempt, Occurrence
-from jobs.web.audit import os_user
+from bookworm_scheduler.web.audit_log import os_user
 from outbox.models import OutboxMessage
 
 pytestmark = pytest.mark.django_db

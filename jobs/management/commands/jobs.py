@@ -12,10 +12,11 @@ from django.utils.dateparse import parse_datetime
 from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.kernel.clock import database_now
+from bookworm_scheduler.web.audit_log import from_command_line, os_user
 from jobs.engine import store
 from jobs.engine.schedules import InvalidSchedule, cron_instants, did_you_mean, get_zone, next_instants
 from jobs.models import Occurrence
-from jobs.web.audit import os_user, run_now_logged
+from jobs.web.audit import run_now_logged
 from jobs.web.serializers import DEFAULT_LIMIT, MAX_LIMIT, BadFilter, HistoryFilter, history_rows, iso, job_rows
 
 USAGE_ERROR = 2
@@ -94,10 +95,7 @@ class Command(BaseCommand):
         task = PeriodicTask.objects.select_related("policy").filter(name=name).first()
         if task is None:
             raise self.no_such_definition(name)
-        who = os_user()
-        occurrence = run_now_logged(
-            task, by=f"{who} via manage.py jobs trigger", via=f"from the command line by OS user {who}"
-        )
+        occurrence = run_now_logged(task, by=f"{os_user()} via manage.py jobs trigger", via=from_command_line())
         self.stdout.write(f"triggered {name}: occurrence {occurrence.id}")
         if wait is None:
             return

@@ -3,8 +3,10 @@
 import json
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
 from bookworm_scheduler.kernel.clock import default_clock
+from bookworm_scheduler.web.audit_log import from_command_line, log_many
 from outbox.models import OutboxMessage
 from outbox.serializers import outbox_status
 
@@ -39,7 +41,10 @@ class Command(BaseCommand):
                 self.stdout.write(f"{name}: {value:g}" if isinstance(value, float) else f"{name}: {value}")
 
     def requeue(self, *, ids: list[int] | None, status: str | None) -> None:
-        """Requeue what was selected; an id that is no row, or nothing to requeue, is an error (exit 1)."""
+        """Requeue what was selected; an id that is no row, or nothing to requeue, is an error (exit 1).
+
+        Recorded in the audit log as one entry for the rows requeued, in the same transaction.
+        """
         rows = OutboxMessage.objects.all()
         if ids:
             found = set(rows.filter(id__in=ids).values_list("id", flat=True))
@@ -49,9 +54,12 @@ class Command(BaseCommand):
             rows = rows.filter(id__in=ids)
         if status:
             rows = rows.filter(status=status)
-        count = rows.requeue(default_clock())
+        wanted = status or " or ".join(OutboxMessage.REQUEUEABLE)
+        among = f" among ids {', '.join(map(str, sorted(set(ids))))}" if ids else ""
+        with transaction.atomic():
+            count = rows.requeue(default_clock())
+            if count:
+                log_many(None, OutboxMessage, count, "Requeued", via=from_command_line(), detail=f"{wanted}{among}")
         if count == 0:
-            wanted = status or " or ".join(OutboxMessage.REQUEUEABLE)
-            among = f" among ids {', '.join(map(str, sorted(set(ids))))}" if ids else ""
             raise CommandError(f"nothing to requeue: no {wanted} message{among}")
         self.stdout.write(f"requeued {count} message{'s' if count != 1 else ''}")

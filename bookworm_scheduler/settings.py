@@ -233,6 +233,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # The viewer's display zone (a cookie; UTC by default) for every time shown: bookworm_scheduler/web/display_zone.py.
+    "bookworm_scheduler.web.display_zone.DisplayZoneMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     # HTTP Basic for scripts and monitors on the dashboard; after the session's user is known.
     "bookworm_scheduler.web.basic_auth.BasicAuthMiddleware",

@@ -5,6 +5,7 @@ from django.views.generic import RedirectView
 
 from bookworm_scheduler import health
 from bookworm_scheduler.metrics import metrics_view
+from bookworm_scheduler.web import display_zone
 
 
 class FaviconView(RedirectView):
@@ -22,6 +23,8 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
     path("tickerq/api/", include("jobs.web.api_urls")),  # before the admin: its catch-all takes every path
     path("tickerq/overview/", include("jobs.web.urls")),  # the overview fragment; before the admin too
+    # The header's "Times in" form; before the admin too.
+    path("tickerq/display-zone/", display_zone.choose, name="display-zone"),
     path("tickerq/", admin.site.urls),
     # 200 when every check passes, else 500 naming the failed ones; /alive is health.AliveMiddleware's.
     path("health/", health.HealthView.as_view(), name="health"),

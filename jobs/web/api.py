@@ -1,37 +1,84 @@
-"""JSON for scripts under /tickerq/api/, in the shapes of the command line's --json output.
+"""JSON for scripts under /tickerq/api/, in the shapes of the command line's --json output (django-ninja).
 
 The rows come from jobs.web.serializers and outbox.serializers, which `manage.py jobs` and
-`manage.py outbox` print, so the two never differ. Authentication is the dashboard's: a staff
-user's session, or HTTP Basic credentials, which bookworm_scheduler.web.basic_auth turns into
-request.user before a view runs. Each endpoint asks for the permission of the rows it shows, as
-the admin page of those rows does (the change permission implies the view permission there,
-and here). The views only read, or write an occurrence row for the scheduler: never the broker.
+`manage.py outbox` print, so the two never differ; their pydantic schemas are the responses
+declared here, which django-ninja checks each answer against and documents in the OpenAPI
+description at /tickerq/api/openapi.json. The history's query string is read by django-ninja
+into a HistoryFilter, which documents its parameters too.
 
-Every error, from a view or from the Basic middleware (401, 403, the lockout's 429), is
-{"error": {"status": <the HTTP status>, "message": "<one sentence>"}}: basic_auth.api_error.
+Authentication is the dashboard's: a staff user's session, or HTTP Basic credentials, which
+bookworm_scheduler.web.basic_auth turns into request.user before a view runs (Staff only reads
+request.user; its two subclasses name the two ways in the OpenAPI description). Each endpoint
+asks for the permission of the rows it shows, as the admin page of those rows does (the change
+permission implies the view permission there, and here). The views only read, or write an
+occurrence row for the scheduler: never the broker.
+
+Every error, from a view, from django-ninja (a parameter that does not validate: 400) or from
+the Basic middleware (401, 403, the lockout's 429), is {"error": {"status": <the HTTP status>,
+"message": "<one sentence>"}}: basic_auth.api_error. jobs.web.api_urls adds the 405s and the
+404 of an unknown path, in the same shape.
 """
 
 import logging
+from collections.abc import Callable
+from functools import wraps
 
-from django.http import HttpRequest, JsonResponse
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import reverse
-from django.utils.cache import add_never_cache_headers
-from django.views import View
-from django.views.decorators.csrf import csrf_exempt
 from django_celery_beat.models import PeriodicTask
+from ninja import NinjaAPI, Query, Status
+from ninja.errors import AuthenticationError, AuthorizationError, HttpError, ValidationError
+from ninja.security.base import AuthBase
+from pydantic import BaseModel
 
 from bookworm_scheduler.kernel.clock import default_clock
 from bookworm_scheduler.web.basic_auth import CHALLENGE, api_error, basic_header
 from jobs.models import Occurrence
 from jobs.web.audit import run_now_logged
-from jobs.web.serializers import BadFilter, HistoryFilter, history_rows, job_rows, occurrence_detail, occurrence_url
-from outbox.serializers import outbox_status
+from jobs.web.serializers import (
+    HistoryFilter,
+    HistoryRow,
+    JobRow,
+    OccurrenceDetail,
+    history_rows,
+    job_rows,
+    occurrence_detail,
+    occurrence_url,
+)
+from outbox.serializers import OutboxStatus, outbox_status
 
 logger = logging.getLogger(__name__)
 
+UNAUTHENTICATED = "Authentication required: log in, or send Basic credentials of a staff user."
 
-error = api_error
+
+class ErrorBody(BaseModel):
+    status: int
+    message: str
+
+
+class Error(BaseModel):
+    """Every error's shape (basic_auth.api_error)."""
+
+    error: ErrorBody
+
+
+class Triggered(BaseModel):
+    occurrence: int
+    status: str
+    url: str
+
+
+class Endpoint(BaseModel):
+    method: str
+    url: str
+    command: str | None
+
+
+class Index(BaseModel):
+    endpoints: list[Endpoint]
 
 
 def may(user, permission: str) -> bool:
@@ -42,110 +89,181 @@ def may(user, permission: str) -> bool:
     return codename.startswith("view_") and user.has_perm(f"{app_label}.change_{codename.removeprefix('view_')}")
 
 
-class ApiView(View):
-    """A staff user's JSON endpoint: 401 without credentials, 403 without staff status or permission."""
+def check_staff(request: HttpRequest, permission: str = ""):
+    """request.user when a staff user with permission ("app_label.codename"; empty: staff status is enough).
 
-    http_method_names = ["get", "head"]
-    permission = ""  # "app_label.codename" the user needs; empty: staff status is enough
-
-    @classmethod
-    def as_view(cls, **initkwargs):
-        # Exempt from CsrfViewMiddleware, whose refusal is an HTML page: a view that writes checks
-        # the token itself (TriggerView.post) and refuses in JSON; the others only read, and
-        # answer any other method 405.
-        return csrf_exempt(super().as_view(**initkwargs))
-
-    def dispatch(self, request: HttpRequest, *args, **kwargs):
-        response = self.refusal(request) or super().dispatch(request, *args, **kwargs)
-        add_never_cache_headers(response)
-        return response
-
-    def refusal(self, request: HttpRequest) -> JsonResponse | None:
-        user = request.user
-        if not user.is_authenticated:
-            response = error(401, "Authentication required: log in, or send Basic credentials of a staff user.")
-            response["WWW-Authenticate"] = CHALLENGE
-            return response
-        if not user.is_staff:
-            return error(403, "Only staff users may use the API.")
-        if self.permission and not may(user, self.permission):
-            return error(403, f"Permission required: {self.permission}.")
-        return None
-
-    def http_method_not_allowed(self, request, *args, **kwargs):
-        response = error(405, f"Method not allowed: {request.method}.")
-        response["Allow"] = ", ".join(method.upper() for method in self.http_method_names)
-        return response
+    Raises AuthenticationError without credentials (401), AuthorizationError otherwise (403).
+    """
+    user = request.user
+    if not user.is_authenticated:
+        raise AuthenticationError(message=UNAUTHENTICATED)
+    if not user.is_staff:
+        raise AuthorizationError(message="Only staff users may use the API.")
+    if permission and not may(user, permission):
+        raise AuthorizationError(message=f"Permission required: {permission}.")
+    return user
 
 
-class IndexView(ApiView):
-    """GET /tickerq/api/: the endpoints, and the command each one mirrors (null: none)."""
+class Staff(AuthBase):
+    """django-ninja's auth for an endpoint: check_staff with the endpoint's permission."""
 
-    def get(self, request):
-        endpoints = [
-            ("GET", reverse("api:jobs"), "manage.py jobs list --json"),
-            (
-                "GET",
-                reverse("api:history") + "?job=NAME&status=STATUS&manual=true|false&limit=N",
-                "manage.py jobs history [--job NAME] [--status STATUS] [--manual|--no-manual] [--limit N] --json",
-            ),
-            ("GET", reverse("api:occurrence", args=[0]).removesuffix("0") + "ID", None),
-            ("GET", reverse("api:outbox"), "manage.py outbox status --json"),
-            ("POST", reverse("api:trigger", args=["NAME"]), "manage.py jobs trigger NAME"),
-        ]
-        return JsonResponse(
-            {"endpoints": [{"method": method, "url": url, "command": command} for method, url, command in endpoints]}
-        )
+    def __init__(self, permission: str = ""):
+        self.permission = permission
+        super().__init__()
+
+    def __call__(self, request: HttpRequest):
+        return check_staff(request, self.permission)
 
 
-class JobsView(ApiView):
-    """GET /tickerq/api/jobs/: the rows of `jobs list --json`."""
-
-    permission = "django_celery_beat.view_periodictask"
-
-    def get(self, request):
-        return JsonResponse(job_rows(), safe=False)
+class BasicCredentials(Staff):
+    openapi_type = "http"
+    openapi_scheme = "basic"
+    openapi_description = "A staff user's username and password (django-axes locks a login out after failures)."
 
 
-class HistoryView(ApiView):
-    """GET /tickerq/api/history/?job=&status=&manual=&limit=: the rows of `jobs history --json`."""
+class SessionCookie(Staff):
+    openapi_type = "apiKey"
+    openapi_in = "cookie"
+    openapi_name = settings.SESSION_COOKIE_NAME
+    openapi_description = "The session of a staff user logged into the console."
 
-    permission = "jobs.view_occurrence"
 
-    def get(self, request):
+def staff(permission: str = "") -> list[Staff]:
+    # Either way in: the first one decides (both read request.user, which the middleware set).
+    return [BasicCredentials(permission), SessionCookie(permission)]
+
+
+def refusing_in_json(view: Callable) -> Callable:
+    """A plain view (not an endpoint's) answering only staff users, refusing in the API's error shape."""
+
+    @wraps(view)
+    def checked(request, *args, **kwargs):
         try:
-            history = HistoryFilter.from_query(request.GET)
-        except BadFilter as exc:
-            return error(400, str(exc))
-        return JsonResponse(history_rows(history), safe=False)
+            check_staff(request)
+        except HttpError as exc:
+            return http_error(request, exc)
+        return view(request, *args, **kwargs)
+
+    return checked
 
 
-class OccurrenceView(ApiView):
-    """GET /tickerq/api/occurrences/<id>: one occurrence, its attempts and the events it published."""
+REFUSALS = {401: Error, 403: Error}
 
-    permission = "jobs.view_occurrence"
-
-    def get(self, request, pk: int):
-        occurrence = Occurrence.objects.filter(pk=pk).first()
-        if occurrence is None:
-            return error(404, f"No such occurrence: {pk}.")
-        return JsonResponse(occurrence_detail(occurrence))
-
-
-class OutboxView(ApiView):
-    """GET /tickerq/api/outbox/: the object of `outbox status --json`."""
-
-    permission = "outbox.view_outboxmessage"
-
-    def get(self, request):
-        return JsonResponse(outbox_status(default_clock()))
+api = NinjaAPI(
+    title="BookWorm Scheduler",
+    version="1",
+    description="The command line's --json output over HTTP, for staff users and their scripts.",
+    urls_namespace="api",
+    # Behind staff credentials like every endpoint: the description is of use to the staff's
+    # scripts only, and need not tell anyone else what the service answers.
+    openapi_url="/openapi.json",
+    docs_decorator=refusing_in_json,
+    # No interactive page: django-ninja's Swagger UI loads from a CDN unless "ninja" is in
+    # INSTALLED_APPS (its bundled copy is served as static files then), and this machine is offline.
+    docs_url=None,
+)
 
 
-class TriggerView(ApiView):
-    """POST /tickerq/api/jobs/<name>/trigger: a manual run of the definition called name.
+@api.exception_handler(HttpError)
+def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    response = api_error(exc.status_code, exc.message)
+    if isinstance(exc, AuthenticationError):
+        response = api_error(401, UNAUTHENTICATED)
+        response["WWW-Authenticate"] = CHALLENGE
+    return response
+
+
+@api.exception_handler(ValidationError)
+def invalid_parameters(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    # The only parameters are the history's (the occurrence's id is matched by its URL's <int:>).
+    return api_error(400, HistoryFilter.refusal(exc.errors))
+
+
+@api.exception_handler(Exception)
+def failure(request: HttpRequest, exc: Exception) -> HttpResponse:
+    logger.exception("API request failed: %s %s", request.method, request.path)
+    return api_error(500, "Internal error; the server's log has the details.")
+
+
+@api.get("/", response={200: Index, **REFUSALS}, auth=staff(), url_name="index")
+def endpoints(request):
+    """The endpoints, and the command each one mirrors (null: none)."""
+    endpoints = [
+        ("GET", reverse("api:jobs"), "manage.py jobs list --json"),
+        (
+            "GET",
+            reverse("api:history") + "?job=NAME&status=STATUS&manual=true|false&limit=N",
+            "manage.py jobs history [--job NAME] [--status STATUS] [--manual|--no-manual] [--limit N] --json",
+        ),
+        ("GET", reverse("api:occurrence", args=[0]).removesuffix("0") + "ID", None),
+        ("GET", reverse("api:outbox"), "manage.py outbox status --json"),
+        ("POST", reverse("api:trigger", args=["NAME"]), "manage.py jobs trigger NAME"),
+        ("GET", reverse("api:openapi-json"), None),
+    ]
+    return {"endpoints": [{"method": method, "url": url, "command": command} for method, url, command in endpoints]}
+
+
+@api.get(
+    "/jobs/",
+    response={200: list[JobRow], **REFUSALS},
+    auth=staff("django_celery_beat.view_periodictask"),
+    url_name="jobs",
+)
+def list_jobs(request):
+    """The rows of `jobs list --json`: each definition with its schedule, next run and last status, by name."""
+    return job_rows()
+
+
+@api.get(
+    "/history/",
+    response={200: list[HistoryRow], 400: Error, **REFUSALS},
+    auth=staff("jobs.view_occurrence"),
+    url_name="history",
+)
+def list_history(request, filters: Query[HistoryFilter]):
+    """The rows of `jobs history --json`: occurrences, newest first, filtered as the command line's options do."""
+    unknown = HistoryFilter.unknown_parameter(request.GET)
+    if unknown:
+        raise HttpError(400, unknown)
+    return history_rows(filters)
+
+
+@api.get(
+    "/occurrences/{int:pk}",
+    response={200: OccurrenceDetail, 404: Error, **REFUSALS},
+    auth=staff("jobs.view_occurrence"),
+    url_name="occurrence",
+)
+def show_occurrence(request, pk: int):
+    """One occurrence, its attempts and the events it published."""
+    found = Occurrence.objects.filter(pk=pk).first()
+    if found is None:
+        raise HttpError(404, f"No such occurrence: {pk}.")
+    return occurrence_detail(found)
+
+
+@api.get(
+    "/outbox/",
+    response={200: OutboxStatus, **REFUSALS},
+    auth=staff("outbox.view_outboxmessage"),
+    url_name="outbox",
+)
+def outbox_counts(request):
+    """The object of `outbox status --json`."""
+    return outbox_status(default_clock())
+
+
+@api.post(
+    "/jobs/{path:name}/trigger",  # a definition's name is free text: <path:> lets it hold a slash
+    response={201: Triggered, 404: Error, **REFUSALS},
+    auth=staff("jobs.run_job"),
+    url_name="trigger",
+)
+def trigger_run(request, name: str, response: HttpResponse):
+    """A manual run of the definition called name.
 
     Answers 201 {"occurrence": id, "status": "scheduled", "url": ...}, Location the same URL
-    (OccurrenceView's); the scheduler claims the occurrence as it claims any other. Recorded in
+    (the occurrence's); the scheduler claims the occurrence as it claims any other. Recorded in
     the admin's log as the dashboard's "Run now" is. 404 when no definition has that name.
 
     CSRF. A browser attaches the session cookie to any request, a cross-site form's included,
@@ -157,44 +275,29 @@ class TriggerView(ApiView):
     which this service never grants. Every other request (a session's, or Basic credentials
     with a form's content type) needs the token, exactly as the admin's forms do.
     """
-
-    http_method_names = ["post"]
-    permission = "jobs.run_job"
-
-    def post(self, request, name: str):
-        if not self.credentials_in_header(request):
-            refused = CsrfViewMiddleware(lambda request: None).process_view(request, None, (), {})
-            if refused is not None:
-                return error(
-                    403,
-                    "CSRF token missing or incorrect: send the session's X-CSRFToken header, "
-                    "or Basic credentials with Content-Type: application/json.",
-                )
-        task = PeriodicTask.objects.select_related("policy").filter(name=name).first()
-        if task is None:
-            return error(404, f"No such job definition: {name}.")
-        username = request.user.get_username()
-        occurrence = run_now_logged(task, user=request.user, by=username, via="from the API")
-        logger.info(
-            "triggered %s",
-            name,
-            extra={"action": "job_triggered", "job_name": name, "occurrence": occurrence.id, "by": username},
-        )
-        url = occurrence_url(occurrence.id)
-        response = JsonResponse({"occurrence": occurrence.id, "status": occurrence.status, "url": url}, status=201)
-        response["Location"] = url
-        return response
-
-    @staticmethod
-    def credentials_in_header(request: HttpRequest) -> bool:
-        # The Basic middleware has already checked the header's credentials (or refused the request).
-        return basic_header(request) is not None and request.content_type == "application/json"
+    if not credentials_in_header(request):
+        refused = CsrfViewMiddleware(lambda request: None).process_view(request, None, (), {})
+        if refused is not None:
+            raise HttpError(
+                403,
+                "CSRF token missing or incorrect: send the session's X-CSRFToken header, "
+                "or Basic credentials with Content-Type: application/json.",
+            )
+    task = PeriodicTask.objects.select_related("policy").filter(name=name).first()
+    if task is None:
+        raise HttpError(404, f"No such job definition: {name}.")
+    username = request.user.get_username()
+    occurrence = run_now_logged(task, user=request.user, by=username, via="from the API")
+    logger.info(
+        "triggered %s",
+        name,
+        extra={"action": "job_triggered", "job_name": name, "occurrence": occurrence.id, "by": username},
+    )
+    url = occurrence_url(occurrence.id)
+    response["Location"] = url
+    return Status(201, {"occurrence": occurrence.id, "status": occurrence.status, "url": url})
 
 
-class NotFoundView(ApiView):
-    """Any other path under /tickerq/api/: a JSON 404 rather than the admin's page."""
-
-    http_method_names = ["get", "head", "post", "put", "patch", "delete"]
-
-    def dispatch(self, request, *args, **kwargs):
-        return self.refusal(request) or error(404, "No such endpoint; GET /tickerq/api/ lists them.")
+def credentials_in_header(request: HttpRequest) -> bool:
+    # The Basic middleware has already checked the header's credentials (or refused the request).
+    return basic_header(request) is not None and request.content_type == "application/json"

@@ -1,21 +1,51 @@
-"""/tickerq/api/: JSON for scripts (see jobs.web.api).
+"""/tickerq/api/: JSON for scripts (see jobs.web.api), django-ninja's URLs and two of our own answers.
 
-Included before the admin, whose catch-all would take these paths.
+Included before the admin, whose catch-all would take these paths. Every view here answers in
+the API's error shape and is never cached: django-ninja's own 405 (a plain text page) is
+replaced by the API's JSON (after the staff check, as before any answer), and any other path
+is the API's JSON 404 rather than the admin's page. A HEAD request is answered as a GET is.
 """
 
-from django.urls import path
+from functools import wraps
 
+from django.urls import URLPattern, path
+from django.utils.cache import add_never_cache_headers
+
+from bookworm_scheduler.web.basic_auth import api_error
 from jobs.web import api
 
 app_name = "api"
 
+
+def json_answers(view):
+    @wraps(view)
+    def answered(request, *args, **kwargs):
+        if request.method == "HEAD":
+            request.method = "GET"  # as Django's View answers HEAD; the server sends no body
+        response = view(request, *args, **kwargs)
+        if response.status_code == 405 and response.get("Content-Type", "").startswith("text/"):
+            allowed = {method.strip() for method in response["Allow"].split(",")}
+            allowed |= {"HEAD"} if "GET" in allowed else set()
+            response = api.refusing_in_json(method_not_allowed)(request, ", ".join(sorted(allowed)))
+        add_never_cache_headers(response)
+        return response
+
+    answered.csrf_exempt = True  # the trigger checks the token itself (api.trigger_run), refusing in JSON
+    return answered
+
+
+def method_not_allowed(request, allowed: str):
+    response = api_error(405, f"Method not allowed: {request.META['REQUEST_METHOD']}.")
+    response["Allow"] = allowed
+    return response
+
+
+@api.refusing_in_json
+def not_found(request, rest: str):
+    return api_error(404, "No such endpoint; GET /tickerq/api/ lists them.")
+
+
 urlpatterns = [
-    path("", api.IndexView.as_view(), name="index"),
-    path("jobs/", api.JobsView.as_view(), name="jobs"),
-    # A definition's name is free text: <path:> lets it hold a slash.
-    path("jobs/<path:name>/trigger", api.TriggerView.as_view(), name="trigger"),
-    path("history/", api.HistoryView.as_view(), name="history"),
-    path("occurrences/<int:pk>", api.OccurrenceView.as_view(), name="occurrence"),
-    path("outbox/", api.OutboxView.as_view(), name="outbox"),
-    path("<path:rest>", api.NotFoundView.as_view()),
+    *[URLPattern(p.pattern, json_answers(p.callback), p.default_args, p.name) for p in api.api.urls[0]],
+    path("<path:rest>", json_answers(not_found)),
 ]

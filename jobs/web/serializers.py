@@ -1,31 +1,109 @@
-"""The rows that `manage.py jobs list|history --json` prints and /tickerq/api/ answers.
+"""The rows that `manage.py jobs list|history --json` prints and /tickerq/api/ answers, and their schemas.
 
-One shape for the command line and the API: both call job_rows() and history_rows(), so a
-script can switch between them without a translation. An occurrence's row names its own URL in
-the API (occurrence_detail's), which the command line prints too.
+One shape for the command line and the API: both call job_rows(), history_rows() and
+occurrence_detail(), so a script can switch between them without a translation. An
+occurrence's row names its own URL in the API (occurrence_detail's), which the command line
+prints too.
+
+The pydantic models below (JobRow, HistoryRow, OccurrenceDetail) are those rows' schemas: the
+API declares them as its responses, so its OpenAPI description documents the rows and every
+answer is checked against them (extra="forbid": a key added to a row but not to its schema
+fails the API's tests, never drifts silently). Instants are the rows' ISO 8601 strings, as
+the command line prints them, not re-formatted by pydantic.
 """
 
-import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Annotated, Literal
 
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 
 from jobs.engine.definitions import Definition, definitions_queryset, describe_schedule, policy_of, schedule_zone
-from jobs.models import Occurrence
+from jobs.engine.policy import Priority
+from jobs.models import Attempt, Occurrence
 from outbox.models import OutboxMessage
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 1000  # rows per history request: the query is a LIMIT on an index, never the whole table
 MAX_EVENTS = 1000  # events shown per occurrence; "events_truncated" says when it published more
 
-TRUE, FALSE = ("1", "true", "yes"), ("0", "false", "no")
+Instant = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
+OccurrenceStatus = Literal[tuple(Occurrence.Status.values)]
 
 
-class BadFilter(ValueError):
-    """A history filter the caller got wrong; the message names the parameter."""
+class Row(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobRow(Row):
+    """A definition: `jobs list --json`, GET /tickerq/api/jobs/."""
+
+    name: str
+    job: str = Field(description="the task it runs")
+    schedule: str = Field(description='a cron expression, "every N <period>", "at <instant>" or "solar <event>"')
+    timezone: str = Field(description="the zone its cron expression is evaluated in (UTC for the others)")
+    priority: Literal[tuple(p.cli_name for p in Priority)]
+    enabled: bool
+    next_run: Instant | None = Field(description="null when disabled")
+    last_status: OccurrenceStatus | None = Field(description="its newest occurrence's; null when none")
+
+
+class HistoryRow(Row):
+    """An occurrence: `jobs history --json`, GET /tickerq/api/history/."""
+
+    id: int
+    url: str = Field(description="its detail: GET /tickerq/api/occurrences/<id>")
+    job: str
+    scheduled_for: Instant
+    status: OccurrenceStatus
+    attempt: int = Field(description="attempts made")
+    instance: str | None = Field(description="the scheduler that ran it last")
+    started_at: Instant | None
+    finished_at: Instant | None
+    manual: bool
+    error: str | None
+
+
+class Timings(Row):
+    started_at: Instant | None
+    finished_at: Instant | None
+    duration_ms: int | None
+
+
+class AttemptRow(Row):
+    number: int
+    status: Literal[tuple(Attempt.Status.values)]
+    scheduler: str
+    started_at: Instant | None
+    finished_at: Instant | None
+    duration_ms: int | None
+    error: str | None
+
+
+class EventRow(Row):
+    message_id: str = Field(json_schema_extra={"format": "uuid"})
+    message_type: str | None = Field(description="its most derived message type")
+    status: Literal[tuple(OutboxMessage.Status.values)]
+
+
+class OccurrenceDetail(Row):
+    """One occurrence: GET /tickerq/api/occurrences/<id>."""
+
+    id: int
+    url: str
+    job: str
+    status: OccurrenceStatus
+    scheduled_for: Instant
+    manual: bool
+    triggered_by: str | None
+    error: str | None
+    timings: Timings
+    attempts: list[AttemptRow] = Field(description="oldest first")
+    events: list[EventRow] = Field(description=f"the events it published, in order; at most {MAX_EVENTS}")
+    events_truncated: bool = Field(description="it published more events than shown")
 
 
 def iso(value: datetime | None) -> str | None:
@@ -68,36 +146,61 @@ def job_row(task: PeriodicTask) -> dict:
     }
 
 
-@dataclasses.dataclass(frozen=True)
-class HistoryFilter:
-    """Which occurrences `jobs history` and /tickerq/api/history/ show: newest first, at most limit."""
+class BadFilter(ValueError):
+    """A history filter the caller got wrong; the message names the parameter."""
 
-    job: str | None = None
-    status: str | None = None
-    manual: bool | None = None
-    limit: int = DEFAULT_LIMIT
 
-    def __post_init__(self):
-        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or not 1 <= self.limit <= MAX_LIMIT:
-            raise BadFilter(f"limit must be a whole number from 1 to {MAX_LIMIT}")
-        if self.status is not None and self.status not in Occurrence.Status.values:
-            raise BadFilter(f"status must be one of {', '.join(Occurrence.Status.values)}")
+class HistoryFilter(BaseModel):
+    """Which occurrences `jobs history` and /tickerq/api/history/ show: newest first, at most limit.
+
+    The API reads it from the query string (django-ninja's Query, which documents each field as
+    a parameter); the command line builds it from its options. Each field's description is its
+    rule: a value that breaks it is refused with "<name> must be <description>" (refusal), a
+    BadFilter when built in code. An empty parameter (?job=) is left out.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    job: str | None = Field(None, description="a definition's name, in any case (a deleted one's too)")
+    status: OccurrenceStatus | None = Field(None, description=f"one of {', '.join(Occurrence.Status.values)}")
+    manual: bool | None = Field(None, description="true or false")
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description=f"a whole number from 1 to {MAX_LIMIT}")
+
+    def __init__(self, **values):
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise BadFilter(self.refusal(exc.errors())) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def leave_out_empty(cls, values):
+        return {k: v for k, v in values.items() if v != ""} if isinstance(values, dict) else values
 
     @classmethod
-    def from_query(cls, params: Mapping[str, str]) -> "HistoryFilter":
-        """The filter of an API query string: ?job=NAME&status=STATUS&manual=true|false&limit=N."""
-        unknown = sorted(set(params) - {f.name for f in dataclasses.fields(cls)})
+    def refusal(cls, errors: list[dict]) -> str:
+        """The message for pydantic's errors (their loc ends with the field's name): each wrong parameter's rule."""
+        messages = []
+        for error in errors:
+            name = error["loc"][-1] if error["loc"] else "query"
+            field = cls.model_fields.get(name)
+            if field:
+                message = f"{name} must be {field.description}"
+            elif error["type"] == "value_error":  # a BadFilter from __init__, which pydantic calls when nested
+                message = str(error["ctx"]["error"])
+            else:
+                message = f"{name}: {error['msg']}"
+            if message not in messages:
+                messages.append(message)
+        return "; ".join(messages)
+
+    @classmethod
+    def unknown_parameter(cls, names) -> str | None:
+        """The refusal of a query string naming a parameter the filter does not have; None when all are known."""
+        unknown = sorted(set(names) - set(cls.model_fields))
         if unknown:
-            raise BadFilter(f"unknown parameter: {unknown[0]} (known: job, status, manual, limit)")
-        limit = params.get("limit") or str(DEFAULT_LIMIT)
-        if not limit.isdigit():
-            raise BadFilter(f"limit must be a whole number from 1 to {MAX_LIMIT}")
-        manual = params.get("manual") or None
-        if manual is not None:
-            if manual.lower() not in TRUE + FALSE:
-                raise BadFilter("manual must be true or false")
-            manual = manual.lower() in TRUE
-        return cls(job=params.get("job") or None, status=params.get("status") or None, manual=manual, limit=int(limit))
+            return f"unknown parameter: {unknown[0]} (known: {', '.join(cls.model_fields)})"
+        return None
 
     def occurrences(self) -> QuerySet:
         """Newest first, sliced to limit: a walk down an index that stops after limit rows.

@@ -1,23 +1,24 @@
-"""The history filter of `jobs history` and /tickerq/api/history/, read from a query string, and the rows' values:
-no database."""
+"""The history filter of `jobs history` and /tickerq/api/history/, as a query string or the options give it, and the
+rows' values: no database."""
 
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
 
 from jobs.web.serializers import BadFilter, HistoryFilter, iso, milliseconds, occurrence_url, occurrence_urls
 
 pytestmark = pytest.mark.unit
 
 
-def test_an_empty_query_asks_for_the_twenty_newest_runs_of_every_job():
-    assert HistoryFilter.from_query({}) == HistoryFilter(job=None, status=None, manual=None, limit=20)
+def test_an_empty_filter_asks_for_the_twenty_newest_runs_of_every_job():
+    assert HistoryFilter() == HistoryFilter(job=None, status=None, manual=None, limit=20)
 
 
-def test_every_parameter_is_read_and_an_empty_one_is_left_out():
+def test_every_parameter_of_a_query_string_is_read_and_an_empty_one_is_left_out():
     query = {"job": "", "status": "failed", "manual": "Yes", "limit": "5"}
 
-    assert HistoryFilter.from_query(query) == HistoryFilter(job=None, status="failed", manual=True, limit=5)
+    assert HistoryFilter(**query) == HistoryFilter(job=None, status="failed", manual=True, limit=5)
 
 
 @pytest.mark.parametrize(
@@ -25,32 +26,46 @@ def test_every_parameter_is_read_and_an_empty_one_is_left_out():
     [("1", True), ("true", True), ("YES", True), ("0", False), ("False", False), ("no", False), ("", None)],
 )
 def test_manual_is_a_yes_or_a_no_in_any_case(manual, expected):
-    assert HistoryFilter.from_query({"manual": manual}).manual is expected
+    assert HistoryFilter(manual=manual).manual is expected
 
 
 @pytest.mark.parametrize(
     "query, message",
     [
         ({"limit": "0"}, "limit must be a whole number from 1 to 1000"),
-        ({"limit": "1001"}, "limit must be a whole number from 1 to 1000"),
+        ({"limit": 1001}, "limit must be a whole number from 1 to 1000"),
         ({"limit": "-5"}, "limit must be a whole number from 1 to 1000"),
         ({"limit": "ten"}, "limit must be a whole number from 1 to 1000"),
+        ({"limit": 2.5}, "limit must be a whole number from 1 to 1000"),
         ({"status": "exploded"}, "status must be one of scheduled, running, succeeded, failed, skipped, missed"),
         ({"manual": "perhaps"}, "manual must be true or false"),
-        ({"colour": "red"}, "unknown parameter: colour (known: job, status, manual, limit)"),
+        (
+            {"status": "exploded", "limit": "0"},
+            "status must be one of scheduled, running, succeeded, failed, skipped, missed; "
+            "limit must be a whole number from 1 to 1000",
+        ),
     ],
 )
 def test_a_bad_parameter_is_refused_naming_it(query, message):
     with pytest.raises(BadFilter) as raised:
-        HistoryFilter.from_query(query)
+        HistoryFilter(**query)
 
     assert str(raised.value) == message
 
 
-@pytest.mark.parametrize("limit", [True, "5", 0, 1001])
-def test_a_limit_that_is_not_a_whole_number_from_1_to_1000_is_refused_in_code_too(limit):
-    with pytest.raises(BadFilter, match="limit must be a whole number from 1 to 1000"):
-        HistoryFilter(limit=limit)
+def test_a_parameter_the_filter_does_not_have_is_named_with_the_known_ones():
+    assert (
+        HistoryFilter.unknown_parameter(["job", "colour", "age"])
+        == "unknown parameter: age (known: job, status, manual, limit)"
+    )
+    assert HistoryFilter.unknown_parameter(["job", "limit"]) is None
+
+
+def test_a_filter_is_not_changed_after_it_is_made():
+    history = HistoryFilter(limit=5)
+
+    with pytest.raises(ValidationError):
+        history.limit = 1000
 
 
 def test_the_largest_limit_is_allowed():

@@ -170,6 +170,9 @@ class Occurrence(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     # Why it has its status: the last error, or why it was skipped, missed or released.
     reason = models.TextField(blank=True)
+    # A running occurrence's cancel, asked from the console (jobs.engine.store.cancel): its runner ends it.
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_by = models.CharField(max_length=150, blank=True, db_default="")  # rows inserted in SQL
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = OccurrenceQuerySet.as_manager()
@@ -179,7 +182,7 @@ class Occurrence(models.Model):
         permissions = [
             ("run_job", "Can run a job now"),
             ("retry_occurrence", "Can retry a failed occurrence"),
-            ("cancel_occurrence", "Can cancel a scheduled occurrence"),
+            ("cancel_occurrence", "Can cancel an occurrence (a running one: ask it to stop)"),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -479,6 +482,12 @@ class SchedulerInstance(ProcessInstance):
     Another scheduler marks it lost once it has been silent for a whole lease; with none
     running to do that, the dashboard shows it stale (bookworm_scheduler.kernel.liveness).
     """
+
+    concurrency = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="At most this many occurrences at once: the pool's threads, or Celery's in flight.",
+    )
 
     class Meta(ProcessInstance.Meta):
         pass

@@ -116,7 +116,8 @@ def record_group(alias: str) -> str:
 def record_attempt(alias: str) -> str:
     """PostgreSQL only: the compare-and-set from running and the attempt row, one round trip.
 
-    Returns the attempt's id, or no row when the claim is no longer this session's.
+    Returns the attempt's id, or no row when the claim is no longer this session's or its cancel was
+    asked (jobs.engine.store.record_cancel ends it then).
     """
     occ, att = _names("Occurrence", alias), _names("Attempt", alias)
     running = occ.model.Status.RUNNING.value
@@ -126,7 +127,7 @@ def record_attempt(alias: str) -> str:
                SET {occ.status} = %(status)s, {occ.run_after} = COALESCE(%(run_after)s, {occ.run_after}),
                    {occ.finished_at} = %(finished_at)s, {occ.reason} = %(reason)s, {occ.lease_expires_at} = NULL
              WHERE {occ.id} = %(id)s AND {occ.status} = '{running}' AND {occ.session} = %(session)s
-               AND {occ.attempts} = %(number)s
+               AND {occ.attempts} = %(number)s AND {occ.cancel_requested_at} IS NULL
          RETURNING {occ.id}
         )
         INSERT INTO {att.table}

@@ -5,8 +5,9 @@ a group lock_ready then claim_locked), taken over by a Celery worker (take_over)
 (renew_leases), and ended once: record_attempt or record_group (succeeded, failed, or back to
 scheduled for a retry), release (back to scheduled, the attempt not counted), miss, skip or
 cancel; reaping records an expired claim's attempt (expired_leases, then record_attempt);
-prune deletes finished ones. The scheduler's loop, the runner and its groups, the reaper, the
-Celery worker, the admin's actions and the API call these; models.Occurrence is the schema.
+prune deletes finished ones. A running occurrence's cancel is a request, after which its
+attempt ends only as record_cancel. The scheduler's loop, the runner and its groups, the reaper,
+the Celery worker, the admin's actions and the API call these; models.Occurrence is the schema.
 
 Every change of a running occurrence is guarded by one rule, `_claimed`: still running, by
 this session, at this attempt. A write that finds the claim gone (reaped, or taken over) raises
@@ -18,10 +19,12 @@ On PostgreSQL the hot operations are single statements (jobs.engine.sql); elsewh
 the embedded default) the same changes go through the ORM, in this module alone.
 """
 
+import enum
 from datetime import datetime, timedelta
 
 from django.db import connections, router, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Concat
 from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.kernel.clock import default_clock
@@ -36,6 +39,18 @@ Status = Occurrence.Status
 
 class LeaseLost(Exception):
     """The occurrence is no longer claimed by this session: its lease expired and was reaped."""
+
+
+class CancelRequested(Exception):
+    """The occurrence's cancel was asked: its attempt ends as record_cancel, never as a success or a retry."""
+
+
+class CancelOutcome(enum.StrEnum):
+    """What cancel did. NOTHING is "" (falsy): the occurrence had finished, or its cancel was asked already."""
+
+    CANCELLED = "cancelled"  # it was scheduled: it will not run
+    REQUESTED = "requested"  # it is running: its runner stops it
+    NOTHING = ""
 
 
 # The channel schedulers LISTEN on to wake up: migrations 0003 and 0009 notify it when occurrences
@@ -243,15 +258,16 @@ def record_attempt(
     A failure with retry_at goes back to scheduled for that instant (the pending retry is a
     row, so it survives restarts); without it, the occurrence has failed, and its alert (if
     any channel is configured) is written in the same transaction. Raises LeaseLost if the
-    claim is no longer session's (reaped meanwhile), so the caller's transaction (the job's
-    own work included) rolls back.
+    claim is no longer session's (reaped meanwhile), CancelRequested if its cancel was asked
+    (record_cancel is then its end), so the caller's transaction (the job's own work included)
+    rolls back.
     """
     fields, attempt_status, started_at = _outcome(
         occurrence, started_at=started_at, now=now, error=error, retry_at=retry_at
     )
     using = router.db_for_write(Occurrence)
     if not postgresql(using):
-        _transition(occurrence, session=session, **fields)
+        _transition(occurrence, session=session, cancellable=True, **fields)
         _alert_if_failed(occurrence, now, using)
         attempt = Attempt(
             occurrence=occurrence,
@@ -288,7 +304,7 @@ def record_attempt(
         )
         row = cursor.fetchone()
     if row is None:
-        raise _lost(occurrence, session)
+        raise _refused(occurrence, session)
     _ended(occurrence, fields)
     _alert_if_failed(occurrence, now, using)
 
@@ -353,23 +369,68 @@ def _finish_unrun(occurrence: Occurrence, status: str, *, session, now, reason: 
     _transition(occurrence, session=session, **fields)
 
 
-def cancel(occurrence: Occurrence, *, by: str, now) -> bool:
-    """A scheduled occurrence that will not run (the dashboard's cancel); False if it no longer waits."""
-    return bool(
-        Occurrence.objects.filter(pk=occurrence.pk, status=Status.SCHEDULED).update(
-            status=Status.SKIPPED, finished_at=now, reason=f"cancelled by {by}"
+def cancel(occurrence: Occurrence, *, by: str, now) -> CancelOutcome:
+    """The console's cancel: a scheduled occurrence is skipped ("cancelled by <by>"); a running one is asked to stop.
+
+    The request (who, when) is recorded once; the claim's holder then ends it (record_cancel): a
+    job that checks (JobContext.cancelled) stops, one that does not is stopped at its return to the
+    runner, a Celery hand-over is revoked. A row a group locked waits for the group's commit here.
+    """
+    scheduled = Occurrence.objects.filter(pk=occurrence.pk, status=Status.SCHEDULED)
+    if scheduled.update(status=Status.SKIPPED, finished_at=now, reason=f"cancelled by {by}"):
+        return CancelOutcome.CANCELLED
+    running = Occurrence.objects.filter(pk=occurrence.pk, status=Status.RUNNING, cancel_requested_at=None)
+    if running.update(cancel_requested_at=now, cancel_requested_by=by[:150]):
+        return CancelOutcome.REQUESTED
+    return CancelOutcome.NOTHING
+
+
+def cancel_requested(occurrence_id: int) -> bool:
+    """Whether the occurrence's cancel was asked (a job's check, JobContext.cancelled): one read by key."""
+    return Occurrence.objects.filter(pk=occurrence_id).exclude(cancel_requested_at=None).exists()
+
+
+def record_cancel(occurrence: Occurrence, *, session, started_at, now) -> None:
+    """End a claim whose cancel was asked: skipped, "cancelled by <who> while running", never retried; its
+    attempt failed with that reason. A compare-and-set on the claim and its request; LeaseLost if gone."""
+    claim = Occurrence.objects.filter(_claimed(occurrence.pk, session, occurrence.attempts))
+    reason = Concat(Value("cancelled by "), F("cancel_requested_by"), Value(" while running"))
+    if claim.exclude(cancel_requested_at=None).update(
+        status=Status.SKIPPED, finished_at=now, reason=reason, lease_expires_at=None
+    ):
+        fields = Occurrence.objects.values("status", "finished_at", "reason", "scheduler").get(pk=occurrence.pk)
+        started_at = min(started_at or now, now)
+        Attempt.objects.create(
+            occurrence=occurrence,
+            number=occurrence.attempts,
+            status=Attempt.Status.FAILED,
+            scheduler=fields["scheduler"],
+            started_at=started_at,
+            finished_at=now,
+            duration=now - started_at,
+            error=fields["reason"],
         )
-    )
+        return _ended(occurrence, fields)
+    raise _lost(occurrence, session)
 
 
-def _transition(occurrence: Occurrence, *, session, **fields) -> None:
-    """Compare-and-set from the claim (running, session, this attempt) to `fields`; LeaseLost if it is gone."""
-    updated = Occurrence.objects.filter(_claimed(occurrence.pk, session, occurrence.attempts)).update(
-        lease_expires_at=None, **fields
-    )
-    if updated != 1:
-        raise _lost(occurrence, session)
+def _transition(occurrence: Occurrence, *, session, cancellable: bool = False, **fields) -> None:
+    """Compare-and-set from the claim (running, session, this attempt) to `fields`; LeaseLost if it is gone
+    (cancellable, record_attempt's: CancelRequested, not the change, once the claim's cancel was asked)."""
+    claim = Occurrence.objects.filter(_claimed(occurrence.pk, session, occurrence.attempts))
+    if cancellable:
+        claim = claim.filter(cancel_requested_at=None)
+    if claim.update(lease_expires_at=None, **fields) != 1:
+        raise _refused(occurrence, session) if cancellable else _lost(occurrence, session)
     _ended(occurrence, fields)
+
+
+def _refused(occurrence: Occurrence, session) -> Exception:
+    """Why a guarded record found nothing to change: the claim's cancel was asked, or the claim is gone."""
+    claim = Occurrence.objects.filter(_claimed(occurrence.pk, session, occurrence.attempts))
+    if claim.exclude(cancel_requested_at=None).exists():  # a cancel, not a lost claim
+        return CancelRequested(f"occurrence {occurrence.pk}'s cancel was requested while it ran")
+    return _lost(occurrence, session)
 
 
 def _ended(occurrence: Occurrence, fields: dict) -> None:

@@ -21,7 +21,7 @@ from django.conf import settings
 
 from bookworm_scheduler.kernel.dialect import advisory_lock
 from jobs.engine import store
-from jobs.engine.store import LeaseLost
+from jobs.engine.store import CancelRequested, LeaseLost
 from jobs.models import Alert, Attempt, Occurrence, SchedulerInstance
 from tests.conftest import ALLOW_SQLITE
 from tests.jobs.store_helpers import (
@@ -192,7 +192,7 @@ def test_release_miss_and_skip_without_the_claim_raise_lease_lost(task, clock, n
 
 def test_cancel_skips_a_scheduled_occurrence(task, clock):
     occurrence = scheduled(task, clock.now + timedelta(minutes=5))
-    assert store.cancel(occurrence, by="alice", now=clock.now) is True
+    assert store.cancel(occurrence, by="alice", now=clock.now) == "cancelled"
     stored = row(occurrence)
     assert (stored.status, stored.reason, stored.finished_at, stored.attempts) == (
         "skipped",
@@ -202,11 +202,61 @@ def test_cancel_skips_a_scheduled_occurrence(task, clock):
     )
 
 
-@pytest.mark.parametrize("state", ["running", "succeeded", "failed"])
-def test_cancel_of_an_occurrence_that_no_longer_waits_is_false(task, clock, state):
-    occurrence = claimed(task, clock.now) if state == "running" else finished(task, clock.now, state)
-    assert store.cancel(occurrence, by="alice", now=clock.now) is False
-    assert (row(occurrence).status, row(occurrence).reason) == (state, "")
+def test_cancel_of_a_running_occurrence_records_the_request_once(task, clock):
+    occurrence = claimed(task, clock.now)
+    assert store.cancel(occurrence, by="alice", now=clock.now) == "requested"
+    assert not store.cancel(occurrence, by="bob", now=clock.now + timedelta(seconds=1))
+    stored = row(occurrence)
+    assert (stored.status, stored.cancel_requested_by, stored.cancel_requested_at) == ("running", "alice", clock.now)
+    assert store.cancel_requested(occurrence.id) is True
+
+
+@pytest.mark.parametrize("state", ["succeeded", "failed"])
+def test_cancel_of_a_finished_occurrence_does_nothing(task, clock, state):
+    occurrence = finished(task, clock.now, state)
+    assert store.cancel(occurrence, by="alice", now=clock.now) == ""
+    assert (row(occurrence).status, row(occurrence).reason, row(occurrence).cancel_requested_by) == (state, "", "")
+
+
+@pytest.mark.parametrize("error", ["", "it failed"])
+def test_a_record_after_a_cancel_request_raises_cancel_requested_and_writes_nothing(task, clock, error):
+    occurrence = claimed(task, clock.now)
+    store.cancel(occurrence, by="alice", now=clock.now)
+    with pytest.raises(CancelRequested):
+        store.record_attempt(
+            occurrence, session=SESSION, started_at=clock.now, now=clock.now, error=error, retry_at=clock.now
+        )
+    assert (row(occurrence).status, Attempt.objects.count()) == ("running", 0)
+
+
+def test_record_cancel_skips_the_claim_for_good_with_a_failed_attempt(task, clock):
+    occurrence = claimed(task, clock.now)
+    store.cancel(occurrence, by="alice", now=clock.now)
+    store.record_cancel(occurrence, session=SESSION, started_at=clock.now, now=clock.now + timedelta(seconds=3))
+    stored = row(occurrence)
+    assert (stored.status, stored.reason, stored.attempts, stored.lease_expires_at) == (
+        "skipped",
+        "cancelled by alice while running",
+        1,
+        None,
+    )
+    (attempt,) = Attempt.objects.all()
+    assert (attempt.status, attempt.error, attempt.duration) == (
+        "failed",
+        "cancelled by alice while running",
+        timedelta(seconds=3),
+    )
+    assert occurrence.status == "skipped"
+
+
+def test_record_cancel_without_a_request_or_the_claim_raises_lease_lost(task, clock):
+    occurrence = claimed(task, clock.now)
+    with pytest.raises(LeaseLost):
+        store.record_cancel(occurrence, session=SESSION, started_at=clock.now, now=clock.now)
+    store.cancel(occurrence, by="alice", now=clock.now)
+    with pytest.raises(LeaseLost):
+        store.record_cancel(occurrence, session=OTHER, started_at=clock.now, now=clock.now)
+    assert (row(occurrence).status, Attempt.objects.count()) == ("running", 0)
 
 
 # Deleted.
@@ -285,7 +335,7 @@ def test_prune_leaves_the_rows_another_transaction_holds_for_the_next_batch(task
 
 # What the run on SQLite must report: every test of both files not marked postgresql_only passed.
 CONTRACT_FILES = [__file__, str(Path(__file__).with_name("test_store_claims.py"))]
-SQLITE_SUMMARY = {"passed": 45, "deselected": 10}
+SQLITE_SUMMARY = {"passed": 49, "deselected": 10}
 
 
 @pytest.mark.slow

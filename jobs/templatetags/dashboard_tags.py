@@ -2,12 +2,13 @@
 
 import dataclasses
 import math
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from django import template
 
 from bookworm_scheduler.kernel.clock import default_clock
-from jobs.web import dashboard
+from jobs.web import counts, dashboard
 
 register = template.Library()
 
@@ -18,11 +19,13 @@ def dashboard_overview():
     return dashboard.overview(default_clock())
 
 
-# Bar charts: one group of bars per hour, one bar per series, drawn as SVG on the server.
+# Bar charts: one group of bars per hour or day, one bar per series, drawn as SVG on the server.
 
 WIDTH, HEIGHT = 600, 200
 LEFT, RIGHT, TOP, BOTTOM = 44, 8, 28, 24  # room for the y labels, the legend and the x labels
+LEGEND_STEP = 150  # between the legend's items, narrower when four do not fit
 LABEL_EVERY = 3  # hours between x labels
+HOUR = timedelta(hours=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +44,39 @@ class Tick:
     label: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """What a chart's slots are: how each is named under the axis and in its bars' titles, and the chart's start.
+
+    The slots are aware datetimes in the zone they are shown in (the active one).
+    """
+
+    per: str
+    tick: Callable[[datetime], str | None]  # the x label under a slot; None for none
+    span: Callable[[datetime], str]
+    since: Callable[[datetime], str]
+
+
+def hour_span(start: datetime) -> str:
+    """ "13:00–14:00 UTC": the end one hour later, read in the start's zone (a change of offset shows)."""
+    end = (start.astimezone(UTC) + HOUR).astimezone(start.tzinfo)
+    return f"{start:%H:%M}–{end:%H:%M} {start:%Z}"
+
+
+HOURLY = Scale(
+    per="hour",
+    tick=lambda start: f"{start:%H:%M}" if start.hour % LABEL_EVERY == 0 else None,
+    span=hour_span,
+    since=lambda first: f"{first:%H:%M %Z} yesterday",
+)
+DAILY = Scale(
+    per="day",
+    tick=lambda start: f"{start:%a %d}",
+    span=lambda start: f"{start:%a %Y-%m-%d} ({start.tzinfo})",
+    since=lambda first: f"{first:%a %Y-%m-%d} ({first.tzinfo})",
+)
+
+
 def nice_step(largest: int, intervals: int = 4) -> int:
     """The smallest round step (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 x 10^k) whose `intervals` steps reach `largest`."""
     needed = max(largest, 1) / intervals
@@ -57,16 +93,18 @@ def axis_label(value: int) -> str:
     return f"{value // 1000}k" if value >= 10000 and value % 1000 == 0 else str(value)
 
 
-def bar_chart(chart_id: str, title: str, hours: list[datetime], series: dict[str, list[int]], labels: dict) -> dict:
-    """The geometry of a grouped bar chart of counts per hour, in SVG user units."""
+def bar_chart(
+    chart_id: str, title: str, slots: list[datetime], series: dict[str, list[int]], labels: dict, scale: Scale = HOURLY
+) -> dict:
+    """The geometry of a grouped bar chart of counts per slot (an hour or a day, by `scale`), in SVG user units."""
     plot_width, plot_height = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     step = nice_step(max((v for values in series.values() for v in values), default=0))
     top = step * 4
-    slot = plot_width / len(hours)
+    slot = plot_width / len(slots)
     bar_width = slot * 0.8 / len(series)
     bars = []
-    for i, hour in enumerate(hours):
-        span = f"{hour:%H:%M}–{hour + timedelta(hours=1):%H:%M} UTC"
+    for i, start in enumerate(slots):
+        span = scale.span(start)
         for j, (name, values) in enumerate(series.items()):
             height = plot_height * values[i] / top
             bars.append(
@@ -81,18 +119,19 @@ def bar_chart(chart_id: str, title: str, hours: list[datetime], series: dict[str
             )
     y_ticks = [Tick(round(TOP + plot_height - plot_height * k / 4, 2), axis_label(step * k)) for k in range(5)]
     x_ticks = [
-        Tick(round(LEFT + i * slot + slot / 2, 2), f"{hour:%H}:00")
-        for i, hour in enumerate(hours)
-        if hour.hour % LABEL_EVERY == 0
+        Tick(round(LEFT + i * slot + slot / 2, 2), label)
+        for i, start in enumerate(slots)
+        if (label := scale.tick(start)) is not None
     ]
     totals = {name: sum(values) for name, values in series.items()}
+    legend_step = min(LEGEND_STEP, plot_width // len(series))
     legend = [
         {
             "series": name,
             "label": labels[name],
             "total": f"{totals[name]:,}",
-            "x": LEFT + k * 150,
-            "text_x": LEFT + k * 150 + 14,
+            "x": LEFT + k * legend_step,
+            "text_x": LEFT + k * legend_step + 14,
         }
         for k, name in enumerate(series)
     ]
@@ -100,7 +139,7 @@ def bar_chart(chart_id: str, title: str, hours: list[datetime], series: dict[str
     return {
         "id": chart_id,
         "title": title,
-        "description": f"{summary} from {hours[0]:%H:%M} UTC yesterday until now, per hour.",
+        "description": f"{summary} from {scale.since(slots[0])} until now, per {scale.per}.",
         "width": WIDTH,
         "height": HEIGHT,
         "left": LEFT,
@@ -117,6 +156,9 @@ def bar_chart(chart_id: str, title: str, hours: list[datetime], series: dict[str
     }
 
 
+OUTCOME_LABELS = {status: status for status in counts.OUTCOMES}  # the status words of the rest of the console
+
+
 @register.inclusion_tag("jobs/bar_chart.svg")
 def runs_chart(runs: dict):
     return bar_chart(
@@ -129,6 +171,18 @@ def runs_chart(runs: dict):
 
 
 @register.inclusion_tag("jobs/bar_chart.svg")
+def runs_per_day_chart(runs_per_day: dict):
+    return bar_chart(
+        "runs-per-day-chart",
+        f"Finished runs per day, last {counts.DAYS} days",
+        runs_per_day["days"],
+        runs_per_day["series"],
+        OUTCOME_LABELS,
+        DAILY,
+    )
+
+
+@register.inclusion_tag("jobs/bar_chart.svg")
 def delivered_chart(delivered: dict):
     return bar_chart(
         "delivered-chart",
@@ -137,6 +191,12 @@ def delivered_chart(delivered: dict):
         delivered["series"],
         {"delivered": "delivered"},
     )
+
+
+@register.filter
+def thousands(value: int) -> str:
+    """12345 as "12,345", as the charts' legends write totals."""
+    return f"{value:,}"
 
 
 # Times.

@@ -3,32 +3,32 @@
 Every call stays cheap however large the history and the outbox grow: each query reads a range
 of an index, stops at a LIMIT, or counts at most COUNT_CAP rows (shown as "1000+"). Two things
 cost too much to compute on every refresh and are held per process, checked against the
-database on every call: the next instant of every definition (UpcomingJobs) and the rows per
-minute of the last day (RecentCounts).
+database on every call: the next instant of every definition (UpcomingJobs) and the finished
+runs and deliveries of the last day and week (jobs.web.counts, which also groups them for the
+totals and the charts). Times are shown in the active zone (django.utils.timezone).
 """
 
 import dataclasses
 import heapq
 import threading
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from functools import reduce
 from operator import or_
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.db.models import Count, Q, QuerySet
-from django.db.models.functions import TruncMinute
+from django.db.models import Q, QuerySet
 from django.urls import reverse
+from django.utils import timezone
 
 from bookworm_scheduler.kernel.liveness import Liveness, relay_liveness, scheduler_liveness
 from jobs.engine.definitions import Cursor, Definition, definitions_version, load_definitions
 from jobs.models import Occurrence, PlanningCursor, SchedulerInstance
+from jobs.web import counts
+from jobs.web.counts import MINUTE, finished_runs
 from outbox.models import OutboxMessage, RelayInstance
 
-DAY = timedelta(hours=24)
-MINUTE = timedelta(minutes=1)
-HOURS = 24  # bars in a chart, the last one the current hour
 COUNT_CAP = 1000
 PENDING_CAP = 10_000  # a backlog's size matters more than a dead letter's: still a short index-only scan
 UPCOMING = 10
@@ -165,105 +165,7 @@ class UpcomingJobs:
 upcoming_jobs = UpcomingJobs()
 
 
-# Runs, failures and deliveries per minute of the last day.
-
-
-def minute_floor(instant: datetime) -> datetime:
-    return instant.astimezone(UTC).replace(second=0, microsecond=0)
-
-
-def hour_floor(instant: datetime) -> datetime:
-    return instant.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-class RecentCounts:
-    """Rows per minute (and per `split` column) of the last 24 hours, by the instant in `field`.
-
-    Counting a day of a busy table on every refresh would read a million index entries. A row
-    is stamped (finished_at, delivered_at) with the database's time shortly before its
-    transaction commits, so the minutes older than SETTLE do not change any more: they are
-    counted once and kept here, per process, and each call reads only the rows after them (a few
-    minutes' worth) on the range index. The relay stamps a batch before it waits for the
-    broker's confirms (OUTBOX_CONFIRM_TIMEOUT_SECONDS); SETTLE is well beyond that.
-    """
-
-    SETTLE = timedelta(minutes=5)
-
-    def __init__(self, rows, field: str, split: str | None = None):
-        self.rows, self.field, self.split = rows, field, split
-        self._lock = threading.Lock()
-        self.reset()
-
-    def reset(self) -> None:
-        self.watermark: datetime | None = None  # minutes before it are counted in `settled`
-        self.settled: Counter = Counter()
-
-    def per_minute(self, now: datetime) -> Counter:
-        """{(minute, split value): rows} for the minutes from minute_floor(now - 24 h) to now."""
-        since = minute_floor(now - DAY)
-        with self._lock:
-            if self.watermark is None or not since <= self.watermark <= now:
-                self.watermark, self.settled = since, Counter()
-            settled_until = max(self.watermark, minute_floor(now - self.SETTLE))
-            if settled_until > self.watermark:
-                self.settled.update(self._count(self.watermark, settled_until))
-                self.watermark = settled_until
-            for key in [key for key in self.settled if key[0] < since]:
-                del self.settled[key]
-            counts = Counter(self.settled)
-        counts.update(self._count(settled_until, now, through=True))
-        return counts
-
-    def _count(self, start: datetime, end: datetime, through: bool = False) -> Counter:
-        """Rows per minute with start <= field < end (<= end if through): date_trunc on a range."""
-        bounds = {f"{self.field}__gte": start, f"{self.field}__{'lte' if through else 'lt'}": end}
-        rows = (
-            self.rows()
-            .filter(**bounds)
-            .annotate(minute=TruncMinute(self.field, tzinfo=UTC))
-            .values_list("minute", *([self.split] if self.split else []))
-            .annotate(n=Count("*"))
-            .order_by()
-        )
-        return Counter({(row[0], row[1] if self.split else None): row[-1] for row in rows})
-
-
-# Finished runs on the partial index occ_finished, deliveries on the partial index outbox_delivered.
-finished_runs = RecentCounts(
-    lambda: Occurrence.objects.filter(status__in=[Occurrence.Status.SUCCEEDED, Occurrence.Status.FAILED]),
-    "finished_at",
-    split="status",
-)
-deliveries = RecentCounts(lambda: OutboxMessage.objects.filter(status=OutboxMessage.Status.DELIVERED), "delivered_at")
-
-
-def chart_hours(now: datetime) -> list[datetime]:
-    """The starts of the HOURS hours the charts show, the last one the current (partial) hour."""
-    last = hour_floor(now)
-    return [last - timedelta(hours=HOURS - 1 - i) for i in range(HOURS)]
-
-
-def _per_hour(per_minute: Counter, hours: list[datetime], split) -> list[int]:
-    counts = Counter()
-    for (minute, value), n in per_minute.items():
-        if value == split:
-            counts[hour_floor(minute)] += n
-    return [counts[hour] for hour in hours]
-
-
-def runs_per_hour(now: datetime, per_minute: Counter | None = None) -> dict:
-    """Succeeded and failed runs per hour, by the time they finished."""
-    hours = chart_hours(now)
-    if per_minute is None:
-        per_minute = finished_runs.per_minute(now)
-    statuses = (Occurrence.Status.SUCCEEDED, Occurrence.Status.FAILED)
-    return {"hours": hours, "series": {status: _per_hour(per_minute, hours, status) for status in statuses}}
-
-
-def delivered_per_hour(now: datetime) -> dict:
-    """Messages delivered per hour."""
-    hours = chart_hours(now)
-    return {"hours": hours, "series": {"delivered": _per_hour(deliveries.per_minute(now), hours, None)}}
+# Failures of the last day.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,7 +184,7 @@ class Failure:
 
 
 def recent_failures(now: datetime, per_minute: Counter | None = None, limit: int = FAILURES) -> dict:
-    """Runs that failed since minute_floor(now - 24 h), newest first, and how many.
+    """Runs that failed since counts.floor(now - 24 h), newest first, and how many.
 
     The count comes from finished_runs. The rows are read from the newest minutes that had
     failures only, just enough of them to hold `limit` failures: a search of the whole day for
@@ -290,7 +192,7 @@ def recent_failures(now: datetime, per_minute: Counter | None = None, limit: int
     (which does not hold the status).
     """
     if per_minute is None:
-        per_minute = finished_runs.per_minute(now)
+        per_minute = finished_runs.counts(now)
     failed = {minute: n for (minute, status), n in per_minute.items() if status == Occurrence.Status.FAILED and n}
     newest, held = [], 0
     for minute in sorted(failed, reverse=True):
@@ -436,17 +338,20 @@ def unroutable_exchanges(count: Capped) -> dict:
 def reset() -> None:
     """Forget what this process holds (the tests' rolled-back rows reuse versions and instants)."""
     upcoming_jobs.reset()
-    finished_runs.reset()
-    deliveries.reset()
+    counts.reset()
 
 
-def overview(now: datetime) -> dict:
-    """Everything the overview shows, as of now."""
-    runs = finished_runs.per_minute(now)
+def overview(now: datetime, zone: tzinfo | None = None) -> dict:
+    """Everything the overview shows, as of now, its times in `zone` (by default the active one)."""
+    zone = counts.zone_or_current(zone)
+    runs = finished_runs.counts(now)
+    per_day = counts.runs_per_day(now, zone=zone)
     backlog = outbox_backlog(now)
     relay_instances = relays(now)
     return {
         "now": now,
+        "zone": zone,
+        "zone_name": timezone.localtime(now, zone).tzname(),
         "schedulers": schedulers(now),
         "relays": relay_instances,
         "delivery": delivery(now, backlog, relay_instances),
@@ -454,7 +359,9 @@ def overview(now: datetime) -> dict:
         "running": running_count(now),
         "upcoming": upcoming_jobs.next(now),
         "failures": recent_failures(now, runs),
-        "runs": runs_per_hour(now, runs),
+        "runs": counts.runs_per_hour(now, runs, zone),
+        "runs_per_day": per_day,
+        "totals": counts.run_totals(runs, per_day),
         "outbox": backlog,
-        "delivered": delivered_per_hour(now),
+        "delivered": counts.delivered_per_hour(now, zone),
     }

@@ -5,13 +5,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.contrib.auth.models import User
 from django.contrib.sessions.models import Session
+from django.template.loader import render_to_string
+from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from jobs.models import Occurrence, PlanningCursor, SchedulerInstance
+from jobs.models import PlanningCursor, SchedulerInstance
 from jobs.templatetags.dashboard_tags import axis_label, nice_step
 from jobs.web import dashboard
 from outbox.models import OutboxMessage
 from tests.jobs.helpers import make_definition
+from tests.jobs.test_counts import at, feb, message, occurrence
+from tests.jobs.test_counts import week_of_runs as make_week_of_runs
 
 pytestmark = pytest.mark.django_db
 
@@ -37,29 +41,6 @@ def fixed_clock(monkeypatch, settings):
     dashboard.reset()
 
 
-def occurrence(job_name, status, finished_at, reason=""):
-    return Occurrence.objects.create(
-        job_name=job_name,
-        scheduled_for=finished_at - timedelta(seconds=5),
-        run_after=finished_at - timedelta(seconds=5),
-        status=status,
-        finished_at=finished_at,
-        reason=reason,
-        attempts=1,
-    )
-
-
-def message(status, created_at, delivered_at=None):
-    return OutboxMessage.objects.create(
-        message_types=["urn:message:BookWorm.Contracts:Test"],
-        exchange="BookWorm.Contracts:Test",
-        body={},
-        status=status,
-        created_at=created_at,
-        delivered_at=delivered_at,
-    )
-
-
 def instance(instance_id, last_seen, state=SchedulerInstance.State.RUNNING, pid=100):
     return SchedulerInstance.objects.create(
         instance_id=instance_id,
@@ -70,10 +51,6 @@ def instance(instance_id, last_seen, state=SchedulerInstance.State.RUNNING, pid=
         last_seen=last_seen,
         state=state,
     )
-
-
-def at(hour, minute=0, second=0, day=1):
-    return datetime(2026, 3, day, hour, minute, second, tzinfo=UTC)
 
 
 def svgs(page: str) -> list[ET.Element]:
@@ -239,41 +216,13 @@ def test_a_count_stops_at_its_cap():
 # Runs per hour.
 
 
-def test_runs_per_hour_split_succeeded_and_failed_by_the_hour_they_finished():
-    occurrence("a", "succeeded", at(12, 5))
-    occurrence("a", "succeeded", at(12, 10))
-    occurrence("a", "failed", at(11, 59, 59))
-    occurrence("a", "succeeded", at(11, 0))
-    occurrence("a", "succeeded", datetime(2026, 2, 28, 13, 0, tzinfo=UTC))  # the first hour shown
-    occurrence("a", "succeeded", datetime(2026, 2, 28, 12, 59, 59, tzinfo=UTC))  # before the first hour shown
-    occurrence("a", "skipped", at(12, 20))
-    occurrence("a", "succeeded", at(12, 31))  # after now
-
-    runs = dashboard.runs_per_hour(NOW)
-
-    assert runs["hours"][0] == datetime(2026, 2, 28, 13, 0, tzinfo=UTC) and runs["hours"][-1] == at(12, 0)
-    assert runs["series"]["succeeded"] == [1] + [0] * 21 + [1, 2]
-    assert runs["series"]["failed"] == [0] * 22 + [1, 0]
-
-
-def test_settled_minutes_are_counted_once_and_the_last_minutes_on_every_call():
-    occurrence("a", "succeeded", at(11, 0))
-    assert dashboard.runs_per_hour(NOW)["series"]["succeeded"][-2:] == [1, 0]
-
-    occurrence("late", "succeeded", at(11, 30))  # stamped 1 hour before it committed: never counted
-    occurrence("b", "succeeded", at(12, 27))  # within the last minutes, read again on every call
-    later = NOW + timedelta(seconds=5)
-
-    assert dashboard.runs_per_hour(later)["series"]["succeeded"][-2:] == [1, 1]
-
-
 def test_the_runs_chart_is_well_formed_svg_with_a_title_a_legend_and_a_bar_per_hour_and_status(admin_client):
     occurrence("a", "succeeded", at(12, 5))
     occurrence("a", "succeeded", at(12, 10))
     occurrence("a", "failed", at(11, 59, 59))
 
     page = admin_client.get("/tickerq/").content.decode()
-    runs, delivered = svgs(page)
+    runs, per_day, delivered = svgs(page)
 
     assert runs.tag == f"{SVG}svg" and runs.get("role") == "img"
     assert runs.find(f"{SVG}title").text == "Runs per hour, last 24 hours"
@@ -301,6 +250,87 @@ def test_the_y_axis_has_four_round_steps_above_the_largest_bar(largest, labels):
     assert [axis_label(step * k) for k in range(5)] == labels
 
 
+# Totals and runs per day.
+
+
+@pytest.fixture
+def week_of_runs():
+    make_week_of_runs()
+
+
+def test_totals_of_the_last_24_hours_and_7_days_give_each_outcome_and_the_success_rate(week_of_runs):
+    totals = dashboard.overview(NOW)["totals"]
+
+    assert totals["rows"] == [("succeeded", 2, 3), ("failed", 1, 2), ("missed", 1, 1), ("skipped", 0, 1)]
+    assert (totals["day"].rate, totals["week"].rate) == ("66.6 %", "60.0 %")
+    assert totals["since"] == datetime(2026, 2, 23, tzinfo=UTC)
+
+
+def test_the_overview_shows_the_totals_and_a_chart_of_runs_per_day(admin_client, week_of_runs):
+    page = admin_client.get("/tickerq/").content.decode()
+
+    rows = re.findall(
+        r'<tr class="overview-totals-(\w+)"><th scope="row">.*?</th><td class="overview-number">([^<]+)</td>'
+        r'<td class="overview-number">([^<]+)</td></tr>',
+        page,
+    )
+    assert rows == [
+        ("succeeded", "2", "3"),
+        ("failed", "1", "2"),
+        ("missed", "1", "1"),
+        ("skipped", "0", "1"),
+        ("rate", "66.6 %", "60.0 %"),
+    ]
+    assert '<time datetime="2026-02-23T00:00:00+00:00">2026-02-23 00:00</time>' in page
+    per_day = svgs(page)[1]
+    assert per_day.find(f"{SVG}title").text == "Finished runs per day, last 7 days"
+    assert (
+        per_day.find(f"{SVG}desc").text
+        == "3 succeeded, 2 failed, 1 missed, 1 skipped from Mon 2026-02-23 (UTC) until now, per day."
+    )
+    bars = per_day.findall(f"{SVG}g[@class='overview-chart-bars']/{SVG}rect")
+    assert len(bars) == 28
+    titles = [bar.find(f"{SVG}title").text for bar in bars]
+    assert titles[-4:] == [
+        "Sun 2026-03-01 (UTC): 2 succeeded",
+        "Sun 2026-03-01 (UTC): 1 failed",
+        "Sun 2026-03-01 (UTC): 0 missed",
+        "Sun 2026-03-01 (UTC): 0 skipped",
+    ]
+    ticks = [t.text for t in per_day.findall(f"{SVG}g[@class='overview-chart-axis']/{SVG}text")][5:]
+    assert ticks == ["Mon 23", "Tue 24", "Wed 25", "Thu 26", "Fri 27", "Sat 28", "Sun 01"]
+    legend = [t.text for t in per_day.findall(f"{SVG}g[@class='overview-chart-legend']/{SVG}text")]
+    assert legend == ["succeeded: 3", "failed: 2", "missed: 1", "skipped: 1"]
+
+
+# The viewer's zone.
+
+
+def test_the_overview_shows_the_days_hours_and_times_of_the_active_zone():
+    occurrence("a", "succeeded", feb(28, 23, 30))  # 00:30 on 1 March in Paris
+    occurrence("a", "succeeded", feb(28, 22, 59))  # 23:59 on 28 February in Paris
+    occurrence("a", "failed", feb(22, 23, 0), reason="boom")  # 00:00 on 23 February in Paris
+
+    with timezone.override("Europe/Paris"):
+        context = dashboard.overview(NOW)
+        page = render_to_string("jobs/overview.html", context)
+
+    assert context["runs_per_day"]["series"]["succeeded"] == [0, 0, 0, 0, 0, 1, 1]
+    assert context["runs_per_day"]["series"]["failed"] == [1, 0, 0, 0, 0, 0, 0]
+    assert context["totals"]["since"] == datetime(2026, 2, 22, 23, 0, tzinfo=UTC)
+    assert context["runs"]["series"]["succeeded"][-15:-12] == [1, 1, 0]  # 23:00, 00:00 and 01:00 in Paris
+    runs, per_day, _ = svgs(page)
+    assert runs.find(f"{SVG}desc").text == "2 succeeded, 0 failed from 14:00 CET yesterday until now, per hour."
+    titles = [bar.find(f"{SVG}title").text for bar in runs.findall(f"{SVG}g[@class='overview-chart-bars']/{SVG}rect")]
+    assert "00:00–01:00 CET: 1 succeeded" in titles
+    assert per_day.find(f"{SVG}desc").text == (
+        "2 succeeded, 1 failed, 0 missed, 0 skipped from Mon 2026-02-23 (Europe/Paris) until now, per day."
+    )
+    assert '<time datetime="2026-03-01T13:30:00+01:00">2026-03-01 13:30:00</time> CET (the database' in page
+    assert "Due (CET)" in page and "Finished (CET)" in page and "UTC" not in page
+    assert '<time datetime="2026-02-23T00:00:00+01:00">2026-02-23 00:00</time>' in page
+
+
 # The outbox.
 
 
@@ -325,18 +355,6 @@ def test_an_empty_outbox_has_no_oldest_message(admin_client):
     assert '<td class="overview-outbox-oldest">none waiting</td>' in page
 
 
-def test_events_delivered_per_hour_count_delivered_messages_by_the_hour_of_delivery():
-    message("delivered", at(12, 0), delivered_at=at(12, 10))
-    message("delivered", at(12, 0), delivered_at=at(12, 20))
-    message("delivered", at(10, 0), delivered_at=at(10, 15))
-    message("delivered", NOW - timedelta(days=2), delivered_at=NOW - timedelta(days=2))
-    message("pending", at(12, 0))
-
-    delivered = dashboard.delivered_per_hour(NOW)
-
-    assert delivered["series"]["delivered"] == [0] * 21 + [1, 0, 2]
-
-
 # The page and its fragment.
 
 
@@ -359,7 +377,7 @@ def test_the_fragment_answers_an_htmx_request_with_the_overview_alone(admin_clie
     assert "Next jobs due" in fragment and "ResendErrorEmailJob" in fragment
     assert "<html" not in fragment and 'id="content-main"' not in fragment
     assert "no-cache" in response["Cache-Control"]
-    assert len(svgs(fragment)) == 2
+    assert len(svgs(fragment)) == 3
 
 
 def test_an_expired_session_gets_an_htmx_redirect_to_the_login(admin_client):
@@ -385,7 +403,7 @@ def test_a_user_who_is_not_staff_gets_the_login_too(client):
 def test_the_overview_keeps_its_query_count_small(admin_client, django_assert_max_num_queries, definitions):
     dashboard.upcoming_jobs.next(NOW)  # loaded once per definitions version
 
-    # 16: the relays and the last delivery; failed sends and unroutable exchanges add up to 3 when there are any
-    # (tests/jobs/test_overview_outbox.py).
-    with django_assert_max_num_queries(16):
+    # 18: the relays and the last delivery; failed sends and unroutable exchanges add up to 3 when there are any
+    # (tests/jobs/test_overview_outbox.py); the finished runs of the week, 2 (their settled and their last minutes).
+    with django_assert_max_num_queries(18):
         assert admin_client.get("/tickerq/overview/", HTTP_HX_REQUEST="true").status_code == 200

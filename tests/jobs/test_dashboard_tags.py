@@ -2,16 +2,30 @@
 times, round axis steps and the geometry of a bar chart. The pages that show them: test_dashboard.py."""
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from jobs.templatetags.dashboard_tags import Bar, Tick, axis_label, bar_chart, duration, nice_step, relative_to, span
+from jobs.templatetags.dashboard_tags import (
+    DAILY,
+    OUTCOME_LABELS,
+    Bar,
+    Tick,
+    axis_label,
+    bar_chart,
+    duration,
+    nice_step,
+    relative_to,
+    span,
+    thousands,
+)
 
 pytestmark = pytest.mark.unit
 
 NOW = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 HOURS = [datetime(2026, 3, 1, hour, tzinfo=UTC) for hour in range(4)]
 RUNS = {"succeeded": "succeeded", "failed": "failed"}
+PARIS = ZoneInfo("Europe/Paris")
 
 
 @pytest.mark.parametrize(
@@ -99,3 +113,55 @@ def test_an_empty_chart_still_has_an_axis_and_large_totals_have_separators():
     assert empty["bars"][0].height == 0.0
     assert [tick.label for tick in large["y_ticks"]] == ["0", "12k", "24k", "36k", "48k"]
     assert large["legend"][0]["total"] == "41,734"
+
+
+def test_a_daily_chart_has_a_group_of_bars_per_day_named_in_its_zone():
+    days = [datetime(2026, 2, day, tzinfo=PARIS) for day in (27, 28)] + [datetime(2026, 3, 1, tzinfo=PARIS)]
+    series = {"succeeded": [3, 0, 1200], "failed": [1, 0, 0], "missed": [0, 2, 0], "skipped": [0, 0, 1]}
+
+    chart = bar_chart("per-day", "Per day", days, series, OUTCOME_LABELS, DAILY)
+
+    assert len(chart["bars"]) == 12
+    assert chart["bars"][:2] == [
+        Bar(
+            x=62.27,
+            y=175.63,
+            width=36.53,
+            height=0.37,
+            series="succeeded",
+            title="Fri 2026-02-27 (Europe/Paris): 3 succeeded",
+        ),
+        Bar(
+            x=98.8, y=175.88, width=36.53, height=0.12, series="failed", title="Fri 2026-02-27 (Europe/Paris): 1 failed"
+        ),
+    ]
+    assert chart["x_ticks"] == [Tick(135.33, "Fri 27"), Tick(318.0, "Sat 28"), Tick(500.67, "Sun 01")]
+    assert [(item["label"], item["total"], item["x"]) for item in chart["legend"]] == [
+        ("succeeded", "1,203", 44),
+        ("failed", "1", 181),
+        ("missed", "2", 318),
+        ("skipped", "1", 455),
+    ]
+    assert chart["description"] == (
+        "1,203 succeeded, 1 failed, 2 missed, 1 skipped from Fri 2026-02-27 (Europe/Paris) until now, per day."
+    )
+
+
+def test_an_hourly_chart_names_its_hours_in_their_zone_across_a_change_of_offset():
+    """Paris moves from 02:00 CET to 03:00 CEST on 29 March 2026: the hour after 01:00 is 03:00."""
+    hours = [(datetime(2026, 3, 28, 23, tzinfo=UTC) + timedelta(hours=n)).astimezone(PARIS) for n in range(4)]
+
+    chart = bar_chart("runs", "Runs", hours, {"succeeded": [1, 2, 3, 4]}, {"succeeded": "succeeded"})
+
+    assert [bar.title for bar in chart["bars"]] == [
+        "00:00–01:00 CET: 1 succeeded",
+        "01:00–03:00 CET: 2 succeeded",
+        "03:00–04:00 CEST: 3 succeeded",
+        "04:00–05:00 CEST: 4 succeeded",
+    ]
+    assert [tick.label for tick in chart["x_ticks"]] == ["00:00", "03:00"]
+    assert chart["description"] == "10 succeeded from 00:00 CET yesterday until now, per hour."
+
+
+def test_totals_have_thousands_separators():
+    assert [thousands(n) for n in (0, 999, 1000, 1234567)] == ["0", "999", "1,000", "1,234,567"]

@@ -147,12 +147,12 @@ class GroupRunner(Runner):
     def _groupable(self, occurrence: Occurrence, definition: Definition | None) -> JobSpec | None:
         """The job, if this occurrence may run in a group: an atomic job, due to run, last seen to be quick.
 
-        A skip, an unknown job, a job that runs its own transactions (atomic=False), one not run
-        yet in this process or one whose runs took GROUP_JOB_FACTOR times group_seconds or more (on
-        average) runs on its own: a slow job in a group would hold back the commit of the runs
-        before it.
+        A skip, a cancel asked before its release (Runner.run records it), an unknown job, a job that
+        runs its own transactions (atomic=False), one not run yet in this process or one whose runs
+        took GROUP_JOB_FACTOR times group_seconds or more (on average) runs on its own: a slow job in
+        a group would hold back the commit of the runs before it.
         """
-        if definition is None or skip_reason(occurrence, definition, self.clock()):
+        if definition is None or occurrence.cancel_requested_at or skip_reason(occurrence, definition, self.clock()):
             return None
         spec = get_job(definition.job)
         slow = GROUP_JOB_FACTOR * self.group_seconds

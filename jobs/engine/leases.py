@@ -28,9 +28,10 @@ class Leases:
         self.renew_every = self.liveness.renew_every
         self._renewed_at: datetime | None = None
 
-    def register(self, now: datetime) -> None:
-        """Create this process's instance row."""
+    def register(self, now: datetime, *, concurrency: int | None = None) -> None:
+        """Create this process's instance row, with how many occurrences it runs (or hands over) at once."""
         SchedulerInstance.objects.register(self.session, self.scheduler, now)
+        SchedulerInstance.objects.filter(session=self.session).update(concurrency=concurrency)
         self._renewed_at = now
 
     def due(self, now: datetime, *, early: timedelta = timedelta(0)) -> bool:
@@ -47,10 +48,17 @@ class Leases:
         self._renewed_at = now
 
     def reap(self, now: datetime, definitions: dict[int, Definition]) -> int:
-        """Record the attempts whose lease expired as failed, retried per policy; mark dead instances lost."""
+        """Record the attempts whose lease expired as failed, retried per policy (or, cancel asked,
+        as the cancel: a Celery worker stopped by its revoke); mark dead instances lost."""
         with transaction.atomic():
             expired = store.expired_leases(now)
             for occurrence in expired:
+                if occurrence.cancel_requested_at is not None:
+                    store.record_cancel(
+                        occurrence, session=occurrence.session, started_at=occurrence.started_at, now=now
+                    )
+                    observer.event(occurrence, "occurrence_skipped", reason=occurrence.reason, status="skipped")
+                    continue
                 definition = definitions.get(occurrence.task_id) or load_definition(occurrence.task_id)
                 policy = definition.policy if definition else Policy()
                 error = (

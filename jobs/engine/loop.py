@@ -155,6 +155,7 @@ class Scheduler:
             # Renewed a little early rather than in a pass of its own (the next poll comes with the next renewal).
             if self.leases.due(now, early=self.leases.renew_every / 2):
                 self.leases.renew(now, self.pool.running_ids())
+                self.pool.stop_cancelled(now)
                 found |= self.reap(now) > 0
             found |= self.planner.plan(now) > 0
             found |= self.prune(now)
@@ -167,7 +168,7 @@ class Scheduler:
     def start(self, now: datetime) -> None:
         """Create this process's instance row and the definitions of registered jobs."""
         create_missing_definitions()
-        self.leases.register(now)
+        self.leases.register(now, concurrency=self.pool.capacity)
         offset = (now - timezone.now()).total_seconds()
         logger.info(
             "scheduler %s started (session %s); the database's clock is %+.3f s from this host's",
@@ -399,6 +400,7 @@ class Executor(Protocol):
     """
 
     idle: bool  # nothing of this process's is running
+    capacity: int  # at most this many occurrences at once (SchedulerInstance.concurrency)
 
     def free(self, long_running: bool) -> int:
         """How many more claims of that kind to take now."""
@@ -411,6 +413,10 @@ class Executor(Protocol):
 
     def submit_all(self, occurrences: list[Occurrence], run: Callable[[Occurrence], None], *, long_running: bool):
         """Run (or hand over) each claim."""
+
+    def stop_cancelled(self, now: datetime) -> None:
+        """At each lease renewal: stop the claims whose cancel was asked, if this executor stops them itself
+        (a Celery hand-over's; the pool's jobs check JobContext.cancelled, or are stopped at their return)."""
 
     def shutdown(self) -> None:
         """Stop taking work; give back what never started."""

@@ -41,6 +41,14 @@ class WorkerPool:
         for long_running, slots in self._limit.items():
             metrics.POOL_SLOTS.labels(metrics.pool_kind(long_running)).set(slots)
 
+    @property
+    def capacity(self) -> int:
+        """The threads: ordinary and LongRunning slots."""
+        return self._workers
+
+    def stop_cancelled(self, now) -> None:
+        """Nothing: a job here checks its cancel (JobContext.cancelled), or is stopped at its return (Runner)."""
+
     def free(self, long_running: bool) -> int:
         with self._lock:
             return self._limit[long_running] - self._busy[long_running]

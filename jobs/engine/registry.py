@@ -11,9 +11,23 @@ from datetime import datetime
 from jobs.engine.policy import Policy
 
 
+class Cancelled(Exception):
+    """Raised by a job that stops because its run was cancelled (JobContext.stop_if_cancelled).
+
+    The runner records the cancel ("cancelled by <who> while running") and rolls the job's
+    transaction back, as for any run whose cancel was asked; never a retry.
+    """
+
+
 @dataclasses.dataclass(frozen=True)
 class JobContext:
-    """What a running job is told about its run."""
+    """What a running job is told about its run.
+
+    cancelled(): whether someone cancelled this run from the console (a read of its row at most
+    once a second; once True, always True). A long job checks it now and then and stops: it
+    returns, or raises Cancelled (stop_if_cancelled). One that never checks is stopped when it
+    returns to the runner: its work is rolled back and the cancel recorded instead of its success.
+    """
 
     job_name: str
     occurrence_id: int
@@ -21,6 +35,12 @@ class JobContext:
     attempt: int
     manual: bool
     kwargs: dict = dataclasses.field(default_factory=dict)  # the definition's kwargs (JSON)
+    cancelled: Callable[[], bool] = dataclasses.field(default=lambda: False, repr=False, compare=False)
+
+    def stop_if_cancelled(self) -> None:
+        """Raise Cancelled if this run was cancelled."""
+        if self.cancelled():
+            raise Cancelled(f"occurrence {self.occurrence_id} was cancelled")
 
 
 @dataclasses.dataclass(frozen=True)

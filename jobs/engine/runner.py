@@ -14,6 +14,11 @@ own code) is recorded as the attempt's failure, with its error, and the job's re
 applies at once (give_back): the occurrence does not stay running until its lease expires and
 is reaped as "presumed dead".
 
+A run whose cancel was asked from the console (jobs.engine.store.cancel) ends as the cancel: the
+job may check JobContext.cancelled (CancelCheck) and stop; if it does not, its return (or its
+failure) finds the record refused (CancelRequested), its transaction rolls back, its events
+with it, and the cancel is recorded instead (_cancelled), never retried.
+
 Short atomic jobs can also run in groups, one transaction each (jobs.engine.groups). Each run
 is reported (span, metrics, log events) through jobs.engine.observer; every state change of its
 occurrence is the occurrence store's (jobs.engine.store).
@@ -43,7 +48,7 @@ from jobs.engine import scheduler_metrics as metrics
 from jobs.engine.definitions import Definition, load_definition
 from jobs.engine.policy import Policy
 from jobs.engine.registry import JobContext, JobSpec, get_job
-from jobs.engine.store import LeaseLost
+from jobs.engine.store import CancelRequested, LeaseLost
 from jobs.engine.timeouts import JobTimeout, Watchdog
 from jobs.models import Occurrence
 from outbox.publishing import origin
@@ -97,6 +102,8 @@ class Runner:
                 status, error = self._run(occurrence, definition, started)
             except LeaseLost as exc:
                 status, error = observer.lease_lost(occurrence, str(exc))
+            except CancelRequested:
+                status, error = self._cancelled(occurrence, started)
             except Exception as exc:  # a fault of ours, not the job's (_run records those)
                 status, error = self.give_back(occurrence, definition, exc, started=started)
             observer.outcome(span, status, error)
@@ -110,6 +117,8 @@ class Runner:
 
     def _run(self, occurrence: Occurrence, definition: Definition | None, started: datetime) -> tuple[str, str]:
         """Run and record; how it ended (a jobs.engine.scheduler_metrics outcome) and its error, if any."""
+        if occurrence.cancel_requested_at is not None:  # asked before this attempt began (a hand-over's wait)
+            raise CancelRequested(f"occurrence {occurrence.id}'s cancel was requested before it ran")
         reason = skip_reason(occurrence, definition, started)
         if reason:
             self._write(occurrence, lambda: store.skip(occurrence, session=self.session, now=started, reason=reason))
@@ -142,7 +151,7 @@ class Runner:
                         occurrence, session=self.session, started_at=started, now=self.clock()
                     ),
                 )
-        except LeaseLost:
+        except (LeaseLost, CancelRequested):
             raise
         except JOB_FAILURES as exc:
             if returned or connection_lost(exc):
@@ -194,6 +203,22 @@ class Runner:
             return self._fail(occurrence, definition, started or occurrence.started_at, error, trace)
         except LeaseLost as lost:
             return observer.lease_lost(occurrence, str(lost))
+        except CancelRequested:
+            return self._cancelled(occurrence, started or occurrence.started_at)
+
+    def _cancelled(self, occurrence: Occurrence, started: datetime) -> tuple[str, str]:
+        """Its cancel was asked: the job's work is rolled back (or it never ran); record the cancel instead."""
+        try:
+            recorded = self._write(
+                occurrence,
+                lambda: store.record_cancel(occurrence, session=self.session, started_at=started, now=self.clock()),
+            )
+        except LeaseLost as lost:
+            return observer.lease_lost(occurrence, str(lost))
+        if not recorded:  # the scheduler stops and the database is away: the reaper records it
+            return metrics.LEASE_LOST, ""
+        observer.event(occurrence, "occurrence_skipped", reason=occurrence.reason, status="skipped")
+        return metrics.SKIPPED, ""
 
     def _release_after_conflict(self, occurrence: Occurrence, exc: BaseException) -> tuple[str, str]:
         """The run's transaction lost a conflict and rolled back: back to scheduled, the attempt not counted."""
@@ -319,4 +344,24 @@ def job_context(occurrence: Occurrence, definition: Definition) -> JobContext:
         attempt=occurrence.attempts,
         manual=occurrence.manual,
         kwargs=definition.kwargs,
+        cancelled=CancelCheck(occurrence.id),
     )
+
+
+class CancelCheck:
+    """A job's JobContext.cancelled: the row read (store.cancel_requested) at most every `every` seconds.
+
+    Cheap enough to call in a job's inner loop; once True, always True (no further read). It reads
+    on the job's own connection, in its transaction: a committed request is seen at once.
+    """
+
+    def __init__(self, occurrence_id: int, every: float = 1.0):
+        self.occurrence_id, self.every = occurrence_id, every
+        self._read_at: float | None = None
+        self._cancelled = False
+
+    def __call__(self) -> bool:
+        if not self._cancelled and (self._read_at is None or time.monotonic() - self._read_at >= self.every):
+            self._read_at = time.monotonic()
+            self._cancelled = store.cancel_requested(self.occurrence_id)
+        return self._cancelled

@@ -246,6 +246,15 @@ def test_a_read_endpoint_refuses_post_with_405(browser, make_user):
     assert response.json() == {"error": {"status": 405, "message": "Method not allowed: POST."}}
 
 
+def test_a_read_endpoint_answers_head_as_get(client, make_user):
+    logged_in(client, make_user(*VIEW_ALL))
+
+    response = client.head("/tickerq/api/jobs/")
+
+    assert response.status_code == 200 and response["Content-Type"] == "application/json; charset=utf-8"
+    assert "no-cache" in response["Cache-Control"]
+
+
 # The shapes: what the command line prints.
 
 

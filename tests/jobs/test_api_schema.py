@@ -1,0 +1,270 @@
+"""/tickerq/api/openapi.json: a valid OpenAPI description of every endpoint, which the real answers match."""
+
+import base64
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
+
+from jobs.models import Attempt, Occurrence
+from outbox.models import OutboxMessage
+
+pytestmark = pytest.mark.django_db
+
+PASSWORD = "a-long-pass-phrase"
+AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+EVERYTHING = [
+    "django_celery_beat.view_periodictask",
+    "jobs.view_occurrence",
+    "outbox.view_outboxmessage",
+    "jobs.run_job",
+]
+
+
+def staff(*permissions, username="script") -> User:
+    user = User.objects.create_user(username, password=PASSWORD, is_staff=True)
+    for permission in permissions:
+        app_label, codename = permission.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return user
+
+
+def basic(username="script") -> dict:
+    return {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(f"{username}:{PASSWORD}".encode()).decode()}
+
+
+@pytest.fixture
+def description(client):
+    client.force_login(staff(username="reader"))
+    response = client.get("/tickerq/api/openapi.json")
+    client.logout()
+    assert response.status_code == 200
+    return response.json()
+
+
+@pytest.fixture
+def run():
+    """A finished occurrence with an attempt and an event, and a scheduled one with nothing yet."""
+    occurrence = Occurrence.objects.create(
+        job_name="ResendErrorEmailJob",
+        scheduled_for=AT,
+        run_after=AT,
+        status=Occurrence.Status.FAILED,
+        attempts=1,
+        scheduler="host-1",
+        started_at=AT,
+        finished_at=AT + timedelta(seconds=2),
+        reason="boom",
+    )
+    Attempt.objects.create(
+        occurrence=occurrence,
+        number=1,
+        status="failed",
+        scheduler="host-1",
+        started_at=AT,
+        finished_at=AT + timedelta(seconds=2),
+        duration=timedelta(seconds=2),
+        error="boom",
+    )
+    OutboxMessage.objects.create(
+        message_id=uuid.UUID(int=1),
+        message_types=["urn:message:BookWorm.Contracts:Event"],
+        exchange="BookWorm.Contracts:Event",
+        body={},
+        origin=f"occurrence:{occurrence.id}",
+    )
+    Occurrence.objects.create(job_name="CleanUpSentEmailJob", scheduled_for=AT, run_after=AT, manual=True)
+    return occurrence
+
+
+def response_schema(description: dict, path: str, method: str, status: int) -> dict:
+    return description["paths"][path][method]["responses"][str(status)]["content"]["application/json"]["schema"]
+
+
+def assert_matches(description: dict, schema: dict, body) -> None:
+    # The component schemas ride along, so the schema's "#/components/schemas/..." references resolve.
+    validator = Draft202012Validator(
+        {**schema, "components": description["components"]}, format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(body)]
+    assert errors == []
+
+
+def component(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+# The description itself.
+
+
+def test_the_description_is_a_valid_openapi_document(description):
+    validate(description)
+
+    assert (description["openapi"], description["info"]["title"]) == ("3.1.0", "BookWorm Scheduler")
+
+
+def test_the_description_names_every_endpoint_and_how_to_authenticate(description):
+    operations = {(path, method) for path, methods in description["paths"].items() for method in methods}
+
+    assert operations == {
+        ("/tickerq/api/", "get"),
+        ("/tickerq/api/jobs/", "get"),
+        ("/tickerq/api/history/", "get"),
+        ("/tickerq/api/occurrences/{pk}", "get"),
+        ("/tickerq/api/outbox/", "get"),
+        ("/tickerq/api/jobs/{name}/trigger", "post"),
+    }
+    for path, method in operations:
+        operation = description["paths"][path][method]
+        assert operation["security"] == [{"BasicCredentials": []}, {"SessionCookie": []}]
+        assert response_schema(description, path, method, 401) == component("Error")
+        assert response_schema(description, path, method, 403) == component("Error")
+    assert description["components"]["securitySchemes"]["BasicCredentials"]["scheme"] == "basic"
+    assert description["components"]["securitySchemes"]["SessionCookie"]["in"] == "cookie"
+
+
+def test_the_description_names_each_endpoints_parameters(description):
+    def parameters(path, method):
+        return [(p["in"], p["name"], p["required"]) for p in description["paths"][path][method]["parameters"]]
+
+    assert parameters("/tickerq/api/history/", "get") == [
+        ("query", "job", False),
+        ("query", "status", False),
+        ("query", "manual", False),
+        ("query", "limit", False),
+    ]
+    assert parameters("/tickerq/api/occurrences/{pk}", "get") == [("path", "pk", True)]
+    assert parameters("/tickerq/api/jobs/{name}/trigger", "post") == [("path", "name", True)]
+    assert parameters("/tickerq/api/jobs/", "get") == []
+    limit = description["paths"]["/tickerq/api/history/"]["get"]["parameters"][3]
+    assert (limit["schema"]["minimum"], limit["schema"]["maximum"], limit["schema"]["default"]) == (1, 1000, 20)
+    assert limit["description"] == "a whole number from 1 to 1000"
+
+
+def test_the_description_names_each_endpoints_response_schema(description):
+    assert response_schema(description, "/tickerq/api/", "get", 200) == component("Index")
+    assert response_schema(description, "/tickerq/api/jobs/", "get", 200)["items"] == component("JobRow")
+    assert response_schema(description, "/tickerq/api/history/", "get", 200)["items"] == component("HistoryRow")
+    assert response_schema(description, "/tickerq/api/history/", "get", 400) == component("Error")
+    assert response_schema(description, "/tickerq/api/occurrences/{pk}", "get", 200) == component("OccurrenceDetail")
+    assert response_schema(description, "/tickerq/api/occurrences/{pk}", "get", 404) == component("Error")
+    assert response_schema(description, "/tickerq/api/outbox/", "get", 200) == component("OutboxStatus")
+    assert response_schema(description, "/tickerq/api/jobs/{name}/trigger", "post", 201) == component("Triggered")
+    assert response_schema(description, "/tickerq/api/jobs/{name}/trigger", "post", 404) == component("Error")
+    assert sorted(description["components"]["schemas"]["HistoryRow"]["required"]) == [
+        "attempt",
+        "error",
+        "finished_at",
+        "id",
+        "instance",
+        "job",
+        "manual",
+        "scheduled_for",
+        "started_at",
+        "status",
+        "url",
+    ]
+
+
+def test_the_description_is_for_staff_only(client):
+    response = client.get("/tickerq/api/openapi.json")
+
+    assert response.status_code == 401 and "WWW-Authenticate" in response
+    assert response.json()["error"]["status"] == 401
+
+
+def test_the_description_is_listed_in_the_index(client):
+    client.force_login(staff())
+
+    endpoints = client.get("/tickerq/api/").json()["endpoints"]
+
+    assert {"method": "GET", "url": "/tickerq/api/openapi.json", "command": None} in endpoints
+
+
+# The real answers against the description.
+
+
+def test_each_read_endpoints_answer_matches_its_documented_schema(client, description, run):
+    client.force_login(staff(*EVERYTHING))
+
+    for url, path in [
+        ("/tickerq/api/", "/tickerq/api/"),
+        ("/tickerq/api/jobs/", "/tickerq/api/jobs/"),
+        ("/tickerq/api/history/", "/tickerq/api/history/"),
+        ("/tickerq/api/history/?job=ResendErrorEmailJob&status=failed&manual=false&limit=1", "/tickerq/api/history/"),
+        (f"/tickerq/api/occurrences/{run.id}", "/tickerq/api/occurrences/{pk}"),
+        ("/tickerq/api/outbox/", "/tickerq/api/outbox/"),
+    ]:
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert_matches(description, response_schema(description, path, "get", 200), response.json())
+
+
+def test_the_answers_hold_what_the_schema_checks(client, description, run):
+    # Not empty lists that would match any array: a row of each kind, nulls and values both.
+    client.force_login(staff(*EVERYTHING))
+
+    jobs = client.get("/tickerq/api/jobs/").json()
+    history = client.get("/tickerq/api/history/").json()
+    detail = client.get(f"/tickerq/api/occurrences/{run.id}").json()
+
+    assert [job["name"] for job in jobs] == ["CleanUpSentEmailJob", "ResendErrorEmailJob"]
+    assert [(row["job"], row["instance"], row["error"]) for row in history] == [
+        ("CleanUpSentEmailJob", None, None),
+        ("ResendErrorEmailJob", "host-1", "boom"),
+    ]
+    assert (len(detail["attempts"]), detail["events"][0]["status"], detail["triggered_by"]) == (1, "pending", None)
+
+
+def test_a_triggers_answer_matches_its_documented_schema(client, description):
+    staff("jobs.run_job")
+
+    response = client.post("/tickerq/api/jobs/ResendErrorEmailJob/trigger", content_type="application/json", **basic())
+
+    assert response.status_code == 201
+    schema = response_schema(description, "/tickerq/api/jobs/{name}/trigger", "post", 201)
+    assert_matches(description, schema, response.json())
+
+
+@pytest.mark.parametrize(
+    "username, permissions, method, url, status",
+    [
+        (None, [], "get", "/tickerq/api/jobs/", 401),
+        ("script", [], "get", "/tickerq/api/outbox/", 403),
+        ("script", EVERYTHING, "get", "/tickerq/api/history/?limit=0", 400),
+        ("script", EVERYTHING, "get", "/tickerq/api/history/?colour=red", 400),
+        ("script", EVERYTHING, "get", "/tickerq/api/occurrences/999999999", 404),
+        ("script", EVERYTHING, "post", "/tickerq/api/jobs/Nope/trigger", 404),
+        ("script", EVERYTHING, "post", "/tickerq/api/outbox/", 405),
+        ("script", EVERYTHING, "delete", "/tickerq/api/no/such/path", 404),
+    ],
+)
+def test_every_error_matches_the_documented_error_schema(
+    client, description, username, permissions, method, url, status
+):
+    if username:
+        staff(*permissions, username=username)
+    credentials = basic(username) if username else {}
+
+    response = getattr(client, method)(url, content_type="application/json", **credentials)
+
+    assert response.status_code == status
+    assert_matches(description, component("Error"), response.json())
+    assert response.json()["error"]["status"] == status
+
+
+def test_a_row_that_strays_from_its_schema_is_a_500_in_the_error_shape_not_a_silent_difference(
+    client, monkeypatch, caplog
+):
+    # A key added to the rows and not to their schema: the command line would print it, the API refuses.
+    monkeypatch.setattr("jobs.web.api.job_rows", lambda: [{"name": "a", "colour": "red"}])
+    client.force_login(staff("django_celery_beat.view_periodictask"))
+
+    response = client.get("/tickerq/api/jobs/")
+
+    assert response.status_code == 500
+    assert response.json() == {"error": {"status": 500, "message": "Internal error; the server's log has the details."}}
+    assert "API request failed: GET /tickerq/api/jobs/" in caplog.text

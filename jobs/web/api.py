@@ -158,19 +158,20 @@ api = NinjaAPI(
     # scripts only, and need not tell anyone else what the service answers.
     openapi_url="/openapi.json",
     docs_decorator=refusing_in_json,
-    # No interactive page: django-ninja's Swagger UI loads from a CDN unless "ninja" is in
-    # INSTALLED_APPS (its bundled copy is served as static files then), and this machine is offline.
+    # No interactive page: django-ninja's Swagger UI loads its scripts from a CDN unless "ninja" is
+    # in INSTALLED_APPS (its bundled copy is served as static files then); the service loads nothing
+    # from other sites.
     docs_url=None,
 )
 
 
 @api.exception_handler(HttpError)
 def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
-    response = api_error(exc.status_code, exc.message)
     if isinstance(exc, AuthenticationError):
         response = api_error(401, UNAUTHENTICATED)
         response["WWW-Authenticate"] = CHALLENGE
-    return response
+        return response
+    return api_error(exc.status_code, exc.message)
 
 
 @api.exception_handler(ValidationError)

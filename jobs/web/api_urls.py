@@ -1,7 +1,7 @@
 """/tickerq/api/: JSON for scripts (see jobs.web.api), django-ninja's URLs and two of our own answers.
 
 Included before the admin, whose catch-all would take these paths. Every view here answers in
-the API's error shape and is never cached: django-ninja's own 405 (a plain text page) is
+the API's error shape and is never cached: django-ninja's own 405 (a line of HTML) is
 replaced by the API's JSON (after the staff check, as before any answer), and any other path
 is the API's JSON 404 rather than the admin's page. A HEAD request is answered as a GET is.
 """

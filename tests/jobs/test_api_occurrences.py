@@ -11,8 +11,8 @@ from django.contrib.auth.models import Permission, User
 from django.core.management import call_command
 from django_celery_beat.models import PeriodicTask
 
-from jobs.models import Attempt, Occurrence
 from bookworm_scheduler.web.audit_log import os_user
+from jobs.models import Attempt, Occurrence
 from outbox.models import OutboxMessage
 
 pytestmark = pytest.mark.django_db

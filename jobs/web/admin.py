@@ -430,7 +430,7 @@ class SchedulerInstanceAdmin(ReadOnlyAdmin):
             )
         stale = instance.is_stale(default_clock(), scheduler_liveness())
         colour = STATUS_COLOURS[Occurrence.Status.MISSED if stale else Occurrence.Status.SUCCEEDED]
-        return format_html('<span style="color:{};font-weight:bold">{}</span>', colour, "stale" if stale else "alive")
+        return format_html('<span style="color:{};font-weight:bold">{}</span>', colour, "stale" if stale else "live")
 
     @admin.display(description="Running now")
     def running_now(self, instance):

@@ -34,6 +34,7 @@ from ninja.security.base import AuthBase
 from pydantic import BaseModel
 
 from bookworm_scheduler.kernel.clock import default_clock
+from bookworm_scheduler.web.audit_log import FROM_API
 from bookworm_scheduler.web.basic_auth import CHALLENGE, api_error, basic_header
 from jobs.models import Occurrence
 from jobs.web.audit import run_now_logged
@@ -288,7 +289,7 @@ def trigger_run(request, name: str, response: HttpResponse):
     if task is None:
         raise HttpError(404, f"No such job definition: {name}.")
     username = request.user.get_username()
-    occurrence = run_now_logged(task, user=request.user, by=username, via="from the API")
+    occurrence = run_now_logged(task, user=request.user, by=username, via=FROM_API)
     logger.info(
         "triggered %s",
         name,

@@ -350,7 +350,7 @@ def test_the_schedulers_page_tells_alive_stale_and_lost_and_what_each_runs(admin
         started_at=now,
     )
     page = admin_client.get("/tickerq/jobs/schedulerinstance/").content.decode()
-    assert ">alive</span>" in page and ">stale</span>" in page and ">lost</span>" in page
+    assert ">live</span>" in page and ">stale</span>" in page and ">lost</span>" in page
     detail = admin_client.get(f"/tickerq/jobs/schedulerinstance/{alive.session}/change/").content.decode()
     assert f"/tickerq/jobs/occurrence/{running.id}/change/" in detail
 

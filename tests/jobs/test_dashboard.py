@@ -281,7 +281,10 @@ def test_the_overview_shows_the_totals_and_a_chart_of_runs_per_day(admin_client,
         ("skipped", "0", "1"),
         ("rate", "66.6 %", "60.0 %"),
     ]
-    assert '<time datetime="2026-02-23T00:00:00+00:00">2026-02-23 00:00</time>' in page
+    assert (
+        "Last 7 days: today and the 6 days before it in UTC, since "
+        '<time datetime="2026-02-23T00:00:00+00:00">2026-02-23 00:00</time>.'
+    ) in page
     per_day = svgs(page)[1]
     assert per_day.find(f"{SVG}title").text == "Finished runs per day, last 7 days"
     assert (
@@ -328,7 +331,7 @@ def test_the_overview_shows_the_days_hours_and_times_of_the_active_zone():
     )
     assert '<time datetime="2026-03-01T13:30:00+01:00">2026-03-01 13:30:00</time> CET (the database' in page
     assert "Due (CET)" in page and "Finished (CET)" in page and "UTC" not in page
-    assert '<time datetime="2026-02-23T00:00:00+01:00">2026-02-23 00:00</time>' in page
+    assert '6 days before it in Europe/Paris, since <time datetime="2026-02-23T00:00:00+01:00">2026-02-23 00:00' in page
 
 
 # The outbox.

@@ -218,6 +218,8 @@ INSTALLED_APPS = [
     "bookworm_scheduler.web.apps.ConsoleBeatConfig",
     "health_check",
     "django_htmx",
+    # django-ninja's Swagger UI for /tickerq/api/docs, from its own static files (jobs/web/api.py).
+    "ninja",
     "axes",
     "outbox",
     "jobs",

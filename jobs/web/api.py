@@ -159,10 +159,9 @@ api = NinjaAPI(
     # scripts only, and need not tell anyone else what the service answers.
     openapi_url="/openapi.json",
     docs_decorator=refusing_in_json,
-    # No interactive page: django-ninja's Swagger UI loads its scripts from a CDN unless "ninja" is
-    # in INSTALLED_APPS (its bundled copy is served as static files then); the service loads nothing
-    # from other sites.
-    docs_url=None,
+    # The interactive page (Swagger UI) from django-ninja's own copy, served as static files ("ninja" is
+    # in INSTALLED_APPS for that): the service loads nothing from other sites.
+    docs_url="/docs",
 )
 
 
@@ -201,6 +200,7 @@ def endpoints(request):
         ("GET", reverse("api:outbox"), "manage.py outbox status --json"),
         ("POST", reverse("api:trigger", args=["NAME"]), "manage.py jobs trigger NAME"),
         ("GET", reverse("api:openapi-json"), None),
+        ("GET", reverse("api:openapi-view"), None),
     ]
     return {"endpoints": [{"method": method, "url": url, "command": command} for method, url, command in endpoints]}
 

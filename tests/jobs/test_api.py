@@ -209,6 +209,7 @@ def test_the_index_lists_the_endpoints(client, make_user):
         ("GET", "/tickerq/api/outbox/"),
         ("POST", "/tickerq/api/jobs/NAME/trigger"),
         ("GET", "/tickerq/api/openapi.json"),
+        ("GET", "/tickerq/api/docs"),
     ]
 
 

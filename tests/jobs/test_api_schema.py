@@ -1,6 +1,7 @@
 """/tickerq/api/openapi.json: a valid OpenAPI description of every endpoint, which the real answers match."""
 
 import base64
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -182,6 +183,18 @@ def test_the_description_is_listed_in_the_index(client):
     endpoints = client.get("/tickerq/api/").json()["endpoints"]
 
     assert {"method": "GET", "url": "/tickerq/api/openapi.json", "command": None} in endpoints
+
+
+def test_the_interactive_page_loads_its_scripts_from_this_site(client):
+    assert client.get("/tickerq/api/docs").status_code == 401
+    client.force_login(staff())
+
+    page = client.get("/tickerq/api/docs").content.decode()
+
+    scripts = re.findall(r'<script[^>]+src="([^"]+)"', page) + re.findall(r'<link[^>]+href="([^"]+)"', page)
+    assert "/static/ninja/swagger-ui-bundle.js" in scripts
+    assert all(url.startswith("/static/") for url in scripts), scripts
+    assert "/tickerq/api/openapi.json" in page
 
 
 # The real answers against the description.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.db import transaction
 from django_celery_beat.models import PeriodicTask
 from playwright.sync_api import expect, sync_playwright
@@ -132,8 +132,32 @@ def fits_without_sideways_scroll(page) -> None:
     assert widths["table"] > 0, f"{page.url}: no results table"
     assert widths["page"] <= widths["window"], f"{page.url} scrolls sideways: {widths}"
     assert widths["table"] <= widths["box"], f"{page.url}: its table scrolls sideways: {widths}"
-    text = page.evaluate("() => document.body.innerText")
-    assert "periodic task" not in text.lower(), f"{page.url} says 'periodic task'"
+    speaks_our_words(page)
+
+
+# django-celery-beat's words, which no page of the console shows (lower case).
+CELERY_WORDS = (
+    "periodic task",
+    "short description for this task",
+    "set to false to disable the schedule",
+    "leave the others null",
+    "the name of the celery task",
+    "(m/h/dm/my/d)",
+)
+
+
+def speaks_our_words(page) -> None:
+    text = page.evaluate("() => document.body.innerText").lower()
+    for words in CELERY_WORDS:
+        assert words not in text, f"{page.url} says {words!r}"
+
+
+def log_in(page, live_server, username: str) -> None:
+    page.goto(f"{live_server.url}/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    expect(page.locator("#overview")).to_be_visible()
 
 
 def seed_history_and_outbox(now) -> None:
@@ -165,11 +189,7 @@ def test_every_list_fits_1280_px_and_the_history_refreshes_itself(browser, live_
     seed_history_and_outbox(now)
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.set_default_timeout(30_000)
-    page.goto(f"{live_server.url}/")
-    page.fill("#id_username", "operator")
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
-    expect(page.locator("#overview")).to_be_visible()
+    log_in(page, live_server, "operator")
 
     for path, shot in (
         ("django_celery_beat/periodictask/", "jobs-1280.png"),
@@ -192,3 +212,41 @@ def test_every_list_fits_1280_px_and_the_history_refreshes_itself(browser, live_
     assert page.evaluate("window.notReloaded") is True
     assert page.locator("#result_list tr", has_text="CleanUpSentEmailJob").count() == 0
     expect(page).to_have_url(f"{live_server.url}/tickerq/jobs/occurrence/?q=ResendErrorEmailJob")
+
+
+def test_a_view_only_user_reads_jobs_runs_and_times_in_their_zone_without_buttons(browser, live_server):
+    viewer = User.objects.create_user("viewer", password=PASSWORD, is_staff=True)
+    codenames = ["view_periodictask", "view_occurrence", "view_outboxmessage", "view_schedulerinstance"]
+    viewer.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    seed_history_and_outbox(datetime.now(UTC))
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.set_default_timeout(30_000)
+    log_in(page, live_server, "viewer")
+    speaks_our_words(page)
+
+    # The jobs, without a Run now button; a job's page with its real schedule and zone.
+    page.goto(f"{live_server.url}/tickerq/django_celery_beat/periodictask/")
+    expect(page.locator("#result_list tr", has_text="ResendErrorEmailJob")).to_be_visible()
+    assert page.locator("button.run-now").count() == 0
+    fits_without_sideways_scroll(page)
+    page.locator("#result_list a", has_text="ResendErrorEmailJob").click()
+    expect(page.locator("h1")).to_have_text("ResendErrorEmailJob")
+    expect(page.locator(".field-cron .readonly")).to_have_text("0 * * * *")
+    expect(page.locator(".field-timezone .readonly")).to_have_text("UTC")
+    assert page.locator("button.run-now").count() == 0
+    speaks_our_words(page)
+
+    # A failed run's page, without Retry or Cancel.
+    failed = Occurrence.objects.filter(status=Occurrence.Status.FAILED).first()
+    page.goto(f"{live_server.url}/tickerq/jobs/occurrence/{failed.id}/change/")
+    expect(page.locator(".field-coloured_status")).to_contain_text("failed")
+    assert page.locator("button.occurrence-retry, button.occurrence-cancel").count() == 0
+    speaks_our_words(page)
+
+    # Times in another zone, picked in the header and remembered on the next page.
+    page.goto(f"{live_server.url}/tickerq/jobs/occurrence/")
+    expect(page.locator("#result_list td.field-scheduled").first).to_have_text(re.compile(r" UTC$"))
+    page.select_option("#display-zone", "Asia/Tokyo")
+    expect(page.locator("#display-zone")).to_have_value("Asia/Tokyo")
+    page.goto(f"{live_server.url}/tickerq/jobs/occurrence/")
+    expect(page.locator("#result_list td.field-scheduled").first).to_have_text(re.compile(r" JST$"))

@@ -214,6 +214,8 @@ class Runner:
                 lambda: store.record_cancel(occurrence, session=self.session, started_at=started, now=self.clock()),
             )
         except LeaseLost as lost:
+            if store.attempt_recorded(occurrence):  # the cancel, by its Celery worker's LeaseKeeper
+                return metrics.SKIPPED, ""
             return observer.lease_lost(occurrence, str(lost))
         if not recorded:  # the scheduler stops and the database is away: the reaper records it
             return metrics.LEASE_LOST, ""

@@ -426,9 +426,9 @@ def _transition(occurrence: Occurrence, *, session, cancellable: bool = False, *
 
 
 def _refused(occurrence: Occurrence, session) -> Exception:
-    """Why a guarded record found nothing to change: the claim's cancel was asked, or the claim is gone."""
-    claim = Occurrence.objects.filter(_claimed(occurrence.pk, session, occurrence.attempts))
-    if claim.exclude(cancel_requested_at=None).exists():  # a cancel, not a lost claim
+    """Why a guarded record found nothing to change: the claim's cancel was asked (or recorded), or it is gone."""
+    claim = Occurrence.objects.filter(pk=occurrence.pk, session=session, attempts=occurrence.attempts)
+    if claim.filter(status__in=[Status.RUNNING, Status.SKIPPED]).exclude(cancel_requested_at=None).exists():
         return CancelRequested(f"occurrence {occurrence.pk}'s cancel was requested while it ran")
     return _lost(occurrence, session)
 

@@ -74,12 +74,12 @@ def run_beat_message(task, *args, **kwargs) -> str:
                 occurrence.id,
                 extra={"action": "beat_occurrence_created", "occurrence": occurrence.id, "job_name": definition.name},
             )
-            run_claimed(occurrence, own_session, clock, lease)
+            run_claimed(occurrence, own_session, clock, lease, task_id=task.request.id)
             return _follow_up(task, occurrence.id, clock, lease)
     now = clock()
     occurrence = store.claim_one(occurrence_id, now=now, session=own_session, scheduler=worker, lease=lease)
     if occurrence is not None:
-        run_claimed(occurrence, own_session, clock, lease)
+        run_claimed(occurrence, own_session, clock, lease, task_id=task.request.id)
         return _follow_up(task, occurrence.id, clock, lease)
     expired = Occurrence.objects.filter(
         id=occurrence_id, status=Occurrence.Status.RUNNING, lease_expires_at__lt=now

@@ -10,6 +10,11 @@ scheduler's session to its own (jobs.engine.store.take_over), renews the lease w
 the attempt with jobs.engine.runner.Runner, as the inline executor does. The occurrence row decides,
 never the message: a message delivered twice, or one whose claim was released or reaped
 meanwhile, finds nothing to take over and does nothing.
+
+A cancel asked while the occurrence runs (jobs.engine.store.cancel) is noticed at a lease
+renewal by whoever holds the claim: this scheduler for a hand-over no worker took over yet
+(stop_cancelled: the message revoked, the cancel recorded), the worker's LeaseKeeper once it
+took it over (the cancel recorded, its own task revoked and its process terminated).
 """
 
 import logging
@@ -78,6 +83,11 @@ class CeleryExecutor:
         self._left: list[int] | None = None  # after shutdown(): the claims it could not give back
         self.publisher = ConfirmedPublisher(app, TASK_NAME, timeout=CONFIRM_TIMEOUT)
 
+    @property
+    def capacity(self) -> int:
+        """At most max_in_flight hand-overs wait at a time."""
+        return self.max_in_flight
+
     def free(self, long_running: bool) -> int:
         if time.monotonic() < self._paused_until:
             return 0
@@ -99,6 +109,23 @@ class CeleryExecutor:
 
     def wait(self, timeout: float) -> bool:
         return True
+
+    def stop_cancelled(self, now) -> None:
+        """The hand-overs no worker took over yet whose cancel was asked: revoke each message, record the cancel.
+
+        A worker that gets the message all the same finds the claim gone (take_over) and runs nothing.
+        """
+        requested = Occurrence.objects.filter(status=Occurrence.Status.RUNNING, session=self.session).exclude(
+            cancel_requested_at=None
+        )
+        for occurrence in requested:
+            revoke(self.app, self.task_id(occurrence))
+            try:
+                with transaction.atomic():
+                    store.record_cancel(occurrence, session=self.session, started_at=occurrence.started_at, now=now)
+            except LeaseLost:
+                continue  # a worker took it over meanwhile: its LeaseKeeper stops it
+            observer.event(occurrence, "occurrence_skipped", reason=occurrence.reason, status="skipped")
 
     def submit_all(self, occurrences: list[Occurrence], run=None, *, long_running: bool) -> None:
         """Publish the claims to the workers, releasing those the broker does not confirm."""
@@ -180,11 +207,15 @@ class CeleryExecutor:
             limits = {"soft_time_limit": timeout, "time_limit": timeout + self.hard_limit_margin}
         return dict(
             args=[occurrence.id, str(self.session), occurrence.attempts],
-            task_id=f"occurrence-{occurrence.id}-{occurrence.attempts}-{self.session}",
+            task_id=self.task_id(occurrence),
             queue=self.queues[long_running],
             priority=min(int(occurrence.priority), Priority.HIGH),
             **limits,
         )
+
+    def task_id(self, occurrence: Occurrence) -> str:
+        """The Celery task id of this session's hand-over of the occurrence's current attempt."""
+        return f"occurrence-{occurrence.id}-{occurrence.attempts}-{self.session}"
 
     def shutdown(self) -> None:
         """Give back the claims no worker took over: another scheduler hands them over again."""
@@ -206,6 +237,18 @@ class CeleryExecutor:
         except LeaseLost:
             return  # a worker took it over meanwhile: its message had reached the broker
         observer.event(occurrence, "occurrence_released", error=reason, status="scheduled", level=logging.WARNING)
+
+
+def revoke(app, task_id: str) -> None:
+    """Ask every worker to drop the task and terminate the process that runs it (SIGTERM), if one does.
+
+    The occurrence's row, not this message, decides: a revoke lost with a broker away leaves a run
+    that finds its claim cancelled when it returns. A broadcast, answered by no one.
+    """
+    try:
+        app.control.revoke(task_id, terminate=True)
+    except Exception as exc:  # the broker is away: the row still decides
+        logger.warning("revoking task %s failed: %s", task_id, one_line(exc), extra={"error": one_line(exc)})
 
 
 class ConfirmedPublisher:

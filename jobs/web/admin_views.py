@@ -2,7 +2,9 @@
 
 A button ("Run now" on a job, "Retry" and "Cancel" on an occurrence) POSTs, with the CSRF
 token, to a view that calls the list's own admin action on that one row: the same store call,
-LogEntry and message as the action; then it goes back to the page it came from. The job page's
+LogEntry and message as the action; then it goes back to the page it came from. Cancel's work is
+cancel_occurrences (a scheduled occurrence is cancelled, a running one asked to stop), which the
+button calls (BUTTONS) and the list's action is to call too. The job page's
 runs and totals are bounded look-ups in index occ_task_recent (task, -scheduled_for, including
 status), however big the history is.
 """
@@ -10,17 +12,24 @@ status), however big the history is.
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.contrib import messages
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import Count, Q
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 
+from bookworm_scheduler.kernel.clock import default_clock
+from bookworm_scheduler.web.times import list_time
+from jobs.engine import store
+from jobs.engine.store import CancelOutcome
 from jobs.models import Occurrence
 
 RECENT_RUNS = 10
 COUNT_CAP = 10_000  # the totals count at most the latest COUNT_CAP runs of each window, like the history's pages
 RETRYABLE = (Occurrence.Status.FAILED, Occurrence.Status.MISSED, Occurrence.Status.SKIPPED)
+CANCELLABLE = (Occurrence.Status.SCHEDULED, Occurrence.Status.RUNNING)
 
 
 def back(request, fallback: str) -> str:
@@ -52,11 +61,41 @@ def _object_action_view(model_admin, action: str, permission: str):
         obj = model_admin.get_object(request, object_id)
         if obj is None:
             raise Http404
-        getattr(model_admin, action)(request, model_admin.model._default_manager.filter(pk=obj.pk))
+        rows = model_admin.model._default_manager.filter(pk=obj.pk)
+        if action in BUTTONS:
+            BUTTONS[action](model_admin, request, rows)
+        else:
+            getattr(model_admin, action)(request, rows)
         change = reverse(f"admin:{model_admin.opts.app_label}_{model_admin.opts.model_name}_change", args=[obj.pk])
         return HttpResponseRedirect(back(request, change))
 
     return view
+
+
+def cancel_occurrences(model_admin, request, queryset) -> None:
+    """Cancel the scheduled occurrences and ask the running ones to stop (store.cancel), each with its
+    admin-log record in the same transaction; one message for all."""
+    by, done = request.user.get_username(), {CancelOutcome.CANCELLED: 0, CancelOutcome.REQUESTED: 0}
+    for occurrence in queryset.filter(status__in=CANCELLABLE):
+        with transaction.atomic():
+            outcome = store.cancel(occurrence, by=by, now=default_clock())
+            if outcome:
+                model_admin.log_change(
+                    request, occurrence, "Cancelled" if outcome is CancelOutcome.CANCELLED else "Cancel requested"
+                )
+                done[outcome] += 1
+    cancelled, requested = done[CancelOutcome.CANCELLED], done[CancelOutcome.REQUESTED]
+    said = [f"Cancelled {cancelled} occurrence(s)."] if cancelled or not requested else []
+    if requested:
+        said.append(
+            f"Asked {requested} running occurrence(s) to stop: each stops when its job checks or returns "
+            "(a Celery worker's is terminated)."
+        )
+    model_admin.message_user(request, " ".join(said), messages.SUCCESS)
+
+
+# A button whose one-row work is its own rather than its admin's action (until the action calls it as well).
+BUTTONS = {"cancel": cancel_occurrences}
 
 
 # The job page.
@@ -98,10 +137,14 @@ def runs_url(task_id: int) -> str:
 
 
 def occurrence_buttons(model_admin, request, occurrence: Occurrence) -> dict:
-    """Which of Retry and Cancel apply to this occurrence and this user."""
+    """Which of Retry and Cancel apply to this occurrence and this user, and a running one's pending cancel."""
+    pending = occurrence.status == Occurrence.Status.RUNNING and occurrence.cancel_requested_at is not None
     return {
         "can_retry": occurrence.status in RETRYABLE
         and occurrence.task_id is not None
         and model_admin.has_retry_permission(request),
-        "can_cancel": occurrence.status == Occurrence.Status.SCHEDULED and model_admin.has_cancel_permission(request),
+        "can_cancel": occurrence.status in CANCELLABLE and not pending and model_admin.has_cancel_permission(request),
+        "cancel_pending": pending,
+        "cancel_requested_by": occurrence.cancel_requested_by if pending else "",
+        "cancel_requested_at": list_time(occurrence.cancel_requested_at) if pending else "",
     }

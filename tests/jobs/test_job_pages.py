@@ -267,7 +267,7 @@ def buttons(page):
         ("missed", ["retry"]),
         ("skipped", ["retry"]),
         ("scheduled", ["cancel"]),
-        ("running", []),
+        ("running", ["cancel"]),
         ("succeeded", []),
     ],
 )

@@ -7,12 +7,14 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.admin.models import LogEntry
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from bookworm_scheduler.kernel.clock import database_now
 from jobs.engine import store
 from jobs.engine.definitions import load_definition
 from jobs.engine.registry import JobContext, job
-from jobs.engine.runner import Runner
+from jobs.engine.runner import CancelCheck, Runner
 from jobs.handover.executor import CeleryExecutor
 from jobs.models import Attempt, Occurrence, Priority, SchedulerInstance
 from outbox.models import OutboxMessage
@@ -102,6 +104,21 @@ def test_a_job_that_never_checks_is_stopped_at_its_return_and_its_event_is_not_p
     assert not thread.is_alive()
     assert_cancelled(occurrence)
     assert not OutboxMessage.objects.exists()
+
+
+def test_a_jobs_check_reads_its_row_at_most_once_per_interval_and_remembers_a_yes(no_seed_definitions):
+    occurrence = claim(make_definition("asks", "test.publish", every=3600))
+    check = CancelCheck(occurrence.id, every=60)
+    with CaptureQueriesContext(connection) as queries:
+        assert [check(), check(), check()] == [False, False, False]
+    assert len(queries) == 1
+
+    store.cancel(occurrence, by="alice", now=database_now())
+    assert check() is False  # not read again within the interval
+    asked = CancelCheck(occurrence.id, every=60)
+    with CaptureQueriesContext(connection) as queries:
+        assert [asked(), asked()] == [True, True]
+    assert len(queries) == 1
 
 
 def test_a_claim_whose_cancel_was_asked_before_it_ran_is_recorded_without_running(no_seed_definitions):

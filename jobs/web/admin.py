@@ -324,7 +324,19 @@ class OccurrenceAdmin(ReadOnlyAdmin):
             "Timing",
             {"fields": ["scheduled_for", "run_after", "started_at", "finished_at", "duration", "fire_lag"]},
         ),
-        ("Claim", {"fields": ["attempts", "scheduler", "session", "lease_expires_at"]}),
+        (
+            "Claim",
+            {
+                "fields": [
+                    "attempts",
+                    "scheduler",
+                    "session",
+                    "lease_expires_at",
+                    "cancel_requested_at",
+                    "cancel_requested_by",
+                ]
+            },
+        ),
         ("Published events", {"fields": ["events"]}),
     ]
 
@@ -395,14 +407,9 @@ class OccurrenceAdmin(ReadOnlyAdmin):
             count += 1
         self.message_user(request, f"Triggered {count} manual run(s).", messages.SUCCESS)
 
-    @admin.action(description="Cancel selected scheduled occurrences", permissions=["cancel"])
+    @admin.action(description="Cancel selected scheduled or running occurrences", permissions=["cancel"])
     def cancel(self, request, queryset):
-        count = 0
-        for occurrence in queryset.filter(status=Occurrence.Status.SCHEDULED):
-            if store.cancel(occurrence, by=request.user.get_username(), now=default_clock()):
-                self.log_change(request, occurrence, "Cancelled")
-                count += 1
-        self.message_user(request, f"Cancelled {count} occurrence(s).", messages.SUCCESS)
+        admin_views.cancel_occurrences(self, request, queryset)
 
 
 # Schedulers.
@@ -410,9 +417,30 @@ class OccurrenceAdmin(ReadOnlyAdmin):
 
 @admin.register(SchedulerInstance)
 class SchedulerInstanceAdmin(ReadOnlyAdmin):
-    list_display = ["instance_id", "host", "pid", "version", "started_at", "last_seen", "liveness", "running_now"]
+    list_display = [
+        "instance_id",
+        "host",
+        "pid",
+        "version",
+        "started_at",
+        "last_seen",
+        "liveness",
+        "concurrency",
+        "running_now",
+    ]
     list_filter = ["state"]
-    fields = ["instance_id", "host", "pid", "version", "state", "started_at", "last_seen", "stopped_at", "running_list"]
+    fields = [
+        "instance_id",
+        "host",
+        "pid",
+        "version",
+        "state",
+        "concurrency",
+        "started_at",
+        "last_seen",
+        "stopped_at",
+        "running_list",
+    ]
 
     def get_queryset(self, request):
         running = Occurrence.objects.filter(session=OuterRef("session"), status=Occurrence.Status.RUNNING)

@@ -2,11 +2,10 @@
 
 A button ("Run now" on a job, "Retry" and "Cancel" on an occurrence) POSTs, with the CSRF
 token, to a view that calls the list's own admin action on that one row: the same store call,
-LogEntry and message as the action; then it goes back to the page it came from. Cancel's work is
-cancel_occurrences (a scheduled occurrence is cancelled, a running one asked to stop), which the
-button calls (BUTTONS) and the list's action is to call too. The job page's
-runs and totals are bounded look-ups in index occ_task_recent (task, -scheduled_for, including
-status), however big the history is.
+LogEntry and message as the action; then it goes back to the page it came from. The occurrence
+admin's cancel action is cancel_occurrences (a scheduled occurrence is cancelled, a running one
+asked to stop). The job page's runs and totals are bounded look-ups in index occ_task_recent
+(task, -scheduled_for, including status), however big the history is.
 """
 
 from dataclasses import dataclass
@@ -62,10 +61,7 @@ def _object_action_view(model_admin, action: str, permission: str):
         if obj is None:
             raise Http404
         rows = model_admin.model._default_manager.filter(pk=obj.pk)
-        if action in BUTTONS:
-            BUTTONS[action](model_admin, request, rows)
-        else:
-            getattr(model_admin, action)(request, rows)
+        getattr(model_admin, action)(request, rows)
         change = reverse(f"admin:{model_admin.opts.app_label}_{model_admin.opts.model_name}_change", args=[obj.pk])
         return HttpResponseRedirect(back(request, change))
 
@@ -92,10 +88,6 @@ def cancel_occurrences(model_admin, request, queryset) -> None:
             "(a Celery worker's is terminated)."
         )
     model_admin.message_user(request, " ".join(said), messages.SUCCESS)
-
-
-# A button whose one-row work is its own rather than its admin's action (until the action calls it as well).
-BUTTONS = {"cancel": cancel_occurrences}
 
 
 # The job page.

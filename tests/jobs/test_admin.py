@@ -327,10 +327,10 @@ def test_retry_and_cancel_need_their_permissions(client):
     ]
 
 
-def test_the_schedulers_page_tells_alive_stale_and_lost_and_what_each_runs(admin_client):
+def test_the_schedulers_page_tells_live_stale_and_lost_how_many_each_takes_and_what_it_runs(admin_client):
     now = timezone.now()
     alive = SchedulerInstance.objects.create(
-        instance_id="alive", host="h1", pid=1, version="1", started_at=now, last_seen=now
+        instance_id="alive", host="h1", pid=1, version="1", started_at=now, last_seen=now, concurrency=12
     )
     SchedulerInstance.objects.create(
         instance_id="stale", host="h2", pid=2, version="1", started_at=now, last_seen=now - timedelta(minutes=5)
@@ -351,8 +351,10 @@ def test_the_schedulers_page_tells_alive_stale_and_lost_and_what_each_runs(admin
     )
     page = admin_client.get("/tickerq/jobs/schedulerinstance/").content.decode()
     assert ">live</span>" in page and ">stale</span>" in page and ">lost</span>" in page
+    assert '<td class="field-concurrency">12</td>' in page
     detail = admin_client.get(f"/tickerq/jobs/schedulerinstance/{alive.session}/change/").content.decode()
     assert f"/tickerq/jobs/occurrence/{running.id}/change/" in detail
+    assert re.search(r'field-concurrency">.*?<div class="readonly">12</div>', detail, re.S)
 
 
 def test_the_history_list_never_counts_the_whole_filtered_table(admin_client):

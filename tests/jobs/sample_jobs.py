@@ -50,6 +50,16 @@ def sleep(context: JobContext) -> None:
     publish(SampleRanEvent(occurrence=context.occurrence_id, attempt=context.attempt))
 
 
+@job("test.sleep_until_cancelled")
+def sleep_until_cancelled(context: JobContext) -> None:
+    """Publish, then sleep in short slices for kwargs["seconds"], asking each time whether it was cancelled."""
+    publish(SampleRanEvent(occurrence=context.occurrence_id, attempt=context.attempt))
+    deadline = time.monotonic() + context.kwargs.get("seconds", 60)
+    while time.monotonic() < deadline:
+        context.stop_if_cancelled()
+        time.sleep(0.05)
+
+
 @job("test.swallow")
 def swallow(context: JobContext) -> None:
     """Sleep in a loop that swallows every Exception: the timeout must still stop it."""

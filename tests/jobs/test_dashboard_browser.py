@@ -24,6 +24,7 @@ from jobs.models import Occurrence
 from jobs.seed.contracts import ResendErrorEmailIntegrationEvent
 from outbox.models import OutboxMessage
 from outbox.publishing import publish
+from tests.jobs.helpers import make_definition, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -250,3 +251,26 @@ def test_a_view_only_user_reads_jobs_runs_and_times_in_their_zone_without_button
     expect(page.locator("#display-zone")).to_have_value("Asia/Tokyo")
     page.goto(f"{live_server.url}/tickerq/jobs/occurrence/")
     expect(page.locator("#result_list td.field-scheduled").first).to_have_text(re.compile(r" JST$"))
+
+
+def test_an_operator_cancels_a_running_occurrence_from_its_page(browser, live_server, scheduler_processes):
+    User.objects.create_superuser("operator", "operator@example.com", PASSWORD)
+    task = make_definition("WaitsForItsCancel", "test.sleep_until_cancelled", every=3600, kwargs={"seconds": 60})
+    scheduler_processes(instance_id="browser-cancel")
+    running = store.trigger(task, priority=policy_of(task).priority, by="operator")
+    wait_for(lambda: Occurrence.objects.get(id=running.id).status == "running", timeout=30)
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.set_default_timeout(30_000)
+    log_in(page, live_server, "operator")
+
+    page.goto(f"{live_server.url}/tickerq/jobs/occurrence/{running.id}/change/")
+    expect(page.locator(".field-coloured_status")).to_contain_text("running")
+    page.click("button.occurrence-cancel")
+    expect(page.locator(".messagelist")).to_contain_text("Asked 1 running occurrence(s) to stop")
+
+    # The job asks whether it was cancelled, stops, and its run is recorded with who cancelled it.
+    wait_for(lambda: Occurrence.objects.get(id=running.id).status == "skipped", timeout=30)
+    page.reload()
+    expect(page.locator(".field-coloured_status")).to_contain_text("skipped")
+    expect(page.locator(".field-reason")).to_contain_text("cancelled by operator while running")
+    assert not OutboxMessage.objects.filter(origin=f"occurrence:{running.id}").exists()

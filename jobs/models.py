@@ -7,7 +7,7 @@ the SQL that the hot paths send is in jobs.engine.sql. The status words of the c
 indexes below are the enums' (OccurrenceStatus, AttemptStatus, ...), as the migrations spell them.
 """
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -118,13 +118,15 @@ class DefinitionsVersion(models.Model):
         return cls.objects.using(using).filter(id=1).values_list("version", flat=True).first()
 
 
+# States are labelled by their own words (Django would capitalise them): one word per state in the
+# console's lists, filters and pages, the command line and the API alike.
 class OccurrenceStatus(models.TextChoices):
-    SCHEDULED = "scheduled"  # waiting for run_after (a first run or a pending retry)
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    MISSED = "missed"
+    SCHEDULED = "scheduled", "scheduled"  # waiting for run_after (a first run or a pending retry)
+    RUNNING = "running", "running"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+    SKIPPED = "skipped", "skipped"
+    MISSED = "missed", "missed"
 
 
 OCCURRENCE_FINISHED = (
@@ -254,7 +256,8 @@ class Occurrence(models.Model):
         ]
 
     def __str__(self):
-        return f"{self.job_name} @ {self.scheduled_for.isoformat()}"
+        # The page's title and the audit log's name of it: the same for every viewer, so in UTC.
+        return f"{self.job_name} at {self.scheduled_for.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
     @property
     def duration(self) -> timedelta | None:
@@ -264,8 +267,8 @@ class Occurrence(models.Model):
 
 
 class AttemptStatus(models.TextChoices):
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
 
 
 class Attempt(models.Model):
@@ -301,10 +304,10 @@ class AlertKind(models.TextChoices):
 
 
 class AlertDelivery(models.TextChoices):
-    PENDING = "pending"
-    SENT = "sent"
-    FAILED = "failed"  # gave up after ALERT_MAX_ATTEMPTS tries
-    SKIPPED = "skipped"  # the channel is not configured
+    PENDING = "pending", "pending"
+    SENT = "sent", "sent"
+    FAILED = "failed", "failed"  # gave up after ALERT_MAX_ATTEMPTS tries
+    SKIPPED = "skipped", "skipped"  # the channel is not configured
 
 
 # Alerts with a channel still to send: the condition of index alert_pending, which

@@ -110,11 +110,12 @@ class OutboxMessage(models.Model):
     outbox.publishing.publish); the relay sends it and records the outcome.
     """
 
+    # Labelled by their own words, as every state is (jobs.models.OccurrenceStatus).
     class Status(models.TextChoices):
-        PENDING = "pending"
-        DELIVERED = "delivered"
-        UNROUTABLE = "unroutable"
-        DEAD = "dead"
+        PENDING = "pending", "pending"
+        DELIVERED = "delivered", "delivered"
+        UNROUTABLE = "unroutable", "unroutable"
+        DEAD = "dead", "dead"
 
     # What the admin's and the command line's actions may touch (OutboxQuerySet.requeue, .discard).
     REQUEUEABLE = (Status.DEAD, Status.UNROUTABLE)

@@ -59,10 +59,11 @@ class InstanceQuerySet(models.QuerySet):
 class ProcessInstance(models.Model):
     """One process's row: who it is, when it last beat, and whether it is running."""
 
+    # Labelled by their own words, as every state is (jobs.models.OccurrenceStatus).
     class State(models.TextChoices):
-        RUNNING = "running"
-        STOPPED = "stopped"  # said goodbye
-        LOST = "lost"  # stopped beating: killed, or its host went away
+        RUNNING = "running", "running"
+        STOPPED = "stopped", "stopped"  # said goodbye
+        LOST = "lost", "lost"  # stopped beating: killed, or its host went away
 
     session = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     instance_id = models.CharField(max_length=200)

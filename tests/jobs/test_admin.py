@@ -392,3 +392,22 @@ def test_the_jobs_list_shows_the_next_run_on_one_line_in_utc(admin_client):
     assert re.search(
         r'<td class="field-next_run"><span class="list-time"[^>]*>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC<', page
     )
+
+
+def test_each_state_is_one_word_in_the_filters_and_pages(admin_client):
+    page = admin_client.get("/tickerq/jobs/occurrence/").content.decode()
+    assert re.findall(r'href="\?status__exact=(\w+)"[^>]*>(\w+)</a>', page) == [
+        ("scheduled", "scheduled"),
+        ("running", "running"),
+        ("succeeded", "succeeded"),
+        ("failed", "failed"),
+        ("skipped", "skipped"),
+        ("missed", "missed"),
+    ]
+    outbox = admin_client.get("/tickerq/outbox/outboxmessage/").content.decode()
+    assert re.findall(r'href="\?status__exact=(\w+)"[^>]*>(\w+)</a>', outbox) == [
+        ("pending", "pending"),
+        ("delivered", "delivered"),
+        ("unroutable", "unroutable"),
+        ("dead", "dead"),
+    ]

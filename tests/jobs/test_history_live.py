@@ -31,3 +31,11 @@ def test_the_history_polls_its_own_url_with_the_query_string(admin_client):
 
 def test_the_history_polls_its_bare_url_without_a_query(admin_client):
     assert polling(admin_client.get(reverse(HISTORY)).content.decode())["hx-get"] == reverse(HISTORY)
+
+
+def test_the_refreshs_answer_leaves_out_the_headers_zone_list(admin_client):
+    page = admin_client.get(reverse(HISTORY)).content.decode()
+    refresh = admin_client.get(reverse(HISTORY), HTTP_HX_REQUEST="true").content.decode()
+
+    assert 'id="display-zone"' in page
+    assert 'id="display-zone"' not in refresh and 'id="history-results"' in refresh

@@ -11,7 +11,8 @@ last 30 days spread over them with a skew (job-0000 has about 1 % of them, five 
 20 each), mostly succeeded, some failed, missed or skipped, one attempt for each that ran (the
 failed ones with an error and a traceback), a few live rows (running, scheduled), 1,000,000
 outbox rows (mostly delivered; pending, dead and unroutable ones; four exchanges, one of them
-rare; most with origin "occurrence:<id>"), a few scheduler instances, then VACUUM (ANALYZE).
+rare; most with origin "occurrence:<id>"), a few scheduler instances, 100,000 audit entries (Django's
+admin log, by bulk_create), then VACUUM (ANALYZE).
 
 Then it starts gunicorn (2 workers, production settings: DEBUG off) on a free port of
 127.0.0.1 against that database, as behind a TLS proxy (X-Forwarded-Proto: https), logs in
@@ -80,7 +81,9 @@ import psycopg  # noqa: E402
 
 django.setup()
 
+from django.contrib.admin.models import CHANGE, LogEntry  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
+from django.contrib.contenttypes.models import ContentType  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import DatabaseError, connection  # noqa: E402
 from django.test import Client  # noqa: E402
@@ -91,6 +94,7 @@ from jobs.models import JobPolicy, Occurrence, SchedulerInstance  # noqa: E402
 from outbox.models import OutboxMessage  # noqa: E402
 
 GOAL_MS = 200.0
+AUDIT_ENTRIES = 100_000  # the Audit page's rows: a year of a busy console's actions
 USERNAME, PASSWORD = "bench", "bench-dashboard-password"
 
 JOBS = 1000
@@ -350,6 +354,28 @@ def vacuum_analyze() -> None:
         execute(f"VACUUM (ANALYZE) {table}")
 
 
+def seed_audit(user, count: int) -> int:
+    """Audit entries as a busy console's: manual runs of the definitions, from the three ways in."""
+    task_type = ContentType.objects.get_for_model(PeriodicTask)
+    tasks = list(PeriodicTask.objects.values_list("id", "name")[:100])
+    vias = ["", " from the API", " from the command line by OS user ops"]
+    LogEntry.objects.bulk_create(
+        (
+            LogEntry(
+                user=user,
+                content_type=task_type,
+                object_id=str(tasks[i % len(tasks)][0]),
+                object_repr=tasks[i % len(tasks)][1],
+                action_flag=CHANGE,
+                change_message=f"Ran now{vias[i % 3]}: occurrence {i}",
+            )
+            for i in range(count)
+        ),
+        batch_size=5000,
+    )
+    return count
+
+
 def seed(occurrences: int, messages: int) -> None:
     started = time.perf_counter()
     DATABASE.recreate()
@@ -361,15 +387,16 @@ def seed(occurrences: int, messages: int) -> None:
     live = seed_live(now)
     attempts = seed_attempts()
     outbox = seed_outbox(messages, now)
+    user = get_user_model().objects.create_superuser(USERNAME, password=PASSWORD)
+    audited = seed_audit(user, AUDIT_ENTRIES)
     seeded = time.perf_counter() - started
     vacuum_analyze()
-    get_user_model().objects.create_superuser(USERNAME, password=PASSWORD)
     # Production serves the admin's static files through whitenoise from the collected copies
     # and their manifest, as the Dockerfile makes them (STATIC_ROOT, ignored by git).
     call_command("collectstatic", interactive=False, verbosity=0)
     print(
         f"seeded {PeriodicTask.objects.count():,} definitions, {history:,} finished and {live} live occurrences, "
-        f"{attempts:,} attempts, {outbox:,} outbox messages in {seeded:.0f} s; "
+        f"{attempts:,} attempts, {outbox:,} outbox messages, {audited:,} audit entries in {seeded:.0f} s; "
         f"VACUUM (ANALYZE) in {time.perf_counter() - started - seeded:.0f} s",
         flush=True,
     )
@@ -433,6 +460,11 @@ def pages() -> list[tuple[str, str, dict, str | None]]:
         (f"API history ?job={RARE_NAME}", f"/tickerq/api/history/?job={RARE_NAME}&limit=100", {}, RARE_NAME),
         ("API history ?status=failed", "/tickerq/api/history/?status=failed&limit=100", {}, "failed"),
         ("API outbox", "/tickerq/api/outbox/", {}, "oldest_pending_age_seconds"),
+        ("API occurrence (failed)", f"/tickerq/api/occurrences/{failed.id}", {}, '"attempts"'),
+        ("API OpenAPI description", "/tickerq/api/openapi.json", {}, '"openapi"'),
+        ("history refresh (htmx)", history, htmx, "history-results"),
+        (f"audit ({AUDIT_ENTRIES:,} entries)", "/tickerq/admin/logentry/", {}, "Ran now"),
+        ("audit, from the API", "/tickerq/admin/logentry/?from=API", {}, "from the API"),
     ]
 
 

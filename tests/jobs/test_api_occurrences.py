@@ -1,37 +1,24 @@
 """/tickerq/api/occurrences/<id>, the history's links to it, and the record a trigger leaves in the admin's log."""
 
-import base64
 import uuid
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 
 import pytest
 from django.contrib.admin.models import CHANGE, LogEntry
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.core.management import call_command
 from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.web.audit_log import os_user
 from jobs.models import Attempt, Occurrence
 from outbox.models import OutboxMessage
+from tests.jobs.api_helpers import PASSWORD, basic, staff
 
 pytestmark = pytest.mark.django_db
 
-PASSWORD = "a-long-pass-phrase"
 AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TRIGGER = "/tickerq/api/jobs/ResendErrorEmailJob/trigger"
-
-
-def staff(*permissions, username="script") -> User:
-    user = User.objects.create_user(username, password=PASSWORD, is_staff=True)
-    for permission in permissions:
-        app_label, codename = permission.split(".")
-        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
-    return user
-
-
-def basic(username="script") -> dict:
-    return {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(f"{username}:{PASSWORD}".encode()).decode()}
 
 
 @pytest.fixture

@@ -1,21 +1,19 @@
 """/tickerq/api/openapi.json: a valid OpenAPI description of every endpoint, which the real answers match."""
 
-import base64
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.contrib.auth.models import Permission, User
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from jobs.models import Attempt, Occurrence
 from outbox.models import OutboxMessage
+from tests.jobs.api_helpers import basic, staff
 
 pytestmark = pytest.mark.django_db
 
-PASSWORD = "a-long-pass-phrase"
 AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 EVERYTHING = [
     "django_celery_beat.view_periodictask",
@@ -23,18 +21,6 @@ EVERYTHING = [
     "outbox.view_outboxmessage",
     "jobs.run_job",
 ]
-
-
-def staff(*permissions, username="script") -> User:
-    user = User.objects.create_user(username, password=PASSWORD, is_staff=True)
-    for permission in permissions:
-        app_label, codename = permission.split(".")
-        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
-    return user
-
-
-def basic(username="script") -> dict:
-    return {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(f"{username}:{PASSWORD}".encode()).decode()}
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from jobs.web.admin_views import back
+from bookworm_scheduler.web.redirects import back
 
 COOKIE = "display_zone"
 COOKIE_AGE = timedelta(days=365)

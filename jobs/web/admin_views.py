@@ -17,9 +17,9 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.urls import path, reverse
-from django.utils.http import url_has_allowed_host_and_scheme
 
 from bookworm_scheduler.kernel.clock import default_clock
+from bookworm_scheduler.web.redirects import back
 from bookworm_scheduler.web.times import list_time
 from jobs.engine import store
 from jobs.engine.store import CancelOutcome
@@ -29,16 +29,6 @@ RECENT_RUNS = 10
 COUNT_CAP = 10_000  # the totals count at most the latest COUNT_CAP runs of each window, like the history's pages
 RETRYABLE = (Occurrence.Status.FAILED, Occurrence.Status.MISSED, Occurrence.Status.SKIPPED)
 CANCELLABLE = (Occurrence.Status.SCHEDULED, Occurrence.Status.RUNNING)
-
-
-def back(request, fallback: str) -> str:
-    """Where the button was (the form's `next`, else the referring page) if it is this site's; else fallback."""
-    for target in (request.POST.get("next"), request.META.get("HTTP_REFERER")):
-        if target and url_has_allowed_host_and_scheme(
-            target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
-        ):
-            return target
-    return fallback
 
 
 def object_action_urls(model_admin, *actions: tuple[str, str]) -> list:
@@ -98,7 +88,7 @@ class Totals:
     window: str
     succeeded: int
     failed: int
-    other: int  # scheduled, running, missed or skipped
+    other: int  # scheduled, running, missed, expired or skipped
     capped: bool  # the window holds more than COUNT_CAP runs: these are the latest COUNT_CAP
 
 

@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.db.models import Count, Q
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.urls import path, reverse
@@ -21,9 +20,9 @@ from django.urls import path, reverse
 from bookworm_scheduler.kernel.clock import default_clock
 from bookworm_scheduler.web.redirects import back
 from bookworm_scheduler.web.times import list_time
-from jobs.engine import store
 from jobs.engine.store import CancelOutcome
 from jobs.models import Occurrence
+from jobs.web.audit import cancel_logged
 
 RECENT_RUNS = 10
 COUNT_CAP = 10_000  # the totals count at most the latest COUNT_CAP runs of each window, like the history's pages
@@ -59,17 +58,13 @@ def _object_action_view(model_admin, action: str, permission: str):
 
 
 def cancel_occurrences(model_admin, request, queryset) -> None:
-    """Cancel the scheduled occurrences and ask the running ones to stop (store.cancel), each with its
-    admin-log record in the same transaction; one message for all."""
+    """Cancel the scheduled occurrences and ask the running ones to stop (audit.cancel_logged: store.cancel
+    and its admin-log record in one transaction, as the API and the command line do); one message for all."""
     by, done = request.user.get_username(), {CancelOutcome.CANCELLED: 0, CancelOutcome.REQUESTED: 0}
     for occurrence in queryset.filter(status__in=CANCELLABLE):
-        with transaction.atomic():
-            outcome = store.cancel(occurrence, by=by, now=default_clock())
-            if outcome:
-                model_admin.log_change(
-                    request, occurrence, "Cancelled" if outcome is CancelOutcome.CANCELLED else "Cancel requested"
-                )
-                done[outcome] += 1
+        outcome = cancel_logged(occurrence, user=request.user, by=by, via="", now=default_clock())
+        if outcome:
+            done[outcome] += 1
     cancelled, requested = done[CancelOutcome.CANCELLED], done[CancelOutcome.REQUESTED]
     said = [f"Cancelled {cancelled} occurrence(s)."] if cancelled or not requested else []
     if requested:

@@ -22,6 +22,7 @@ the Basic middleware (401, 403, the lockout's 429), is {"error": {"status": <the
 import logging
 from collections.abc import Callable
 from functools import wraps
+from typing import Literal
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -31,13 +32,13 @@ from django_celery_beat.models import PeriodicTask
 from ninja import NinjaAPI, Query, Status
 from ninja.errors import AuthenticationError, AuthorizationError, HttpError, ValidationError
 from ninja.security.base import AuthBase
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from bookworm_scheduler.kernel.clock import default_clock
 from bookworm_scheduler.web.audit_log import FROM_API
 from bookworm_scheduler.web.basic_auth import CHALLENGE, api_error, basic_header
 from jobs.models import Occurrence
-from jobs.web.audit import run_now_logged
+from jobs.web.audit import cancel_logged, cancel_refusal, run_now_logged
 from jobs.web.serializers import (
     HistoryFilter,
     HistoryRow,
@@ -70,6 +71,14 @@ class Triggered(BaseModel):
     occurrence: int
     status: str
     url: str
+
+
+class Cancelled(OccurrenceDetail):
+    """The answer of a cancel: the occurrence, and what the cancel did."""
+
+    cancel: Literal["cancelled", "requested"] = Field(
+        description="cancelled: it will not run; requested: it is running, and stops when its job checks or returns"
+    )
 
 
 class Endpoint(BaseModel):
@@ -199,6 +208,7 @@ def endpoints(request):
         ("GET", reverse("api:occurrence", args=[0]).removesuffix("0") + "ID", None),
         ("GET", reverse("api:outbox"), "manage.py outbox status --json"),
         ("POST", reverse("api:trigger", args=["NAME"]), "manage.py jobs trigger NAME"),
+        ("POST", reverse("api:cancel", args=[0]).replace("/0/", "/ID/"), "manage.py jobs cancel ID"),
         ("GET", reverse("api:openapi-json"), None),
         ("GET", reverse("api:openapi-view"), None),
     ]
@@ -266,25 +276,10 @@ def trigger_run(request, name: str, response: HttpResponse):
 
     Answers 201 {"occurrence": id, "status": "scheduled", "url": ...}, Location the same URL
     (the occurrence's); the scheduler claims the occurrence as it claims any other. Recorded in
-    the admin's log as the dashboard's "Run now" is. 404 when no definition has that name.
-
-    CSRF. A browser attaches the session cookie to any request, a cross-site form's included,
-    so a request is accepted without Django's CSRF token (X-CSRFToken header, or the
-    csrfmiddlewaretoken field) only when it carries its credentials in the Authorization
-    header (Basic) AND has Content-Type: application/json. Both are needed: a browser also
-    re-sends Basic credentials it remembers for this site on its own, but a cross-site page
-    can send neither a JSON content type nor an Authorization header without a CORS preflight,
-    which this service never grants. Every other request (a session's, or Basic credentials
-    with a form's content type) needs the token, exactly as the admin's forms do.
+    the admin's log as the dashboard's "Run now" is. 404 when no definition has that name. The
+    CSRF rule of every endpoint that writes: check_csrf.
     """
-    if not credentials_in_header(request):
-        refused = CsrfViewMiddleware(lambda request: None).process_view(request, None, (), {})
-        if refused is not None:
-            raise HttpError(
-                403,
-                "CSRF token missing or incorrect: send the session's X-CSRFToken header, "
-                "or Basic credentials with Content-Type: application/json.",
-            )
+    check_csrf(request)
     task = PeriodicTask.objects.select_related("policy").filter(name=name).first()
     if task is None:
         raise HttpError(404, f"No such job definition: {name}.")
@@ -298,6 +293,58 @@ def trigger_run(request, name: str, response: HttpResponse):
     url = occurrence_url(occurrence.id)
     response["Location"] = url
     return Status(201, {"occurrence": occurrence.id, "status": occurrence.status, "url": url})
+
+
+@api.post(
+    "/occurrences/{int:pk}/cancel",
+    response={200: Cancelled, 404: Error, 409: Error, **REFUSALS},
+    auth=staff("jobs.cancel_occurrence"),
+    url_name="cancel",
+)
+def cancel_occurrence(request, pk: int):
+    """Cancel a scheduled occurrence, or ask a running one to stop, as the dashboard's Cancel does.
+
+    Answers 200 with the occurrence as GET /tickerq/api/occurrences/<id> shows it and "cancel":
+    "cancelled" (it will not run) or "requested" (its runner stops it when its job checks or
+    returns; a Celery worker's is terminated). Recorded in the admin's log as the dashboard's
+    Cancel is. 404 when no occurrence has that id; 409 when it has finished, or was asked to stop
+    already. The CSRF rule: check_csrf.
+    """
+    check_csrf(request)
+    occurrence = Occurrence.objects.filter(pk=pk).first()
+    if occurrence is None:
+        raise HttpError(404, f"No such occurrence: {pk}.")
+    by = request.user.get_username()
+    outcome = cancel_logged(occurrence, user=request.user, by=by, via=FROM_API, now=default_clock())
+    if not outcome:
+        refusal = cancel_refusal(occurrence)
+        raise HttpError(409, f"{refusal[:1].upper()}{refusal[1:]}.")
+    occurrence.refresh_from_db()
+    return {**occurrence_detail(occurrence), "cancel": outcome.value}
+
+
+def check_csrf(request: HttpRequest) -> None:
+    """Refuse (403) a request that writes without Django's CSRF token, unless a browser could not have sent it.
+
+    A browser attaches the session cookie to any request, a cross-site form's included, so a
+    request is accepted without Django's CSRF token (X-CSRFToken header, or the
+    csrfmiddlewaretoken field) only when it carries its credentials in the Authorization header
+    (Basic) AND has Content-Type: application/json. Both are needed: a browser also re-sends
+    Basic credentials it remembers for this site on its own, but a cross-site page can send
+    neither a JSON content type nor an Authorization header without a CORS preflight, which this
+    service never grants. Every other request (a session's, or Basic credentials with a form's
+    content type) needs the token, exactly as the admin's forms do. jobs.web.api_urls exempts
+    the API's views from the CSRF middleware so that this refusal is in the API's error shape.
+    """
+    if credentials_in_header(request):
+        return
+    refused = CsrfViewMiddleware(lambda request: None).process_view(request, None, (), {})
+    if refused is not None:
+        raise HttpError(
+            403,
+            "CSRF token missing or incorrect: send the session's X-CSRFToken header, "
+            "or Basic credentials with Content-Type: application/json.",
+        )
 
 
 def credentials_in_header(request: HttpRequest) -> bool:

@@ -30,7 +30,7 @@ def json_answers(view):
         add_never_cache_headers(response)
         return response
 
-    answered.csrf_exempt = True  # the trigger checks the token itself (api.trigger_run), refusing in JSON
+    answered.csrf_exempt = True  # the endpoints that write check the token themselves (api.check_csrf), in JSON
     return answered
 
 

@@ -1,15 +1,23 @@
-"""A manual run and its record in the console's audit log (bookworm_scheduler.web.audit_log), together.
+"""Operator actions and their record in the console's audit log (bookworm_scheduler.web.audit_log), together.
 
-The dashboard's "Run now", the API's trigger and `manage.py jobs trigger` all call run_now_logged,
-so the audit log and a job's admin history show every manual run, whichever way it was asked for.
+The dashboard's "Run now", the API's trigger and `manage.py jobs trigger` all call run_now_logged;
+the dashboard's Cancel, the API's cancel and `manage.py jobs cancel` all call cancel_logged. So the
+audit log and an object's admin history show every manual run and every cancel, whichever way it
+was asked for, in the same words.
 """
+
+from datetime import datetime
 
 from django.db import transaction
 from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.web import audit_log
+from jobs.engine import store
 from jobs.engine.definitions import run_now
+from jobs.engine.store import CancelOutcome
 from jobs.models import Occurrence
+
+CANCEL_VERBS = {CancelOutcome.CANCELLED: "Cancelled", CancelOutcome.REQUESTED: "Cancel requested"}
 
 
 def run_now_logged(task: PeriodicTask, *, user=None, by: str, via: str) -> Occurrence:
@@ -23,3 +31,26 @@ def run_now_logged(task: PeriodicTask, *, user=None, by: str, via: str) -> Occur
         occurrence = run_now(task, by=by)
         audit_log.log(user, [task], "Ran now", via=via, detail=f"occurrence {occurrence.id}")
     return occurrence
+
+
+def cancel_logged(occurrence: Occurrence, *, user=None, by: str, via: str, now: datetime) -> CancelOutcome:
+    """store.cancel, recorded in the audit log as "Cancelled" or "Cancel requested" in the same transaction.
+
+    user, via: as run_now_logged's. by: who the occurrence's reason names ("cancelled by <by>").
+    Nothing is recorded when nothing was done (CancelOutcome.NOTHING: see cancel_refusal).
+    """
+    with transaction.atomic():
+        outcome = store.cancel(occurrence, by=by, now=now)
+        if outcome:
+            audit_log.log(user, [occurrence], CANCEL_VERBS[outcome], via=via)
+    return outcome
+
+
+def cancel_refusal(occurrence: Occurrence) -> str:
+    """Why a cancel of occurrence did nothing, read from its row as it is now: one sentence, without a full stop."""
+    occurrence.refresh_from_db(fields=["status", "cancel_requested_by"])
+    if occurrence.status in Occurrence.FINISHED:
+        return f"occurrence {occurrence.id} has finished ({occurrence.status}): there is nothing to cancel"
+    if occurrence.status == Occurrence.Status.RUNNING:
+        return f"occurrence {occurrence.id} was asked to stop already, by {occurrence.cancel_requested_by}"
+    return f"occurrence {occurrence.id} changed while being cancelled (now {occurrence.status}): try again"

@@ -208,6 +208,7 @@ def test_the_index_lists_the_endpoints(client, make_user):
         ("GET", "/tickerq/api/occurrences/ID"),
         ("GET", "/tickerq/api/outbox/"),
         ("POST", "/tickerq/api/jobs/NAME/trigger"),
+        ("POST", "/tickerq/api/occurrences/ID/cancel"),
         ("GET", "/tickerq/api/openapi.json"),
         ("GET", "/tickerq/api/docs"),
     ]

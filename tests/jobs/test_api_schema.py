@@ -20,6 +20,7 @@ EVERYTHING = [
     "jobs.view_occurrence",
     "outbox.view_outboxmessage",
     "jobs.run_job",
+    "jobs.cancel_occurrence",
 ]
 
 
@@ -103,6 +104,7 @@ def test_the_description_names_every_endpoint_and_how_to_authenticate(descriptio
         ("/tickerq/api/occurrences/{pk}", "get"),
         ("/tickerq/api/outbox/", "get"),
         ("/tickerq/api/jobs/{name}/trigger", "post"),
+        ("/tickerq/api/occurrences/{pk}/cancel", "post"),
     }
     for path, method in operations:
         operation = description["paths"][path][method]
@@ -125,6 +127,7 @@ def test_the_description_names_each_endpoints_parameters(description):
     ]
     assert parameters("/tickerq/api/occurrences/{pk}", "get") == [("path", "pk", True)]
     assert parameters("/tickerq/api/jobs/{name}/trigger", "post") == [("path", "name", True)]
+    assert parameters("/tickerq/api/occurrences/{pk}/cancel", "post") == [("path", "pk", True)]
     assert parameters("/tickerq/api/jobs/", "get") == []
     limit = description["paths"]["/tickerq/api/history/"]["get"]["parameters"][3]
     assert (limit["schema"]["minimum"], limit["schema"]["maximum"], limit["schema"]["default"]) == (1, 1000, 20)
@@ -141,6 +144,13 @@ def test_the_description_names_each_endpoints_response_schema(description):
     assert response_schema(description, "/tickerq/api/outbox/", "get", 200) == component("OutboxStatus")
     assert response_schema(description, "/tickerq/api/jobs/{name}/trigger", "post", 201) == component("Triggered")
     assert response_schema(description, "/tickerq/api/jobs/{name}/trigger", "post", 404) == component("Error")
+    assert response_schema(description, "/tickerq/api/occurrences/{pk}/cancel", "post", 200) == component("Cancelled")
+    assert response_schema(description, "/tickerq/api/occurrences/{pk}/cancel", "post", 404) == component("Error")
+    assert response_schema(description, "/tickerq/api/occurrences/{pk}/cancel", "post", 409) == component("Error")
+    assert description["components"]["schemas"]["Cancelled"]["properties"]["cancel"]["enum"] == [
+        "cancelled",
+        "requested",
+    ]
     assert sorted(description["components"]["schemas"]["HistoryRow"]["required"]) == [
         "attempt",
         "error",
@@ -228,6 +238,20 @@ def test_a_triggers_answer_matches_its_documented_schema(client, description):
     assert_matches(description, schema, response.json())
 
 
+def test_a_cancels_answer_and_its_409_match_their_documented_schemas(client, description, run):
+    staff("jobs.cancel_occurrence")
+    url = f"/tickerq/api/occurrences/{Occurrence.objects.get(status='scheduled').id}/cancel"
+
+    cancelled = client.post(url, content_type="application/json", **basic())
+    again = client.post(url, content_type="application/json", **basic())
+
+    assert (cancelled.status_code, cancelled.json()["cancel"], again.status_code) == (200, "cancelled", 409)
+    schema = response_schema(description, "/tickerq/api/occurrences/{pk}/cancel", "post", 200)
+    assert_matches(description, schema, cancelled.json())
+    assert response_schema(description, "/tickerq/api/occurrences/{pk}/cancel", "post", 409) == component("Error")
+    assert_matches(description, component("Error"), again.json())
+
+
 @pytest.mark.parametrize(
     "username, permissions, method, url, status",
     [
@@ -237,6 +261,8 @@ def test_a_triggers_answer_matches_its_documented_schema(client, description):
         ("script", EVERYTHING, "get", "/tickerq/api/history/?colour=red", 400),
         ("script", EVERYTHING, "get", "/tickerq/api/occurrences/999999999", 404),
         ("script", EVERYTHING, "post", "/tickerq/api/jobs/Nope/trigger", 404),
+        ("script", EVERYTHING, "post", "/tickerq/api/occurrences/999999999/cancel", 404),
+        ("script", ["jobs.view_occurrence"], "post", "/tickerq/api/occurrences/999999999/cancel", 403),
         ("script", EVERYTHING, "post", "/tickerq/api/outbox/", 405),
         ("script", EVERYTHING, "delete", "/tickerq/api/no/such/path", 404),
     ],

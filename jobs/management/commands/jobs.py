@@ -1,4 +1,4 @@
-"""manage.py jobs: list definitions, show history, trigger a run, preview a cron expression, prune."""
+"""manage.py jobs: list definitions, show history, trigger a run, cancel one, preview a cron expression, prune."""
 
 import argparse
 import json
@@ -11,12 +11,13 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django_celery_beat.models import PeriodicTask
 
-from bookworm_scheduler.kernel.clock import database_now
+from bookworm_scheduler.kernel.clock import database_now, default_clock
 from bookworm_scheduler.web.audit_log import from_command_line, os_user
 from jobs.engine import store
 from jobs.engine.schedules import InvalidSchedule, cron_instants, did_you_mean, get_zone, next_instants
+from jobs.engine.store import CancelOutcome
 from jobs.models import Occurrence
-from jobs.web.audit import run_now_logged
+from jobs.web.audit import cancel_logged, cancel_refusal, run_now_logged
 from jobs.web.serializers import DEFAULT_LIMIT, MAX_LIMIT, BadFilter, HistoryFilter, history_rows, iso, job_rows
 
 USAGE_ERROR = 2
@@ -45,6 +46,11 @@ class Command(BaseCommand):
         trigger = actions.add_parser("trigger", help="Run a job now through the scheduler, recorded as manual.")
         trigger.add_argument("name")
         trigger.add_argument("--wait", type=float, metavar="SECONDS", help="Wait up to SECONDS for the run to finish.")
+
+        cancel = actions.add_parser(
+            "cancel", help="Cancel a scheduled occurrence, or ask a running one to stop (as the dashboard's Cancel)."
+        )
+        cancel.add_argument("id", type=int, help="The occurrence's id (jobs history shows it).")
 
         preview = actions.add_parser("preview", help="The next fire instants of a cron expression.")
         preview.add_argument("expression", help="Five fields, or @hourly, @daily, @weekly, @monthly, @yearly.")
@@ -109,6 +115,19 @@ class Command(BaseCommand):
                 return
             time.sleep(0.1)
         raise CommandError(f"{name} did not finish within {wait} s (status {occurrence.status})", returncode=1)
+
+    def handle_cancel(self, id, **options):
+        occurrence = Occurrence.objects.filter(pk=id).first()
+        if occurrence is None:
+            raise CommandError(f"no such occurrence: {id}", returncode=1)
+        by = f"{os_user()} via manage.py jobs cancel"
+        outcome = cancel_logged(occurrence, by=by, via=from_command_line(), now=default_clock())
+        if outcome is CancelOutcome.CANCELLED:
+            self.stdout.write(f"cancelled {id}")
+        elif outcome is CancelOutcome.REQUESTED:
+            self.stdout.write(f"asked {id} to stop (running)")
+        else:
+            raise CommandError(cancel_refusal(occurrence), returncode=1)
 
     @staticmethod
     def no_such_definition(name: str) -> CommandError:

@@ -78,7 +78,8 @@ class DatabaseCollector(Collector):
     def runs(now) -> GaugeMetricFamily:
         family = GaugeMetricFamily(
             "bookworm_job_runs_last_hour",
-            "Occurrences that finished in the last hour, by job and final status (succeeded, failed, skipped, missed).",
+            "Occurrences that finished in the last hour, by job and final status "
+            "(succeeded, failed, skipped, missed, expired).",
             labels=["job_name", "status"],
         )
         rows = (

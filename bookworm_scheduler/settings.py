@@ -105,6 +105,8 @@ SCHEDULER_HISTORY_DAYS = _positive("int", "SCHEDULER_HISTORY_DAYS", 30)
 SCHEDULER_GROUP_RUNS = _positive("int", "SCHEDULER_GROUP_RUNS", 20)
 SCHEDULER_GROUP_MILLISECONDS = _positive("int", "SCHEDULER_GROUP_MILLISECONDS", 10)
 SCHEDULER_JOB_MODULES = _read("list", "SCHEDULER_JOB_MODULES", [])
+# The largest payload of a one-off run (jobs.engine.oneoff.schedule), in bytes of its JSON.
+SCHEDULER_PAYLOAD_MAX_BYTES = _positive("int", "SCHEDULER_PAYLOAD_MAX_BYTES", 65536)
 # Where claimed occurrences run (jobs/handover/executor.py): "inline", in the scheduler's own threads, or
 # "celery", handed over through RabbitMQ to `celery -A bookworm_scheduler worker` processes.
 SCHEDULER_EXECUTOR = _read("str", "SCHEDULER_EXECUTOR", "inline")

@@ -152,7 +152,7 @@ def check_failure_rate(now: datetime) -> Alert | None:
 def finished_runs(since: datetime, until: datetime) -> tuple[int, int]:
     """(runs that succeeded or failed for good, how many of them failed), finished in (since, until].
 
-    Skipped and missed occurrences did not run. Index occ_finished bounds the scan to the window.
+    Skipped, missed and expired occurrences did not run. Index occ_finished bounds the scan to the window.
     """
     succeeded, failed = Occurrence.Status.SUCCEEDED, Occurrence.Status.FAILED
     ran = Occurrence.objects.filter(status__in=[succeeded, failed], finished_at__gt=since, finished_at__lte=until)

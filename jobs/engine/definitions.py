@@ -163,7 +163,7 @@ def first_unplanned(schedule: Schedule, cursor: Cursor) -> datetime | None:
 class Definition:
     """An immutable snapshot of one PeriodicTask: what to run, when, and how."""
 
-    id: int
+    id: int | None  # None: a one-off run's (job_definition)
     name: str
     job: str
     enabled: bool
@@ -213,6 +213,33 @@ class Definition:
         if self.expires is not None and now > self.expires:
             return True
         return self.expire_seconds is not None and now > scheduled_for + timedelta(seconds=self.expire_seconds)
+
+
+def job_definition(name: str) -> Definition:
+    """What runs a one-off run of the registered job `name` (jobs.engine.oneoff): no row, schedule or
+    kwargs, enabled, with the job's own policy (an unknown job's: the defaults; the runner fails it)."""
+    spec = get_job(name)
+    return Definition(
+        id=None,
+        name=name,
+        job=name,
+        enabled=True,
+        one_off=False,
+        schedule=None,
+        expires=None,
+        expire_seconds=None,
+        policy=spec.policy if spec is not None else Policy(),
+        kwargs={},
+        cursor=None,
+    )
+
+
+def definition_for(occurrence: Occurrence, definition_of=None) -> Definition | None:
+    """What runs the occurrence: its registered job's for a one-off run, else its definition
+    (definition_of(task_id), by default load_definition; None once deleted)."""
+    if occurrence.job:
+        return job_definition(occurrence.job)
+    return (definition_of or load_definition)(occurrence.task_id)
 
 
 def definitions_queryset():

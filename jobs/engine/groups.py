@@ -29,9 +29,9 @@ from bookworm_scheduler.kernel.errors import one_line
 from bookworm_scheduler.kernel.transactions import job_savepoint, reset_statement_timeout, statement_timeout
 from jobs.engine import observer, store
 from jobs.engine import scheduler_metrics as metrics
-from jobs.engine.definitions import Definition, load_definition
+from jobs.engine.definitions import Definition, definition_for, load_definition
 from jobs.engine.registry import JobSpec, get_job
-from jobs.engine.runner import JOB_FAILURES, Runner, job_context, skip_reason
+from jobs.engine.runner import JOB_FAILURES, Runner, expired_reason, job_context, job_result, skip_reason
 from jobs.engine.timeouts import JobTimeout
 from jobs.models import Occurrence
 from outbox.publishing import deferred, origin
@@ -59,12 +59,13 @@ class GroupRun:
     error: str = ""
     traceback: str = ""
     retry_at: datetime | None = None
+    result: object = None  # what the job returned, if it succeeded
     duration: float = 0.0
     published: list = dataclasses.field(default_factory=list)  # its outbox rows not written yet (deferred)
 
     @property
     def outcome(self) -> tuple:
-        return (self.occurrence, self.started, self.finished, self.error, self.traceback, self.retry_at)
+        return (self.occurrence, self.started, self.finished, self.error, self.traceback, self.retry_at, self.result)
 
     @property
     def status(self) -> str:
@@ -110,7 +111,7 @@ class GroupRunner(Runner):
                     for occurrence in ready:
                         if runs and self._full(began, began_cpu):
                             break  # what is left of the batch stays scheduled: unlocked at the commit
-                        definition = definition_of(occurrence.task_id)
+                        definition = definition_for(occurrence, definition_of)
                         spec = self._groupable(occurrence, definition)
                         if spec is None:
                             alone_next = True
@@ -147,12 +148,15 @@ class GroupRunner(Runner):
     def _groupable(self, occurrence: Occurrence, definition: Definition | None) -> JobSpec | None:
         """The job, if this occurrence may run in a group: an atomic job, due to run, last seen to be quick.
 
-        A skip, a cancel asked before its release (Runner.run records it), an unknown job, a job that
+        A skip, an expiry, a cancel asked before its release (Runner.run records it), an unknown job, a job that
         runs its own transactions (atomic=False), one not run yet in this process or one whose runs
         took GROUP_JOB_FACTOR times group_seconds or more (on average) runs on its own: a slow job in
         a group would hold back the commit of the runs before it.
         """
-        if definition is None or occurrence.cancel_requested_at or skip_reason(occurrence, definition, self.clock()):
+        now = self.clock()
+        if definition is None or occurrence.cancel_requested_at or skip_reason(occurrence, definition, now):
+            return None
+        if expired_reason(occurrence, now):
             return None
         spec = get_job(definition.job)
         slow = GROUP_JOB_FACTOR * self.group_seconds
@@ -179,7 +183,7 @@ class GroupRunner(Runner):
                         deferred() as kept,
                     ):
                         try:
-                            spec.func(context)
+                            run.result = job_result(spec.func(context))
                         finally:
                             self._timed(spec, begun)
                 run.published = kept.rows  # written with the group's record; dropped if the job failed
@@ -190,6 +194,7 @@ class GroupRunner(Runner):
                     raise  # the group is lost with the connection
                 observer.raised(exc)
                 run.error = f"timed out after {timeout} s" if isinstance(exc, JobTimeout) else one_line(exc)
+                run.result = None
                 run.traceback = traceback.format_exc()
             run.finished = self.clock()
             run.duration = time.monotonic() - begun

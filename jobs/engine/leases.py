@@ -12,7 +12,7 @@ from django.db import DatabaseError, transaction
 
 from bookworm_scheduler.kernel.liveness import Liveness
 from jobs.engine import observer, store
-from jobs.engine.definitions import Definition, load_definition
+from jobs.engine.definitions import Definition, definition_for, load_definition
 from jobs.engine.policy import Policy
 from jobs.models import SchedulerInstance
 
@@ -59,7 +59,9 @@ class Leases:
                     )
                     observer.event(occurrence, "occurrence_skipped", reason=occurrence.reason, status="skipped")
                     continue
-                definition = definitions.get(occurrence.task_id) or load_definition(occurrence.task_id)
+                definition = definition_for(
+                    occurrence, lambda task_id: definitions.get(task_id) or load_definition(task_id)
+                )
                 policy = definition.policy if definition else Policy()
                 error = (
                     f"lease expired at {occurrence.lease_expires_at.isoformat()}: scheduler {occurrence.scheduler} "

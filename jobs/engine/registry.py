@@ -20,6 +20,15 @@ class Cancelled(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
+class ParentRun:
+    """A follow-up's parent: the run whose final outcome created it."""
+
+    id: int
+    status: str  # its final status: succeeded, failed, skipped (cancelled), missed or expired
+    result: object = None  # what its job returned, when it succeeded
+
+
+@dataclasses.dataclass(frozen=True)
 class JobContext:
     """What a running job is told about its run.
 
@@ -27,6 +36,10 @@ class JobContext:
     once a second; once True, always True). A long job checks it now and then and stops: it
     returns, or raises Cancelled (stop_if_cancelled). One that never checks is stopped when it
     returns to the runner: its work is rolled back and the cancel recorded instead of its success.
+
+    payload: a one-off run's JSON object (jobs.engine.oneoff.schedule); {} for a definition's run.
+    parent: a follow-up's parent run; None otherwise. A job may return a JSON-serializable value: it
+    is kept as the occurrence's result when the run succeeds (one that is not JSON fails the run).
     """
 
     job_name: str
@@ -36,6 +49,8 @@ class JobContext:
     manual: bool
     kwargs: dict = dataclasses.field(default_factory=dict)  # the definition's kwargs (JSON)
     cancelled: Callable[[], bool] = dataclasses.field(default=lambda: False, repr=False, compare=False)
+    payload: dict = dataclasses.field(default_factory=dict)
+    parent: ParentRun | None = None
 
     def stop_if_cancelled(self) -> None:
         """Raise Cancelled if this run was cancelled."""

@@ -19,11 +19,16 @@ job may check JobContext.cancelled (CancelCheck) and stop; if it does not, its r
 failure) finds the record refused (CancelRequested), its transaction rolls back, its events
 with it, and the cancel is recorded instead (_cancelled), never retried.
 
+A job's return value is kept as its occurrence's result (job_result: JSON, or the run fails). A
+one-off run (jobs.engine.oneoff) claimed after its expires_at is recorded expired, never run late
+(expired_reason, store.expire); its job and policy are its registered job's (definition_for).
+
 Short atomic jobs can also run in groups, one transaction each (jobs.engine.groups). Each run
 is reported (span, metrics, log events) through jobs.engine.observer; every state change of its
 occurrence is the occurrence store's (jobs.engine.store).
 """
 
+import json
 import logging
 import threading
 import time
@@ -45,9 +50,9 @@ from bookworm_scheduler.kernel.errors import one_line
 from bookworm_scheduler.kernel.transactions import statement_timeout
 from jobs.engine import observer, store
 from jobs.engine import scheduler_metrics as metrics
-from jobs.engine.definitions import Definition, load_definition
+from jobs.engine.definitions import Definition, definition_for
 from jobs.engine.policy import Policy
-from jobs.engine.registry import JobContext, JobSpec, get_job
+from jobs.engine.registry import JobContext, JobSpec, ParentRun, get_job
 from jobs.engine.store import CancelRequested, LeaseLost
 from jobs.engine.timeouts import JobTimeout, Watchdog
 from jobs.models import Occurrence
@@ -56,6 +61,27 @@ from outbox.publishing import origin
 # What job code may raise that is the job's own failure. JobTimeout, SystemExit and
 # KeyboardInterrupt are not Exceptions (a job's `except Exception:` cannot swallow them).
 JOB_FAILURES = (Exception, JobTimeout, SystemExit, KeyboardInterrupt)
+
+
+class ResultNotJson(TypeError):
+    """What a job returned cannot be kept as its occurrence's result: the run fails with this reason."""
+
+
+def job_result(value):
+    """A job's return value, checked: JSON-serializable, or ResultNotJson (the job's failure)."""
+    if value is not None:
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ResultNotJson(f"the job's result is not JSON: {exc}") from None
+    return value
+
+
+def expired_reason(occurrence: Occurrence, now: datetime) -> str:
+    """Why a one-off run claimed at now is recorded expired (not started by its expires_at); '' if it is not."""
+    if occurrence.expires_at is not None and now > occurrence.expires_at:
+        return f"expired: not started by {occurrence.expires_at.isoformat()}"
+    return ""
 
 
 def skip_reason(occurrence: Occurrence, definition: Definition | None, now: datetime) -> str:
@@ -98,7 +124,7 @@ class Runner:
         begun, started = time.monotonic(), self.clock()
         with observer.run_span(occurrence) as span:
             try:
-                definition = definition or load_definition(occurrence.task_id)
+                definition = definition or definition_for(occurrence)
                 status, error = self._run(occurrence, definition, started)
             except LeaseLost as exc:
                 status, error = observer.lease_lost(occurrence, str(exc))
@@ -119,6 +145,11 @@ class Runner:
         """Run and record; how it ended (a jobs.engine.scheduler_metrics outcome) and its error, if any."""
         if occurrence.cancel_requested_at is not None:  # asked before this attempt began (a hand-over's wait)
             raise CancelRequested(f"occurrence {occurrence.id}'s cancel was requested before it ran")
+        expired = expired_reason(occurrence, started)
+        if expired:
+            self._write(occurrence, lambda: store.expire(occurrence, session=self.session, now=started, reason=expired))
+            observer.event(occurrence, "occurrence_expired", reason=expired, status="expired")
+            return metrics.SKIPPED, ""
         reason = skip_reason(occurrence, definition, started)
         if reason:
             self._write(occurrence, lambda: store.skip(occurrence, session=self.session, now=started, reason=reason))
@@ -136,19 +167,21 @@ class Runner:
                 with transaction.atomic():
                     with statement_timeout(timeout, local=True), self.watchdog(timeout), origin(source):
                         try:
-                            spec.func(context)
+                            result = job_result(spec.func(context))
                         finally:
                             self._timed(spec, begun)
                     returned = True
-                    store.record_attempt(occurrence, session=self.session, started_at=started, now=self.clock())
+                    store.record_attempt(
+                        occurrence, session=self.session, started_at=started, now=self.clock(), result=result
+                    )
             else:
                 with statement_timeout(timeout, local=False), self.watchdog(timeout), origin(source):
-                    spec.func(context)
+                    result = job_result(spec.func(context))
                 returned = True
                 self._write(
                     occurrence,
                     lambda: store.record_attempt(
-                        occurrence, session=self.session, started_at=started, now=self.clock()
+                        occurrence, session=self.session, started_at=started, now=self.clock(), result=result
                     ),
                 )
         except (LeaseLost, CancelRequested):
@@ -197,7 +230,7 @@ class Runner:
             raise exc
         observer.event(occurrence, "run_error", error=error, level=logging.ERROR, exc_info=exc)
         if definition is None:
-            definition = load_definition(occurrence.task_id)  # for its retry policy; None once deleted
+            definition = definition_for(occurrence)  # for its retry policy; None once deleted
         trace = "".join(traceback.format_exception(exc))
         try:
             return self._fail(occurrence, definition, started or occurrence.started_at, error, trace)
@@ -347,7 +380,17 @@ def job_context(occurrence: Occurrence, definition: Definition) -> JobContext:
         manual=occurrence.manual,
         kwargs=definition.kwargs,
         cancelled=CancelCheck(occurrence.id),
+        payload=occurrence.payload or {},
+        parent=parent_run(occurrence.parent_id),
     )
+
+
+def parent_run(parent_id: int | None) -> ParentRun | None:
+    """A follow-up's parent as its job sees it (one read by key); None for a run that is no follow-up."""
+    if parent_id is None:
+        return None
+    row = Occurrence.objects.filter(pk=parent_id).values_list("status", "result").first()
+    return ParentRun(parent_id, *row) if row else ParentRun(parent_id, "", None)
 
 
 class CancelCheck:

@@ -8,6 +8,7 @@ import functools
 
 from django.apps import apps
 from django.db import connections
+from django.db.models import JSONField
 
 from bookworm_scheduler.kernel.db import SqlNames, row_converter
 
@@ -33,10 +34,19 @@ def _ready(occ: SqlNames, alias: str, long_running: bool, also: str = "") -> str
 
 
 def _rows(occ: SqlNames, alias: str):
-    """The columns a statement returns to build Occurrence instances, their attnames and a row converter."""
+    """The columns a statement returns to build Occurrence instances, their attnames and a row converter.
+
+    JSON columns as text: Django's JSONField reads text, and the prepared cursor asks for binary results
+    (bookworm_scheduler.kernel.db.prepared_cursor), whose jsonb psycopg would parse itself.
+    """
     fields = occ.model._meta.concrete_fields
     convert = row_converter(occ.model, alias, fields)
-    return ", ".join(occ.quote(f.column) for f in fields), [f.attname for f in fields], convert
+
+    def column(field) -> str:
+        name = occ.quote(field.column)
+        return f"CAST({name} AS text)" if isinstance(field, JSONField) else name
+
+    return ", ".join(column(f) for f in fields), [f.attname for f in fields], convert
 
 
 @functools.cache
@@ -81,23 +91,25 @@ def record_group(alias: str) -> str:
     table: a compare-and-set from (scheduled, attempts - 1) to the outcome, with the claim's
     scheduler, session and start, and one attempt row each. Parameters: arrays (one element per
     run) of id, number, status, run_after, finished_at, reason, attempt status, started_at,
-    ended_at, error and traceback, sent in binary (%b, as in insert_occurrence_arrays); then
-    scheduler and session. Returns one row per attempt inserted.
+    ended_at, error, traceback and result (JSON text, or null), sent in binary (%b, as in
+    insert_occurrence_arrays); then scheduler and session. Returns one row per attempt inserted.
     """
     occ, att = _names("Occurrence", alias), _names("Attempt", alias)
     scheduled = occ.model.Status.SCHEDULED.value
     return f"""
         WITH done AS (
             SELECT * FROM unnest(%b::bigint[], %b::int[], %b::text[], %b::timestamptz[], %b::timestamptz[],
-                                 %b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[], %b::text[], %b::text[])
+                                 %b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[], %b::text[], %b::text[],
+                                 %b::text[])
                 AS d(id, number, status, run_after, finished_at, reason, attempt_status, started_at, ended_at,
-                     error, traceback)
+                     error, traceback, result)
         ), finished AS (
             UPDATE {occ.table} AS o
                SET {occ.status} = done.status, {occ.attempts} = done.number, {occ.scheduler} = %s,
                    {occ.session} = %s, {occ.started_at} = done.started_at,
                    {occ.run_after} = COALESCE(done.run_after, o.{occ.run_after}),
-                   {occ.finished_at} = done.finished_at, {occ.reason} = done.reason, {occ.lease_expires_at} = NULL
+                   {occ.finished_at} = done.finished_at, {occ.reason} = done.reason, {occ.lease_expires_at} = NULL,
+                   {occ.result} = done.result::jsonb
               FROM done
              WHERE o.{occ.id} = done.id AND o.{occ.status} = '{scheduled}' AND o.{occ.attempts} = done.number - 1
          RETURNING o.{occ.id}, o.{occ.scheduler}
@@ -116,7 +128,8 @@ def record_group(alias: str) -> str:
 def record_attempt(alias: str) -> str:
     """PostgreSQL only: the compare-and-set from running and the attempt row, one round trip.
 
-    Returns the attempt's id, or no row when the claim is no longer this session's or its cancel was
+    result: the job's return value as JSON text (null: none, or not a success). Returns the
+    attempt's id, or no row when the claim is no longer this session's or its cancel was
     asked (jobs.engine.store.record_cancel ends it then).
     """
     occ, att = _names("Occurrence", alias), _names("Attempt", alias)
@@ -125,7 +138,8 @@ def record_attempt(alias: str) -> str:
         WITH finished AS (
             UPDATE {occ.table}
                SET {occ.status} = %(status)s, {occ.run_after} = COALESCE(%(run_after)s, {occ.run_after}),
-                   {occ.finished_at} = %(finished_at)s, {occ.reason} = %(reason)s, {occ.lease_expires_at} = NULL
+                   {occ.finished_at} = %(finished_at)s, {occ.reason} = %(reason)s, {occ.lease_expires_at} = NULL,
+                   {occ.result} = CAST(%(result)s AS jsonb)
              WHERE {occ.id} = %(id)s AND {occ.status} = '{running}' AND {occ.session} = %(session)s
                AND {occ.attempts} = %(number)s AND {occ.cancel_requested_at} IS NULL
          RETURNING {occ.id}
@@ -223,7 +237,8 @@ def prune_occurrences(alias: str) -> str:
     """PostgreSQL only: one batch of old finished occurrences, one round trip.
 
     Parameters: the finished statuses, the cutoff, the batch size. Deletes their attempts,
-    unlinks their alerts (which keep their own copy of the job and error) and deletes them;
+    unlinks their alerts (which keep their own copy of the job and error) and their follow-ups
+    (children, whose parent is then null, as on_delete=SET_NULL would have it) and deletes them;
     returns how many occurrences went. The oldest first, by index occ_finished; rows another
     transaction holds are left for the next batch.
     """
@@ -235,6 +250,9 @@ def prune_occurrences(alias: str) -> str:
              ORDER BY {occ.finished_at} LIMIT %s FOR UPDATE SKIP LOCKED
         ), unlinked AS (
             UPDATE {alert.table} SET {alert.occurrence} = NULL WHERE {alert.occurrence} IN (SELECT {occ.id} FROM doomed)
+        ), orphaned AS (
+            UPDATE {occ.table} SET {occ.parent} = NULL
+             WHERE {occ.parent} IN (SELECT {occ.id} FROM doomed) AND {occ.id} NOT IN (SELECT {occ.id} FROM doomed)
         ), attempts AS (
             DELETE FROM {att.table} WHERE {att.occurrence} IN (SELECT {occ.id} FROM doomed)
         ), gone AS (
@@ -242,3 +260,36 @@ def prune_occurrences(alias: str) -> str:
         )
         SELECT count(*) FROM gone
     """
+
+
+@functools.cache
+def insert_one_offs(alias: str):
+    """PostgreSQL only: one-off runs (jobs.engine.oneoff), any number in one statement; returns the rows inserted.
+
+    Parameters: triggered_by and created_at, then one array per column (one element per run), sent
+    in binary: job, payload (JSON text), key, priority, scheduled_for (also run_after), expires_at,
+    then (JSON text), parent. Inserted in the order given (WITH ORDINALITY), so their ids, sorted,
+    follow it. ON CONFLICT DO NOTHING: a run whose key a live run holds (occurrence_key_once_live,
+    committed or not: a concurrent insert of the key waits for that transaction) is not inserted;
+    the caller reads that run instead. Returns the statement, the returned columns' attnames and a
+    row converter, as claim does.
+    """
+    occ = _names("Occurrence", alias)
+    returned, names, convert = _rows(occ, alias)
+    given = ("job", "job_name", "payload", "key", "priority", "scheduled_for", "run_after", "expires_at", "then")
+    constant = {"status": f"'{occ.model.Status.SCHEDULED.value}'", "manual": "FALSE", "attempts": "0"}
+    constant |= {"scheduler": "''", "reason": "''", "cancel_requested_by": "''"}
+    columns = [getattr(occ, name) for name in (*given, "parent", "triggered_by", "created_at", *constant)]
+    values = "r.job, r.job, r.payload::jsonb, r.key, r.priority, r.at, r.at, r.expires_at, r.follow_ups::jsonb"
+    return (
+        (
+            f"INSERT INTO {occ.table} ({', '.join(columns)}) "
+            f"SELECT {values}, r.parent, %s, %s, {', '.join(constant.values())} "
+            f"FROM unnest(%b::text[], %b::text[], %b::text[], %b::int[], %b::timestamptz[], %b::timestamptz[], "
+            f"%b::text[], %b::bigint[]) WITH ORDINALITY AS r(job, payload, key, priority, at, expires_at, follow_ups, "
+            f"parent, n) ORDER BY r.n "
+            f"ON CONFLICT DO NOTHING RETURNING {returned}"
+        ),
+        names,
+        convert,
+    )

@@ -1,13 +1,14 @@
 """The occurrence store: every change of an occurrence's state, each one named operation.
 
-An occurrence is made scheduled (planning, trigger), claimed (claim_ready, claim_one, or for
-a group lock_ready then claim_locked), taken over by a Celery worker (take_over), kept alive
-(renew_leases), and ended once: record_attempt or record_group (succeeded, failed, or back to
-scheduled for a retry), release (back to scheduled, the attempt not counted), miss, skip or
-cancel; reaping records an expired claim's attempt (expired_leases, then record_attempt);
-prune deletes finished ones. A running occurrence's cancel is a request, after which its
-attempt ends only as record_cancel. The scheduler's loop, the runner and its groups, the reaper,
-the Celery worker, the admin's actions and the API call these; models.Occurrence is the schema.
+An occurrence is made scheduled (planning, trigger; a one-off run: jobs.engine.oneoff_store.insert),
+claimed (claim_ready, claim_one, or for a group lock_ready then claim_locked), taken over by a Celery
+worker (take_over), kept alive (renew_leases), and ended once: record_attempt or record_group
+(succeeded, failed, or back to scheduled for a retry), release (back to scheduled, the attempt not
+counted), miss, expire, skip or cancel; reaping records an expired claim's attempt (expired_leases,
+then record_attempt); prune (jobs.engine.retention) deletes finished ones. A running occurrence's
+cancel is a request, after which its attempt ends only as record_cancel. The scheduler's loop, the
+runner and its groups, the reaper, the Celery worker, the admin's actions and the API call these;
+models.Occurrence is the schema.
 
 Every change of a running occurrence is guarded by one rule, `_claimed`: still running, by
 this session, at this attempt. A write that finds the claim gone (reaped, or taken over) raises
@@ -20,19 +21,21 @@ the embedded default) the same changes go through the ORM, in this module alone.
 """
 
 import enum
+import json
 from datetime import datetime, timedelta
 
-from django.db import connections, router, transaction
+from django.db import connections, router
 from django.db.models import F, Q, Value
 from django.db.models.functions import Concat
 from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.kernel.clock import default_clock
 from bookworm_scheduler.kernel.db import insert_row, prepared_cursor
-from bookworm_scheduler.kernel.dialect import notify, postgresql, try_advisory_lock
+from bookworm_scheduler.kernel.dialect import notify, postgresql
 from jobs.engine import sql
 from jobs.engine.policy import Priority
-from jobs.models import Alert, Attempt, Occurrence, SchedulerInstance
+from jobs.engine.retention import prune  # noqa: F401  (the store's deletion, kept in its own module)
+from jobs.models import Alert, Attempt, Occurrence
 
 Status = Occurrence.Status
 
@@ -251,9 +254,18 @@ def attempt_recorded(occurrence: Occurrence, started_at: datetime | None = None)
 
 
 def record_attempt(
-    occurrence: Occurrence, *, session, started_at, now, error: str = "", traceback: str = "", retry_at=None
+    occurrence: Occurrence,
+    *,
+    session,
+    started_at,
+    now,
+    error: str = "",
+    traceback: str = "",
+    retry_at=None,
+    result=None,
 ) -> None:
-    """Record how the occurrence's current attempt ended: success when error is empty, else failure.
+    """Record how the occurrence's current attempt ended: success when error is empty (result: what the
+    job returned, JSON-serializable, kept on the occurrence), else failure.
 
     A failure with retry_at goes back to scheduled for that instant (the pending retry is a
     row, so it survives restarts); without it, the occurrence has failed, and its alert (if
@@ -263,7 +275,7 @@ def record_attempt(
     rolls back.
     """
     fields, attempt_status, started_at = _outcome(
-        occurrence, started_at=started_at, now=now, error=error, retry_at=retry_at
+        occurrence, started_at=started_at, now=now, error=error, retry_at=retry_at, result=result
     )
     using = router.db_for_write(Occurrence)
     if not postgresql(using):
@@ -292,6 +304,7 @@ def record_attempt(
                 "run_after": fields.get("run_after"),
                 "finished_at": fields.get("finished_at"),
                 "reason": fields["reason"],
+                "result": _json(fields.get("result")),
                 "number": occurrence.attempts,
                 "attempt_status": attempt_status,
                 "scheduler": occurrence.scheduler,
@@ -312,16 +325,16 @@ def record_attempt(
 def record_group(outcomes, *, session, scheduler: str) -> None:
     """Record the attempts of a group's runs in one statement (sql.record_group), alerts included.
 
-    outcomes: (occurrence, started_at, now, error, traceback, retry_at) per run, each
+    outcomes: (occurrence, started_at, now, error, traceback, retry_at[, result]) per run, each
     occurrence claimed (claim_locked) from the rows this transaction locked with lock_ready.
     Raises LeaseLost, and so rolls the whole group back, if a row was not where the lock left it.
     """
     using = router.db_for_write(Occurrence)
-    columns: list[list] = [[] for _ in range(11)]
+    columns: list[list] = [[] for _ in range(12)]
     finished = []
-    for occurrence, started_at, now, error, traceback, retry_at in outcomes:
+    for occurrence, started_at, now, error, traceback, retry_at, *result in outcomes:
         fields, attempt_status, started_at = _outcome(
-            occurrence, started_at=started_at, now=now, error=error, retry_at=retry_at
+            occurrence, started_at=started_at, now=now, error=error, retry_at=retry_at, result=next(iter(result), None)
         )
         row = (
             occurrence.pk,
@@ -335,6 +348,7 @@ def record_group(outcomes, *, session, scheduler: str) -> None:
             now,
             error,
             traceback,
+            _json(fields.get("result")),
         )
         for column, value in zip(columns, row, strict=True):
             column.append(value)
@@ -357,6 +371,11 @@ def release(occurrence: Occurrence, *, session, reason: str) -> None:
 def miss(occurrence: Occurrence, *, session, now, reason: str) -> None:
     """Finish as missed without running (its misfire policy: it could not start in time); no attempt is counted."""
     _finish_unrun(occurrence, Status.MISSED, session=session, now=now, reason=reason)
+
+
+def expire(occurrence: Occurrence, *, session, now, reason: str) -> None:
+    """Finish a one-off run claimed after its expires_at as expired, never run late; no attempt is counted."""
+    _finish_unrun(occurrence, Status.EXPIRED, session=session, now=now, reason=reason)
 
 
 def skip(occurrence: Occurrence, *, session, now, reason: str) -> None:
@@ -440,10 +459,10 @@ def _ended(occurrence: Occurrence, fields: dict) -> None:
     occurrence.lease_expires_at = None
 
 
-def _outcome(occurrence: Occurrence, *, started_at, now, error: str, retry_at) -> tuple[dict, str, datetime]:
+def _outcome(occurrence: Occurrence, *, started_at, now, error: str, retry_at, result) -> tuple[dict, str, datetime]:
     """The fields an ended attempt sets on the occurrence, the attempt's status and its start (at most now)."""
     if not error:
-        fields = dict(status=Status.SUCCEEDED, finished_at=now, reason="")
+        fields = dict(status=Status.SUCCEEDED, finished_at=now, reason="", result=result)
     elif retry_at is not None:
         fields = dict(status=Status.SCHEDULED, run_after=max(retry_at, occurrence.scheduled_for), reason=error)
     else:
@@ -451,47 +470,12 @@ def _outcome(occurrence: Occurrence, *, started_at, now, error: str, retry_at) -
     return fields, Attempt.Status.FAILED if error else Attempt.Status.SUCCEEDED, min(started_at, now)
 
 
+def _json(value) -> str | None:
+    """A job's result as the SQL statements take it: JSON text, or None for SQL null."""
+    return None if value is None else json.dumps(value)
+
+
 def _alert_if_failed(occurrence: Occurrence, now, using: str) -> None:
     """A run that failed for good writes its alert in the same transaction; jobs.alerts.delivery sends it."""
     if occurrence.status == Status.FAILED and Alert.enabled():
         insert_row(Alert.job_failed(occurrence, now), using)
-
-
-# Deleted.
-
-
-def prune(now: datetime, *, keep: timedelta, batch: int, batches: int) -> tuple[int, bool]:
-    """Delete up to batches x batch finished occurrences older than keep, and old instance rows.
-
-    Each batch is its own short transaction. On PostgreSQL an advisory lock lets one scheduler
-    prune at a time (the others skip). Returns (occurrences deleted, more left?).
-    """
-    deleted = 0
-    for _ in range(batches):
-        with transaction.atomic():
-            if not try_advisory_lock("jobs.prune_history"):
-                return deleted, False
-            count = _prune_batch(now - keep, batch)
-            if deleted == 0:
-                SchedulerInstance.objects.prune(now)
-        deleted += count
-        if count < batch:
-            return deleted, False
-    return deleted, True
-
-
-def _prune_batch(cutoff: datetime, size: int) -> int:
-    """Delete one batch of occurrences finished before cutoff, with their attempts; the count.
-
-    One statement on PostgreSQL (sql.prune_occurrences); elsewhere Django's delete.
-    """
-    using = router.db_for_write(Occurrence)
-    if postgresql(using):
-        with connections[using].cursor() as cursor:
-            cursor.execute(sql.prune_occurrences(using), [list(Occurrence.FINISHED), cutoff, size])
-            return cursor.fetchone()[0]
-    finished = Occurrence.objects.finished_before(cutoff)
-    ids = list(finished.order_by("finished_at").values_list("id", flat=True)[:size])
-    if ids:
-        Occurrence.objects.filter(id__in=ids).delete()
-    return len(ids)

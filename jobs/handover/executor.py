@@ -31,7 +31,7 @@ from bookworm_scheduler.celery import job_queues
 from bookworm_scheduler.kernel import backoff as backoffs
 from bookworm_scheduler.kernel.errors import one_line
 from jobs.engine import observer, store
-from jobs.engine.definitions import Definition
+from jobs.engine.definitions import Definition, definition_for
 from jobs.engine.planning import apply_misfire_policy
 from jobs.engine.policy import Policy, Priority
 from jobs.engine.store import LeaseLost
@@ -163,12 +163,13 @@ class CeleryExecutor:
     def misfired(self, occurrence: Occurrence) -> bool:
         """Record a claimed instant missed if its misfire policy says so (True), rather than hand it over late.
 
-        Only a scheduled instant's first attempt, claimed (started_at) more than the grace after
-        its due time. The rule is planning's (apply_misfire_policy), given the instant and the
-        next one of its definition already planned: skip misses every late instant, run_once
-        all but the latest (and that one too if a later instant is on time), run_all none.
+        Only a scheduled instant's first attempt (never a manual or one-off run: it runs however
+        late), claimed (started_at) more than the grace after its due time. The rule is
+        planning's (apply_misfire_policy), given the instant and the next one of its definition
+        already planned: skip misses every late instant, run_once all but the latest (and that
+        one too if a later instant is on time), run_all none.
         """
-        if occurrence.manual or occurrence.attempts != 1:
+        if occurrence.manual or occurrence.one_off or occurrence.attempts != 1:
             return False
         now, due = occurrence.started_at, occurrence.scheduled_for
         if now - due <= self.grace:
@@ -200,7 +201,7 @@ class CeleryExecutor:
 
     def message(self, occurrence: Occurrence, *, long_running: bool) -> dict:
         """send_task's arguments for this claim: one persistent message to its queue."""
-        definition = self.definition_of(occurrence.task_id)
+        definition = definition_for(occurrence, self.definition_of)
         timeout = definition.policy.timeout if definition else None
         limits = {}
         if timeout:

@@ -37,6 +37,7 @@ OUTCOMES = (
     Occurrence.Status.SUCCEEDED,
     Occurrence.Status.FAILED,
     Occurrence.Status.MISSED,
+    Occurrence.Status.EXPIRED,
     Occurrence.Status.SKIPPED,
 )
 

@@ -185,3 +185,33 @@ def swallow_first_statement_error(context: JobContext) -> None:
             cursor.execute("SELECT 1 / 0")
     except DatabaseError:
         pass
+
+
+# One-off runs (jobs.engine.oneoff).
+
+
+@job("test.echo")
+def echo(context: JobContext) -> dict:
+    """Publish, then return what the run was given: its payload, attempt and parent (a follow-up's)."""
+    publish(SampleRanEvent(occurrence=context.occurrence_id, attempt=context.attempt))
+    parent = context.parent
+    return {
+        "payload": context.payload,
+        "attempt": context.attempt,
+        "parent": None if parent is None else {"id": parent.id, "status": parent.status, "result": parent.result},
+    }
+
+
+@job("test.not_json")
+def not_json(context: JobContext) -> object:
+    """Publish, then return what JSON cannot hold: the run fails, its event rolled back."""
+    publish(SampleRanEvent(occurrence=context.occurrence_id, attempt=context.attempt))
+    return {"when": object()}
+
+
+@job("test.retried", retries=2, retry_intervals=[0], priority=2)
+def retried(context: JobContext) -> int:
+    """High priority; fails every attempt before payload["succeed_on"], retried at once twice; returns its attempt."""
+    if context.attempt < context.payload.get("succeed_on", 2):
+        raise RuntimeError(f"attempt {context.attempt} fails")
+    return context.attempt

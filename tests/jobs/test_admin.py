@@ -403,6 +403,7 @@ def test_each_state_is_one_word_in_the_filters_and_pages(admin_client):
         ("failed", "failed"),
         ("skipped", "skipped"),
         ("missed", "missed"),
+        ("expired", "expired"),
     ]
     outbox = admin_client.get("/tickerq/outbox/outboxmessage/").content.decode()
     assert re.findall(r'href="\?status__exact=(\w+)"[^>]*>(\w+)</a>', outbox) == [

@@ -135,6 +135,7 @@ def test_runs_per_day_count_each_outcome_by_the_day_it_finished():
         "succeeded": [1, 0, 0, 0, 0, 0, 2],
         "failed": [0, 0, 1, 0, 0, 0, 1],
         "missed": [0, 0, 0, 0, 0, 1, 0],
+        "expired": [0, 0, 0, 0, 0, 0, 0],
         "skipped": [0, 0, 0, 0, 0, 1, 0],
     }
 

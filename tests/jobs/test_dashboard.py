@@ -261,7 +261,13 @@ def week_of_runs():
 def test_totals_of_the_last_24_hours_and_7_days_give_each_outcome_and_the_success_rate(week_of_runs):
     totals = dashboard.overview(NOW)["totals"]
 
-    assert totals["rows"] == [("succeeded", 2, 3), ("failed", 1, 2), ("missed", 1, 1), ("skipped", 0, 1)]
+    assert totals["rows"] == [
+        ("succeeded", 2, 3),
+        ("failed", 1, 2),
+        ("missed", 1, 1),
+        ("expired", 0, 0),
+        ("skipped", 0, 1),
+    ]
     assert (totals["day"].rate, totals["week"].rate) == ("66.6 %", "60.0 %")
     assert totals["since"] == datetime(2026, 2, 23, tzinfo=UTC)
 
@@ -278,6 +284,7 @@ def test_the_overview_shows_the_totals_and_a_chart_of_runs_per_day(admin_client,
         ("succeeded", "2", "3"),
         ("failed", "1", "2"),
         ("missed", "1", "1"),
+        ("expired", "0", "0"),
         ("skipped", "0", "1"),
         ("rate", "66.6 %", "60.0 %"),
     ]
@@ -289,21 +296,22 @@ def test_the_overview_shows_the_totals_and_a_chart_of_runs_per_day(admin_client,
     assert per_day.find(f"{SVG}title").text == "Finished runs per day, last 7 days"
     assert (
         per_day.find(f"{SVG}desc").text
-        == "3 succeeded, 2 failed, 1 missed, 1 skipped from Mon 2026-02-23 (UTC) until now, per day."
+        == "3 succeeded, 2 failed, 1 missed, 0 expired, 1 skipped from Mon 2026-02-23 (UTC) until now, per day."
     )
     bars = per_day.findall(f"{SVG}g[@class='overview-chart-bars']/{SVG}rect")
-    assert len(bars) == 28
+    assert len(bars) == 35
     titles = [bar.find(f"{SVG}title").text for bar in bars]
-    assert titles[-4:] == [
+    assert titles[-5:] == [
         "Sun 2026-03-01 (UTC): 2 succeeded",
         "Sun 2026-03-01 (UTC): 1 failed",
         "Sun 2026-03-01 (UTC): 0 missed",
+        "Sun 2026-03-01 (UTC): 0 expired",
         "Sun 2026-03-01 (UTC): 0 skipped",
     ]
     ticks = [t.text for t in per_day.findall(f"{SVG}g[@class='overview-chart-axis']/{SVG}text")][5:]
     assert ticks == ["Mon 23", "Tue 24", "Wed 25", "Thu 26", "Fri 27", "Sat 28", "Sun 01"]
     legend = [t.text for t in per_day.findall(f"{SVG}g[@class='overview-chart-legend']/{SVG}text")]
-    assert legend == ["succeeded: 3", "failed: 2", "missed: 1", "skipped: 1"]
+    assert legend == ["succeeded: 3", "failed: 2", "missed: 1", "expired: 0", "skipped: 1"]
 
 
 # The viewer's zone.
@@ -327,7 +335,7 @@ def test_the_overview_shows_the_days_hours_and_times_of_the_active_zone():
     titles = [bar.find(f"{SVG}title").text for bar in runs.findall(f"{SVG}g[@class='overview-chart-bars']/{SVG}rect")]
     assert "00:00–01:00 CET: 1 succeeded" in titles
     assert per_day.find(f"{SVG}desc").text == (
-        "2 succeeded, 1 failed, 0 missed, 0 skipped from Mon 2026-02-23 (Europe/Paris) until now, per day."
+        "2 succeeded, 1 failed, 0 missed, 0 expired, 0 skipped from Mon 2026-02-23 (Europe/Paris) until now, per day."
     )
     assert '<time datetime="2026-03-01T13:30:00+01:00">2026-03-01 13:30:00</time> CET (the database' in page
     assert "Due (CET)" in page and "Finished (CET)" in page and "UTC" not in page

@@ -37,11 +37,14 @@ def test_manual_is_a_yes_or_a_no_in_any_case(manual, expected):
         ({"limit": "-5"}, "limit must be a whole number from 1 to 1000"),
         ({"limit": "ten"}, "limit must be a whole number from 1 to 1000"),
         ({"limit": 2.5}, "limit must be a whole number from 1 to 1000"),
-        ({"status": "exploded"}, "status must be one of scheduled, running, succeeded, failed, skipped, missed"),
+        (
+            {"status": "exploded"},
+            "status must be one of scheduled, running, succeeded, failed, skipped, missed, expired",
+        ),
         ({"manual": "perhaps"}, "manual must be true or false"),
         (
             {"status": "exploded", "limit": "0"},
-            "status must be one of scheduled, running, succeeded, failed, skipped, missed; "
+            "status must be one of scheduled, running, succeeded, failed, skipped, missed, expired; "
             "limit must be a whole number from 1 to 1000",
         ),
     ],

@@ -164,8 +164,8 @@ def test_release_goes_back_to_scheduled_without_counting_the_attempt(task, clock
     assert (again.attempts, again.session) == (1, OTHER)
 
 
-@pytest.mark.parametrize("end, status", [(store.miss, "missed"), (store.skip, "skipped")])
-def test_miss_and_skip_finish_without_counting_an_attempt(task, clock, end, status):
+@pytest.mark.parametrize("end, status", [(store.miss, "missed"), (store.skip, "skipped"), (store.expire, "expired")])
+def test_miss_skip_and_expire_finish_without_counting_an_attempt(task, clock, end, status):
     occurrence = claimed(task, clock.now)
     later = clock.now + timedelta(seconds=1)
     end(occurrence, session=SESSION, now=later, reason="why")
@@ -259,6 +259,17 @@ def test_record_cancel_without_a_request_or_the_claim_raises_lease_lost(task, cl
     assert (row(occurrence).status, Attempt.objects.count()) == ("running", 0)
 
 
+def test_record_attempt_keeps_the_jobs_result_when_it_succeeds(task, clock):
+    failing, succeeding = claimed(task, clock.now), claimed(task, clock.now + timedelta(seconds=1))
+    store.record_attempt(failing, session=SESSION, started_at=clock.now, now=clock.now, error="E", result={"x": 1})
+    store.record_attempt(succeeding, session=SESSION, started_at=clock.now, now=clock.now, result={"sent": [1, 2]})
+    assert (row(failing).result, row(succeeding).result, succeeding.result) == (
+        None,
+        {"sent": [1, 2]},
+        {"sent": [1, 2]},
+    )
+
+
 # Deleted.
 
 
@@ -292,6 +303,14 @@ def test_prune_keeps_the_alerts_of_the_occurrences_it_deletes(task, clock, setti
     store.record_attempt(occurrence, session=SESSION, started_at=old, now=old, error="E")
     assert store.prune(clock.now, keep=timedelta(days=7), batch=10, batches=1) == (1, False)
     assert list(Alert.objects.values_list("occurrence_id", "job_name", "error")) == [(None, "store-contract", "E")]
+
+
+def test_prune_unlinks_the_follow_ups_of_the_occurrences_it_deletes(task, clock):
+    old = clock.now - timedelta(days=8)
+    parent = finished(task, old, "succeeded")
+    child = scheduled(task, old + timedelta(seconds=1), status="succeeded", finished_at=clock.now, parent=parent)
+    assert store.prune(clock.now, keep=timedelta(days=7), batch=10, batches=1) == (1, False)
+    assert (row(child).parent_id, Occurrence.objects.filter(id=parent.id).exists()) == (None, False)
 
 
 def test_prune_deletes_the_rows_of_instances_stopped_over_a_day_ago(db, clock):
@@ -335,7 +354,7 @@ def test_prune_leaves_the_rows_another_transaction_holds_for_the_next_batch(task
 
 # What the run on SQLite must report: every test of both files not marked postgresql_only passed.
 CONTRACT_FILES = [__file__, str(Path(__file__).with_name("test_store_claims.py"))]
-SQLITE_SUMMARY = {"passed": 49, "deselected": 10}
+SQLITE_SUMMARY = {"passed": 52, "deselected": 10}
 
 
 @pytest.mark.slow

@@ -1,0 +1,43 @@
+"""One-off runs through the celery executor: handed over, run by a real worker with their payload, results kept."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from jobs import schedule
+from jobs.models import Occurrence
+from outbox.models import OutboxMessage
+from tests.jobs.helpers import wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def row(occurrence) -> Occurrence:
+    return Occurrence.objects.get(id=occurrence.id)
+
+
+def test_a_worker_runs_one_off_runs_with_their_payloads_however_late(
+    scheduler_processes, celery_env, workers, no_seed_definitions
+):
+    workers()
+    env = dict(celery_env, SCHEDULER_MISFIRE_GRACE_SECONDS="1")
+    scheduler_processes(env=env, instance_id="hands-over")
+    now = schedule("test.echo", payload={"order_id": 9})
+    late = schedule("test.echo", at=datetime.now(UTC) - timedelta(hours=1), payload={"late": True})
+
+    wait_for(lambda: {row(now).status, row(late).status} == {"succeeded"}, timeout=30)
+    assert [row(o).result for o in (now, late)] == [
+        {"payload": {"order_id": 9}, "attempt": 1, "parent": None},
+        {"payload": {"late": True}, "attempt": 1, "parent": None},
+    ]
+    assert row(now).scheduler.startswith("celery@")
+    assert sorted(OutboxMessage.objects.values_list("body__occurrence", flat=True)) == sorted([now.id, late.id])
+
+
+def test_a_worker_fails_a_run_whose_result_is_not_json(scheduler_processes, celery_env, workers, no_seed_definitions):
+    workers()
+    scheduler_processes(env=celery_env, instance_id="hands-over")
+    occurrence = schedule("test.not_json")
+    wait_for(lambda: row(occurrence).status == "failed", timeout=30)
+    assert row(occurrence).reason.startswith("ResultNotJson: the job's result is not JSON")
+    assert not OutboxMessage.objects.exists()

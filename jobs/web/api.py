@@ -37,13 +37,15 @@ from pydantic import BaseModel, Field
 from bookworm_scheduler.kernel.clock import default_clock
 from bookworm_scheduler.web.audit_log import FROM_API
 from bookworm_scheduler.web.basic_auth import CHALLENGE, api_error, basic_header
+from jobs.engine.oneoff import ScheduleError
 from jobs.models import Occurrence
-from jobs.web.audit import cancel_logged, cancel_refusal, run_now_logged
+from jobs.web.audit import cancel_logged, cancel_refusal, run_now_logged, schedule_logged
 from jobs.web.serializers import (
     HistoryFilter,
     HistoryRow,
     JobRow,
     OccurrenceDetail,
+    ScheduleRequest,
     history_rows,
     job_rows,
     occurrence_detail,
@@ -180,13 +182,22 @@ def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
         response = api_error(401, UNAUTHENTICATED)
         response["WWW-Authenticate"] = CHALLENGE
         return response
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):  # django-ninja could not parse the body
+        return api_error(400, f"the body is not JSON: {exc.__cause__}")
     return api_error(exc.status_code, exc.message)
 
 
 @api.exception_handler(ValidationError)
 def invalid_parameters(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-    # The only parameters are the history's (the occurrence's id is matched by its URL's <int:>).
+    # The only parameters are the history's and a schedule's body (an id is matched by its URL's <int:>).
+    if any(error["loc"][:1] == ("body",) for error in exc.errors):
+        return api_error(400, ScheduleRequest.refusal(exc.errors))
     return api_error(400, HistoryFilter.refusal(exc.errors))
+
+
+def sentence(text: str) -> str:
+    """A message of ours (lower case, as the command line prints it) as the API's: capitalised, a full stop."""
+    return f"{text[:1].upper()}{text[1:]}."
 
 
 @api.exception_handler(Exception)
@@ -208,6 +219,11 @@ def endpoints(request):
         ("GET", reverse("api:occurrence", args=[0]).removesuffix("0") + "ID", None),
         ("GET", reverse("api:outbox"), "manage.py outbox status --json"),
         ("POST", reverse("api:trigger", args=["NAME"]), "manage.py jobs trigger NAME"),
+        (
+            "POST",
+            reverse("api:schedule", args=["JOB"]),
+            "manage.py jobs schedule JOB [--at ISO-8601 | --in 10m] [--payload JSON] [--key KEY]",
+        ),
         ("POST", reverse("api:cancel", args=[0]).replace("/0/", "/ID/"), "manage.py jobs cancel ID"),
         ("GET", reverse("api:openapi-json"), None),
         ("GET", reverse("api:openapi-view"), None),
@@ -296,6 +312,34 @@ def trigger_run(request, name: str, response: HttpResponse):
 
 
 @api.post(
+    "/jobs/{path:job}/schedule",  # a registered job's name, as @job gave it: <path:> lets it hold a slash
+    response={200: OccurrenceDetail, 201: OccurrenceDetail, 400: Error, **REFUSALS},
+    auth=staff("jobs.run_job"),
+    url_name="schedule",
+)
+def schedule_run(request, job: str, response: HttpResponse, body: ScheduleRequest | None = None):
+    """A one-off run of the registered job called job (jobs.schedule), at a time, with a payload.
+
+    Answers 201 with the occurrence as GET /tickerq/api/occurrences/<id> shows it, Location its
+    URL; 200 with the run that holds the key when a run with that key is scheduled or running (a
+    repeated request schedules nothing). Recorded in the admin's log as "Scheduled". 400 for a
+    body that is not as documented (a time without its offset, a payload that is not an object or
+    is too big) or a job that is not registered (with the nearest name). `job` names a job's code
+    (jobs.engine.registry), not a definition. The CSRF rule: check_csrf.
+    """
+    check_csrf(request)
+    by = request.user.get_username()
+    body = body or ScheduleRequest()  # no body: as soon as possible, without a payload
+    run = body.model_dump(exclude={"then"}) | {"then": [follow_up.model_dump() for follow_up in body.then]}
+    try:
+        occurrence, new = schedule_logged(job, user=request.user, by=by, via=FROM_API, **run)
+    except ScheduleError as exc:
+        raise HttpError(400, str(exc)) from None
+    response["Location"] = occurrence_url(occurrence.id)
+    return Status(201 if new else 200, occurrence_detail(occurrence))
+
+
+@api.post(
     "/occurrences/{int:pk}/cancel",
     response={200: Cancelled, 404: Error, 409: Error, **REFUSALS},
     auth=staff("jobs.cancel_occurrence"),
@@ -317,8 +361,7 @@ def cancel_occurrence(request, pk: int):
     by = request.user.get_username()
     outcome = cancel_logged(occurrence, user=request.user, by=by, via=FROM_API, now=default_clock())
     if not outcome:
-        refusal = cancel_refusal(occurrence)
-        raise HttpError(409, f"{refusal[:1].upper()}{refusal[1:]}.")
+        raise HttpError(409, sentence(cancel_refusal(occurrence)))
     occurrence.refresh_from_db()
     return {**occurrence_detail(occurrence), "cancel": outcome.value}
 

@@ -1,12 +1,13 @@
 """Operator actions and their record in the console's audit log (bookworm_scheduler.web.audit_log), together.
 
 The dashboard's "Run now", the API's trigger and `manage.py jobs trigger` all call run_now_logged;
-the dashboard's Cancel, the API's cancel and `manage.py jobs cancel` all call cancel_logged. So the
-audit log and an object's admin history show every manual run and every cancel, whichever way it
-was asked for, in the same words.
+the dashboard's Cancel, the API's cancel and `manage.py jobs cancel` all call cancel_logged; the
+API's schedule and `manage.py jobs schedule` call schedule_logged. So the audit log and an object's
+admin history show every manual run, cancel and one-off run, whichever way it was asked for, in the
+same words.
 """
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.db import transaction
 from django_celery_beat.models import PeriodicTask
@@ -14,6 +15,7 @@ from django_celery_beat.models import PeriodicTask
 from bookworm_scheduler.web import audit_log
 from jobs.engine import store
 from jobs.engine.definitions import run_now
+from jobs.engine.oneoff import Run, schedule_or_get
 from jobs.engine.store import CancelOutcome
 from jobs.models import Occurrence
 
@@ -54,3 +56,23 @@ def cancel_refusal(occurrence: Occurrence) -> str:
     if occurrence.status == Occurrence.Status.RUNNING:
         return f"occurrence {occurrence.id} was asked to stop already, by {occurrence.cancel_requested_by}"
     return f"occurrence {occurrence.id} changed while being cancelled (now {occurrence.status}): try again"
+
+
+def schedule_logged(job: str, *, user=None, by: str, via: str, **run) -> tuple[Occurrence, bool]:
+    """One run of the registered job (jobs.schedule; run: its keywords at, payload, key, expires, then),
+    recorded as "Scheduled: occurrence N at <time>" in the same transaction; whether it is new.
+
+    Not new: a run with its key was scheduled or running already, and is returned; nothing is recorded.
+    user, by, via: as run_now_logged's. Raises jobs.ScheduleError (UnknownJob, PayloadError).
+    """
+    with transaction.atomic():
+        [(occurrence, new)] = schedule_or_get([Run(job, **run)], by=by)
+        if new:
+            detail = f"occurrence {occurrence.id} at {utc_text(occurrence.scheduled_for)}"
+            audit_log.log(user, [occurrence], "Scheduled", via=via, detail=detail)
+    return occurrence, new
+
+
+def utc_text(instant: datetime) -> str:
+    """An instant as the audit log and the command line say it: in UTC, to the second (as an occurrence's name)."""
+    return f"{instant.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"

@@ -14,12 +14,12 @@ the command line prints them, not re-formatted by pydantic.
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 
 from jobs.engine.definitions import Definition, definitions_queryset, describe_schedule, policy_of, schedule_zone
 from jobs.engine.policy import Priority
@@ -89,6 +89,15 @@ class EventRow(Row):
     status: Literal[tuple(OutboxMessage.Status.values)]
 
 
+class RelatedRun(Row):
+    """A run's parent (the run whose outcome created it) or one of its children (follow-ups)."""
+
+    id: int
+    url: str
+    job: str
+    status: OccurrenceStatus
+
+
 class OccurrenceDetail(Row):
     """One occurrence: GET /tickerq/api/occurrences/<id>."""
 
@@ -104,6 +113,12 @@ class OccurrenceDetail(Row):
     attempts: list[AttemptRow] = Field(description="oldest first")
     events: list[EventRow] = Field(description=f"the events it published, in order; at most {MAX_EVENTS}")
     events_truncated: bool = Field(description="it published more events than shown")
+    payload: dict | None = Field(description="a one-off run's JSON object; null for a definition's run")
+    result: Any = Field(description="what its job returned when it succeeded (any JSON value); null otherwise")
+    key: str | None = Field(description="a one-off run's idempotency key")
+    expires_at: Instant | None = Field(description="a one-off run not started by then is expired, never run")
+    parent: RelatedRun | None = Field(description="the run whose outcome created this one (a follow-up)")
+    children: list[RelatedRun] = Field(description="the follow-ups its outcome created, oldest first")
 
 
 def iso(value: datetime | None) -> str | None:
@@ -220,6 +235,58 @@ class HistoryFilter(BaseModel):
         return occurrences[: self.limit]
 
 
+class FollowUpRequest(BaseModel):
+    """One follow-up of a one-off run (jobs.FollowUp): a run of job created when its parent ends `when`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: str = Field(description="a registered job's name")
+    when: Literal["succeeded", "failed", "cancelled", "finished"] = Field(
+        "succeeded", description="one of succeeded, failed, cancelled, finished"
+    )
+    payload: dict | None = Field(None, description="a JSON object, or null")
+
+
+class ScheduleRequest(BaseModel):
+    """The body of POST /tickerq/api/jobs/<job>/schedule: one run of a registered job (jobs.schedule).
+
+    Each field's description is its rule: a body that breaks one is refused with "<name> must be
+    <description>" (refusal). A key: while a run with it is scheduled or running, that run is the
+    answer instead of a new one. What only the scheduling itself can check (the job's name, the
+    payload's size, an expiry before the run) is refused by jobs.schedule (jobs.ScheduleError).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    at: AwareDatetime | None = Field(
+        None, description="an ISO 8601 time with its offset (2026-12-24T18:00:00+01:00), or null: as soon as possible"
+    )
+    payload: dict | None = Field(None, description="a JSON object, or null")
+    key: str | None = Field(None, max_length=200, description="a string of at most 200 characters, or null")
+    expires: AwareDatetime | None = Field(
+        None, description="an ISO 8601 time with its offset, after at, or null (not started by then: never run)"
+    )
+    then: list[FollowUpRequest] = Field([], description="a list of follow-ups ({job, when, payload})")
+
+    @classmethod
+    def refusal(cls, errors: list[dict]) -> str:
+        """The message for pydantic's errors of a body: each wrong field's rule ("body" when it is no object)."""
+        messages = []
+        for error in errors:
+            names = [part for part in error["loc"] if isinstance(part, str) and part != "body"]
+            model = FollowUpRequest if names[:1] == ["then"] and len(names) > 1 else cls
+            field = model.model_fields.get(names[-1]) if names else None
+            if error["type"] == "extra_forbidden":
+                message = f"unknown field: {names[-1]} (known: {', '.join(model.model_fields)})"
+            elif field:
+                message = f"{'then: ' if model is FollowUpRequest else ''}{names[-1]} must be {field.description}"
+            else:
+                message = "the body must be a JSON object: {at, payload, key, expires, then}, each optional"
+            if message not in messages:
+                messages.append(message)
+        return "; ".join(messages)
+
+
 def history_rows(history: HistoryFilter) -> list[dict]:
     url = occurrence_urls()
     return [history_row(o, url(o.id)) for o in history.occurrences()]
@@ -242,7 +309,8 @@ def history_row(o: Occurrence, url: str) -> dict:
 
 
 def occurrence_detail(o: Occurrence) -> dict:
-    """One occurrence with its timings, its attempts (oldest first) and the events it published.
+    """One occurrence with its timings, its attempts (oldest first), the events it published, a one-off
+    run's payload, key and expiry, its result, and its parent and children (follow-ups).
 
     The events are the outbox rows whose origin is "occurrence:<id>" (index outbox_origin), in
     the order published: each message's id, most derived type and delivery status.
@@ -288,4 +356,15 @@ def occurrence_detail(o: Occurrence) -> dict:
             for e in events[:MAX_EVENTS]
         ],
         "events_truncated": len(events) > MAX_EVENTS,
+        "payload": o.payload,
+        "result": o.result,
+        "key": o.key or None,
+        "expires_at": iso(o.expires_at),
+        "parent": related_run(o.parent) if o.parent_id else None,
+        # A run's children are the follow-ups of its `then` list, a handful (index occ_parent).
+        "children": [related_run(child) for child in o.children.order_by("id")],
     }
+
+
+def related_run(o: Occurrence) -> dict:
+    return {"id": o.id, "url": occurrence_url(o.id), "job": o.job_name, "status": o.status}

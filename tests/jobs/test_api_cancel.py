@@ -144,6 +144,12 @@ def test_a_scheduled_occurrence_is_cancelled_and_answered_with_its_detail(browse
         "attempts": [],
         "events": [],
         "events_truncated": False,
+        "payload": None,
+        "result": None,
+        "key": None,
+        "expires_at": None,
+        "parent": None,
+        "children": [],
         "cancel": "cancelled",
     }
     assert finished_at is not None

@@ -117,6 +117,12 @@ def test_an_occurrence_is_shown_with_its_timings_attempts_and_events(client, run
             },
         ],
         "events_truncated": False,
+        "payload": None,
+        "result": None,
+        "key": None,
+        "expires_at": None,
+        "parent": None,
+        "children": [],
     }
 
 

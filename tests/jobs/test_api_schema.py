@@ -104,6 +104,7 @@ def test_the_description_names_every_endpoint_and_how_to_authenticate(descriptio
         ("/tickerq/api/occurrences/{pk}", "get"),
         ("/tickerq/api/outbox/", "get"),
         ("/tickerq/api/jobs/{name}/trigger", "post"),
+        ("/tickerq/api/jobs/{job}/schedule", "post"),
         ("/tickerq/api/occurrences/{pk}/cancel", "post"),
     }
     for path, method in operations:
@@ -128,6 +129,14 @@ def test_the_description_names_each_endpoints_parameters(description):
     assert parameters("/tickerq/api/occurrences/{pk}", "get") == [("path", "pk", True)]
     assert parameters("/tickerq/api/jobs/{name}/trigger", "post") == [("path", "name", True)]
     assert parameters("/tickerq/api/occurrences/{pk}/cancel", "post") == [("path", "pk", True)]
+    assert parameters("/tickerq/api/jobs/{job}/schedule", "post") == [("path", "job", True)]
+    body = description["paths"]["/tickerq/api/jobs/{job}/schedule"]["post"]["requestBody"]
+    # Optional: no body (or null) is a run as soon as possible, without a payload.
+    assert body["content"]["application/json"]["schema"] == {"anyOf": [component("ScheduleRequest"), {"type": "null"}]}
+    assert body["required"] is False
+    request = description["components"]["schemas"]["ScheduleRequest"]
+    assert list(request["properties"]) == ["at", "payload", "key", "expires", "then"]
+    assert request["properties"]["at"]["anyOf"][0] == {"format": "date-time", "type": "string"}
     assert parameters("/tickerq/api/jobs/", "get") == []
     limit = description["paths"]["/tickerq/api/history/"]["get"]["parameters"][3]
     assert (limit["schema"]["minimum"], limit["schema"]["maximum"], limit["schema"]["default"]) == (1, 1000, 20)
@@ -145,6 +154,28 @@ def test_the_description_names_each_endpoints_response_schema(description):
     assert response_schema(description, "/tickerq/api/jobs/{name}/trigger", "post", 201) == component("Triggered")
     assert response_schema(description, "/tickerq/api/jobs/{name}/trigger", "post", 404) == component("Error")
     assert response_schema(description, "/tickerq/api/occurrences/{pk}/cancel", "post", 200) == component("Cancelled")
+    for status, schema in [(201, "OccurrenceDetail"), (200, "OccurrenceDetail"), (400, "Error")]:
+        assert response_schema(description, "/tickerq/api/jobs/{job}/schedule", "post", status) == component(schema)
+    assert sorted(description["components"]["schemas"]["OccurrenceDetail"]["required"]) == [
+        "attempts",
+        "children",
+        "error",
+        "events",
+        "events_truncated",
+        "expires_at",
+        "id",
+        "job",
+        "key",
+        "manual",
+        "parent",
+        "payload",
+        "result",
+        "scheduled_for",
+        "status",
+        "timings",
+        "triggered_by",
+        "url",
+    ]
     assert response_schema(description, "/tickerq/api/occurrences/{pk}/cancel", "post", 404) == component("Error")
     assert response_schema(description, "/tickerq/api/occurrences/{pk}/cancel", "post", 409) == component("Error")
     assert description["components"]["schemas"]["Cancelled"]["properties"]["cancel"]["enum"] == [
@@ -236,6 +267,22 @@ def test_a_triggers_answer_matches_its_documented_schema(client, description):
     assert response.status_code == 201
     schema = response_schema(description, "/tickerq/api/jobs/{name}/trigger", "post", 201)
     assert_matches(description, schema, response.json())
+
+
+def test_a_schedules_answers_match_their_documented_schemas(client, description):
+    staff("jobs.run_job")
+    url = "/tickerq/api/jobs/CleanUpSentEmailJob/schedule"
+    body = {"at": "2030-03-01T12:00:00+01:00", "payload": {"order_id": 7}, "key": "k", "expires": None, "then": []}
+
+    created = client.post(url, data=body, content_type="application/json", **basic())
+    again = client.post(url, data=body, content_type="application/json", **basic())
+    refused = client.post(url, data={"at": "noon"}, content_type="application/json", **basic())
+
+    assert (created.status_code, again.status_code, refused.status_code) == (201, 200, 400)
+    for answer in (created, again):
+        schema = response_schema(description, "/tickerq/api/jobs/{job}/schedule", "post", answer.status_code)
+        assert_matches(description, schema, answer.json())
+    assert_matches(description, component("Error"), refused.json())
 
 
 def test_a_cancels_answer_and_its_409_match_their_documented_schemas(client, description, run):

@@ -1,9 +1,11 @@
-"""manage.py jobs: list definitions, show history, trigger a run, cancel one, preview a cron expression, prune."""
+"""manage.py jobs: list definitions, show history, trigger a run, schedule a one-off run, cancel one, preview a
+cron expression, prune."""
 
 import argparse
 import json
+import re
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -14,13 +16,48 @@ from django_celery_beat.models import PeriodicTask
 from bookworm_scheduler.kernel.clock import database_now, default_clock
 from bookworm_scheduler.web.audit_log import from_command_line, os_user
 from jobs.engine import store
+from jobs.engine.oneoff import ScheduleError
 from jobs.engine.schedules import InvalidSchedule, cron_instants, did_you_mean, get_zone, next_instants
 from jobs.engine.store import CancelOutcome
 from jobs.models import Occurrence
-from jobs.web.audit import cancel_logged, cancel_refusal, run_now_logged
+from jobs.web.audit import cancel_logged, cancel_refusal, run_now_logged, schedule_logged, utc_text
 from jobs.web.serializers import DEFAULT_LIMIT, MAX_LIMIT, BadFilter, HistoryFilter, history_rows, iso, job_rows
 
 USAGE_ERROR = 2
+DELAY = re.compile(r"(\d+)([smhd])")
+DELAY_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+class UsageError(ValueError):
+    """An option's value the command cannot read; the message names the option."""
+
+
+def duration(text: str) -> timedelta:
+    """--in's value: a whole number and a unit, 30s, 10m, 2h or 1d."""
+    matched = DELAY.fullmatch(text.strip())
+    if matched is None:
+        raise UsageError(f"--in is a whole number and a unit (30s, 10m, 2h or 1d), not {text!r}")
+    return timedelta(**{DELAY_UNITS[matched[2]]: int(matched[1])})
+
+
+def json_value(text: str, option: str):
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{option} is not JSON: {exc}") from None
+
+
+def aware_instant(text: str, option: str) -> datetime:
+    """An ISO-8601 instant with its offset (Z for UTC); a naive one is refused, not guessed."""
+    try:
+        instant = parse_datetime(text)
+    except ValueError:
+        instant = None
+    if instant is None:
+        raise UsageError(f"{option} is not an ISO-8601 instant: {text}")
+    if timezone.is_naive(instant):
+        raise UsageError(f"{option} needs its offset (2026-12-24T18:00:00+01:00, or Z for UTC): {text}")
+    return instant
 
 
 class Command(BaseCommand):
@@ -46,6 +83,14 @@ class Command(BaseCommand):
         trigger = actions.add_parser("trigger", help="Run a job now through the scheduler, recorded as manual.")
         trigger.add_argument("name")
         trigger.add_argument("--wait", type=float, metavar="SECONDS", help="Wait up to SECONDS for the run to finish.")
+
+        schedule = actions.add_parser("schedule", help="A one-off run of a registered job, at a time, with a payload.")
+        schedule.add_argument("job", help="A registered job's name (the code's, as in a definition's job field).")
+        when = schedule.add_mutually_exclusive_group()
+        when.add_argument("--at", help="ISO-8601 instant with its offset (default: as soon as possible).")
+        when.add_argument("--in", dest="delay", metavar="DELAY", help="After this long: 30s, 10m, 2h or 1d.")
+        schedule.add_argument("--payload", metavar="JSON", help="A JSON object, the job's context.payload.")
+        schedule.add_argument("--key", help="While a run with this key is scheduled or running, keep that one instead.")
 
         cancel = actions.add_parser(
             "cancel", help="Cancel a scheduled occurrence, or ask a running one to stop (as the dashboard's Cancel)."
@@ -115,6 +160,23 @@ class Command(BaseCommand):
                 return
             time.sleep(0.1)
         raise CommandError(f"{name} did not finish within {wait} s (status {occurrence.status})", returncode=1)
+
+    def handle_schedule(self, job, at=None, delay=None, payload=None, key=None, **options):
+        try:
+            instant = aware_instant(at, "--at") if at else database_now() + duration(delay) if delay else None
+            payload = json_value(payload, "--payload") if payload is not None else None
+        except UsageError as exc:
+            raise CommandError(str(exc), returncode=USAGE_ERROR) from None
+        by = f"{os_user()} via manage.py jobs schedule"
+        try:
+            occurrence, new = schedule_logged(job, by=by, via=from_command_line(), at=instant, payload=payload, key=key)
+        except ScheduleError as exc:
+            raise CommandError(str(exc), returncode=USAGE_ERROR) from None
+        at_text = utc_text(occurrence.scheduled_for)
+        if new:
+            self.stdout.write(f"scheduled {job}: occurrence {occurrence.id} at {at_text}")
+        else:
+            self.stdout.write(f"already scheduled {job}: occurrence {occurrence.id} at {at_text} (key {key})")
 
     def handle_cancel(self, id, **options):
         occurrence = Occurrence.objects.filter(pk=id).first()

@@ -200,6 +200,12 @@ def test_an_unknown_job_is_a_400_naming_the_nearest(client, script):
     assert refused(response) == "no registered job is named 'CleanUpSentMailJob' (did you mean CleanUpSentEmailJob?)"
 
 
+def test_a_follow_up_of_an_unknown_job_is_a_400(client, script):
+    response = post(client, {"then": [{"job": "ResendErrorMailJob", "when": "failed"}]})
+
+    assert refused(response) == "no registered job is named 'ResendErrorMailJob' (did you mean ResendErrorEmailJob?)"
+
+
 def test_a_definitions_name_is_not_a_job(client, script, no_seed_definitions):
     # The path names a registered job (the code), which a definition's own name need not be.
     make_definition("Nightly cleanup", "CleanUpSentEmailJob", every=3600)

@@ -277,7 +277,8 @@ class Scheduler:
         return self._stopping.is_set()
 
     def stop(self) -> None:
-        """Stop claiming; running jobs go on. Safe to call from a signal handler."""
+        """Stop claiming; running jobs go on. From any thread but never from a signal handler, which may have
+        interrupted the main thread inside _wake's lock (runscheduler: bookworm_scheduler.kernel.signals)."""
         self._stopping.set()
         self._wake.set()
 

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from bookworm_scheduler.kernel import daemon_metrics, tracing
+from bookworm_scheduler.kernel.signals import on_signals
 from jobs.engine import scheduler_metrics as metrics
 from jobs.engine.loop import Scheduler
 
@@ -44,8 +45,8 @@ class Command(BaseCommand):
             group_runs=settings.SCHEDULER_GROUP_RUNS,
             group_seconds=settings.SCHEDULER_GROUP_MILLISECONDS / 1000,
         )
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: scheduler.stop())
+        # Not scheduler.stop() in a handler: it sets an event whose lock the interrupted main thread may hold.
+        on_signals(scheduler.stop, (signal.SIGTERM, signal.SIGINT))
         # What start-up made (Django, the apps, the jobs) lives as long as the process: out of the
         # collector's reach, a full collection does not walk it again, with the GIL held.
         gc.freeze()

@@ -13,7 +13,8 @@ payload as JobContext.payload; what it returns is kept as the occurrence's resul
 leased, retried (by its job's policy: JobSpec.policy) and recorded as any other occurrence; found
 late (every scheduler was down) it runs as soon as one is back, never missed; with an expiry, a run
 not started by then is recorded expired (jobs.engine.runner), never run late. schedule_many() does
-the same for many runs in one statement.
+the same for many runs in one statement. then=[FollowUp(...)]: runs created when this one ends
+(oneoff_store.follow_ups, in the transaction of that end), each seeing it as JobContext.parent.
 """
 
 import dataclasses
@@ -25,6 +26,7 @@ from django.conf import settings
 
 from bookworm_scheduler.kernel.clock import default_clock
 from jobs.engine import oneoff_store
+from jobs.engine.oneoff_store import FOLLOW_UP_WHEN
 from jobs.engine.policy import Priority
 from jobs.engine.registry import get_job, registered_jobs
 from jobs.engine.schedules import did_you_mean
@@ -43,15 +45,6 @@ class UnknownJob(ScheduleError):
 
 class PayloadError(ScheduleError):
     """The payload is not a JSON object, or is larger than SCHEDULER_PAYLOAD_MAX_BYTES."""
-
-
-# When a follow-up runs, by its parent's final status (FollowUp.when).
-FOLLOW_UP_WHEN = {
-    "succeeded": (Occurrence.Status.SUCCEEDED,),
-    "failed": (Occurrence.Status.FAILED,),
-    "cancelled": (Occurrence.Status.SKIPPED,),
-    "finished": tuple(Occurrence.FINISHED),
-}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,8 +18,17 @@ from django.db import router
 from bookworm_scheduler.kernel.db import insert_row, prepared_cursor
 from bookworm_scheduler.kernel.dialect import postgresql
 from jobs.engine import sql
+from jobs.engine.policy import Priority
+from jobs.engine.registry import get_job
 from jobs.models import OCCURRENCE_LIVE, Occurrence
 
+# A follow-up's `when` (jobs.engine.oneoff.FollowUp): the final statuses of its parent that create it.
+FOLLOW_UP_WHEN = {
+    "succeeded": (Occurrence.Status.SUCCEEDED,),
+    "failed": (Occurrence.Status.FAILED,),
+    "cancelled": (Occurrence.Status.SKIPPED,),
+    "finished": tuple(Occurrence.FINISHED),
+}
 # Tries of a key whose live run finished between the insert that found it and the read of it.
 KEY_TRIES = 3
 
@@ -76,6 +85,25 @@ def insert(runs: list[NewRun], *, by: str, now: datetime) -> list[tuple[Occurren
     if pending:
         raise KeyRace(f"key {runs[pending[0]].key!r}: its live run kept finishing; try again")
     return outcome
+
+
+def follow_ups(parent: Occurrence) -> list[Occurrence]:
+    """Insert the follow-ups (parent.then) whose `when` the parent's final status meets, due at its end.
+
+    The occurrence store calls it in the transaction that records that status (store._ended), so each
+    follow-up exists if and only if its parent's end committed: once, whatever dies after.
+    """
+    wanted = [f for f in parent.then or () if parent.status in FOLLOW_UP_WHEN.get(f.get("when"), ())]
+    if not wanted:
+        return []
+    at = parent.finished_at
+    runs = [NewRun(f["job"], f.get("payload"), "", _priority(f["job"]), at, parent_id=parent.id) for f in wanted]
+    return [occurrence for occurrence, _ in insert(runs, by=parent.triggered_by, now=at)]
+
+
+def _priority(job: str) -> int:
+    spec = get_job(job)
+    return spec.policy.priority if spec is not None else Priority.NORMAL
 
 
 def _insert(runs: list[NewRun], *, by: str, now: datetime, using: str) -> list[Occurrence]:

@@ -10,6 +10,10 @@ cancel is a request, after which its attempt ends only as record_cancel. The sch
 runner and its groups, the reaper, the Celery worker, the admin's actions and the API call these;
 models.Occurrence is the schema.
 
+A final status (an end above but release and a retry) creates the follow-ups of a one-off run that
+it meets (its `then`), in the same transaction (_ended, jobs.engine.oneoff_store.follow_ups): they
+exist if and only if that end committed.
+
 Every change of a running occurrence is guarded by one rule, `_claimed`: still running, by
 this session, at this attempt. A write that finds the claim gone (reaped, or taken over) raises
 LeaseLost, so the caller's transaction, the job's own work with it, rolls back. The rows a
@@ -24,7 +28,7 @@ import enum
 import json
 from datetime import datetime, timedelta
 
-from django.db import connections, router
+from django.db import connections, router, transaction
 from django.db.models import F, Q, Value
 from django.db.models.functions import Concat
 from django_celery_beat.models import PeriodicTask
@@ -32,7 +36,7 @@ from django_celery_beat.models import PeriodicTask
 from bookworm_scheduler.kernel.clock import default_clock
 from bookworm_scheduler.kernel.db import insert_row, prepared_cursor
 from bookworm_scheduler.kernel.dialect import notify, postgresql
-from jobs.engine import sql
+from jobs.engine import oneoff_store, sql
 from jobs.engine.policy import Priority
 from jobs.engine.retention import prune  # noqa: F401  (the store's deletion, kept in its own module)
 from jobs.models import Alert, Attempt, Occurrence
@@ -393,11 +397,16 @@ def cancel(occurrence: Occurrence, *, by: str, now) -> CancelOutcome:
 
     The request (who, when) is recorded once; the claim's holder then ends it (record_cancel): a
     job that checks (JobContext.cancelled) stops, one that does not is stopped at its return to the
-    runner, a Celery hand-over is revoked. A row a group locked waits for the group's commit here.
+    runner, a Celery hand-over is revoked. A row a group locked waits for the group's commit here. A
+    scheduled one's follow-ups (when="cancelled" or "finished") are created with its cancel.
     """
     scheduled = Occurrence.objects.filter(pk=occurrence.pk, status=Status.SCHEDULED)
-    if scheduled.update(status=Status.SKIPPED, finished_at=now, reason=f"cancelled by {by}"):
-        return CancelOutcome.CANCELLED
+    with transaction.atomic():  # its follow-ups with it
+        if scheduled.update(status=Status.SKIPPED, finished_at=now, reason=f"cancelled by {by}"):
+            _ended(
+                occurrence, Occurrence.objects.values("status", "finished_at", "reason", "then").get(pk=occurrence.pk)
+            )
+            return CancelOutcome.CANCELLED
     running = Occurrence.objects.filter(pk=occurrence.pk, status=Status.RUNNING, cancel_requested_at=None)
     if running.update(cancel_requested_at=now, cancel_requested_by=by[:150]):
         return CancelOutcome.REQUESTED
@@ -417,7 +426,7 @@ def record_cancel(occurrence: Occurrence, *, session, started_at, now) -> None:
     if claim.exclude(cancel_requested_at=None).update(
         status=Status.SKIPPED, finished_at=now, reason=reason, lease_expires_at=None
     ):
-        fields = Occurrence.objects.values("status", "finished_at", "reason", "scheduler").get(pk=occurrence.pk)
+        fields = Occurrence.objects.values("status", "finished_at", "reason", "scheduler", "then").get(pk=occurrence.pk)
         started_at = min(started_at or now, now)
         Attempt.objects.create(
             occurrence=occurrence,
@@ -453,10 +462,13 @@ def _refused(occurrence: Occurrence, session) -> Exception:
 
 
 def _ended(occurrence: Occurrence, fields: dict) -> None:
-    """The instance as the row now is: the fields written, the lease gone."""
+    """The instance as the row now is: the fields written, the lease gone; a final status creates the
+    follow-ups it meets, in the same transaction (oneoff_store.follow_ups)."""
     for name, value in fields.items():
         setattr(occurrence, name, value)
     occurrence.lease_expires_at = None
+    if occurrence.then and occurrence.status in Occurrence.FINISHED:
+        oneoff_store.follow_ups(occurrence)
 
 
 def _outcome(occurrence: Occurrence, *, started_at, now, error: str, retry_at, result) -> tuple[dict, str, datetime]:

@@ -215,3 +215,13 @@ def retried(context: JobContext) -> int:
     if context.attempt < context.payload.get("succeed_on", 2):
         raise RuntimeError(f"attempt {context.attempt} fails")
     return context.attempt
+
+
+@job("test.nap", retries=1)
+def nap(context: JobContext) -> dict:
+    """On its first attempt, sleep payload["seconds"] in short slices; return its parent's status (a follow-up's)."""
+    if context.attempt == 1:
+        deadline = time.monotonic() + context.payload.get("seconds", 1)
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+    return {"parent_status": None if context.parent is None else context.parent.status}

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from jobs import schedule
+from jobs import FollowUp, schedule
 from jobs.models import Occurrence
 from outbox.models import OutboxMessage
 from tests.jobs.helpers import wait_for
@@ -41,3 +41,16 @@ def test_a_worker_fails_a_run_whose_result_is_not_json(scheduler_processes, cele
     wait_for(lambda: row(occurrence).status == "failed", timeout=30)
     assert row(occurrence).reason.startswith("ResultNotJson: the job's result is not JSON")
     assert not OutboxMessage.objects.exists()
+
+
+def test_a_worker_creates_the_follow_ups_and_runs_them(scheduler_processes, celery_env, workers, no_seed_definitions):
+    workers()
+    scheduler_processes(env=celery_env, instance_id="hands-over")
+    parent = schedule("test.echo", payload={"n": 1}, then=[FollowUp("test.echo", payload={"after": 1})])
+    child = wait_for(lambda: Occurrence.objects.filter(parent=parent, status="succeeded").first(), timeout=30)
+    assert child.result == {
+        "payload": {"after": 1},
+        "attempt": 1,
+        "parent": {"id": parent.id, "status": "succeeded", "result": row(parent).result},
+    }
+    assert row(parent).result["payload"] == {"n": 1}

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from django.db import router
 
-from bookworm_scheduler.kernel.db import insert_row, prepared_cursor
+from bookworm_scheduler.kernel.db import prepared_cursor
 from bookworm_scheduler.kernel.dialect import postgresql
 from jobs.engine import sql
 from jobs.engine.policy import Priority
@@ -130,13 +130,14 @@ def _insert(runs: list[NewRun], *, by: str, now: datetime, using: str) -> list[O
 
 
 def _insert_each(runs: list[NewRun], *, by: str, now: datetime, using: str) -> list[Occurrence]:
-    """SQLite: one writer at a time, so a key is looked up, then inserted if free."""
+    """SQLite: one writer at a time, so a key is looked up, then inserted if free (created_at: this host's
+    clock, which is SQLite's)."""
     inserted, keys = [], set()
     for run in runs:
         if run.key and (run.key in keys or Occurrence.objects.filter(key=run.key, status__in=OCCURRENCE_LIVE).exists()):
             continue
         keys.add(run.key)
-        occurrence = Occurrence(
+        occurrence = Occurrence.objects.using(using).create(
             job=run.job,
             job_name=run.job,
             payload=run.payload,
@@ -148,9 +149,8 @@ def _insert_each(runs: list[NewRun], *, by: str, now: datetime, using: str) -> l
             then=run.then,
             parent_id=run.parent_id,
             triggered_by=by,
-            created_at=now,
         )
-        inserted.append(insert_row(occurrence, using))
+        inserted.append(occurrence)
     return inserted
 
 

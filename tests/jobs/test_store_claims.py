@@ -4,12 +4,13 @@ The tests not marked postgresql_only run against SQLite too (see test_store_reco
 """
 
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 from django.db import transaction
 
-from jobs.engine import store
+from jobs.engine import oneoff_store, store
 from jobs.engine.store import LeaseLost
 from jobs.models import Alert, Attempt, Occurrence, Priority
 from tests.jobs.helpers import woken_by_notify
@@ -48,6 +49,22 @@ def test_trigger_claimed_is_running_for_its_session_in_the_same_insert(task, clo
     assert (stored.status, stored.attempts, stored.scheduler, stored.session) == ("running", 1, "worker-1", SESSION)
     assert stored.lease_expires_at == clock.now + timedelta(seconds=60)
     assert stored.started_at == stored.scheduled_for == clock.now and stored.manual
+
+
+def test_a_one_off_insert_is_scheduled_and_a_held_key_gives_its_live_run(db, clock):
+    run = oneoff_store.NewRun("test.echo", {"n": 1}, "k", Priority.HIGH, clock.now)
+    ((first, new),) = oneoff_store.insert([run], by="a", now=clock.now)
+    (again, again_new), (other, other_new) = oneoff_store.insert([run, replace(run, key="")], by="b", now=clock.now)
+    assert (new, again_new, other_new, again.id, other.key) == (True, False, True, first.id, "")
+    stored = row(first)
+    assert (stored.status, stored.job, stored.task_id, stored.payload, stored.priority) == (
+        "scheduled",
+        "test.echo",
+        None,
+        {"n": 1},
+        2,
+    )
+    assert (claim_ready(clock.now)[0].payload, Occurrence.objects.count()) == ({"n": 1}, 2)
 
 
 # Claimed.

@@ -135,6 +135,8 @@ class Alert(models.Model):
         error = occurrence.reason
         shown = error if len(error) <= 1000 else error[:1000] + "…"
         how = f"run manually by {occurrence.triggered_by}" if occurrence.triggered_by else "scheduled"
+        if occurrence.one_off:
+            how = f"a one-off run scheduled by {occurrence.triggered_by or 'code'}"
         text = (
             f"Job {occurrence.job_name} failed after {occurrence.attempts} attempt(s) "
             f"({how} for {occurrence.scheduled_for.isoformat()}).\n\n"

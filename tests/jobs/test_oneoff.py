@@ -13,7 +13,7 @@ from jobs.engine import store
 from jobs.engine.loop import Scheduler
 from jobs.engine.oneoff import schedule_or_get
 from jobs.handover.executor import CeleryExecutor
-from jobs.models import Attempt, Occurrence
+from jobs.models import Alert, Attempt, Occurrence
 from outbox.models import OutboxMessage
 from tests.jobs.helpers import make_scheduler, wait_for, woken_by_notify
 from tests.jobs.store_helpers import SESSION, claim_ready
@@ -221,6 +221,15 @@ def test_a_result_that_is_not_json_fails_the_run_and_rolls_its_work_back(clock, 
     assert stored.status == "failed" and stored.result is None
     assert stored.reason.startswith("ResultNotJson: the job's result is not JSON: Object of type object")
     assert not OutboxMessage.objects.exists()
+
+
+def test_a_one_off_run_that_fails_for_good_alerts_naming_who_scheduled_it(clock, settings, no_seed_definitions):
+    settings.ALERT_EMAILS = ["ops@example.com"]
+    occurrence = schedule("test.not_json", by="orders")
+    assert run_ready(clock) == 1
+    alert = Alert.objects.get(occurrence=occurrence)
+    assert (alert.subject, alert.job_name) == ("Job test.not_json failed", "test.not_json")
+    assert "(a one-off run scheduled by orders for " in alert.text
 
 
 def test_its_retries_follow_the_jobs_policy(clock, no_seed_definitions):

@@ -75,6 +75,16 @@ def test_a_cancel_creates_the_cancelled_ones_with_it(clock, no_seed_definitions)
     assert len(children(parent)) == 2
 
 
+def test_a_running_runs_cancel_creates_the_cancelled_ones_when_it_is_recorded(clock, no_seed_definitions):
+    parent = schedule("test.echo", then=EVERY_WHEN)
+    (claimed,) = claim_ready(clock.now)
+    assert store.cancel(parent, by="alice", now=clock.now) == "requested"
+    assert children(parent) == []
+    store.record_cancel(claimed, session=SESSION, started_at=clock.now, now=clock.now)
+    assert row(parent).status == "skipped"
+    assert [c.payload for c in children(parent)] == [{"when": "cancelled"}, {"when": "finished"}]
+
+
 def test_an_expiry_creates_the_finished_ones(clock, no_seed_definitions):
     parent = schedule("test.echo", expires=timedelta(minutes=5), then=EVERY_WHEN)
     assert scheduler_of(clock).run_ready(clock.now, limit=1) == 1

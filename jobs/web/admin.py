@@ -5,7 +5,8 @@ chosen from the registered ones, one schedule, the policy inline) with a live pr
 expression's next fire times. Actions write rows for the scheduler through the occurrence store
 (a manual occurrence, a cancelled one); the web process never calls the broker or a job.
 History, schedulers and alerts are read-only; the history's filters are jobs.web.filters. Lists
-never count a big table in full.
+never count a big table in full. One-off runs (a job page's "Schedule a run", the upcoming ones, what
+an occurrence shows of them) are jobs.web.oneoff_admin.
 """
 
 from datetime import timedelta
@@ -27,7 +28,7 @@ from jobs.engine import store
 from jobs.engine.definitions import Definition, cron_expression, policy_of
 from jobs.models import Alert, Attempt, JobPolicy, Occurrence, SchedulerInstance
 from jobs.templatetags.dashboard_tags import run_time
-from jobs.web import admin_views
+from jobs.web import admin_views, oneoff_admin
 from jobs.web.audit import run_now_logged
 from jobs.web.filters import JobFilter, KindFilter, SchedulerFilter, WhenFilter
 from jobs.web.forms import CrontabScheduleForm, JobDefinitionForm, cron_words, describe_cron
@@ -135,6 +136,7 @@ class JobDefinitionAdmin(admin.ModelAdmin):
         return [
             path("preview/", preview, name="jobs_schedule_preview"),
             *admin_views.object_action_urls(self, ("run_now", "run")),
+            *oneoff_admin.schedule_urls(self),
             *super().get_urls(),
         ]
 
@@ -152,6 +154,7 @@ class JobDefinitionAdmin(admin.ModelAdmin):
                 "totals": admin_views.totals(task.id, default_clock()),
                 "runs_url": admin_views.runs_url(task.id),
                 "can_run": self.has_run_permission(request),
+                **oneoff_admin.job_page(self, request, task),
                 **(extra_context or {}),
             }
         return super().change_view(request, object_id, form_url, extra_context)
@@ -299,7 +302,7 @@ class AttemptInline(admin.StackedInline):
 
 
 @admin.register(Occurrence)
-class OccurrenceAdmin(ReadOnlyAdmin):
+class OccurrenceAdmin(oneoff_admin.OneOffOccurrenceAdmin, ReadOnlyAdmin):
     list_display = [
         "job_name",
         "scheduled",
@@ -309,7 +312,7 @@ class OccurrenceAdmin(ReadOnlyAdmin):
         "scheduler",
         "started",
         "duration",
-    ]  # times on one line and manual with its user in one column: the list fits 1280 px (lists.css)
+    ]  # times on one line, manual or one-off with its user in one column: the list fits 1280 px (lists.css)
     list_filter = ["status", KindFilter, JobFilter, SchedulerFilter, WhenFilter]
     search_fields = ["=job_name"]  # exact, case-insensitive: index occ_job_name_recent
     search_help_text = "The exact name of a job."
@@ -341,7 +344,8 @@ class OccurrenceAdmin(ReadOnlyAdmin):
     ]
 
     def get_readonly_fields(self, request, obj=None):
-        return [f.name for f in self.model._meta.fields] + ["coloured_status", "duration", "fire_lag", "events"]
+        extra = ["coloured_status", "duration", "fire_lag", "events", *oneoff_admin.ONE_OFF_FIELDS]
+        return [f.name for f in self.model._meta.fields] + extra
 
     def get_urls(self):
         return [*admin_views.object_action_urls(self, ("retry", "retry"), ("cancel", "cancel")), *super().get_urls()]
@@ -359,12 +363,6 @@ class OccurrenceAdmin(ReadOnlyAdmin):
     @admin.display(description="Started at", ordering="started_at")
     def started(self, occurrence):
         return list_time(occurrence.started_at, day_of=occurrence.scheduled_for)  # the time alone on the same day
-
-    @admin.display(description="Trigger")
-    def trigger(self, occurrence):
-        if not occurrence.manual:
-            return "schedule"
-        return f"manual ({occurrence.triggered_by})" if occurrence.triggered_by else "manual"
 
     @admin.display(description="Duration")
     def duration(self, occurrence):

@@ -1,4 +1,4 @@
-"""The occurrence history's list filters: by job, kind (scheduled or manual), scheduler and time."""
+"""The occurrence history's list filters: by job, kind (scheduled, manual, one-off, upcoming), scheduler and time."""
 
 from datetime import timedelta
 
@@ -7,6 +7,7 @@ from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.kernel.clock import default_clock
 from jobs.models import SchedulerInstance
+from jobs.web.oneoff_admin import UPCOMING, upcoming
 
 
 class JobFilter(admin.SimpleListFilter):
@@ -24,15 +25,24 @@ class JobFilter(admin.SimpleListFilter):
 
 
 class KindFilter(admin.SimpleListFilter):
+    """A definition's scheduled or manual runs, one-off runs (jobs.schedule), or the upcoming one-off runs:
+    scheduled or running, soonest first (jobs.web.oneoff_admin: the live rows' partial indexes)."""
+
     title = "kind"
     parameter_name = "kind"
 
     def lookups(self, request, model_admin):
-        return [("scheduled", "Scheduled"), ("manual", "Manual")]
+        return [("scheduled", "Scheduled"), ("manual", "Manual"), ("oneoff", "One-off"), (UPCOMING, "Upcoming one-off")]
 
     def queryset(self, request, queryset):
-        if self.value():
-            return queryset.filter(manual=self.value() == "manual")
+        if self.value() == "scheduled":
+            return queryset.filter(manual=False, job="")
+        if self.value() == "manual":
+            return queryset.filter(manual=True)  # index occ_manual_recent
+        if self.value() == "oneoff":
+            return queryset.exclude(job="")
+        if self.value() == UPCOMING:
+            return upcoming(queryset)
         return queryset
 
 

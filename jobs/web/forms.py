@@ -16,7 +16,7 @@ from django.utils.html import format_html, format_html_join
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
 from bookworm_scheduler.kernel.clock import default_clock
-from jobs.engine import schedules
+from jobs.engine import oneoff, schedules
 from jobs.engine.definitions import cron_expression
 from jobs.engine.registry import get_job, registered_jobs
 from jobs.engine.schedules import InvalidSchedule, cron_instants, did_you_mean, get_zone, next_instants, validate_cron
@@ -228,3 +228,48 @@ class JobDefinitionForm(forms.ModelForm):
             crontab.save()
             self.instance.crontab = crontab
         return super().save(commit)
+
+
+class ScheduleRunForm(forms.Form):
+    """A one-off run of a job from its page (jobs.web.oneoff_admin): when, in the viewer's zone, a payload, a key.
+
+    `at` is read in the active zone (bookworm_scheduler.web.display_zone), as Django reads any form's
+    time; empty, the run is due at once. The payload is checked here as jobs.schedule checks it
+    (oneoff.check_payload: a JSON object within SCHEDULER_PAYLOAD_MAX_BYTES), so a bad one is this
+    form's error; the page's script says the same as it is typed.
+    """
+
+    at = forms.DateTimeField(
+        label="When",
+        required=False,
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"],
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"}, format="%Y-%m-%dT%H:%M:%S"),
+        help_text="In your display zone. Empty: as soon as possible.",
+    )
+    payload = forms.CharField(
+        label="Payload",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4, "cols": 60, "spellcheck": "false", "placeholder": '{"order_id": 42}'}),
+        help_text="A JSON object, which the job reads as context.payload. Empty: none.",
+    )
+    key = forms.CharField(
+        label="Key",
+        required=False,
+        max_length=oneoff.KEY_MAX_LENGTH,
+        help_text="Optional: while a run with this key is scheduled or running, no other is added.",
+    )
+
+    def clean_payload(self) -> dict | None:
+        text = self.cleaned_data["payload"].strip()
+        if not text:
+            return None
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise forms.ValidationError(f"Not JSON: {exc}.") from None
+        if not isinstance(value, dict):
+            raise forms.ValidationError(f"A JSON object ({{...}}), not {type(value).__name__}.")
+        try:
+            return oneoff.check_payload(value)
+        except oneoff.ScheduleError as exc:
+            raise forms.ValidationError(f"{str(exc)[:1].upper()}{str(exc)[1:]}.") from None

@@ -22,6 +22,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from bookworm_scheduler.web.times import list_time
 from jobs.engine.oneoff import ScheduleError
 from jobs.models import Occurrence
 from jobs.web.audit import schedule_logged
@@ -114,7 +115,25 @@ def pretty_json(value):
 
 
 class OneOffOccurrenceAdmin:
-    """OccurrenceAdmin's one-off parts: the Trigger column, the "One-off run" fields, the upcoming list's order."""
+    """OccurrenceAdmin's one-off parts: the Trigger column, the "One-off run" fields, and the upcoming list's
+    columns (when due, key, who asked, Cancel for those who may) and order."""
+
+    def get_list_display(self, request):
+        if request.GET.get("kind") != UPCOMING:
+            return super().get_list_display(request)
+        shown = ["job_name", "due", "coloured_status", "key", "trigger", "attempts"]
+        return [*shown, "cancel_button"] if self.has_cancel_permission(request) else shown
+
+    @admin.display(description="Due", ordering="run_after")
+    def due(self, occurrence):
+        return list_time(occurrence.run_after)  # the first run's time, or a pending retry's
+
+    @admin.display(description="")
+    def cancel_button(self, occurrence):
+        # A button of the list's own form (which holds the CSRF token), posted to the occurrence's cancel view.
+        url = reverse("admin:jobs_occurrence_cancel", args=[occurrence.pk])
+        button = '<button type="submit" class="button occurrence-cancel" formaction="{}">Cancel</button>'
+        return format_html(button, url)
 
     def get_ordering(self, request):
         if request.GET.get("kind") == UPCOMING:

@@ -1,4 +1,5 @@
-"""The dashboard in a real headless Chromium: log in, run a job, watch the overview follow it.
+"""The dashboard in a real headless Chromium: log in, run a job, watch the overview follow it; schedule a one-off
+run from a job's page and cancel it from the upcoming ones.
 
 Debian's chromium, driven by Playwright's Python package; a real scheduler process runs the
 job against the test database. Its screenshots are the README's (docs/screenshots/) when asked
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission, User
 from django.db import transaction
 from django_celery_beat.models import PeriodicTask
@@ -274,3 +276,50 @@ def test_an_operator_cancels_a_running_occurrence_from_its_page(browser, live_se
     expect(page.locator(".field-coloured_status")).to_contain_text("skipped")
     expect(page.locator(".field-reason")).to_contain_text("cancelled by operator while running")
     assert not OutboxMessage.objects.filter(origin=f"occurrence:{running.id}").exists()
+
+
+def test_an_operator_schedules_a_one_off_run_from_a_job_page_and_cancels_it_from_upcoming(browser, live_server):
+    User.objects.create_superuser("operator", "operator@example.com", PASSWORD)
+    task = make_definition("EchoJob", "test.echo", every=3600)
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.set_default_timeout(30_000)
+    log_in(page, live_server, "operator")
+
+    # On the job's page: a minute ahead, in the viewer's zone (UTC here); the payload is checked as it is typed.
+    page.goto(f"{live_server.url}/tickerq/django_celery_beat/periodictask/{task.id}/change/")
+    page.click("a.schedule-run-link")
+    at = (datetime.now(UTC) + timedelta(minutes=1)).replace(microsecond=0)
+    page.fill("#id_at", at.strftime("%Y-%m-%dT%H:%M:%S"))
+    page.fill("#id_payload", '{"order_id": 42')
+    expect(page.locator("#payload-check")).to_have_class(re.compile("payload-bad"))
+    expect(page.locator("#payload-check")).not_to_have_text("valid JSON object")
+    page.fill("#id_payload", '{"order_id": 42}')
+    expect(page.locator("#payload-check")).to_have_text("valid JSON object")
+    page.fill("#id_key", "reminder:42")
+    page.click("input.schedule-run")
+
+    expect(page.locator(".messagelist")).to_contain_text("Scheduled: occurrence")
+    run = Occurrence.objects.get(job="test.echo")
+    assert (run.scheduled_for, run.payload, run.key) == (at, {"order_id": 42}, "reminder:42")
+    expect(page.locator(f"#upcoming-run-{run.id}")).to_contain_text("reminder:42")
+
+    # Every job's upcoming one-off runs, and Cancel there.
+    page.click("a.upcoming-link")
+    row = page.locator("#result_list tr", has_text="reminder:42")
+    expect(row.locator("td.field-trigger")).to_have_text("one-off (operator)")
+    expect(row.locator("td.field-due")).to_have_text(at.strftime("%Y-%m-%d %H:%M:%S UTC"))
+    fits_without_sideways_scroll(page)
+    row.locator("button.occurrence-cancel").click()
+    expect(page.locator(".messagelist")).to_contain_text("Cancelled 1 occurrence(s).")
+    expect(page.locator("#result_list tr", has_text="reminder:42")).to_have_count(0)
+
+    run.refresh_from_db()
+    assert (run.status, run.reason, run.attempts) == ("skipped", "cancelled by operator", 0)
+    audit = LogEntry.objects.filter(object_id=str(run.id)).order_by("id")
+    assert [(e.user.username, e.get_change_message()) for e in audit] == [
+        ("operator", f"Scheduled: occurrence {run.id} at {at:%Y-%m-%d %H:%M:%S} UTC"),
+        ("operator", "Cancelled"),
+    ]
+    page.goto(f"{live_server.url}/tickerq/jobs/occurrence/{run.id}/change/")
+    expect(page.locator(".field-coloured_status")).to_contain_text("skipped")
+    expect(page.locator(".field-payload_json pre")).to_contain_text('"order_id": 42')

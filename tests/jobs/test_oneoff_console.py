@@ -133,7 +133,8 @@ def test_the_upcoming_list_has_live_one_off_runs_soonest_first(operator, echo):
     page = operator.get("/tickerq/jobs/occurrence/", {"kind": "upcoming"}).content.decode()
     rows = re.findall(r'href="/tickerq/jobs/occurrence/(\d+)/change/', page)
     assert rows == [str(sooner.id), str(later.id)]
-    assert "one-off (bob)" in page and "one-off (alice)" in page
+    assert "one-off (bob)" in page and "one-off (alice)" in page and "sooner" in page
+    assert f'formaction="/tickerq/jobs/occurrence/{sooner.id}/cancel/"' in page
     assert str(planned.id) not in rows and str(done.id) not in rows
 
     one_off = operator.get("/tickerq/jobs/occurrence/", {"kind": "oneoff"}).content.decode()
@@ -179,3 +180,12 @@ def test_a_definitions_occurrence_shows_no_one_off_fields(operator, echo):
     planned = Occurrence.objects.create(task=echo, job_name=echo.name, scheduled_for=now, run_after=now)
     page = operator.get(f"/tickerq/jobs/occurrence/{planned.id}/change/").content.decode()
     assert "One-off run" not in page and "Payload" not in page
+
+
+def test_the_upcoming_list_has_no_cancel_button_for_a_view_only_user(client):
+    viewer = staff(client, "viewer", "view_occurrence")
+    run = schedule("test.echo", at=timezone.now() + timedelta(hours=1), by="alice")
+    page = viewer.get("/tickerq/jobs/occurrence/", {"kind": "upcoming"}).content.decode()
+    assert f"/tickerq/jobs/occurrence/{run.id}/change/" in page and "occurrence-cancel" not in page
+    response = viewer.post(f"/tickerq/jobs/occurrence/{run.id}/cancel/")
+    assert response.status_code == 403 and Occurrence.objects.get(id=run.id).status == "scheduled"

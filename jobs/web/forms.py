@@ -3,6 +3,7 @@
 JobDefinitionForm edits a PeriodicTask as the scheduler runs it: a registered job and one
 schedule, a cron expression checked the way the scheduler evaluates it. describe_cron gives
 the live preview (an expression's words and next fire times), cron_words the list's words.
+ScheduleRunForm is a job page's "Schedule a run" (a one-off run: jobs.web.oneoff_admin).
 """
 
 import functools

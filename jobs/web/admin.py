@@ -41,6 +41,7 @@ STATUS_COLOURS = {
     Occurrence.Status.SCHEDULED: "#6d4c41",
     Occurrence.Status.MISSED: "#ef6c00",
     Occurrence.Status.SKIPPED: "#757575",
+    Occurrence.Status.EXPIRED: "#8d6e63",
 }
 
 

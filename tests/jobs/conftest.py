@@ -1,7 +1,13 @@
+import uuid
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from django.conf import settings
 from django_celery_beat.models import PeriodicTask
 
+from bookworm_scheduler.kernel.clock import database_now
+from jobs.engine import store
+from jobs.models import Occurrence, Priority
 from tests.jobs import sample_jobs  # noqa: F401  (registers the sample jobs)
 from tests.jobs.celery_helpers import WorkerProcess, delete_queues, unique_queue
 from tests.jobs.helpers import SchedulerProcess, make_definition
@@ -74,3 +80,23 @@ def workers(celery_env):
     yield start
     for worker in started:
         worker.kill()
+
+
+# An occurrence waiting, and one running, for the cancel's doors (the API's and the command line's).
+CANCEL_AT = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
+CANCEL_SESSION = uuid.UUID("00000000-0000-4000-8000-0000000000a7")
+
+
+@pytest.fixture
+def waiting():
+    return Occurrence.objects.create(job_name="ResendErrorEmailJob", scheduled_for=CANCEL_AT, run_after=CANCEL_AT)
+
+
+@pytest.fixture
+def running():
+    """An occurrence claimed by a scheduler, as the scheduler's claim leaves it (store.claim_one)."""
+    task = PeriodicTask.objects.get(name="ResendErrorEmailJob")
+    occurrence = store.trigger(task, priority=Priority.NORMAL, now=database_now() - timedelta(seconds=1))
+    return store.claim_one(
+        occurrence.id, now=database_now(), session=CANCEL_SESSION, scheduler="alpha", lease=timedelta(seconds=60)
+    )

@@ -1,25 +1,22 @@
 """POST /tickerq/api/occurrences/<id>/cancel: the dashboard's Cancel for scripts; permission, CSRF and audit."""
 
-import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 from django.conf import settings
 from django.contrib.admin.models import LogEntry
 from django.middleware.csrf import get_token
 from django.test import Client, RequestFactory
-from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.kernel.clock import database_now
 from bookworm_scheduler.web.audit_log import source
 from jobs.engine import store
-from jobs.models import Occurrence, Priority
+from jobs.models import Occurrence
 from tests.jobs.api_helpers import basic, staff
 
 pytestmark = pytest.mark.django_db
 
 AT = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
-SESSION = uuid.UUID("00000000-0000-4000-8000-0000000000a7")
 CSRF_REFUSAL = (
     "CSRF token missing or incorrect: send the session's X-CSRFToken header, "
     "or Basic credentials with Content-Type: application/json."
@@ -30,21 +27,6 @@ CSRF_REFUSAL = (
 def browser():
     """A client that checks CSRF tokens, as a real browser session is checked."""
     return Client(enforce_csrf_checks=True)
-
-
-@pytest.fixture
-def waiting() -> Occurrence:
-    return Occurrence.objects.create(job_name="ResendErrorEmailJob", scheduled_for=AT, run_after=AT)
-
-
-@pytest.fixture
-def running() -> Occurrence:
-    """An occurrence claimed by a scheduler, as the scheduler's claim leaves it (store.claim_one)."""
-    task = PeriodicTask.objects.get(name="ResendErrorEmailJob")
-    occurrence = store.trigger(task, priority=Priority.NORMAL, now=database_now() - timedelta(seconds=1))
-    return store.claim_one(
-        occurrence.id, now=database_now(), session=SESSION, scheduler="alpha", lease=timedelta(seconds=60)
-    )
 
 
 def csrf_token(client) -> str:

@@ -1,46 +1,28 @@
 """manage.py jobs cancel ID: the dashboard's Cancel from the command line, audited as the command line's."""
 
 import subprocess
-import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from io import StringIO
 
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.kernel.clock import database_now
 from bookworm_scheduler.web.audit_log import source
 from jobs.engine import store
-from jobs.models import Occurrence, Priority
+from jobs.models import Occurrence
 from tests.jobs.helpers import MANAGE
 
 pytestmark = pytest.mark.django_db
 
 AT = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
-SESSION = uuid.UUID("00000000-0000-4000-8000-0000000000c2")
 
 
 @pytest.fixture(autouse=True)
 def os_user(monkeypatch):
     monkeypatch.setattr("getpass.getuser", lambda: "alice")
-
-
-@pytest.fixture
-def waiting() -> Occurrence:
-    return Occurrence.objects.create(job_name="ResendErrorEmailJob", scheduled_for=AT, run_after=AT)
-
-
-@pytest.fixture
-def running() -> Occurrence:
-    """An occurrence claimed by a scheduler, as the scheduler's claim leaves it (store.claim_one)."""
-    task = PeriodicTask.objects.get(name="ResendErrorEmailJob")
-    occurrence = store.trigger(task, priority=Priority.NORMAL, now=database_now() - timedelta(seconds=1))
-    return store.claim_one(
-        occurrence.id, now=database_now(), session=SESSION, scheduler="alpha", lease=timedelta(seconds=60)
-    )
 
 
 def cancel(occurrence_id) -> str:

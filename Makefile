@@ -7,7 +7,7 @@ TEST_RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672/%2F
 # The soak's short run, part of `make test` (TEST_SOAK_SECONDS=0 leaves it out while developing).
 TEST_SOAK_SECONDS ?= 120
 
-.PHONY: run test test-unit screenshots services system-packages migrate bench-scheduler bench-relay bench-dashboard bench-beat soak clean
+.PHONY: run test test-unit screenshots services system-packages migrate bench-scheduler bench-oneoff bench-relay bench-dashboard bench-beat soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +89,12 @@ $(PEER_VENV)/.installed: bench/requirements-procrastinate.txt
 
 bench-scheduler: $(VENV)/.installed $(PEER_VENV)/.installed services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/scheduler_throughput.py $(BENCH_SCHEDULER_ARGS)
+
+# One-off runs (issue 25) in their own database: the lone run's fire lag beside the lone cron job's, an idle
+# scheduler's CPU with 0 and 100,000 runs waiting (and the plans of its reads), schedule_many of 10,000, and
+# 10,000 due at one instant beside 1,000 cron definitions and Procrastinate's defer(schedule_at=...): about 8 minutes.
+bench-oneoff: $(VENV)/.installed $(PEER_VENV)/.installed services
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/oneoff_runs.py $(BENCH_ONEOFF_ARGS)
 
 bench-relay: $(VENV)/.installed services
 	DATABASE_URL=$(TEST_DATABASE_URL) RABBITMQ_URL=$(TEST_RABBITMQ_URL) $(BIN)/python bench/relay_throughput.py

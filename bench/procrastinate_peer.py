@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import procrastinate
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("database", help="the name of the database to create and drop")
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--schedule-at-seconds", type=float, default=0, help="defer with schedule_at this far ahead")
     options = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("procrastinate.blueprints").setLevel(logging.ERROR)  # "App is instantiated in the main module"
@@ -40,13 +42,16 @@ def main() -> None:
         server.execute(f'DROP DATABASE IF EXISTS "{options.database}" WITH (FORCE)')
         server.execute(f'CREATE DATABASE "{options.database}"')
     try:
-        print(json.dumps(asyncio.run(measure(url, options.jobs, options.concurrency))), flush=True)
+        print(
+            json.dumps(asyncio.run(measure(url, options.jobs, options.concurrency, options.schedule_at_seconds))),
+            flush=True,
+        )
     finally:
         with psycopg.connect(admin_url, autocommit=True) as server:
             server.execute(f'DROP DATABASE IF EXISTS "{options.database}" WITH (FORCE)')
 
 
-async def measure(url: str, jobs: int, concurrency: int) -> dict:
+async def measure(url: str, jobs: int, concurrency: int, schedule_at_seconds: float = 0) -> dict:
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
 
     @app.task(name="bench.insert_row")
@@ -59,7 +64,15 @@ async def measure(url: str, jobs: int, concurrency: int) -> dict:
         await app.connector.execute_query_async(
             "CREATE TABLE bench_rows (id bigserial PRIMARY KEY, n integer NOT NULL)"
         )
-        await insert_row.batch_defer_async(*({"n": n} for n in range(jobs)))
+        due = None
+        if schedule_at_seconds:
+            due = (datetime.now(UTC) + timedelta(seconds=schedule_at_seconds)).replace(microsecond=0)
+            deferring = time.monotonic()
+            await insert_row.configure(schedule_at=due).batch_defer_async(*({"n": n} for n in range(jobs)))
+            defer_s = time.monotonic() - deferring
+            await asyncio.sleep(max((due - datetime.now(UTC)).total_seconds(), 0))
+        else:
+            await insert_row.batch_defer_async(*({"n": n} for n in range(jobs)))
         begun = time.monotonic()
         await app.run_worker_async(concurrency=concurrency, wait=False, install_signal_handlers=False)
         wall = time.monotonic() - begun
@@ -73,7 +86,8 @@ async def measure(url: str, jobs: int, concurrency: int) -> dict:
         ).fetchone()
     assert rows == jobs and statuses == {"succeeded": jobs}, (rows, statuses)
     span = (last - first).total_seconds()
-    return {
+    scheduled = {"due_to_last_per_second": jobs / (last - due).total_seconds(), "defer_s": defer_s} if due else {}
+    return scheduled | {
         "version": procrastinate.__version__,
         "jobs": jobs,
         "concurrency": concurrency,

@@ -137,7 +137,7 @@ class Runner:
             occurrence,
             status,
             job=definition.job if definition is not None else "",
-            duration=None if status == metrics.SKIPPED else time.monotonic() - begun,
+            duration=None if status in (metrics.SKIPPED, metrics.EXPIRED) else time.monotonic() - begun,
             started_at=started,
         )
 
@@ -149,7 +149,7 @@ class Runner:
         if expired:
             self._write(occurrence, lambda: store.expire(occurrence, session=self.session, now=started, reason=expired))
             observer.event(occurrence, "occurrence_expired", reason=expired, status="expired")
-            return metrics.SKIPPED, ""
+            return metrics.EXPIRED, ""
         reason = skip_reason(occurrence, definition, started)
         if reason:
             self._write(occurrence, lambda: store.skip(occurrence, session=self.session, now=started, reason=reason))

@@ -15,11 +15,12 @@ from prometheus_client import Counter, Gauge, Histogram
 from bookworm_scheduler.kernel import daemon_metrics
 
 # How a run ended: the Runner's outcomes, the suffixes of its log actions (docs/logging.md).
-SUCCEEDED, FAILED, RETRY_SCHEDULED, SKIPPED, RELEASED, LEASE_LOST = (
+SUCCEEDED, FAILED, RETRY_SCHEDULED, SKIPPED, EXPIRED, RELEASED, LEASE_LOST = (
     "succeeded",
     "failed",
     "retry_scheduled",
     "skipped",
+    "expired",
     "released",
     "lease_lost",
 )
@@ -35,7 +36,8 @@ RUNS_STARTED = Counter(
 RUNS_FINISHED = Counter(
     "bookworm_job_runs_finished",
     "Occurrences this scheduler finished processing, by outcome: succeeded, failed (no retry left), "
-    "retry_scheduled (a failed attempt to be retried), skipped, released (the database connection was lost: "
+    "retry_scheduled (a failed attempt to be retried), skipped, expired (a one-off run not started by its "
+    "expiry), released (the database connection was lost: "
     "runs again), lease_lost (another scheduler reaped the claim).",
     ["job_name", "status"],
     registry=REGISTRY,

@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 
 from bookworm_scheduler.kernel.clock import default_clock
 from jobs import FollowUp, PayloadError, Run, ScheduleError, UnknownJob, schedule, schedule_many
-from jobs.engine import store
+from jobs.engine import scheduler_metrics, store
 from jobs.engine.loop import Scheduler
 from jobs.engine.oneoff import schedule_or_get
 from jobs.handover.executor import CeleryExecutor
@@ -261,10 +261,21 @@ def test_the_celery_executor_does_not_judge_a_late_one_off_run_missed(clock, no_
     assert executor.message(claimed, long_running=False)["args"] == [claimed.id, str(SESSION), 1]
 
 
+def finished_count(status: str) -> float:
+    labels = {"job_name": "test.echo", "status": status}
+    return scheduler_metrics.REGISTRY.get_sample_value("bookworm_job_runs_finished_total", labels) or 0.0
+
+
 def test_a_run_not_started_by_its_expiry_is_recorded_expired_and_never_runs(clock, no_seed_definitions):
     expiring = schedule("test.echo", expires=timedelta(minutes=5))
     lasting = schedule("test.echo", expires=clock.now + timedelta(minutes=5))
+    before = {status: finished_count(status) for status in ("expired", "skipped", "succeeded")}
     assert run_ready(clock) == 2
+    assert {status: finished_count(status) - before[status] for status in before} == {
+        "expired": 1,
+        "skipped": 0,
+        "succeeded": 1,
+    }
     stored = row(expiring)
     assert (stored.status, stored.attempts, stored.finished_at) == ("expired", 0, clock.now)
     assert stored.reason == f"expired: not started by {stored.expires_at.isoformat()}"

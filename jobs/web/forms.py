@@ -231,10 +231,14 @@ class JobDefinitionForm(forms.ModelForm):
         return super().save(commit)
 
 
-class ScheduleRunForm(forms.Form):
-    """A one-off run of a job from its page (jobs.web.oneoff_admin): when, in the viewer's zone, a payload, a key.
+LOCAL_TIME_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"]
 
-    `at` is read in the active zone (bookworm_scheduler.web.display_zone), as Django reads any form's
+
+class ScheduleRunForm(forms.Form):
+    """A one-off run of a job from its page (jobs.web.oneoff_admin): when and its expiry, in the viewer's zone, a
+    payload, a key.
+
+    `at` and `expires` are read in the active zone (bookworm_scheduler.web.display_zone), as Django reads any form's
     time; empty, the run is due at once. The payload is checked here as jobs.schedule checks it
     (oneoff.check_payload: a JSON object within SCHEDULER_PAYLOAD_MAX_BYTES), so a bad one is this
     form's error; the page's script says the same as it is typed.
@@ -243,9 +247,17 @@ class ScheduleRunForm(forms.Form):
     at = forms.DateTimeField(
         label="When",
         required=False,
-        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"],
+        input_formats=LOCAL_TIME_FORMATS,
         widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"}, format="%Y-%m-%dT%H:%M:%S"),
         help_text="In your display zone. Empty: as soon as possible.",
+    )
+    expires = forms.DateTimeField(
+        label="Expires",
+        required=False,
+        input_formats=LOCAL_TIME_FORMATS,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"}, format="%Y-%m-%dT%H:%M:%S"),
+        help_text="In your display zone. Not started by then, the run is recorded expired and never runs. "
+        "Empty: it runs however late.",
     )
     payload = forms.CharField(
         label="Payload",

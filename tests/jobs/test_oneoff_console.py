@@ -70,6 +70,19 @@ def test_an_operator_schedules_a_run_with_a_payload_in_their_zone_and_it_is_audi
     assert f'id="upcoming-run-{occurrence.id}"' in page and "reminder:42" in page
 
 
+def test_an_expiry_is_read_in_the_viewers_zone_and_one_before_the_run_is_a_form_error(operator, echo):
+    operator.cookies["display_zone"] = "Asia/Tokyo"
+    operator.post(schedule_url(echo), {"at": "2031-05-04T09:30", "expires": "2031-05-04T10:00"})
+
+    assert Occurrence.objects.get().expires_at == datetime(2031, 5, 4, 1, 0, tzinfo=UTC)  # 10:00 in Tokyo
+
+    response = operator.post(schedule_url(echo), {"at": "2031-05-04T09:30", "expires": "2031-05-04T09:00"})
+    assert response.status_code == 200 and Occurrence.objects.count() == 1
+    assert response.context["schedule_form"].non_field_errors() == [
+        "Expires: after the run is due (2031-05-04T09:30:00+09:00), not 2031-05-04T09:00:00+09:00."
+    ]
+
+
 def test_an_empty_time_is_as_soon_as_possible_and_a_repeated_key_returns_the_scheduled_run(operator, echo):
     before = timezone.now()
     operator.post(schedule_url(echo), {"at": "", "payload": "", "key": "once"})

@@ -92,7 +92,7 @@ bench-scheduler: $(VENV)/.installed $(PEER_VENV)/.installed services
 
 # One-off runs (issue 25) in their own database: the lone run's fire lag beside the lone cron job's, an idle
 # scheduler's CPU with 0 and 100,000 runs waiting (and the plans of its reads), schedule_many of 10,000, and
-# 10,000 due at one instant beside 1,000 cron definitions and Procrastinate's defer(schedule_at=...): about 8 minutes.
+# 10,000 due at one instant beside 1,000 cron definitions and Procrastinate's defer(schedule_at=...): about 6 minutes.
 bench-oneoff: $(VENV)/.installed $(PEER_VENV)/.installed services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/oneoff_runs.py $(BENCH_ONEOFF_ARGS)
 

@@ -10,8 +10,8 @@ It creates (and drops at the end) its own database, `<name>_bench_oneoff`, and r
 (bench/sample_jobs.py: one outbox message). Measured:
 
 1. lone: the fire lag (attempt start - scheduled_for) of one-off runs scheduled one at a time,
-   each due 0.5-1.5 s after its commit, on one idle instance, --lone-samples of them; beside it,
-   on the same instance's successor, the lone cron job of bench/scheduler_throughput.py (one
+   each due 0.5-1.5 s after it is scheduled, on one idle instance, --lone-samples of them; then,
+   on a new instance, the lone cron job of bench/scheduler_throughput.py (one
    definition every second);
 2. idle: the CPU of an idle runscheduler over --idle-seconds (its process, and the PostgreSQL
    backends serving it, from /proc), with no one-off run waiting and with --waiting of them due

@@ -17,7 +17,10 @@ rule or run longer than their interval, all publishing through the outbox) run w
 injector, at moments drawn from --seed, SIGKILLs and restarts schedulers and relays, pauses a
 scheduler past its lease (SIGSTOP/SIGCONT), stops and starts RabbitMQ's app, restarts
 PostgreSQL, and (through the admin's code paths: model save()) disables, edits and re-enables
-definitions, while manual runs are asked for through jobs.engine.definitions.run_now.
+definitions, while manual runs are asked for through jobs.engine.definitions.run_now, and a client
+schedules one-off runs with jobs.schedule in transactions of its own (committed or rolled back on
+purpose; with payloads, repeated keys, future instants, short expiries and follow-ups:
+bench/soak_oneoff.py).
 
 Then it stops injecting, lets the system settle, stops everything and checks, computing the
 due instants itself from each definition's schedule and the pauses it made (see
@@ -56,6 +59,8 @@ os.environ.setdefault("LOG_LEVEL", "WARNING")
 os.environ["SCHEDULER_JOB_MODULES"] = "bench.soak_jobs"
 
 from bench.database import BenchDatabase  # noqa: E402
+from bench.soak_oneoff import ONEOFF_POLICY, OneOffClient  # noqa: E402
+from bench.soak_oneoff import check as check_oneoff  # noqa: E402
 
 DATABASE = BenchDatabase("_soak")
 DATABASE.use()
@@ -233,6 +238,10 @@ class Consumer(threading.Thread):
             "occurrence": headers.get("soakOccurrence"),
             "attempt": headers.get("soakAttempt"),
         }
+        if "soakPayload" in headers:  # a one-off run's (bench/soak_jobs.soak_oneoff)
+            entry.update(
+                payload=headers["soakPayload"], parent=headers["soakParent"], parentStatus=headers["soakParentStatus"]
+            )
         with self.lock:
             self.received.append(entry)
             if problems:
@@ -725,6 +734,7 @@ class Soak:
             self.start_rabbit()
         elif kind == "postgres_restart":
             name = "postgresql"
+            self.oneoff.before_outage()  # due and expiring while no scheduler can reach the database
             self.postgres_down = True
             run(["pg_ctlcluster", "--skip-systemctl-redirect", PG_VERSION, "main", "restart", "--", "-m", "fast"])
             wait_until(pg_ready, 60)
@@ -748,6 +758,8 @@ class Soak:
         self.started = time.time()
         admin = threading.Thread(target=self.admin_loop, name="admin", daemon=True)
         admin.start()
+        self.oneoff = OneOffClient(self, self.options.seed)
+        self.oneoff.start()
         plan = self.fault_plan()
         log(f"soaking {self.seconds} s, seed {self.options.seed}: {len(plan)} faults planned")
         for at, kind in plan:
@@ -760,7 +772,9 @@ class Soak:
                     raise RuntimeError(f"{service.name} exited by itself: see {service.log_path}")
         time.sleep(max(0.0, self.started + self.seconds - time.time()))
         self.stop_admin.set()
+        self.oneoff.stopping.set()
         admin.join(60)
+        self.oneoff.join(60)
         self.injection_ended = time.time()
         self.cutoff = self.db_now()
         log("faults stopped; settling")
@@ -774,7 +788,11 @@ class Soak:
 
         def caught_up():
             late = Occurrence.objects.filter(status__in=["scheduled", "running"])
-            return not late.filter(scheduled_for__lte=cutoff).exists() and not late.filter(id__in=self.manual).exists()
+            return (
+                not late.filter(scheduled_for__lte=cutoff).exists()
+                and not late.filter(id__in=self.manual).exists()
+                and not late.filter(task__isnull=True).exclude(job="").exists()  # one-off runs and follow-ups
+            )
 
         wait_until(lambda: self.db(caught_up), 180)
         jobs_settled = time.time() - begun
@@ -814,6 +832,8 @@ class Soak:
                 log(f"cleanup: could not {what}: {type(exc).__name__}: {exc}")
 
         self.stop_admin.set()
+        if hasattr(self, "oneoff"):
+            self.oneoff.stopping.set()
         for service in self.services():
             step(f"stop {service.name}", lambda s=service: s.stop(timeout=20))
         if self.rabbit_stopped:
@@ -847,7 +867,16 @@ class Soak:
         cutoff = self.cutoff
         occurrences = list(
             Occurrence.objects.values(
-                "id", "task_id", "scheduled_for", "manual", "status", "attempts", "reason", "started_at", "finished_at"
+                "id",
+                "task_id",
+                "job",
+                "scheduled_for",
+                "manual",
+                "status",
+                "attempts",
+                "reason",
+                "started_at",
+                "finished_at",
             )
         )
         attempts = defaultdict(list)
@@ -926,6 +955,8 @@ class Soak:
                 problems["attempts not numbered 1..n"].append(f"occurrence {o['id']}: {numbers} of {o['attempts']}")
                 continue
             definition = self.definitions.get(o["task_id"]) or {}
+            if o["task_id"] is None and o["job"] == "soak.oneoff":
+                definition = {"policy": ONEOFF_POLICY}  # its job's policy (bench/soak_jobs.soak_oneoff)
             policy = definition.get("policy") or {}
             retries, intervals = policy.get("max_retries", 0), policy.get("retry_intervals", [])
             history = attempts[o["id"]]
@@ -1034,6 +1065,7 @@ class Soak:
             if recovered is None:
                 problems["faults the system did not recover from"].append(probe["kind"])
         problems["admin code path errors"].extend(self.admin_errors)
+        oneoff = check_oneoff(self.oneoff, attempts, outbox, received, problems)
         warnings = self.warnings(attempts)
 
         def pct(values, q):
@@ -1068,6 +1100,7 @@ class Soak:
             "event_latency_max_during_faults_seconds": pct(fault_latencies, 100),
             "recovery_seconds_after_undo": {k: v for k, v in recovery.items()},
             "consumer_reconnects": self.consumer.reconnects,
+            **oneoff,
         }
         return {
             "figures": figures,
@@ -1164,6 +1197,12 @@ def report_text(report: dict) -> str:
         f"worst while faults were active {f['fire_lag_max_during_faults_seconds']} s",
         f"event latency p50 {f['event_latency_seconds']['p50']} s, p99 {f['event_latency_seconds']['p99']} s, "
         f"worst while faults were active {f['event_latency_max_during_faults_seconds']} s",
+        f"one-off runs asked {f['oneoff_asked']}: committed {f['oneoff_committed']}, rolled back "
+        f"{f['oneoff_rolled_back']}, cut short {f['oneoff_cut_short']}; key repeats given the live run "
+        f"{f['oneoff_key_repeats_given_the_live_run']}; expired {f['oneoff_expired']} (in an outage "
+        f"{f['oneoff_expired_of_those_due_in_an_outage']}; expiring that ran "
+        f"{f['oneoff_expiring_that_ran']}); follow-ups expected {f['oneoff_follow_ups_expected']}, created "
+        f"{f['oneoff_follow_ups_created']}; by status {f['oneoff_by_status']}",
         "recovery after undo (s): "
         + ", ".join(f"{k} {v}" for k, v in sorted(f["recovery_seconds_after_undo"].items())),
     ]

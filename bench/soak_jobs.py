@@ -16,6 +16,10 @@ followed each definition's policy:
   with threading.Event().wait(), not time.sleep(): the soak's fast-clock scheduler runs under
   libfaketime with FAKETIME_DONT_FAKE_MONOTONIC=1, where time.sleep() fails with EINVAL
   (wolfcw/libfaketime#426) while a timed lock wait (CLOCK_MONOTONIC) works.
+- soak.oneoff: the one-off runs' job (bench/soak_oneoff.py schedules them with jobs.schedule). It
+  publishes one event whose headers also carry its payload (so the consumer's record shows that it
+  round-tripped) and, for a follow-up, its parent's id and final status (JobContext.parent); it
+  fails as oneoff_fails says of payload["fail"], and returns {"marker": ..., "attempt": ...}.
 """
 
 import threading
@@ -46,6 +50,12 @@ def _publish(context: JobContext) -> None:
     )
 
 
+def oneoff_fails(payload: dict, attempt: int) -> bool:
+    """Whether soak.oneoff fails this attempt: "first" fails attempt 1, "always" every attempt."""
+    rule = payload.get("fail")
+    return rule == "always" or (rule == "first" and attempt == 1)
+
+
 @job("soak.publish")
 def soak_publish(context: JobContext) -> None:
     """Publish one event."""
@@ -66,3 +76,21 @@ def soak_slow(context: JobContext) -> None:
     """Wait kwargs["seconds"] (longer than the interval), then publish one event."""
     threading.Event().wait(context.kwargs.get("seconds", 3))
     _publish(context)
+
+
+@job("soak.oneoff", retries=1, retry_intervals=[1])
+def soak_oneoff(context: JobContext) -> dict:
+    """Publish one event carrying the payload (and the parent), then fail as oneoff_fails says."""
+    parent = context.parent
+    headers = {
+        "soakOccurrence": context.occurrence_id,
+        "soakAttempt": context.attempt,
+        "soakJob": context.job_name,
+        "soakPayload": context.payload,
+        "soakParent": parent.id if parent else None,
+        "soakParentStatus": parent.status if parent else None,
+    }
+    publish(EVENTS[context.payload.get("event", "clean")](), headers=headers)
+    if oneoff_fails(context.payload, context.attempt):
+        raise PlannedFailure(f"planned failure of one-off occurrence {context.occurrence_id} attempt {context.attempt}")
+    return {"marker": context.payload.get("marker"), "attempt": context.attempt}

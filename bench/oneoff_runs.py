@@ -55,7 +55,6 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTa
 
 from jobs import Run, schedule, schedule_many  # noqa: E402
 from jobs.engine import sql, store  # noqa: E402
-from jobs.engine.policy import Priority  # noqa: E402
 from jobs.models import Attempt, Occurrence  # noqa: E402
 from outbox.models import OutboxMessage  # noqa: E402
 
@@ -216,8 +215,7 @@ def ready_plans() -> dict:
     query, params = next_ready.query.sql_with_params()
     claim, _, _ = sql.claim(connection.alias, False)
     session = "00000000-0000-0000-0000-000000000000"
-    claim_params = ["running", "bench", session, now + timedelta(minutes=5), now, "scheduled", now]
-    claim_params += [Priority.LONG_RUNNING, 2]
+    claim_params = ["running", "bench", session, now + timedelta(minutes=5), now, now, 2]
     return {
         "next_ready_at": explain(query, params),
         "claim": explain(claim, claim_params),

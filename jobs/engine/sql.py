@@ -11,6 +11,8 @@ from django.db import connections
 from django.db.models import JSONField
 
 from bookworm_scheduler.kernel.db import SqlNames, row_converter
+from jobs.engine.policy import Priority
+from jobs.models import OccurrenceStatus
 
 
 def _names(model_name: str, alias: str) -> SqlNames:
@@ -20,15 +22,18 @@ def _names(model_name: str, alias: str) -> SqlNames:
 def _ready(occ: SqlNames, alias: str, long_running: bool, also: str = "") -> str:
     """The SELECT of ready occurrences that claim and lock_ready share: one rule for what is ready, in what order.
 
-    Parameters: the scheduled status, now, the LongRunning priority, those of `also` (a further
-    condition), the limit. FOR UPDATE SKIP
-    LOCKED (on PostgreSQL): concurrent schedulers never take the same row. A range on
-    occ_ready's first column for ordinary jobs; occ_ready_long for LongRunning ones.
+    Parameters: now, those of `also` (a further condition), the limit. The scheduled status and the
+    LongRunning priority are in the text, not parameters: the indexes are partial on them (occ_ready,
+    occ_ready_long), and a prepared statement's generic plan can use a partial index only when its
+    condition is in the statement itself. FOR UPDATE SKIP LOCKED (on PostgreSQL): concurrent
+    schedulers never take the same row. A range on occ_ready's first column for ordinary jobs;
+    occ_ready_long for LongRunning ones.
     """
     lock = " FOR UPDATE SKIP LOCKED" if connections[alias].features.has_select_for_update_skip_locked else ""
     kind = "=" if long_running else "<"
     return (
-        f"FROM {occ.table} WHERE {occ.status} = %s AND {occ.run_after} <= %s AND {occ.priority} {kind} %s {also}"
+        f"FROM {occ.table} WHERE {occ.status} = '{OccurrenceStatus.SCHEDULED.value}' AND {occ.run_after} <= %s "
+        f"AND {occ.priority} {kind} {int(Priority.LONG_RUNNING)} {also}"
         f"ORDER BY {occ.priority} DESC, {occ.run_after}, {occ.id} LIMIT %s{lock}"
     )
 

@@ -37,7 +37,6 @@ from bookworm_scheduler.kernel.clock import default_clock
 from bookworm_scheduler.kernel.db import insert_row, prepared_cursor
 from bookworm_scheduler.kernel.dialect import notify, postgresql
 from jobs.engine import oneoff_store, sql
-from jobs.engine.policy import Priority
 from jobs.engine.retention import prune  # noqa: F401  (the store's deletion, kept in its own module)
 from jobs.models import Alert, Attempt, Occurrence
 
@@ -148,9 +147,7 @@ def claim_ready(*, now, session, scheduler: str, lease: timedelta, long_running:
         value("session", session),
         value("lease_expires_at", now + lease),
         value("started_at", now),
-        Status.SCHEDULED,
         value("run_after", now),
-        Priority.LONG_RUNNING,
         limit,
     ]
     # One statement in autocommit mode: atomic on its own, one round trip.
@@ -179,7 +176,7 @@ def lock_ready(*, now, limit: int, besides=()) -> list[Occurrence]:
     using = router.db_for_write(Occurrence)
     statement, names, convert = sql.lock_ready(using)
     value = Occurrence._meta.get_field("run_after").get_db_prep_value(now, connections[using])
-    params = [Status.SCHEDULED, value, Priority.LONG_RUNNING, list(besides), limit]
+    params = [value, list(besides), limit]
     return _fetch(using, statement, params, names, convert)
 
 

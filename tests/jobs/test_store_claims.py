@@ -5,12 +5,12 @@ The tests not marked postgresql_only run against SQLite too (see test_store_reco
 
 import uuid
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 
-from jobs.engine import oneoff_store, store
+from jobs.engine import oneoff_store, sql, store
 from jobs.engine.store import LeaseLost
 from jobs.models import Alert, Attempt, Occurrence, Priority
 from tests.jobs.helpers import woken_by_notify
@@ -361,3 +361,25 @@ def test_attempt_recorded_says_whether_this_attempts_record_committed(task, cloc
     assert store.attempt_recorded(occurrence)
     assert store.attempt_recorded(occurrence, started_at=clock.now)
     assert not store.attempt_recorded(occurrence, started_at=clock.now - timedelta(seconds=1))
+
+
+@postgresql_only
+@pytest.mark.parametrize(("long_running", "index"), [(False, "occ_ready"), (True, "occ_ready_long")])
+def test_the_claims_generic_plan_reads_its_partial_index(long_running, index):
+    # The scheduler prepares the claim; after five executions PostgreSQL may keep one generic plan for
+    # any parameters. A partial index serves that plan only if its condition is in the statement's text.
+    statement, _, _ = sql.claim(connection.alias, long_running)
+    now = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
+    params = ["running", "alpha", str(uuid.uuid4()), now + timedelta(minutes=1), now, now, 2]
+    numbered = statement
+    for n in range(1, len(params) + 1):
+        numbered = numbered.replace("%s", f"${n}", 1)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        cursor.execute("SET LOCAL enable_seqscan = off")  # an empty table: the index must be the only way
+        cursor.execute(f"PREPARE generic_claim AS {numbered}")
+        cursor.execute(f"EXPLAIN EXECUTE generic_claim({', '.join(['%s'] * len(params))})", params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute("DEALLOCATE generic_claim")
+        transaction.set_rollback(True)
+    assert f"Index Scan using {index} on jobs_occurrence" in plan, plan

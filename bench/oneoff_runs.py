@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.database import scheduler_bench  # noqa: E402
+from bench.processes import cpu_seconds  # noqa: E402
 
 DATABASE = scheduler_bench("_bench_oneoff")
 
@@ -85,15 +86,6 @@ def reset() -> None:
     OutboxMessage.objects.all().delete()
     PeriodicTask.objects.all().delete()
     PeriodicTasks.update_changed()
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (0 if it has gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_snapshot(process: subprocess.Popen) -> dict:

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.database import scheduler_bench  # noqa: E402
+from bench.processes import cpu_seconds  # noqa: E402
 
 DATABASE = scheduler_bench("_bench_scheduler")
 
@@ -125,15 +126,6 @@ def due_together(jobs: int, instances: int, concurrency: int | None, trace_dir: 
         "lag_p99_ms": percentile(lags, 99),
         "instances": sorted(set(done.values_list("scheduler", flat=True))),
     }
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (0 if it has gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_snapshot(processes) -> dict:

@@ -87,7 +87,7 @@ class Run:
             priority=spec.policy.priority if self.priority is None else check_priority(self.priority),
             at=at,
             expires_at=expiry(self.expires, max(at, now)),
-            then=[follow_up_of(f).checked() for f in self.then] or None,
+            then=[made(FollowUp, f, "a follow-up").checked() for f in self.then] or None,
         )
 
 
@@ -124,33 +124,23 @@ def schedule_many(runs: Iterable[Run | Mapping], *, by: str = "") -> list[Occurr
 def schedule_or_get(runs: Iterable[Run | Mapping], *, by: str = "") -> list[tuple[Occurrence, bool]]:
     """schedule_many, with whether each occurrence is new (False: the live run its key already had)."""
     now = default_clock()
-    rows = [run_of(run).checked(now) for run in runs]
+    rows = [made(Run, run, "a run").checked(now) for run in runs]
     return oneoff_store.insert(rows, by=by, now=now) if rows else []
 
 
 # Checks, each raising ScheduleError with what is wrong.
 
 
-def run_of(value) -> Run:
-    if isinstance(value, Run):
+def made(cls, value, what: str):
+    """value as a cls (Run, FollowUp): one already, or a mapping of its fields; ScheduleError naming what otherwise."""
+    if isinstance(value, cls):
         return value
     if isinstance(value, Mapping):
         try:
-            return Run(**value)
+            return cls(**value)
         except TypeError as exc:
-            raise ScheduleError(f"a run takes {', '.join(f.name for f in dataclasses.fields(Run))}: {exc}") from None
-    raise ScheduleError(f"a run is a Run or a mapping of schedule()'s keywords, not {type(value).__name__}")
-
-
-def follow_up_of(value) -> FollowUp:
-    if isinstance(value, FollowUp):
-        return value
-    if isinstance(value, Mapping):
-        try:
-            return FollowUp(**value)
-        except TypeError as exc:
-            raise ScheduleError(f"a follow-up takes job, when and payload: {exc}") from None
-    raise ScheduleError(f"a follow-up is a FollowUp or a mapping, not {type(value).__name__}")
+            raise ScheduleError(f"{what} takes {', '.join(f.name for f in dataclasses.fields(cls))}: {exc}") from None
+    raise ScheduleError(f"{what} is a {cls.__name__} or a mapping of its fields, not {type(value).__name__}")
 
 
 def check_job(name):

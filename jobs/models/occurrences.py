@@ -175,7 +175,12 @@ class Occurrence(models.Model):
 
     def __str__(self):
         # The page's title and the audit log's name of it: the same for every viewer, so in UTC.
-        return f"{self.job_name} at {self.scheduled_for.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+        return f"{self.job_name} at {self.scheduled_utc}"
+
+    @property
+    def scheduled_utc(self) -> str:
+        """Its instant as the audit log and the command line say it: in UTC, to the second."""
+        return f"{self.scheduled_for.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
     @property
     def one_off(self) -> bool:

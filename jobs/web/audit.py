@@ -7,7 +7,7 @@ admin history show every manual run, cancel and one-off run, whichever way it wa
 same words.
 """
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from django.db import transaction
 from django_celery_beat.models import PeriodicTask
@@ -68,11 +68,6 @@ def schedule_logged(job: str, *, user=None, by: str, via: str, **run) -> tuple[O
     with transaction.atomic():
         [(occurrence, new)] = schedule_or_get([Run(job, **run)], by=by)
         if new:
-            detail = f"occurrence {occurrence.id} at {utc_text(occurrence.scheduled_for)}"
+            detail = f"occurrence {occurrence.id} at {occurrence.scheduled_utc}"
             audit_log.log(user, [occurrence], "Scheduled", via=via, detail=detail)
     return occurrence, new
-
-
-def utc_text(instant: datetime) -> str:
-    """An instant as the audit log and the command line say it: in UTC, to the second (as an occurrence's name)."""
-    return f"{instant.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"

@@ -20,7 +20,7 @@ from jobs.engine.oneoff import ScheduleError
 from jobs.engine.schedules import InvalidSchedule, cron_instants, did_you_mean, get_zone, next_instants
 from jobs.engine.store import CancelOutcome
 from jobs.models import Occurrence
-from jobs.web.audit import cancel_logged, cancel_refusal, run_now_logged, schedule_logged, utc_text
+from jobs.web.audit import cancel_logged, cancel_refusal, run_now_logged, schedule_logged
 from jobs.web.serializers import DEFAULT_LIMIT, MAX_LIMIT, BadFilter, HistoryFilter, history_rows, iso, job_rows
 
 USAGE_ERROR = 2
@@ -172,7 +172,7 @@ class Command(BaseCommand):
             occurrence, new = schedule_logged(job, by=by, via=from_command_line(), at=instant, payload=payload, key=key)
         except ScheduleError as exc:
             raise CommandError(str(exc), returncode=USAGE_ERROR) from None
-        at_text = utc_text(occurrence.scheduled_for)
+        at_text = occurrence.scheduled_utc
         if new:
             self.stdout.write(f"scheduled {job}: occurrence {occurrence.id} at {at_text}")
         else:

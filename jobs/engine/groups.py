@@ -98,7 +98,9 @@ class GroupRunner(Runner):
         are locked and read only to be left for the next group. Stops before an occurrence that
         cannot join a group (see _groupable) and leaves it scheduled.
         Returns how many ran, and whether such an occurrence is next: the caller claims and runs
-        it on its own (run).
+        it on its own (run). The rows locked after it are free at the commit, which announces them
+        (store.announce_ready, one statement only then): an idle scheduler claims them at once rather
+        than at its next wake-up, while this slot runs the one that cannot join.
         """
         runs: list[GroupRun] = []
         alone_next = False
@@ -108,14 +110,18 @@ class GroupRunner(Runner):
                 while len(runs) < self.group_runs and not alone_next and not (runs and self._full(began, began_cpu)):
                     wanted = min(self.group_lock, self.group_runs - len(runs), self._fitting(began_cpu))
                     ready = lock_ready(wanted, [run.occurrence.id for run in runs])
-                    for occurrence in ready:
+                    for index, occurrence in enumerate(ready):
                         if runs and self._full(began, began_cpu):
-                            break  # what is left of the batch stays scheduled: unlocked at the commit
+                            break  # what is left of the batch stays scheduled: this slot's next group runs it
                         definition = definition_for(occurrence, definition_of)
                         spec = self._groupable(occurrence, definition)
                         if spec is None:
                             alone_next = True
-                            break  # it and what follows stay scheduled: unlocked at the commit
+                            if index + 1 < len(ready):
+                                # It and what follows stay scheduled, unlocked at the commit; this slot
+                                # claims it next, and the others are told of the rest at the commit.
+                                store.announce_ready()
+                            break
                         runs.append(self._run_in_group(occurrence, definition, spec, scheduler))
                     if len(ready) < wanted:
                         break

@@ -61,11 +61,12 @@ class CancelOutcome(enum.StrEnum):
 
 # The channel schedulers LISTEN on to wake up: migrations 0003 and 0009 notify it when occurrences
 # are inserted or scheduled again and when a definition is written, take_over when a scheduler's
-# hand-over room frees.
+# hand-over room frees, a group when it leaves rows it locked (announce_ready).
 NOTIFY_CHANNEL = "jobs_occurrence"
 # Its payload when a definition, schedule or policy was written (migration 0009); the others
-# ('', 'scheduled') say that occurrences may be ready to claim.
+# ('', 'scheduled': READY_AGAIN) say that occurrences may be ready to claim.
 DEFINITIONS_CHANGED = "definitions"
+READY_AGAIN = "scheduled"
 
 
 def _claimed(occurrence_id: int, session, attempt: int) -> Q:
@@ -178,6 +179,16 @@ def lock_ready(*, now, limit: int, besides=()) -> list[Occurrence]:
     value = Occurrence._meta.get_field("run_after").get_db_prep_value(now, connections[using])
     params = [value, list(besides), limit]
     return _fetch(using, statement, params, names, convert)
+
+
+def announce_ready() -> None:
+    """Wake the schedulers at the commit of the current transaction: ready rows it locked are free again.
+
+    A group that leaves rows it locked (jobs.engine.groups) sends it: the other schedulers skipped
+    those rows while they were locked, and a ready time in the past is no wake-up time, so
+    without it they would wait for some scheduler's next wake-up. Delivered only if it commits.
+    """
+    notify(NOTIFY_CHANNEL, READY_AGAIN)
 
 
 def claim_locked(occurrence: Occurrence, *, session, scheduler: str, now) -> None:

@@ -45,8 +45,13 @@ def policy_of(task: PeriodicTask) -> Policy:
 
 
 def run_now(task: PeriodicTask, *, by: str) -> Occurrence:
-    """A manual run of task at its policy's priority, due now; who asked is recorded."""
-    return store.trigger(task, priority=policy_of(task).priority, by=by)
+    """A manual run of task at its policy's priority, with its follow-ups, due now; who asked is recorded."""
+    return store.trigger(task, priority=policy_of(task).priority, by=by, then=list(follow_ups_of(task)) or None)
+
+
+def follow_ups_of(task: PeriodicTask) -> tuple[dict, ...]:
+    """The definition's follow-ups as an occurrence's `then` keeps them (read with definitions_queryset's prefetch)."""
+    return tuple(follow_up.as_then() for follow_up in task.follow_ups.all())
 
 
 def kwargs_of(task: PeriodicTask) -> dict:
@@ -174,6 +179,12 @@ class Definition:
     policy: Policy
     kwargs: dict
     cursor: Cursor | None
+    then: tuple[dict, ...] = ()  # its follow-ups (DefinitionFollowUp.as_then), copied onto each run's `then`
+
+    @property
+    def then_json(self) -> str | None:
+        """`then` as the planning statement writes it: JSON text, or None (SQL null) when it has none."""
+        return json.dumps(list(self.then)) if self.then else None
 
     @classmethod
     def from_task(cls, task: PeriodicTask, *, strict: bool = True) -> "Definition":
@@ -200,6 +211,7 @@ class Definition:
             policy=policy_of(task),
             kwargs=kwargs_of(task),
             cursor=cursor,
+            then=follow_ups_of(task),
         )
 
     def next_instant(self, cursor: Cursor | None = None) -> datetime | None:
@@ -243,7 +255,8 @@ def definition_for(occurrence: Occurrence, definition_of=None) -> Definition | N
 
 
 def definitions_queryset():
-    return PeriodicTask.objects.select_related("crontab", "interval", "clocked", "solar", "policy", "planning")
+    related = PeriodicTask.objects.select_related("crontab", "interval", "clocked", "solar", "policy", "planning")
+    return related.prefetch_related("follow_ups")
 
 
 def load_definition(task_id: int | None) -> Definition | None:

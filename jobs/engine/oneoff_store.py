@@ -20,14 +20,15 @@ from bookworm_scheduler.kernel.dialect import postgresql
 from jobs.engine import sql
 from jobs.engine.policy import Priority
 from jobs.engine.registry import get_job
-from jobs.models import OCCURRENCE_LIVE, Occurrence
+from jobs.models import OCCURRENCE_LIVE, FollowUpWhen, Occurrence
 
-# A follow-up's `when` (jobs.engine.oneoff.FollowUp): the final statuses of its parent that create it.
+# A follow-up's `when` (jobs.engine.oneoff.FollowUp, a definition's DefinitionFollowUp): the final statuses of its
+# parent that create it.
 FOLLOW_UP_WHEN = {
-    "succeeded": (Occurrence.Status.SUCCEEDED,),
-    "failed": (Occurrence.Status.FAILED,),
-    "cancelled": (Occurrence.Status.SKIPPED,),
-    "finished": tuple(Occurrence.FINISHED),
+    FollowUpWhen.SUCCEEDED: (Occurrence.Status.SUCCEEDED,),
+    FollowUpWhen.FAILED: (Occurrence.Status.FAILED,),
+    FollowUpWhen.CANCELLED: (Occurrence.Status.SKIPPED,),
+    FollowUpWhen.FINISHED: tuple(Occurrence.FINISHED),
 }
 # Tries of a key whose live run finished between the insert that found it and the read of it.
 KEY_TRIES = 3

@@ -193,6 +193,7 @@ def _occurrence_row(definition: Definition, planned: Planned, now: datetime) -> 
         Occurrence.Status.MISSED if planned.missed else Occurrence.Status.SCHEDULED,
         now if planned.missed else None,
         reason,
+        definition.then_json,
     ]
 
 

@@ -159,20 +159,35 @@ def record_attempt(alias: str) -> str:
     """
 
 
+# A planned occurrence's columns as planning gives them (jobs.engine.planning._occurrence_row), with their types,
+# and the columns every planned row has alike.
+PLANNED_TYPES = {
+    "task": "int",
+    "job_name": "text",
+    "scheduled_for": "timestamptz",
+    "run_after": "timestamptz",
+    "priority": "int",
+    "status": "text",
+    "finished_at": "timestamptz",
+    "reason": "text",
+    "then": "jsonb",
+}
+PLANNED_COLUMNS = tuple(PLANNED_TYPES)
+PLANNED_CONSTANTS = {"manual": "FALSE", "triggered_by": "''", "attempts": "0", "scheduler": "''"}
+
+
 @functools.cache
 def insert_occurrences(alias: str, rows: int) -> str:
     """Planned rows; an instant already planned is skipped, not an error.
 
     Parameters per row: task id, job name, scheduled_for, run_after, priority, status,
-    finished_at, reason, created_at. ON CONFLICT DO NOTHING lets the partial unique constraint
-    occurrence_once_per_instant drop a row another scheduler inserted first; RETURNING tells
-    which rows the database took, so what is logged is what was inserted.
+    finished_at, reason, then (the definition's follow-ups as JSON text, or None), created_at. ON CONFLICT
+    DO NOTHING lets the partial unique constraint occurrence_once_per_instant drop a row another scheduler
+    inserted first; RETURNING tells which rows the database took, so what is logged is what was inserted.
     """
     occ = _names("Occurrence", alias)
-    given = ("task", "job_name", "scheduled_for", "run_after", "priority", "status", "finished_at", "reason")
-    constant = {"manual": "FALSE", "triggered_by": "''", "attempts": "0", "scheduler": "''"}
-    columns = [getattr(occ, name) for name in (*given, "created_at", *constant)]
-    row = "(" + ", ".join(["%s"] * (len(given) + 1) + list(constant.values())) + ")"
+    columns = [getattr(occ, name) for name in (*PLANNED_COLUMNS, "created_at", *PLANNED_CONSTANTS)]
+    row = "(" + ", ".join(["%s"] * (len(PLANNED_COLUMNS) + 1) + list(PLANNED_CONSTANTS.values())) + ")"
     return (
         f"INSERT INTO {occ.table} ({', '.join(columns)}) VALUES {', '.join([row] * rows)} "
         f"ON CONFLICT DO NOTHING RETURNING {occ.status}"
@@ -183,20 +198,16 @@ def insert_occurrences(alias: str, rows: int) -> str:
 def insert_occurrence_arrays(alias: str) -> str:
     """PostgreSQL only: insert_occurrences with one array per column.
 
-    Parameters: created_at, then the same eight values as arrays (one element per row), sent in
-    binary (%b: psycopg quotes each element of a text array, 6 times slower). Nine placeholders
-    however many rows: psycopg converts a query with thousands of them slowly (a burst of 10,000
-    instants spent over a second there).
+    Parameters: created_at, then the same nine values as arrays (one element per row), sent in
+    binary (%b: psycopg quotes each element of a text array, 6 times slower; `then` as text, cast to
+    jsonb). Ten placeholders however many rows: psycopg converts a query with thousands of them slowly.
     """
     occ = _names("Occurrence", alias)
-    given = ("task", "job_name", "scheduled_for", "run_after", "priority", "status", "finished_at", "reason")
-    types = ("int", "text", "timestamptz", "timestamptz", "int", "text", "timestamptz", "text")
-    constant = {"manual": "FALSE", "triggered_by": "''", "attempts": "0", "scheduler": "''"}
-    columns = [getattr(occ, name) for name in (*given, "created_at", *constant)]
-    arrays = ", ".join(f"%b::{kind}[]" for kind in types)
+    columns = [getattr(occ, name) for name in (*PLANNED_COLUMNS, "created_at", *PLANNED_CONSTANTS)]
+    arrays = ", ".join(f"%b::{kind}[]" for kind in PLANNED_TYPES.values())
     return (
         f"INSERT INTO {occ.table} ({', '.join(columns)}) "
-        f"SELECT r.*, %s, {', '.join(constant.values())} FROM unnest({arrays}) AS r "
+        f"SELECT r.*, %s, {', '.join(PLANNED_CONSTANTS.values())} FROM unnest({arrays}) AS r "
         f"ON CONFLICT DO NOTHING RETURNING {occ.status}"
     )
 

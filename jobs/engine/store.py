@@ -99,7 +99,7 @@ def trigger(task: PeriodicTask, *, priority: int, by: str = "", now: datetime | 
 
 
 def trigger_claimed(
-    task: PeriodicTask, *, priority: int, by: str, session, scheduler: str, lease: timedelta, now: datetime
+    task: PeriodicTask, *, priority: int, by: str, session, scheduler: str, lease: timedelta, now: datetime, then=None
 ) -> Occurrence:
     """A manual run of task, due now and claimed by session in the same insert (its first attempt).
 
@@ -111,6 +111,7 @@ def trigger_claimed(
         priority=priority,
         by=by,
         now=now,
+        then=then,
         status=Status.RUNNING,
         attempts=1,
         scheduler=scheduler,

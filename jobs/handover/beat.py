@@ -21,7 +21,7 @@ from django_celery_beat.models import PeriodicTask
 
 from bookworm_scheduler.kernel.clock import DatabaseClock
 from jobs.engine import store
-from jobs.engine.definitions import policy_of
+from jobs.engine.definitions import follow_ups_of, policy_of
 from jobs.engine.leases import Leases
 from jobs.engine.planning import hand_over_through
 from jobs.engine.registry import registered_jobs
@@ -66,6 +66,7 @@ def run_beat_message(task, *args, **kwargs) -> str:
                     scheduler=worker,
                     lease=lease,
                     now=now,
+                    then=list(follow_ups_of(definition)) or None,
                 )
                 hand_over_through(definition.id, now)
             logger.info(

@@ -1,4 +1,5 @@
-"""Job definitions' own rows: each definition's policy, its planning cursor, and the definitions' version."""
+"""Job definitions' own rows: each definition's policy, its follow-ups, its planning cursor, and the definitions'
+version."""
 
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -65,6 +66,54 @@ class JobPolicy(models.Model):
             isinstance(i, (int, float)) and not isinstance(i, bool) and i >= 0 for i in intervals
         ):
             raise ValidationError({"retry_intervals": "A list of non-negative numbers of seconds, e.g. [30, 60]."})
+
+
+class FollowUpWhen(models.TextChoices):
+    """A definition's follow-up's `when`: jobs.engine.oneoff.FollowUp's values (oneoff_store.FOLLOW_UP_WHEN)."""
+
+    SUCCEEDED = "succeeded", "succeeds"
+    FAILED = "failed", "fails for good"
+    CANCELLED = "cancelled", "is cancelled"
+    FINISHED = "finished", "ends, whatever the outcome"
+
+
+class DefinitionFollowUp(models.Model):
+    """When a run of this definition ends `when`, run the registered job `job` with `payload` (issue 25's follow-ups).
+
+    Planning and a manual run copy the definition's follow-ups onto each occurrence's `then` (Definition.then),
+    so the occurrence store creates them in the transaction that records its end, as a one-off run's: once,
+    whatever dies after, and with no read of this table when a run ends. A change applies to the runs
+    planned after it.
+    """
+
+    task = models.ForeignKey(PeriodicTask, on_delete=models.CASCADE, related_name="follow_ups")
+    when = models.CharField(
+        "when this job", max_length=16, choices=FollowUpWhen.choices, default=FollowUpWhen.SUCCEEDED
+    )
+    job = models.CharField("run", max_length=200, help_text="A registered job.")
+    payload = models.JSONField(
+        null=True, blank=True, help_text="A JSON object the follow-up sees as JobContext.payload; empty: none."
+    )
+
+    class Meta:
+        verbose_name = "follow-up"
+        constraints = [models.CheckConstraint(condition=Q(when__in=FollowUpWhen.values), name="follow_up_when_valid")]
+
+    def __str__(self):
+        return f"when {self.task} {self.get_when_display()}, run {self.job}"
+
+    def as_then(self) -> dict:
+        """As an occurrence's `then` keeps a follow-up (jobs.engine.oneoff.FollowUp.checked)."""
+        return {"job": self.job, "when": self.when, "payload": self.payload}
+
+    def clean(self):
+        from jobs.engine.oneoff import FollowUp, PayloadError, ScheduleError, UnknownJob
+
+        try:
+            FollowUp(self.job, self.when, self.payload).checked()
+        except ScheduleError as exc:
+            field = {UnknownJob: "job", PayloadError: "payload"}.get(type(exc), "when")
+            raise ValidationError({field: f"{str(exc)[:1].upper()}{str(exc)[1:]}."}) from None
 
 
 class PlanningCursor(models.Model):

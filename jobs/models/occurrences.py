@@ -163,6 +163,13 @@ class Occurrence(models.Model):
                 condition=~Q(status=OccurrenceStatus.SUCCEEDED),
                 name="occ_status_recent",
             ),
+            # Upcoming one-off runs, soonest first (jobs.web.oneoff_admin.upcoming): an ordered read however many wait.
+            models.Index(
+                "run_after",
+                "id",
+                condition=Q(status__in=OCCURRENCE_LIVE) & ~Q(job=""),
+                name="occ_oneoff_upcoming",
+            ),
             # A run's follow-ups (its children), and pruning's unlinking of them.
             models.Index(fields=["parent"], condition=Q(parent__isnull=False), name="occ_parent"),
             # jobs.engine.store.prune: the oldest finished rows.

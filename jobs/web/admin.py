@@ -26,10 +26,11 @@ from bookworm_scheduler.web.read_only_admin import ReadOnlyAdmin
 from bookworm_scheduler.web.times import list_time
 from jobs.engine import store
 from jobs.engine.definitions import Definition, cron_expression, policy_of
-from jobs.models import Alert, Attempt, JobPolicy, Occurrence, SchedulerInstance
+from jobs.models import Alert, Attempt, Occurrence, SchedulerInstance
 from jobs.templatetags.dashboard_tags import run_time
 from jobs.web import admin_views, oneoff_admin
 from jobs.web.audit import run_now_logged
+from jobs.web.definition_inlines import FollowUpInline, JobPolicyInline
 from jobs.web.filters import JobFilter, KindFilter, SchedulerFilter, WhenFilter
 from jobs.web.forms import CrontabScheduleForm, JobDefinitionForm, cron_words, describe_cron
 from outbox.models import OutboxMessage
@@ -56,14 +57,6 @@ def status_badge(status: str | None):
 # Definitions.
 
 
-class JobPolicyInline(admin.StackedInline):
-    model = JobPolicy
-    can_delete = False
-    verbose_name = "run policy"
-    template = "admin/jobs/jobpolicy/stacked.html"  # titled by the job's name, not JobPolicy's "policy of 2"
-    fields = ["priority", "misfire_policy", "max_retries", "retry_intervals", "timeout_seconds"]
-
-
 admin.site.unregister(PeriodicTask)
 admin.site.unregister(CrontabSchedule)
 admin.site.unregister(SolarSchedule)
@@ -78,7 +71,7 @@ class CrontabScheduleAdmin(admin.ModelAdmin):
 @admin.register(PeriodicTask)
 class JobDefinitionAdmin(admin.ModelAdmin):
     form = JobDefinitionForm
-    inlines = [JobPolicyInline]
+    inlines = [JobPolicyInline, FollowUpInline]
     change_form_template = "admin/django_celery_beat/periodictask/change_form.html"
     list_display = [
         "name",
@@ -401,7 +394,8 @@ class OccurrenceAdmin(oneoff_admin.OneOffOccurrenceAdmin, ReadOnlyAdmin):
             status__in=[Occurrence.Status.FAILED, Occurrence.Status.MISSED, Occurrence.Status.SKIPPED]
         )
         for occurrence in finished.exclude(task=None).select_related("task"):
-            retried = store.trigger(occurrence.task, priority=occurrence.priority, by=request.user.get_username())
+            by = request.user.get_username()
+            retried = store.trigger(occurrence.task, priority=occurrence.priority, by=by, then=occurrence.then)
             self.log_change(request, occurrence, f"Retried as occurrence {retried.id}")
             count += 1
         self.message_user(request, f"Triggered {count} manual run(s).", messages.SUCCESS)

@@ -7,15 +7,14 @@ the API's and the command line's door, and goes back to the page with a message 
 form with errors is shown again on a page of its own (status 200). Upcoming one-off runs are
 the scheduled and running ones, soonest first: a job's (upcoming_runs) on its page, everyone's in the
 history filtered by kind "upcoming" (jobs.web.filters.KindFilter, ordered by OneOffOccurrenceAdmin).
-Both read only the live rows, through the partial indexes occ_scheduled_run_after and
-occ_running_lease, whatever the history holds.
+Both read the partial index occ_oneoff_upcoming (live one-off runs by run_after) in order, whatever the
+history holds.
 """
 
 import json
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q
 from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -24,7 +23,7 @@ from django.utils.safestring import mark_safe
 
 from bookworm_scheduler.web.times import list_time
 from jobs.engine.oneoff import ScheduleError
-from jobs.models import Occurrence
+from jobs.models import OCCURRENCE_LIVE, Occurrence
 from jobs.web.audit import schedule_logged
 from jobs.web.forms import ScheduleRunForm
 
@@ -35,14 +34,10 @@ UPCOMING = "upcoming"
 ONE_OFF_FIELDS = ["key", "expires_at", "payload_json", "result_json", "parent_link", "children_links"]
 
 
-def live():
-    """Scheduled or running, as an OR of the two statuses: each arm is a partial index of its own."""
-    return Q(status=Occurrence.Status.SCHEDULED) | Q(status=Occurrence.Status.RUNNING)
-
-
 def upcoming(queryset):
-    """One-off runs (no definition: `job` set) not yet finished, soonest first."""
-    return queryset.filter(live()).exclude(job="").order_by("run_after", "id")
+    """One-off runs (no definition: `job` set) not yet finished, soonest first: the condition of the partial
+    index occ_oneoff_upcoming, read in its order."""
+    return queryset.filter(status__in=OCCURRENCE_LIVE).exclude(job="").order_by("run_after", "id")
 
 
 def upcoming_runs(job: str, limit: int = UPCOMING_ON_JOB_PAGE) -> list[Occurrence]:

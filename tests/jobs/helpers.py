@@ -86,6 +86,31 @@ def make_definition(
     return task
 
 
+def definition_form(**fields):
+    """What the job page's add form posts: a cron definition with its run policy and no follow-ups."""
+    data = {
+        "name": "nightly",
+        "task": "test.publish",
+        "enabled": "on",
+        "description": "",
+        "cron": "30 2 * * *",
+        "timezone": "Europe/Berlin",
+        "interval": "",
+        "clocked": "",
+        "kwargs": "{}",
+        "policy-TOTAL_FORMS": "1",
+        "policy-INITIAL_FORMS": "0",
+        "policy-0-priority": "2",
+        "policy-0-misfire_policy": "run_once",
+        "policy-0-max_retries": "1",
+        "policy-0-retry_intervals": "[]",
+        "follow_ups-TOTAL_FORMS": "0",
+        "follow_ups-INITIAL_FORMS": "0",
+    }
+    data.update(fields)
+    return data
+
+
 def make_scheduler(clock, *, instance_id="test", concurrency=2, lease=60, grace=60) -> Scheduler:
     return Scheduler(
         instance_id=instance_id,

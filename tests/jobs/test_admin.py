@@ -14,6 +14,7 @@ from django_celery_beat.models import CrontabSchedule, PeriodicTask
 from jobs.models import Attempt, Occurrence, SchedulerInstance
 from jobs.seed.contracts import ResendErrorEmailIntegrationEvent
 from outbox.publishing import origin, publish
+from tests.jobs.helpers import definition_form
 
 pytestmark = pytest.mark.django_db
 
@@ -102,28 +103,6 @@ def test_solar_schedules_cannot_be_chosen(admin_client):
     page = admin_client.get("/tickerq/django_celery_beat/periodictask/add/").content.decode()
     assert 'name="solar"' not in page
     assert admin_client.get("/tickerq/django_celery_beat/solarschedule/").status_code == 404
-
-
-def definition_form(**fields):
-    data = {
-        "name": "nightly",
-        "task": "test.publish",
-        "enabled": "on",
-        "description": "",
-        "cron": "30 2 * * *",
-        "timezone": "Europe/Berlin",
-        "interval": "",
-        "clocked": "",
-        "kwargs": "{}",
-        "policy-TOTAL_FORMS": "1",
-        "policy-INITIAL_FORMS": "0",
-        "policy-0-priority": "2",
-        "policy-0-misfire_policy": "run_once",
-        "policy-0-max_retries": "1",
-        "policy-0-retry_intervals": "[]",
-    }
-    data.update(fields)
-    return data
 
 
 def test_a_definition_is_made_from_a_registered_job_and_a_cron_expression(admin_client):

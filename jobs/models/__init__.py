@@ -1,4 +1,5 @@
-"""The schema: job policies, planning cursors, occurrences, attempts, alerts and scheduler instances.
+"""The schema: job policies, definitions' follow-ups, planning cursors, occurrences, attempts, alerts and scheduler
+instances.
 
 Job definitions themselves are django-celery-beat's PeriodicTask rows (with a crontab,
 interval or clocked schedule); JobPolicy and PlanningCursor add what a scheduler needs and
@@ -10,7 +11,7 @@ spell them. Every model is importable from here, as before this module became a 
 
 from jobs.engine.policy import MisfirePolicy, Policy, Priority
 from jobs.models.alerts import ALERT_PENDING, Alert, AlertDelivery, AlertKind, AlertQuerySet
-from jobs.models.definitions import DefinitionsVersion, JobPolicy, PlanningCursor
+from jobs.models.definitions import DefinitionFollowUp, DefinitionsVersion, FollowUpWhen, JobPolicy, PlanningCursor
 from jobs.models.instances import SchedulerInstance
 from jobs.models.occurrences import (
     OCCURRENCE_FINISHED,
@@ -32,7 +33,9 @@ __all__ = [
     "AlertQuerySet",
     "Attempt",
     "AttemptStatus",
+    "DefinitionFollowUp",
     "DefinitionsVersion",
+    "FollowUpWhen",
     "JobPolicy",
     "MisfirePolicy",
     "Occurrence",

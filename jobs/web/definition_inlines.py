@@ -8,8 +8,8 @@ jobs.schedule checks a one-off run's (jobs.engine.oneoff.FollowUp), so a wrong o
 from django import forms
 from django.contrib import admin
 
-from jobs.engine.registry import registered_jobs
 from jobs.models import DefinitionFollowUp, JobPolicy
+from jobs.web.forms import job_choices
 
 
 class JobPolicyInline(admin.StackedInline):
@@ -30,11 +30,7 @@ class FollowUpForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        names = sorted(spec.name for spec in registered_jobs())
-        current = self.instance.job if self.instance.pk else ""
-        choices = [("", "---------"), *((name, name) for name in names)]
-        if current and current not in names:
-            choices.append((current, f"{current} (not registered)"))
+        choices = job_choices(self.instance.job if self.instance.pk else "")
         self.fields["job"] = forms.ChoiceField(label="run", choices=choices, help_text="A registered job.")
 
 

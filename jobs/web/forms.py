@@ -21,6 +21,16 @@ from jobs.engine import oneoff, schedules
 from jobs.engine.definitions import cron_expression
 from jobs.engine.registry import get_job, registered_jobs
 from jobs.engine.schedules import InvalidSchedule, cron_instants, did_you_mean, get_zone, next_instants, validate_cron
+from jobs.models import FollowUpWhen
+
+
+def job_choices(current: str, *, empty: str = "---------") -> list[tuple[str, str]]:
+    """A select's choices of registered jobs; a stored name no longer registered (current) is kept, marked so."""
+    names = [spec.name for spec in registered_jobs()]
+    choices = [("", empty), *((name, name) for name in names)]
+    if current and current not in names:
+        choices.append((current, f"{current} (not registered)"))
+    return choices
 
 
 @functools.cache
@@ -155,12 +165,7 @@ class JobDefinitionForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        names = [spec.name for spec in registered_jobs()]
-        current = self.instance.task if self.instance.pk else None
-        choices = [(name, name) for name in names]
-        if current and current not in names:
-            choices.append((current, f"{current} (not registered)"))
-        self.fields["task"].choices = [("", "---------")] + choices
+        self.fields["task"].choices = job_choices(self.instance.task if self.instance.pk else "")
         self.fields["timezone"].choices = [(z, z) for z in zone_names()]
         if self.instance.pk and self.instance.crontab_id:
             self.initial["cron"] = cron_expression(self.instance.crontab)
@@ -236,7 +241,7 @@ LOCAL_TIME_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "
 
 class ScheduleRunForm(forms.Form):
     """A one-off run of a job from its page (jobs.web.oneoff_admin): when and its expiry, in the viewer's zone, a
-    payload, a key.
+    payload, a key, and a follow-up (cleaned as `then`: jobs.schedule's then=[FollowUp(...)], or none).
 
     `at` and `expires` are read in the active zone (bookworm_scheduler.web.display_zone), as Django reads any form's
     time; empty, the run is due at once. The payload is checked here as jobs.schedule checks it
@@ -271,6 +276,29 @@ class ScheduleRunForm(forms.Form):
         max_length=oneoff.KEY_MAX_LENGTH,
         help_text="Optional: while a run with this key is scheduled or running, no other is added.",
     )
+    then_when = forms.ChoiceField(
+        label="When it", required=False, choices=FollowUpWhen.choices, initial=FollowUpWhen.SUCCEEDED
+    )
+    then_job = forms.ChoiceField(
+        label="then run",
+        required=False,
+        help_text="Optional: a follow-up, a run of this registered job created when the run ends so.",
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["then_job"].choices = job_choices("", empty="nothing")
+
+    def clean_then(self) -> list[oneoff.FollowUp]:
+        """The follow-up chosen, as jobs.schedule's `then`."""
+        job = self.cleaned_data.get("then_job")
+        when = self.cleaned_data.get("then_when") or FollowUpWhen.SUCCEEDED
+        return [oneoff.FollowUp(job, when=when)] if job else []
+
+    def clean(self):
+        cleaned = super().clean()
+        cleaned["then"] = self.clean_then()
+        return cleaned
 
     def clean_payload(self) -> dict | None:
         text = self.cleaned_data["payload"].strip()

@@ -80,7 +80,7 @@ def schedule_run_view(model_admin, request, object_id):
     form = ScheduleRunForm(request.POST if request.method == "POST" else None)
     if form.is_valid():
         by = request.user.get_username()
-        run = {name: form.cleaned_data[name] for name in ("at", "payload", "expires")}
+        run = {name: form.cleaned_data[name] for name in ("at", "payload", "expires", "then")}
         try:
             key = form.cleaned_data["key"] or None
             occurrence, new = schedule_logged(task.task, user=request.user, by=by, via="", key=key, **run)

@@ -70,6 +70,16 @@ def test_an_operator_schedules_a_run_with_a_payload_in_their_zone_and_it_is_audi
     assert f'id="upcoming-run-{occurrence.id}"' in page and "reminder:42" in page
 
 
+def test_a_run_scheduled_from_the_page_may_have_a_follow_up(operator, echo):
+    form = {"payload": '{"order_id": 7}', "then_when": "failed", "then_job": "test.retried"}
+    assert operator.post(schedule_url(echo), form).status_code == 302
+    assert Occurrence.objects.get().then == [{"job": "test.retried", "when": "failed", "payload": None}]
+    response = operator.post(schedule_url(echo), {"then_job": "test.nope"})
+    assert response.status_code == 200
+    assert "Select a valid choice. test.nope is not one of the available choices." in response.content.decode()
+    assert Occurrence.objects.count() == 1
+
+
 def test_an_expiry_is_read_in_the_viewers_zone_and_one_before_the_run_is_a_form_error(operator, echo):
     operator.cookies["display_zone"] = "Asia/Tokyo"
     operator.post(schedule_url(echo), {"at": "2031-05-04T09:30", "expires": "2031-05-04T10:00"})

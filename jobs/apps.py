@@ -22,7 +22,7 @@ class JobsConfig(AppConfig):
     def ready(self):
         from jobs import checks  # noqa: F401  registers the system checks
         from jobs.engine import definition_changes
-        from jobs.web import admin  # noqa: F401  registers the admin's pages (the admin looks for jobs.admin)
+        from jobs.web import admin, token_admin  # noqa: F401  the admin's pages; a user's page with their API tokens
 
         definition_changes.connect()
 

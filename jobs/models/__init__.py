@@ -22,6 +22,7 @@ from jobs.models.occurrences import (
     OccurrenceQuerySet,
     OccurrenceStatus,
 )
+from jobs.models.tokens import ApiToken
 
 __all__ = [
     "ALERT_PENDING",
@@ -31,6 +32,7 @@ __all__ = [
     "AlertDelivery",
     "AlertKind",
     "AlertQuerySet",
+    "ApiToken",
     "Attempt",
     "AttemptStatus",
     "DefinitionFollowUp",

@@ -6,15 +6,16 @@ declared here, which django-ninja checks each answer against and documents in th
 description at /tickerq/api/openapi.json. The history's query string is read by django-ninja
 into a HistoryFilter, which documents its parameters too.
 
-Authentication is the dashboard's: a staff user's session, or HTTP Basic credentials, which
+Authentication: an API token (Authorization: Bearer, jobs.web.tokens, which sets request.user to
+its user), or the dashboard's: a staff user's session, or HTTP Basic credentials, which
 bookworm_scheduler.web.basic_auth turns into request.user before a view runs (Staff only reads
-request.user; its two subclasses name the two ways in the OpenAPI description). Each endpoint
+request.user; its subclasses name the three ways in the OpenAPI description). Each endpoint
 asks for the permission of the rows it shows, as the admin page of those rows does (the change
 permission implies the view permission there, and here). The views only read, or write an
 occurrence row for the scheduler: never the broker.
 
 Every error, from a view, from django-ninja (a parameter that does not validate: 400) or from
-the Basic middleware (401, 403, the lockout's 429), is {"error": {"status": <the HTTP status>,
+the Basic middleware or a token's refusal (401, 403, the lockout's 429), is {"error": {"status": <the HTTP status>,
 "message": "<one sentence>"}}: basic_auth.api_error. jobs.web.api_urls adds the 405s and the
 404 of an unknown path, in the same shape.
 """
@@ -31,14 +32,16 @@ from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
 from ninja import NinjaAPI, Query, Status
 from ninja.errors import AuthenticationError, AuthorizationError, HttpError, ValidationError
+from ninja.security import HttpBearer
 from ninja.security.base import AuthBase
 from pydantic import BaseModel, Field
 
 from bookworm_scheduler.kernel.clock import default_clock
 from bookworm_scheduler.web.audit_log import FROM_API
-from bookworm_scheduler.web.basic_auth import CHALLENGE, api_error, basic_header
+from bookworm_scheduler.web.basic_auth import CHALLENGE, api_error, basic_header, lockout_response
 from jobs.engine.oneoff import ScheduleError
 from jobs.models import Occurrence
+from jobs.web import tokens
 from jobs.web.audit import cancel_logged, cancel_refusal, run_now_logged, schedule_logged
 from jobs.web.serializers import (
     HistoryFilter,
@@ -55,7 +58,10 @@ from outbox.serializers import OutboxStatus, outbox_status
 
 logger = logging.getLogger(__name__)
 
-UNAUTHENTICATED = "Authentication required: log in, or send Basic credentials of a staff user."
+UNAUTHENTICATED = (
+    "Authentication required: send an API token (Authorization: Bearer), log in, "
+    "or send Basic credentials of a staff user."
+)
 
 
 class ErrorBody(BaseModel):
@@ -127,6 +133,23 @@ class Staff(AuthBase):
         return check_staff(request, self.permission)
 
 
+class BearerToken(HttpBearer):
+    """An API token of a staff user (jobs.web.tokens), then check_staff with the endpoint's permission."""
+
+    openapi_description = (
+        "An API token (manage.py apitoken create, or a user's page in the console): its user's permissions, "
+        "read-only tokens may only read. Unknown tokens are throttled as failed logins are."
+    )
+
+    def __init__(self, permission: str = ""):
+        self.permission = permission
+        super().__init__()
+
+    def authenticate(self, request: HttpRequest, token: str):
+        tokens.token_user(request, token)
+        return check_staff(request, self.permission)
+
+
 class BasicCredentials(Staff):
     openapi_type = "http"
     openapi_scheme = "basic"
@@ -140,9 +163,16 @@ class SessionCookie(Staff):
     openapi_description = "The session of a staff user logged into the console."
 
 
-def staff(permission: str = "") -> list[Staff]:
-    # Either way in: the first one decides (both read request.user, which the middleware set).
-    return [BasicCredentials(permission), SessionCookie(permission)]
+def staff(permission: str = "") -> list[AuthBase]:
+    # Any way in: the first one that answers decides. A Bearer header is the token's alone (BearerToken
+    # answers or refuses); without one, the others read request.user, which the middleware set.
+    return [BearerToken(permission), BasicCredentials(permission), SessionCookie(permission)]
+
+
+def bearer_token(request: HttpRequest) -> str | None:
+    """The token of the request's Authorization header when its scheme is Bearer."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token if scheme.lower() == "bearer" else None
 
 
 def refusing_in_json(view: Callable) -> Callable:
@@ -151,6 +181,9 @@ def refusing_in_json(view: Callable) -> Callable:
     @wraps(view)
     def checked(request, *args, **kwargs):
         try:
+            token = bearer_token(request)
+            if token is not None:
+                tokens.token_user(request, token)
             check_staff(request)
         except HttpError as exc:
             return http_error(request, exc)
@@ -178,6 +211,12 @@ api = NinjaAPI(
 
 @api.exception_handler(HttpError)
 def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    if isinstance(exc, tokens.TokensLocked):
+        return lockout_response(request)
+    if isinstance(exc, tokens.TokenRefused):
+        response = api_error(401, exc.message)
+        response["WWW-Authenticate"] = tokens.CHALLENGE
+        return response
     if isinstance(exc, AuthenticationError):
         response = api_error(401, UNAUTHENTICATED)
         response["WWW-Authenticate"] = CHALLENGE
@@ -371,8 +410,9 @@ def check_csrf(request: HttpRequest) -> None:
 
     A browser attaches the session cookie to any request, a cross-site form's included, so a
     request is accepted without Django's CSRF token (X-CSRFToken header, or the
-    csrfmiddlewaretoken field) only when it carries its credentials in the Authorization header
-    (Basic) AND has Content-Type: application/json. Both are needed: a browser also re-sends
+    csrfmiddlewaretoken field) only when it carries an API token (Bearer), which a browser never
+    sends by itself, or its credentials in the Authorization header (Basic) AND has Content-Type:
+    application/json. Both are needed: a browser also re-sends
     Basic credentials it remembers for this site on its own, but a cross-site page can send
     neither a JSON content type nor an Authorization header without a CORS preflight, which this
     service never grants. Every other request (a session's, or Basic credentials with a form's
@@ -391,5 +431,8 @@ def check_csrf(request: HttpRequest) -> None:
 
 
 def credentials_in_header(request: HttpRequest) -> bool:
-    # The Basic middleware has already checked the header's credentials (or refused the request).
+    # The Basic middleware has already checked the header's credentials (or refused the request), and
+    # BearerToken its token. A browser never sends a Bearer header on its own: no content type is needed.
+    if bearer_token(request) is not None:
+        return True
     return basic_header(request) is not None and request.content_type == "application/json"

@@ -2,13 +2,15 @@
 
 The dashboard's "Run now", the API's trigger and `manage.py jobs trigger` all call run_now_logged;
 the dashboard's Cancel, the API's cancel and `manage.py jobs cancel` all call cancel_logged; the
-API's schedule and `manage.py jobs schedule` call schedule_logged. So the audit log and an object's
+API's schedule and `manage.py jobs schedule` call schedule_logged; a user's page and `manage.py apitoken`
+call token_issued_logged and token_revoked_logged. So the audit log and an object's
 admin history show every manual run, cancel and one-off run, whichever way it was asked for, in the
 same words.
 """
 
 from datetime import datetime
 
+from django.contrib.admin.models import ADDITION
 from django.db import transaction
 from django_celery_beat.models import PeriodicTask
 
@@ -17,7 +19,7 @@ from jobs.engine import store
 from jobs.engine.definitions import run_now
 from jobs.engine.oneoff import Run, schedule_or_get
 from jobs.engine.store import CancelOutcome
-from jobs.models import Occurrence
+from jobs.models import ApiToken, Occurrence
 
 CANCEL_VERBS = {CancelOutcome.CANCELLED: "Cancelled", CancelOutcome.REQUESTED: "Cancel requested"}
 
@@ -71,3 +73,27 @@ def schedule_logged(job: str, *, user=None, by: str, via: str, **run) -> tuple[O
             detail = f"occurrence {occurrence.id} at {occurrence.scheduled_utc}"
             audit_log.log(user, [occurrence], "Scheduled", via=via, detail=detail)
     return occurrence, new
+
+
+def token_issued_logged(
+    owner, *, user=None, via: str, name: str, read_only: bool, expires_days: int | None, now: datetime
+) -> tuple[ApiToken, str]:
+    """ApiToken.objects.issue for owner, recorded as "Created API token" in the same transaction.
+
+    Returns the row and the token itself, which the caller shows once. user, via: as run_now_logged's.
+    """
+    with transaction.atomic():
+        row, token = ApiToken.objects.issue(owner, name=name, read_only=read_only, expires_days=expires_days, now=now)
+        terms = [f"for {owner.get_username()}", "read-only" if read_only else "read-write"]
+        terms += [f"expires {row.expires_at:%Y-%m-%d %H:%M} UTC"] if row.expires_at else []
+        audit_log.log(user, [row], "Created API token", via=via, detail=", ".join(terms), flag=ADDITION)
+    return row, token
+
+
+def token_revoked_logged(row: ApiToken, *, user=None, via: str, now: datetime) -> bool:
+    """row.revoke, recorded as "Revoked API token" in the same transaction; False (nothing recorded) when it was."""
+    with transaction.atomic():
+        revoked = row.revoke(now)
+        if revoked:
+            audit_log.log(user, [row], "Revoked API token", via=via, detail=f"of {row.user.get_username()}")
+    return revoked

@@ -102,7 +102,8 @@ def test_an_anonymous_request_gets_401_with_a_basic_challenge(client, path):
     assert response.json() == {
         "error": {
             "status": 401,
-            "message": "Authentication required: log in, or send Basic credentials of a staff user.",
+            "message": "Authentication required: send an API token (Authorization: Bearer), log in, "
+            "or send Basic credentials of a staff user.",
         }
     }
 

@@ -109,9 +109,10 @@ def test_the_description_names_every_endpoint_and_how_to_authenticate(descriptio
     }
     for path, method in operations:
         operation = description["paths"][path][method]
-        assert operation["security"] == [{"BasicCredentials": []}, {"SessionCookie": []}]
+        assert operation["security"] == [{"BearerToken": []}, {"BasicCredentials": []}, {"SessionCookie": []}]
         assert response_schema(description, path, method, 401) == component("Error")
         assert response_schema(description, path, method, 403) == component("Error")
+    assert description["components"]["securitySchemes"]["BearerToken"]["scheme"] == "bearer"
     assert description["components"]["securitySchemes"]["BasicCredentials"]["scheme"] == "basic"
     assert description["components"]["securitySchemes"]["SessionCookie"]["in"] == "cookie"
 

@@ -16,7 +16,8 @@ It creates (and drops at the end) its own database, `<name>_bench_oneoff`, and r
 2. idle: the CPU of an idle runscheduler over --idle-seconds (its process, and the PostgreSQL
    backends serving it, from /proc), with no one-off run waiting and with --waiting of them due
    in 1 to 2 days; then EXPLAIN (ANALYZE, BUFFERS) of the two reads an idle pass sends about
-   ready occurrences: store.next_ready_at (the next due instant) and the claim (sql.claim);
+   ready occurrences: store.next_ready_at (the next due instant) and the claim (sql.claim), and of
+   the console's list of upcoming one-off runs (jobs.web.oneoff_admin.upcoming, its first 20);
 3. many: schedule_many of --burst runs (each with a payload; then each with a key too) in one
    transaction, in this process, --many-tries times each; the median and the range;
 4. burst: --burst one-off runs due at one instant (schedule_many a few seconds ahead) drained by one
@@ -57,6 +58,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTa
 from jobs import Run, schedule, schedule_many  # noqa: E402
 from jobs.engine import sql, store  # noqa: E402
 from jobs.models import Attempt, Occurrence  # noqa: E402
+from jobs.web.oneoff_admin import UPCOMING_ON_JOB_PAGE, upcoming  # noqa: E402
 from outbox.models import OutboxMessage  # noqa: E402
 
 JOB = "bench.publish"
@@ -208,10 +210,12 @@ def ready_plans() -> dict:
     claim, _, _ = sql.claim(connection.alias, False)
     session = "00000000-0000-0000-0000-000000000000"
     claim_params = ["running", "bench", session, now + timedelta(minutes=5), now, now, 2]
+    first_page = upcoming(Occurrence.objects.all())[:UPCOMING_ON_JOB_PAGE].query.sql_with_params()
     return {
         "next_ready_at": explain(query, params),
         "claim": explain(claim, claim_params),
         "claim, generic plan": explain_generic(claim, claim_params),
+        "the console's upcoming one-off runs (first 20)": explain(*first_page),
     }
 
 

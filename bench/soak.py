@@ -1198,7 +1198,9 @@ def report_text(report: dict) -> str:
         f"event latency p50 {f['event_latency_seconds']['p50']} s, p99 {f['event_latency_seconds']['p99']} s, "
         f"worst while faults were active {f['event_latency_max_during_faults_seconds']} s",
         f"one-off runs asked {f['oneoff_asked']}: committed {f['oneoff_committed']}, rolled back "
-        f"{f['oneoff_rolled_back']}, cut short {f['oneoff_cut_short']}; key repeats given the live run "
+        f"{f['oneoff_rolled_back']}, cut short {f['oneoff_cut_short']} (held open across a restart "
+        f"{f['oneoff_held_across_a_restart']}, cut short {f['oneoff_held_cut_short']}); "
+        "key repeats given the live run "
         f"{f['oneoff_key_repeats_given_the_live_run']}; expired {f['oneoff_expired']} (in an outage "
         f"{f['oneoff_expired_of_those_due_in_an_outage']}; expiring that ran "
         f"{f['oneoff_expiring_that_ran']}); follow-ups expected {f['oneoff_follow_ups_expected']}, created "

@@ -12,12 +12,15 @@ restart the soak asks for six runs due 0.5 to 3 s later, each expiring 0.3 s aft
 due while every scheduler is cut off from the database are recorded expired, the others run.
 
 A call cut short by a fault (an OperationalError) leaves its outcome unknown: its marker may then
-have one row or none, never two. The checks are in check() (docs/reliability.md).
+have one row or none, never two. So that some are, before each PostgreSQL restart the soak also
+opens a transaction that schedules two runs and holds it open across the restart's beginning. The
+checks are in check() (docs/reliability.md).
 """
 
 import json
 import random
 import threading
+import time
 from collections import Counter, defaultdict
 from datetime import timedelta
 
@@ -31,6 +34,10 @@ MATCHES = {
     "finished": {"succeeded", "failed", "skipped", "missed", "expired"},
 }
 ONEOFF_POLICY = dict(max_retries=1, retry_intervals=[1])  # soak.oneoff's @job(retries=1, retry_intervals=[1])
+# A held call: how long its transaction stays open after its runs are written (the restart's fast shutdown
+# ends it within that), and how long the fault waits for it to be open before it goes ahead regardless.
+HELD_SECONDS = 4.0
+HELD_OPEN_WAIT = 5.0
 TOLERANCE = timedelta(seconds=0.25)  # clock reads of different processes (each a DatabaseClock)
 
 
@@ -109,10 +116,26 @@ class OneOffClient(threading.Thread):
     def before_outage(self) -> None:
         """Asked just before PostgreSQL restarts (its fast shutdown takes about a second, then it is down
         for one or two): six runs due 0.5 to 3 s later, each expiring 0.3 s after; those that fall due
-        while no scheduler can reach the database expire, the others run."""
+        while no scheduler can reach the database expire, the others run. And a call whose transaction
+        is open when the restart begins (held): the restart cuts it short, so its outcome is unknown."""
         self.ask("outage", 6, due=(0.5, 3.0), expires=0.3)
+        opened = threading.Event()
+        threading.Thread(target=self.held, args=(opened,), name="oneoff-held", daemon=True).start()
+        opened.wait(HELD_OPEN_WAIT)
 
-    def ask(self, kind: str, count: int, due=None, expires=None) -> None:
+    def held(self, opened: threading.Event) -> None:
+        """Two runs scheduled in a transaction held open for HELD_SECONDS after `opened` is set."""
+        from django.db import connection
+
+        try:
+            self.ask("held", 2, hold=(opened, HELD_SECONDS))
+        except Exception as exc:  # reported, and the soak fails
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            opened.set()
+            connection.close()
+
+    def ask(self, kind: str, count: int, due=None, expires=None, hold=None) -> None:
         from django.db import InterfaceError, OperationalError, connection, transaction
 
         from jobs import FollowUp, Run, schedule, schedule_many
@@ -179,6 +202,10 @@ class OneOffClient(threading.Thread):
                         call["returned_key"] = occurrence.key
                     if kind == "rollback":
                         raise Rollback()
+                    if hold is not None:  # the transaction stays open while the fault begins
+                        opened, seconds = hold
+                        opened.set()
+                        time.sleep(seconds)
             except Rollback:
                 for call in calls:
                     call["outcome"] = "rolled back"
@@ -384,6 +411,8 @@ def check(client: OneOffClient, attempts: dict, outbox: list[dict], received: li
         "oneoff_committed": outcomes["committed"],
         "oneoff_rolled_back": outcomes["rolled back"],
         "oneoff_cut_short": outcomes["unknown"],
+        "oneoff_held_across_a_restart": sum(1 for call in calls if call["kind"] == "held"),
+        "oneoff_held_cut_short": sum(1 for call in calls if call["kind"] == "held" and call["outcome"] == "unknown"),
         "oneoff_key_repeats_given_the_live_run": repeats,
         "oneoff_key_races": client.key_races,
         "oneoff_expired": expired,

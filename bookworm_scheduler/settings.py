@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dj_database_url
 import dj_email_url
+from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 from environs import Env, EnvError
 
@@ -233,6 +234,8 @@ MIDDLEWARE = [
     # First: answers /alive before the host check and the HTTPS redirect (bookworm_scheduler/health.py).
     "bookworm_scheduler.health.AliveMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # The Content-Security-Policy header of every answer (CONTENT_SECURITY_POLICY below).
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -240,6 +243,8 @@ MIDDLEWARE = [
     # The viewer's display zone (a cookie; UTC by default) for every time shown: bookworm_scheduler/web/display_zone.py.
     "bookworm_scheduler.web.display_zone.DisplayZoneMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # A session ends SESSION_IDLE_SECONDS after its own last request (bookworm_scheduler/web/sessions.py).
+    "bookworm_scheduler.web.sessions.IdleSessionMiddleware",
     # HTTP Basic for scripts and monitors on the dashboard; after the session's user is known.
     "bookworm_scheduler.web.basic_auth.BasicAuthMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -272,6 +277,32 @@ if TRUSTED_PROXY_COUNT < 0:
 AXES_CLIENT_IP_CALLABLE = "bookworm_scheduler.web.basic_auth.client_address"
 # No "AXES: BEGIN" line at every process start; failures and lockouts are still logged.
 AXES_VERBOSE = False
+
+# Headers. Scripts only from the service's own static files (no inline script, no eval: the templates
+# load theirs from jobs/static/jobs/), and no page in a frame. Styles may be inline: Django's admin
+# writes style attributes, and htmx adds its indicator's <style>.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF, UNSAFE_INLINE],
+        "img-src": [SELF, "data:"],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+
+# A console session ends SESSION_IDLE_SECONDS after its user's last request (the pages' own refreshes
+# do not count: bookworm_scheduler.web.sessions.IdleSessionMiddleware). Logging out deletes it.
+SESSION_IDLE_SECONDS = _positive("int", "SESSION_IDLE_SECONDS", 3600)
+SESSION_COOKIE_AGE = SESSION_IDLE_SECONDS
+SESSION_COOKIE_HTTPONLY = True
 
 if not DEBUG:
     # Serves the admin's static files under gunicorn, right after SecurityMiddleware as whitenoise

@@ -1,5 +1,6 @@
 """The dashboard in a real headless Chromium: log in, run a job, watch the overview follow it; schedule a one-off
-run from a job's page and cancel it from the upcoming ones.
+run from a job's page and cancel it from the upcoming ones; create and revoke an API token on a user's page. No
+page the tests visit breaks the Content-Security-Policy (the browser fixture collects its violations).
 
 Debian's chromium, driven by Playwright's Python package; a real scheduler process runs the
 job against the test database. Its screenshots are the README's (docs/screenshots/) when asked
@@ -40,6 +41,35 @@ ARGS = [
 ]
 SCREENSHOTS = Path(settings.BASE_DIR) / "docs" / "screenshots"
 PASSWORD = "a-long-browser-password"
+# Run in every page before its own scripts: each Content-Security-Policy violation (an inline script or handler, an
+# eval, a source not allowed) becomes a console line that CspWatchedBrowser collects, whatever page it was on.
+REPORT_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (event) => {
+  console.error("CSP violation: " + event.violatedDirective + " by " + (event.blockedURI || "inline") +
+    " at " + event.sourceFile + ":" + event.lineNumber);
+});
+"""
+
+
+class CspWatchedBrowser:
+    """The browser, every page of which reports its Content-Security-Policy violations into violations."""
+
+    def __init__(self, browser):
+        self.browser = browser
+        self.violations: list[str] = []
+        self.pages_seen: set[str] = set()
+
+    def new_page(self, **kwargs):
+        page = self.browser.new_page(**kwargs)
+        page.add_init_script(REPORT_VIOLATIONS)
+        page.on("console", lambda message: self._console(page, message))
+        page.on("load", lambda loaded: self.pages_seen.add(loaded.url))
+        return page
+
+    def _console(self, page, message) -> None:
+        # Chromium's own report ("Refused to execute inline script because it violates ...") and ours.
+        if "Content Security Policy" in message.text or message.text.startswith("CSP violation"):
+            self.violations.append(f"{page.url}: {message.text}")
 
 
 @pytest.fixture
@@ -48,9 +78,11 @@ def browser(monkeypatch):
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     assert Path(CHROMIUM).exists(), "Debian's chromium is missing: `make test` installs it"
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = CspWatchedBrowser(playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS))
         yield browser
-        browser.close()
+        browser.browser.close()
+    assert browser.pages_seen, "no page was loaded"
+    assert browser.violations == []
 
 
 @pytest.fixture
@@ -323,3 +355,35 @@ def test_an_operator_schedules_a_one_off_run_from_a_job_page_and_cancels_it_from
     page.goto(f"{live_server.url}/tickerq/jobs/occurrence/{run.id}/change/")
     expect(page.locator(".field-coloured_status")).to_contain_text("skipped")
     expect(page.locator(".field-payload_json pre")).to_contain_text('"order_id": 42')
+
+
+def test_an_operator_creates_an_api_token_on_a_users_page_sees_it_once_and_revokes_it(browser, live_server):
+    User.objects.create_superuser("operator", "operator@example.com", PASSWORD)
+    script = User.objects.create_user("nightly-script", password=PASSWORD, is_staff=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.set_default_timeout(30_000)
+    log_in(page, live_server, "operator")
+
+    page.goto(f"{live_server.url}/tickerq/auth/user/{script.id}/change/")
+    expect(page.locator("#api-tokens")).to_contain_text("No API tokens.")
+    page.fill("#id_name", "nightly report")
+    page.check("#id_read_only")
+    page.fill("#id_expires_days", "30")
+    page.click("input.create-token")
+    token = page.locator("#api-token").inner_text()
+    assert re.fullmatch(r"bws_[0-9a-f]{12}_[A-Za-z0-9_-]{43}", token)
+    key = token[4:16]
+
+    page.click("a.back-to-user")
+    row = page.locator(f"#api-token-{key}")
+    expect(row).to_contain_text("nightly report")
+    expect(row).to_contain_text("read-only")
+    expect(row.locator(".token-state")).to_have_text("active")
+    assert token not in page.content()  # shown once
+    row.locator("button.revoke-token").click()
+    expect(page.locator(".messagelist")).to_contain_text("Revoked the API token nightly report")
+    expect(page.locator(f"#api-token-{key} .token-state")).to_contain_text("revoked")
+
+    # The API's interactive description is a page of the service too: no violation there either.
+    page.goto(f"{live_server.url}/tickerq/api/docs")
+    expect(page.locator(".swagger-ui")).to_be_visible()

@@ -140,7 +140,7 @@ def test_a_view_only_user_gets_no_form_and_403_on_post(client, echo):
 def test_the_job_page_offers_the_form_with_its_live_check(operator, echo):
     page = operator.get(job_page(echo)).content.decode()
     assert f'action="{schedule_url(echo)}"' in page and 'type="datetime-local"' in page
-    assert 'id="payload-check"' in page and "valid JSON object" in page
+    assert 'id="payload-check"' in page and "jobs/payload_check.js" in page  # the check, a static file (the CSP)
 
 
 def test_the_upcoming_list_has_live_one_off_runs_soonest_first(operator, echo):

@@ -2,13 +2,15 @@
 
 import enum
 import logging
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from functools import cache
 
 import psycopg
-from django.db import Error, connections
+from django.db import DEFAULT_DB_ALIAS, Error, connections
 from django.db.backends.utils import CursorDebugWrapper
 
 from bookworm_scheduler.kernel.dialect import postgresql
@@ -16,6 +18,9 @@ from bookworm_scheduler.kernel.errors import one_line
 
 # SQLSTATEs of a connection that broke (class 08) or a server that shut down or restarts.
 LOST_CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
+# SQLSTATEs of a session the server ended for sitting idle: in a transaction (25P03, after
+# idle_in_transaction_session_timeout: bound_idle_transactions), or at all (57P05).
+IDLE_TIMEOUT_STATES = ("25P03", "57P05")
 # SQLSTATEs of a transaction that lost to a concurrent one: serialization failure, deadlock detected.
 CONFLICT_STATES = ("40001", "40P01")
 # SQLite's words for the same: another connection held the lock past the busy timeout.
@@ -36,9 +41,11 @@ def database_fault(exc: BaseException) -> DatabaseFault | None:
     Django wraps the driver's error (as __cause__) in a class that covers more than one case: a
     broken connection, a deadlock (40P01) and a statement timeout (57014) are all OperationalError.
     The driver's SQLSTATE tells them apart: a connection that broke (or none at all) is
-    UNAVAILABLE, a serialization failure or a deadlock is a CONFLICT, a statement timeout or any
-    other database error is an ERROR. The first decisive error along the chain wins, so an error
-    raised while handling a lost connection (the rollback of a savepoint, say) means the same.
+    UNAVAILABLE, and so is a session the server ended for sitting idle in a transaction
+    (transaction_cut: psycopg says InternalError), a serialization failure or a deadlock is a
+    CONFLICT, a statement timeout or any other database error is an ERROR. The first decisive
+    error along the chain wins, so an error raised while handling a lost connection (the rollback
+    of a savepoint, say) means the same.
     """
     fault = None
     for error in _chain(exc):
@@ -47,6 +54,8 @@ def database_fault(exc: BaseException) -> DatabaseFault | None:
             if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)) and (
                 state is None or state.startswith(LOST_CONNECTION_STATES)
             ):
+                return DatabaseFault.UNAVAILABLE
+            if state in IDLE_TIMEOUT_STATES:
                 return DatabaseFault.UNAVAILABLE
             if state in CONFLICT_STATES:
                 return DatabaseFault.CONFLICT
@@ -60,10 +69,43 @@ def database_fault(exc: BaseException) -> DatabaseFault | None:
 def fault_event(exc: BaseException, actions: dict) -> tuple[DatabaseFault, str, int, str]:
     """How a database error is logged: its fault (ERROR when database_fault knows none), the
     caller's action for that fault (docs/logging.md), the level (WARNING for a conflict, which is
-    retried at once, else ERROR) and the words of the message."""
+    retried at once, else ERROR) and the words of the message. A session the server ended for
+    sitting idle in a transaction is UNAVAILABLE but logged as transaction_cut, whoever logs it: the
+    process was paused or stalled with its transaction open, and its locks were freed."""
     fault = database_fault(exc) or DatabaseFault.ERROR
+    if transaction_cut(exc):
+        return fault, TRANSACTION_CUT, logging.ERROR, "database session ended: its transaction sat idle too long"
     level = logging.WARNING if fault is DatabaseFault.CONFLICT else logging.ERROR
     return fault, actions[fault], level, f"database {fault.value}"
+
+
+# The log action of a transaction the server cut (fault_event; docs/logging.md).
+TRANSACTION_CUT = "transaction_cut"
+
+
+def transaction_cut(exc: BaseException) -> bool:
+    """Whether exc, or an error that caused it, says the server ended the session for sitting idle."""
+    return any(getattr(error, "sqlstate", None) in IDLE_TIMEOUT_STATES for error in _chain(exc))
+
+
+def bound_idle_transactions(limit: timedelta, using: str = DEFAULT_DB_ALIAS) -> None:
+    """From the next connection on, have the server end this process's sessions of alias `using`
+    whose transaction sits idle for `limit` (PostgreSQL's idle_in_transaction_session_timeout,
+    among the connection's options: no statement of its own); nothing on SQLite.
+
+    For the scheduler's and the relay's processes only, at their start (the limit:
+    kernel.liveness): a process paused with a transaction open then loses its locks after the
+    limit rather than holding them for the whole pause. Every connection of the alias that this
+    process makes afterwards, in any thread, has it: they share the alias's settings.
+    """
+    if not postgresql(using):
+        return
+    db = connections[using]
+    options = db.settings_dict.setdefault("OPTIONS", {})
+    others = re.sub(r"-c\s*idle_in_transaction_session_timeout=\S+", "", options.get("options", "")).strip()
+    setting = f"-c idle_in_transaction_session_timeout={max(1, round(limit.total_seconds() * 1000))}"
+    options["options"] = f"{others} {setting}".strip()
+    db.close()
 
 
 def connection_lost(exc: BaseException) -> bool:
@@ -75,12 +117,36 @@ def describe_database_error(exc: BaseException) -> str:
     """One line for a log: the driver's error class, its SQLSTATE (SQLite: its error name), its message's first line.
 
     The driver's class (DeadlockDetected, AdminShutdown) rather than Django's wrapper, which says
-    OperationalError for most of them.
+    OperationalError for most of them. A connection that could not be made (libpq's message names
+    the host and port and why: refused, a certificate it could not verify, a password refused; never
+    the password) starts with the variable to look at: "DATABASE_URL: OperationalError: connection failed: ...".
     """
     shown = next((error for error in _chain(exc) if isinstance(error, (psycopg.Error, sqlite3.Error))), exc)
     state = getattr(shown, "sqlstate", None)
     code = f"SQLSTATE {state}" if state else getattr(shown, "sqlite_errorname", None)
-    return one_line(shown, f"{type(shown).__name__} ({code})" if code else None)
+    described = one_line(shown, f"{type(shown).__name__} ({code})" if code else None)
+    return f"DATABASE_URL: {described}" if _connect_failed(shown) else described
+
+
+# What libpq says when it cannot connect, as the few words /health/ may show (no host, user or database name).
+CONNECT_REASONS = {
+    "certificate verify failed": "certificate verify failed",
+    "does not match host name": "hostname mismatch",
+    "server does not support SSL": "server does not support SSL",
+    "password authentication failed": "password authentication failed",
+}
+
+
+def _connect_failed(error: BaseException) -> bool:
+    return isinstance(error, psycopg.OperationalError) and str(error).startswith("connection failed")
+
+
+def connect_failure_reason(exc: BaseException) -> str | None:
+    """Why a connection to the database could not be made, in CONNECT_REASONS' words; None for another error."""
+    for error in _chain(exc):
+        if _connect_failed(error):
+            return next((reason for words, reason in CONNECT_REASONS.items() if words in str(error)), None)
+    return None
 
 
 def _chain(exc: BaseException | None) -> Iterator[BaseException]:

@@ -12,6 +12,19 @@ longer than a live relay's longest silence with the default settings, a batch th
 OUTBOX_CONFIRM_TIMEOUT_SECONDS (30) for confirms on a connection blocked up to
 OUTBOX_BLOCKED_TIMEOUT_SECONDS (60). A process marked lost that beats again is running again.
 
+A process paused while its transaction is open (SIGSTOP, a frozen VM, a long stall) would hold that
+transaction's row locks for the whole pause, whatever its lease says: the rows a group locked
+stay out of every other scheduler's reach. So a scheduler's and a relay's own sessions are ended
+by PostgreSQL once a transaction sits idle for idle_in_transaction (its
+idle_in_transaction_session_timeout, set at their start: kernel.db.bound_idle_transactions). A
+scheduler's is two renewals (stale_after): its last statement came at most a renewal after its
+last renewal, so the locks are free before its lease runs out and another scheduler reaps its
+claims, and a live scheduler's own transactions never sit idle that long (a group is open for a
+fraction of a second; an atomic job's transaction waits on its job, which must not sit idle in
+it that long: see docs/reliability.md). A relay's is its lost_after, or its batch's longest wait
+for the broker (the confirms' timeout plus the blocked connection's, and a beat), if longer: a
+relay holds its batch's transaction open while the broker answers.
+
 /health/ asks another question, whether any scheduler or relay is alive at all, and tolerates
 HEALTH_HEARTBEAT_MAX_AGE_SECONDS of silence from all of them (health_max_age): at least a lease,
 so that a scheduler whose claims are still its own is never reported down.
@@ -28,10 +41,12 @@ class Liveness:
     renew_every: timedelta
     stale_after: timedelta
     lost_after: timedelta
+    idle_in_transaction: timedelta  # the longest its sessions may sit idle in a transaction
 
     @classmethod
     def of_lease(cls, lease: timedelta) -> "Liveness":
-        return cls(renew_every=lease / 3, stale_after=2 * (lease / 3), lost_after=lease)
+        stale_after = 2 * (lease / 3)
+        return cls(renew_every=lease / 3, stale_after=stale_after, lost_after=lease, idle_in_transaction=stale_after)
 
     def is_stale(self, last_seen: datetime, now: datetime) -> bool:
         return now - last_seen > self.stale_after
@@ -43,10 +58,13 @@ def scheduler_liveness() -> Liveness:
 
 
 def relay_liveness() -> Liveness:
+    renew_every, lost_after = timedelta(seconds=5), timedelta(minutes=2)
+    broker_wait = timedelta(seconds=settings.OUTBOX_CONFIRM_TIMEOUT_SECONDS + settings.OUTBOX_BLOCKED_TIMEOUT_SECONDS)
     return Liveness(
-        renew_every=timedelta(seconds=5),
+        renew_every=renew_every,
         stale_after=timedelta(seconds=settings.HEALTH_HEARTBEAT_MAX_AGE_SECONDS),
-        lost_after=timedelta(minutes=2),
+        lost_after=lost_after,
+        idle_in_transaction=max(lost_after, broker_wait + renew_every),
     )
 
 

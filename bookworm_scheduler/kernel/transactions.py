@@ -80,15 +80,22 @@ class _QueuedSavepoint:
     the group's statement, outbox.publishing.deferred) leaves the pipeline when it ends, which
     costs the savepoint's round trip. A statement sent on psycopg's own connection
     (connection.connection) goes into the same pipeline, after the savepoint: covered by it.
+
+    A Sync follows the SAVEPOINT at once, not waited for (_sync_sent): until a Sync the server is
+    in the middle of a pipeline ("active"), not idle in its transaction, and a process paused
+    while its job sends nothing would hold the group's locks past idle_in_transaction_session_timeout
+    (kernel.db.bound_idle_transactions). psycopg has no public call that sends a Sync without
+    waiting for its answer: _sync_sent uses its Pipeline's queues (psycopg is pinned).
     """
 
     def __init__(self, db, sid: str):
         self._db = db
         raw = db.connection
         self._pipeline = raw.pipeline()
-        self._pipeline.__enter__()
+        pipeline = self._pipeline.__enter__()
         try:
             raw.execute(db.ops.savepoint_create_sql(sid))
+            _sync_sent(raw, pipeline)
         except BaseException:
             self._pipeline.__exit__(None, None, None)
             raise
@@ -108,6 +115,13 @@ class _QueuedSavepoint:
         self._db.execute_wrappers.remove(self._sent_with)
         with self._db.wrap_database_errors:
             pipeline.__exit__(None, None, None)
+
+
+def _sync_sent(raw, pipeline) -> None:
+    """Send a Sync in pipeline mode without waiting for its answer, which the pipeline's exit reads
+    with the rest (psycopg's Pipeline.sync() waits: a round trip)."""
+    pipeline._enqueue_sync()
+    raw.wait(pipeline._communicate_gen())
 
 
 @contextmanager

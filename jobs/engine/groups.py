@@ -24,7 +24,13 @@ from datetime import datetime
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, transaction
 
 from bookworm_scheduler.kernel import backoff as backoffs
-from bookworm_scheduler.kernel.db import connection_lost, insert_rows
+from bookworm_scheduler.kernel.db import (
+    TRANSACTION_CUT,
+    connection_lost,
+    describe_database_error,
+    insert_rows,
+    transaction_cut,
+)
 from bookworm_scheduler.kernel.errors import one_line
 from bookworm_scheduler.kernel.transactions import job_savepoint, reset_statement_timeout, statement_timeout
 from jobs.engine import observer, store
@@ -35,6 +41,8 @@ from jobs.engine.runner import JOB_FAILURES, Runner, expired_reason, job_context
 from jobs.engine.timeouts import JobTimeout
 from jobs.models import Occurrence
 from outbox.publishing import deferred, origin
+
+logger = logging.getLogger(__name__)
 
 # A group starts no more runs once it ran GROUP_RUNS, or its thread spent GROUP_SECONDS of CPU time
 # in it, or its transaction has been open GROUP_WALL_FACTOR times GROUP_SECONDS; it locks at most
@@ -77,9 +85,18 @@ class GroupRun:
 class GroupRunner(Runner):
     """A Runner that also runs groups (run_group): the scheduler's; a Celery worker runs one at a time."""
 
-    def __init__(self, *, group_runs: int = GROUP_RUNS, group_seconds: float = GROUP_SECONDS, **runner):
+    def __init__(
+        self,
+        *,
+        group_runs: int = GROUP_RUNS,
+        group_seconds: float = GROUP_SECONDS,
+        idle_bound: float | None = None,
+        **runner,
+    ):
         super().__init__(**runner)
         self.group_runs, self.group_seconds, self.group_lock = group_runs, group_seconds, GROUP_LOCK
+        # How long the database lets a transaction of this process sit idle (kernel.liveness), in seconds.
+        self.idle_bound = idle_bound
         # CPU seconds a run in a group took in this thread, its share of the group's statements
         # included (an exponential average): how many ready occurrences to lock at a time (_fitting).
         self._pace = 0.0
@@ -104,6 +121,7 @@ class GroupRunner(Runner):
         """
         runs: list[GroupRun] = []
         alone_next = False
+        began = time.monotonic()
         try:
             with transaction.atomic():
                 began, began_cpu = time.monotonic(), time.thread_time()
@@ -133,10 +151,32 @@ class GroupRunner(Runner):
         except JOB_FAILURES as exc:
             if not connection_lost(exc):
                 raise
+            self._if_cut(exc, time.monotonic() - began, len(runs))
             return self._settle_group(runs, one_line(exc)), False
         for run in runs:
             self._finished_in_group(run)
         return len(runs), alone_next
+
+    def _if_cut(self, exc: BaseException, open_for: float, runs: int) -> None:
+        """Log a group's lost connection as transaction_cut when the database ended it for sitting idle.
+
+        Paused or stalled with the group open, past the bound: its rows were free for the others
+        meanwhile, and none of its runs committed. The server says so (SQLSTATE 25P03) unless the
+        cut came while a job had sent nothing yet (kernel.transactions._QueuedSavepoint: a pipeline,
+        whose lost connection has no SQLSTATE); then a transaction open past the bound tells.
+        """
+        if not (transaction_cut(exc) or (self.idle_bound is not None and open_for >= self.idle_bound)):
+            return
+        logger.error(
+            "database session ended: a group's transaction, open %.1f s, sat idle too long; none of its runs committed",
+            open_for,
+            extra={
+                "action": TRANSACTION_CUT,
+                "runs": runs,
+                "open_s": round(open_for, 3),
+                "error": describe_database_error(exc),
+            },
+        )
 
     def _full(self, began: float, began_cpu: float) -> bool:
         """Whether a group begun at began (time.monotonic(); time.thread_time(): began_cpu) starts no more runs."""
@@ -225,6 +265,7 @@ class GroupRunner(Runner):
         for run in runs:
             observer.event(run.occurrence, "run_interrupted", error=error, grouped=True, level=logging.WARNING)
         if not runs:
+            connection.close()
             return 0
         first = runs[0]
         backoff = backoffs.recording()

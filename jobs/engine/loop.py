@@ -89,6 +89,7 @@ class Scheduler:
             stopping=lambda: self.stopping,
             group_runs=group_runs,
             group_seconds=group_seconds,
+            idle_bound=self.leases.liveness.idle_in_transaction.total_seconds(),
         )
         self.pool = build_executor(
             executor,

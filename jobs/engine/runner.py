@@ -6,7 +6,9 @@ recorded as succeeded. A job that raises, times out or exits is a failed attempt
 in a transaction of its own and retried per its policy.
 
 A lost database connection is the scheduler's problem, not the job's: the runner
-reconnects, finds out whether the run committed, and records it once. A run that did not
+reconnects, finds out whether the run committed, and records it once. But an atomic job whose
+transaction the database ended for sitting idle (kernel.db.transaction_cut: the job waited in it
+longer than the scheduler's bound, kernel.liveness) failed: its attempt counts. A run that did not
 commit through no fault of its job goes back to scheduled without counting an attempt; so
 does one whose record lost a conflict (a deadlock or a serialization failure), which is then
 claimed again at once. A fault of ours during a run (the recording, or a bug of the runner's
@@ -45,6 +47,7 @@ from bookworm_scheduler.kernel.db import (
     connection_lost,
     database_fault,
     describe_database_error,
+    transaction_cut,
 )
 from bookworm_scheduler.kernel.errors import one_line
 from bookworm_scheduler.kernel.transactions import statement_timeout
@@ -187,6 +190,12 @@ class Runner:
         except (LeaseLost, CancelRequested):
             raise
         except JOB_FAILURES as exc:
+            if not returned and spec.atomic and transaction_cut(exc):
+                # The job held its transaction idle past the bound (kernel.liveness), or the process
+                # was paused in it: counted as its failure, so that a job that always waits that long
+                # in its transaction is not given back and run again without end.
+                error = f"its transaction sat idle too long and the database ended it: {describe_database_error(exc)}"
+                return self._fail(occurrence, definition, started, error, traceback.format_exc())
             if returned or connection_lost(exc):
                 # The job did its part and recording it failed, or the connection broke: not the job's failure.
                 doing = "recording the run" if returned else ""

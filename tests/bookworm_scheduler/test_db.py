@@ -1,3 +1,4 @@
+import logging
 import sqlite3
 import threading
 import uuid
@@ -11,10 +12,13 @@ from django.test.utils import CaptureQueriesContext
 
 from bookworm_scheduler.kernel.db import (
     DatabaseFault,
+    bound_idle_transactions,
     connection_lost,
     database_fault,
     describe_database_error,
+    fault_event,
     prepared_cursor,
+    transaction_cut,
 )
 from outbox.models import OutboxMessage
 from outbox.publishing import publish
@@ -139,7 +143,7 @@ def as_django_raises(driver_error: BaseException) -> BaseException:
         (
             psycopg.OperationalError("connection failed: Connection refused\n\tIs the server running?"),
             DatabaseFault.UNAVAILABLE,
-            "OperationalError: connection failed: Connection refused",
+            "DATABASE_URL: OperationalError: connection failed: Connection refused",
         ),
         (
             psycopg.errors.AdminShutdown("terminating connection due to administrator command"),
@@ -248,3 +252,37 @@ def test_a_busy_sqlite_database_is_a_conflict(tmp_path):
 
     assert database_fault(raised.value) is DatabaseFault.CONFLICT
     assert describe_database_error(raised.value) == "OperationalError (SQLITE_BUSY): database is locked"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_transaction_left_idle_past_the_bound_is_cut_and_means_a_lost_connection_logged_as_transaction_cut():
+    options = dict(connection.settings_dict["OPTIONS"])
+    connection.settings_dict["OPTIONS"]["options"] = "-c search_path=public"
+    try:
+        bound_idle_transactions(timedelta(seconds=1))
+        bound_idle_transactions(timedelta(milliseconds=300))  # the last one counts, once
+        assert connection.settings_dict["OPTIONS"]["options"] == (
+            "-c search_path=public -c idle_in_transaction_session_timeout=300"
+        )
+        with psycopg.connect(**connection.get_connection_params(), autocommit=True) as watcher:
+            with pytest.raises(Error) as raised, transaction.atomic():
+                Group.objects.create(name="idle")
+                pid = connection.connection.info.backend_pid
+                wait_for(lambda: not watcher.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone())
+                Group.objects.count()
+    finally:
+        connection.settings_dict["OPTIONS"] = options
+        connection.close()
+
+    assert transaction_cut(raised.value) and connection_lost(raised.value)
+    assert database_fault(raised.value) is DatabaseFault.UNAVAILABLE
+    assert describe_database_error(raised.value) == (
+        "IdleInTransactionSessionTimeout (SQLSTATE 25P03): terminating connection due to idle-in-transaction timeout"
+    )
+    assert fault_event(raised.value, {}) == (
+        DatabaseFault.UNAVAILABLE,
+        "transaction_cut",
+        logging.ERROR,
+        "database session ended: its transaction sat idle too long",
+    )
+    assert not Group.objects.filter(name="idle").exists()

@@ -36,5 +36,20 @@ def test_a_relay_beats_every_5_s_is_stale_after_the_health_age_and_lost_after_2_
     settings.HEALTH_HEARTBEAT_MAX_AGE_SECONDS = 45
 
     assert relay_liveness() == Liveness(
-        renew_every=timedelta(seconds=5), stale_after=timedelta(seconds=45), lost_after=timedelta(minutes=2)
+        renew_every=timedelta(seconds=5),
+        stale_after=timedelta(seconds=45),
+        lost_after=timedelta(minutes=2),
+        idle_in_transaction=timedelta(minutes=2),
     )
+
+
+def test_a_schedulers_transaction_may_sit_idle_two_renewals_so_its_locks_free_before_its_lease_runs_out():
+    assert Liveness.of_lease(timedelta(seconds=30)).idle_in_transaction == timedelta(seconds=20)
+
+
+def test_a_relays_transaction_may_sit_idle_as_long_as_its_batch_waits_for_the_broker_if_longer_than_2_minutes(
+    settings,
+):
+    settings.OUTBOX_CONFIRM_TIMEOUT_SECONDS, settings.OUTBOX_BLOCKED_TIMEOUT_SECONDS = 90.0, 60
+
+    assert relay_liveness().idle_in_transaction == timedelta(seconds=155)

@@ -147,6 +147,18 @@ def hold_once(context: JobContext) -> None:
             time.sleep(0.02)
 
 
+@job("test.idle_in_transaction")
+def idle_in_transaction(context: JobContext) -> None:
+    """Send a statement, wait kwargs["seconds"] with the run's transaction open and idle, then send another."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    deadline = time.monotonic() + context.kwargs.get("seconds", 1)
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
 @job("test.bad_sql")
 def bad_sql(context: JobContext) -> None:
     """Publish, then send a statement the database rejects: the error aborts what the job did."""

@@ -3,6 +3,7 @@ from datetime import timedelta
 import pytest
 from django.db import connection
 
+from bookworm_scheduler.kernel.db import bound_idle_transactions
 from jobs.engine import observer, runner, store
 from jobs.engine.runner import Runner
 from jobs.models import Attempt, Occurrence, Priority
@@ -386,3 +387,27 @@ def test_a_record_of_its_own_that_loses_a_conflict_is_written_again_after_a_shor
     [conflict] = [record for record in caplog.records if getattr(record, "action", None) == "database_conflict"]
     assert conflict.error == SERIALIZATION_FAILURE
     assert conflict.levelname == "WARNING" and 0.025 <= conflict.retry_in <= 0.05
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_atomic_job_that_holds_its_transaction_idle_past_the_bound_has_failed_and_is_not_run_again(
+    clock, no_seed_definitions
+):
+    occurrence = trigger(make_definition("idler", "test.idle_in_transaction", every=60, kwargs={"seconds": 1}), clock)
+    scheduler = make_scheduler(clock)
+    scheduler.planner.refresh()
+    options = dict(connection.settings_dict["OPTIONS"])
+    try:
+        bound_idle_transactions(timedelta(milliseconds=200))
+        assert scheduler.run_ready(clock.now) == 1
+        assert scheduler.run_ready(clock.now) == 0  # not given back to be run again
+    finally:
+        connection.settings_dict["OPTIONS"] = options
+        connection.close()
+
+    occurrence.refresh_from_db()
+    assert (occurrence.status, occurrence.attempts) == ("failed", 1)
+    assert occurrence.reason == (
+        "its transaction sat idle too long and the database ended it: IdleInTransactionSessionTimeout "
+        "(SQLSTATE 25P03): terminating connection due to idle-in-transaction timeout"
+    )

@@ -10,6 +10,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from bookworm_scheduler.kernel import daemon_metrics, tracing
+from bookworm_scheduler.kernel.db import bound_idle_transactions
+from bookworm_scheduler.kernel.liveness import scheduler_liveness
 from bookworm_scheduler.kernel.signals import on_signals
 from jobs.engine import scheduler_metrics as metrics
 from jobs.engine.loop import Scheduler
@@ -34,6 +36,9 @@ class Command(BaseCommand):
                 daemon_metrics.serve(settings.SCHEDULER_METRICS_PORT, settings.METRICS_ADDRESS, metrics.REGISTRY)
             except OSError as error:
                 raise CommandError(f"SCHEDULER_METRICS_PORT: cannot serve metrics: {error}") from None
+        # This process's transactions lose their locks once idle for two renewals (a pause, say);
+        # not the web app's, whose requests wait on nothing but the database.
+        bound_idle_transactions(scheduler_liveness().idle_in_transaction)
         scheduler = Scheduler(
             instance_id=options["instance_id"],
             concurrency=options["concurrency"],

@@ -8,6 +8,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from bookworm_scheduler.kernel import daemon_metrics
+from bookworm_scheduler.kernel.db import bound_idle_transactions
+from bookworm_scheduler.kernel.liveness import relay_liveness
 from outbox import relay_metrics as metrics
 from outbox.broker import Broker, BrokerUnavailable, connection_parameters
 from outbox.envelope import EnvelopeWriter, broker_address
@@ -47,6 +49,8 @@ class Command(BaseCommand):
             # started has not had time to yet.
             metrics.LAST_BATCH.set_to_current_time()
 
+        # This process's batches lose their locks once idle longer than a live relay waits (a pause, say).
+        bound_idle_transactions(relay_liveness().idle_in_transaction)
         parameters = connection_parameters(
             settings.RABBITMQ_URL, blocked_timeout=settings.OUTBOX_BLOCKED_TIMEOUT_SECONDS
         )

@@ -4,9 +4,12 @@
 jobs.handover.worker.run_occurrence. Schedulers publish to them (jobs.handover.executor.CeleryExecutor).
 """
 
+import logging
 import os
+from urllib.parse import urlsplit
 
 from celery import Celery
+from celery.worker.consumer.consumer import CONNECTION_ERROR
 from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bookworm_scheduler.settings")
@@ -24,6 +27,27 @@ def job_queues(name: str) -> tuple[Queue, Queue]:
         Queue(f"{name}.long", exchange, routing_key=f"{name}.long", durable=True),
     )
 
+
+class BrokerConnectionErrors(logging.Filter):
+    """A worker's failed connection to the broker in one line that names RABBITMQ_URL and why, as the relay's.
+
+    Celery logs "consumer: Cannot connect to amqps://user:**@host:port//: <error>.\nTrying again ..."
+    (its CONNECTION_ERROR) with OpenSSL's code and Python's source line in the error; here it becomes
+    "consumer: cannot reach the broker at host:port (RABBITMQ_URL): <outbox.broker.describe>; Trying again ...".
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == CONNECTION_ERROR and isinstance(record.args, tuple) and len(record.args) == 3:
+            from outbox.broker import describe
+
+            uri, error, next_step = record.args
+            where = urlsplit(uri)
+            record.msg = "consumer: cannot reach the broker at %s:%s (RABBITMQ_URL): %s; %s"
+            record.args = (where.hostname, where.port, describe(error), next_step)
+        return True
+
+
+logging.getLogger("celery.worker.consumer.consumer").addFilter(BrokerConnectionErrors())
 
 app = Celery("bookworm_scheduler")
 app.config_from_object("django.conf:settings", namespace="CELERY")

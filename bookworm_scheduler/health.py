@@ -36,6 +36,7 @@ from health_check.exceptions import HealthCheckException, ServiceUnavailable
 from health_check.views import HealthCheckView
 
 from bookworm_scheduler.kernel.clock import database_now
+from bookworm_scheduler.kernel.db import connect_failure_reason
 from bookworm_scheduler.kernel.liveness import health_max_age
 from jobs.models import SchedulerInstance
 from outbox.health import RabbitMQ
@@ -134,9 +135,22 @@ class Check(HealthCheck):
 
 
 class Database(Check, checks.Database):
-    """SELECT 1 on the default database: django-health-check's own check, under our name."""
+    """SELECT 1 on the default database: django-health-check's own check, under our name.
+
+    A connection refused for a reason an operator fixes in DATABASE_URL (its certificate, its
+    host name, TLS asked of a plain server, its password) says which, in kernel.db's few words.
+    """
 
     name = "database"
+
+    def run(self):
+        try:
+            super().run()
+        except ServiceUnavailable as failure:
+            reason = connect_failure_reason(failure)
+            if reason is None:
+                raise
+            raise ServiceUnavailable(f"DATABASE_URL: connection failed: {reason}") from failure.__cause__
 
 
 class Broker(Check, RabbitMQ):

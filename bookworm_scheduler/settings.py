@@ -6,8 +6,10 @@ ImproperlyConfigured naming the variable; manage.py turns that into one line.
 
 import re
 import socket
+import ssl
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 import dj_email_url
@@ -304,6 +306,15 @@ SESSION_IDLE_SECONDS = _positive("int", "SESSION_IDLE_SECONDS", 3600)
 SESSION_COOKIE_AGE = SESSION_IDLE_SECONDS
 SESSION_COOKIE_HTTPONLY = True
 
+# The largest request body the API reads (jobs.web.api_urls): a bigger one is refused (413) unread. It
+# holds a payload of up to SCHEDULER_PAYLOAD_MAX_BYTES and its follow-ups'.
+API_BODY_MAX_BYTES = _positive("int", "API_BODY_MAX_BYTES", 262144)
+if API_BODY_MAX_BYTES < SCHEDULER_PAYLOAD_MAX_BYTES:
+    raise ImproperlyConfigured(
+        f"API_BODY_MAX_BYTES: at least SCHEDULER_PAYLOAD_MAX_BYTES ({SCHEDULER_PAYLOAD_MAX_BYTES}), "
+        f"got {API_BODY_MAX_BYTES}"
+    )
+
 if not DEBUG:
     # Serves the admin's static files under gunicorn, right after SecurityMiddleware as whitenoise
     # asks: hashed, compressed copies made by collectstatic (the Dockerfile runs it).
@@ -371,6 +382,10 @@ LOGIN_URL = "admin:login"
 
 # Celery (optional workers): the broker is the same RabbitMQ.
 CELERY_BROKER_URL = RABBITMQ_URL
+if RABBITMQ_URL.startswith("amqps://"):
+    # kombu verifies the certificate with amqps:// (against the system's CAs, or the file SSL_CERT_FILE
+    # names), but checks the host name only when given it, as pika is (outbox.broker.connection_parameters).
+    CELERY_BROKER_USE_SSL = {"server_hostname": urlsplit(RABBITMQ_URL).hostname, "cert_reqs": ssl.CERT_REQUIRED}
 # The worker's behaviour (jobs/handover/worker.py; its queues: bookworm_scheduler/celery.py): a message is
 # acknowledged after its run (a killed worker's message is delivered again), a worker holds no more
 # messages than it runs (so priorities decide what runs next), and a publish waits for the broker's

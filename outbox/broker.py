@@ -18,6 +18,8 @@ mandatory, so a message that no queue receives comes back as a return instead of
 
 import itertools
 import logging
+import re
+import ssl
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -134,7 +136,7 @@ class Outcome:
 
 
 def describe(error: BaseException) -> str:
-    """The error worth reading: pika wraps a refused socket three exceptions deep."""
+    """The error worth reading: pika wraps a refused socket three exceptions deep; an SSL error by its reason."""
     while True:
         if getattr(error, "exceptions", None):  # AMQPConnectionWorkflowFailed
             error = error.exceptions[-1]
@@ -142,8 +144,25 @@ def describe(error: BaseException) -> str:
             error = error.exception
         elif error.args and isinstance(error.args[0], BaseException):  # AMQPConnectionError
             error = error.args[0]
+        elif isinstance(error, ssl.SSLError):
+            return f"{type(error).__name__}: {tls_reason(error)}"
+        elif isinstance(error.__cause__, ssl.SSLError):  # kombu's OperationalError, raised from it
+            error = error.__cause__
         else:
             return one_line(error)
+
+
+def tls_reason(error: ssl.SSLError) -> str:
+    """An SSL error's words without OpenSSL's code and Python's source line; a plain-text server named as such.
+
+    '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local issuer certificate
+    (_ssl.c:1006)' becomes 'certificate verify failed: unable to get local issuer certificate'. A server
+    that answers TLS in plain AMQP makes OpenSSL read a record of a "wrong version number".
+    """
+    if error.reason == "WRONG_VERSION_NUMBER":
+        return "wrong version number: the server does not speak TLS on this port"
+    text = str(error.args[1] if len(error.args) > 1 else error)
+    return re.sub(r"^\[SSL: [A-Z0-9_]+\] |\s*\(_ssl\.c:\d+\)$", "", text)
 
 
 class Broker:
@@ -190,7 +209,7 @@ class Broker:
         if not opened:
             error = self._lost or TimeoutError(f"no answer within {timeout:.0f}s")
             self.close()
-            raise BrokerUnavailable(f"cannot reach the broker at {self.endpoint}: {describe(error)}")
+            raise BrokerUnavailable(f"cannot reach the broker at {self.endpoint} (RABBITMQ_URL): {describe(error)}")
         self._open_channel()
         metrics.BROKER_CONNECTED.set(1)
 

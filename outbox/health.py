@@ -29,6 +29,7 @@ class RabbitMQ(HealthCheck):
         parameters.socket_timeout = parameters.stack_timeout = 3
         try:
             pika.BlockingConnection(parameters).close()
-        except pika.exceptions.AMQPError as error:
+        except (pika.exceptions.AMQPError, OSError) as error:  # OSError: a TLS handshake refused (ssl.SSLError)
             # The host and port only: the URL may carry credentials.
-            raise ServiceUnavailable(f"{parameters.host}:{parameters.port}: {describe(error)}") from error
+            where = f"{parameters.host}:{parameters.port} (RABBITMQ_URL)"
+            raise ServiceUnavailable(f"{where}: {describe(error)}") from error

@@ -36,6 +36,7 @@ from jobs.engine.planning import apply_misfire_policy
 from jobs.engine.policy import Policy, Priority
 from jobs.engine.store import LeaseLost
 from jobs.models import Occurrence
+from outbox.broker import BrokerUnavailable, describe
 
 logger = logging.getLogger(__name__)
 
@@ -343,7 +344,12 @@ class ConfirmedPublisher:
         if self._producer is None:
             connection = self.app.connection_for_write(heartbeat=0, transport_options={"confirm_publish": False})
             # One try: kombu's default retries after 2 s, and the scheduler's main thread would wait.
-            channel = connection.ensure_connection(max_retries=0).channel()
+            try:
+                channel = connection.ensure_connection(max_retries=0).channel()
+            except Exception as exc:  # refused, a certificate refused, a login refused: the relay's words
+                connection.release()
+                where = f"{connection.hostname}:{connection.port}"
+                raise BrokerUnavailable(f"cannot reach the broker at {where} (RABBITMQ_URL): {describe(exc)}") from exc
             channel.confirm_select()
             channel.events["basic_ack"].add(self._acked)
             channel.events["basic_nack"].add(self._nacked)

@@ -315,7 +315,7 @@ def test_no_output_shows_a_password_or_a_connection_string(client, settings, cap
         "outbox_backlog": "Unavailable: cannot read the database (OperationalError)",
         "migrations": "Unavailable: cannot read the database (OperationalError)",
     }
-    assert responses[0].json()["broker"].startswith("Unavailable: 127.0.0.1:1: ")
+    assert responses[0].json()["broker"].startswith("Unavailable: 127.0.0.1:1 (RABBITMQ_URL): ")
     assert len(logged(caplog)) == 3 * 6
     for text in [response.content.decode() for response in responses] + [caplog.text]:
         for secret in ("broker-pw-1234", "database-pw-5678", "amqp://", "postgres://", "bookworm:"):

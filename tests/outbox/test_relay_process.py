@@ -211,7 +211,8 @@ def test_once_exits_with_one_clear_line_when_the_broker_cannot_be_reached(subpro
     assert result.returncode != 0
     [line] = result.stderr.strip().splitlines()
     assert line == (
-        "CommandError: cannot reach the broker at 127.0.0.1:1: ConnectionRefusedError: [Errno 111] Connection refused"
+        "CommandError: cannot reach the broker at 127.0.0.1:1 (RABBITMQ_URL): "
+        "ConnectionRefusedError: [Errno 111] Connection refused"
     )
 
 

@@ -14,7 +14,8 @@ All shared state is in the database, and all time is the database's (DatabaseClo
 main thread wakes at the next due instant or ready retry, when a run finishes, when its leases
 are due for renewal (a third of the lease), and on NOTIFY jobs_occurrence: occurrences inserted
 or scheduled again, a definition written by any path (migrations 0003 and 0009), a Celery worker
-taking a hand-over over, the listening connection (re)established. Each pass claims what is
+taking a hand-over over, rows a group locked and left at its commit (store.announce_ready), the
+listening connection (re)established. Each pass claims what is
 ready; housekeeping (definitions, planning, leases, pruning, alerts) comes with a definition's
 NOTIFY, a due instant, a renewal, or otherwise every POLL_INTERVAL, as a safety net (every
 second on SQLite, which has no NOTIFY).

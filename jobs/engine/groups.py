@@ -161,14 +161,15 @@ class GroupRunner(Runner):
         """Log a group's lost connection as transaction_cut when the database ended it for sitting idle.
 
         Paused or stalled with the group open, past the bound: its rows were free for the others
-        meanwhile, and none of its runs committed. The server says so (SQLSTATE 25P03) unless the
-        cut came while a job had sent nothing yet (kernel.transactions._QueuedSavepoint: a pipeline,
-        whose lost connection has no SQLSTATE); then a transaction open past the bound tells.
+        meanwhile, and none of its runs committed (_settle_group logs each). The server says so
+        (SQLSTATE 25P03) unless the cut came while a job had sent nothing yet
+        (kernel.transactions._QueuedSavepoint: a pipeline, whose lost connection has no SQLSTATE);
+        then a transaction open past the bound tells.
         """
         if not (transaction_cut(exc) or (self.idle_bound is not None and open_for >= self.idle_bound)):
             return
         logger.error(
-            "database session ended: a group's transaction, open %.1f s, sat idle too long; none of its runs committed",
+            "database session ended: a group's transaction, open %.1f s, sat idle too long; its runs did not commit",
             open_for,
             extra={
                 "action": TRANSACTION_CUT,

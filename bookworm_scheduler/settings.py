@@ -56,6 +56,8 @@ def _secret(name, default=None):
 
 
 DEBUG = _read("bool", "DEBUG", False)
+# Error pages and reports hide settings whose names say URL too: RABBITMQ_URL holds a password.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "bookworm_scheduler.web.error_reports.SecretsFilter"
 SECRET_KEY = _secret("SECRET_KEY", "insecure-development-key-do-not-use-in-production" if DEBUG else None)
 if not SECRET_KEY:
     raise ImproperlyConfigured("SECRET_KEY: required when DEBUG is off (or SECRET_KEY_FILE; DEBUG=1 for development)")

@@ -45,6 +45,15 @@ class Process:
                 raise AssertionError(f"{texts} not in the output ({state}) of {self.process.args}:\n{output[-3000:]}")
             time.sleep(0.1)
 
+    def wait_for_any(self, *texts: str, timeout: float = 30.0) -> str:
+        """The output once one of texts is in it, or the process ended; fails the test after timeout."""
+        deadline = time.monotonic() + timeout
+        while not any(text in (output := self.written()) for text in texts) and self.process.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"none of {texts} within {timeout} s in {self.process.args}:\n{output[-3000:]}")
+            time.sleep(0.1)
+        return self.written()
+
     def exit_code(self, timeout: float = 60.0) -> int:
         return self.process.wait(timeout)
 

@@ -40,8 +40,9 @@ services:
 	@rabbitmqctl -q await_startup --timeout 120 && echo "rabbitmq: running"
 
 # Debian packages the tests use: libfaketime (schedulers with a skewed clock), Chromium (the browser test),
-# mmdebstrap, podman and buildah (the image, built and run without a Docker engine: deploy/build-image.sh).
-SYSTEM_PACKAGES := faketime chromium mmdebstrap podman buildah
+# mmdebstrap, podman and buildah (the image, built and run without a Docker engine: deploy/build-image.sh),
+# openssl and stunnel4 (the TLS tests' certificates, and TLS in front of RabbitMQ: tests/bookworm_scheduler/tls_servers.py).
+SYSTEM_PACKAGES := faketime chromium mmdebstrap podman buildah openssl stunnel4
 system-packages:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

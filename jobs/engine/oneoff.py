@@ -33,6 +33,9 @@ from jobs.engine.schedules import did_you_mean
 from jobs.models import Occurrence
 
 KEY_MAX_LENGTH = 200  # Occurrence.key
+# The deepest nesting of a payload's objects and lists: deeper ones are refused before json.dumps, which
+# (like every reader of the payload after it) recurses once per level.
+PAYLOAD_MAX_DEPTH = 32
 
 
 class ScheduleError(ValueError):
@@ -157,6 +160,8 @@ def check_payload(payload) -> dict | None:
         return None
     if not isinstance(payload, dict):
         raise PayloadError(f"the payload must be a JSON object (a dict), not {type(payload).__name__}")
+    if too_deep(payload, PAYLOAD_MAX_DEPTH):
+        raise PayloadError(f"the payload nests objects and lists more than {PAYLOAD_MAX_DEPTH} levels deep")
     try:
         text = json.dumps(payload, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -165,6 +170,22 @@ def check_payload(payload) -> dict | None:
     if size > limit:
         raise PayloadError(f"the payload is {size} bytes as JSON, more than SCHEDULER_PAYLOAD_MAX_BYTES ({limit})")
     return json.loads(text)  # as it will be read back (keys as strings, tuples as lists)
+
+
+def too_deep(value, limit: int) -> bool:
+    """value nests dicts, lists and tuples more than limit levels deep; read without recursion, and no further
+    than limit + 1 levels."""
+    level = [value]
+    for _ in range(limit):
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, dict | list | tuple)
+        ]
+        if not level:
+            return False
+    return True
 
 
 def check_key(key) -> str:

@@ -24,6 +24,13 @@ class InvalidSchedule(ValueError):
     """A schedule that cannot be evaluated: bad cron, unknown zone, solar, or none at all."""
 
 
+# Bounds on what a form, the command line or @job may hand over, so that a crafted one is refused at once
+# instead of being parsed (or compared with every zone's name): the longest zone name of the tz database
+# has 32 characters; the five fields of django-celery-beat's CrontabSchedule hold 588 at most.
+ZONE_NAME_MAX_LENGTH = 64
+CRON_MAX_LENGTH = 1000
+
+
 # Debian cron's macros (crontab(5)), as the five fields a CrontabSchedule stores. @reboot runs a
 # job when cron starts: a scheduler has no such moment, so it is refused (REBOOT).
 MACROS = {
@@ -42,7 +49,12 @@ REBOOT = (
 
 
 def did_you_mean(word: str, candidates) -> str:
-    """' (did you mean X?)' for the candidate closest to word, the same but for case first; else ''."""
+    """' (did you mean X?)' for the candidate closest to word, the same but for case first; else ''.
+
+    '' for a word longer than ZONE_NAME_MAX_LENGTH: no candidate is that long, and difflib's time grows with it.
+    """
+    if len(str(word)) > ZONE_NAME_MAX_LENGTH:
+        return ""
     by_lower = {str(c).lower(): str(c) for c in candidates}
     close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1)
     match = by_lower.get(str(word).lower()) or (by_lower[close[0]] if close else None)
@@ -57,9 +69,14 @@ def zone_names() -> frozenset[str]:
 def get_zone(name) -> ZoneInfo:
     if isinstance(name, ZoneInfo):
         return name
+    if len(str(name)) > ZONE_NAME_MAX_LENGTH:
+        raise InvalidSchedule(
+            f"unknown time zone: {str(name)[:ZONE_NAME_MAX_LENGTH]}... "
+            f"({len(str(name))} characters; no zone name has more than {ZONE_NAME_MAX_LENGTH})"
+        )
     try:
         return ZoneInfo(str(name))
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name the file system cannot hold
         raise InvalidSchedule(f"unknown time zone: {name}{did_you_mean(name, zone_names())}") from None
 
 
@@ -82,8 +99,12 @@ def validate_cron(expr: str, zone="UTC") -> str:
 
     The one check of a cron expression: the command line, the admin's forms, @job and planning
     all call it. An expression that is well formed but names a day no month has (the 31st of
-    February) never fires, and says so.
+    February) never fires, and says so. One longer than CRON_MAX_LENGTH is refused unread.
     """
+    if len(str(expr)) > CRON_MAX_LENGTH:
+        raise InvalidSchedule(
+            f"cron expression is {len(str(expr))} characters long, more than {CRON_MAX_LENGTH}: {str(expr)[:40]!r}..."
+        )
     fields = expand_macro(expr).split()
     if len(fields) != 5:
         raise InvalidSchedule(f"cron expression must have five fields, got {len(fields)}: {expr!r}")

@@ -26,6 +26,7 @@ from functools import wraps
 from typing import Literal
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import reverse
@@ -223,6 +224,8 @@ def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
         return response
     if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):  # django-ninja could not parse the body
         return api_error(400, f"the body is not JSON: {exc.__cause__}")
+    if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):  # json.loads gave up on its depth
+        return api_error(400, "the body is not JSON this service reads: it nests arrays or objects too deeply")
     return api_error(exc.status_code, exc.message)
 
 
@@ -241,6 +244,9 @@ def sentence(text: str) -> str:
 
 @api.exception_handler(Exception)
 def failure(request: HttpRequest, exc: Exception) -> HttpResponse:
+    if isinstance(exc, RequestDataTooBig):  # API_BODY_MAX_BYTES set above Django's DATA_UPLOAD_MAX_MEMORY_SIZE
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return api_error(413, f"The body is more than DATA_UPLOAD_MAX_MEMORY_SIZE ({limit}).")
     logger.exception("API request failed: %s %s", request.method, request.path)
     return api_error(500, "Internal error; the server's log has the details.")
 

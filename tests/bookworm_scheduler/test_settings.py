@@ -23,6 +23,8 @@ MANAGE = [sys.executable, str(settings.BASE_DIR / "manage.py")]
         ({"DATABASE_URL": "nosuchdb://x"}, "DATABASE_URL"),
         ({"RABBITMQ_URL": "http://localhost"}, "RABBITMQ_URL"),
         ({"DEBUG": "perhaps"}, "DEBUG"),
+        ({"SESSION_IDLE_SECONDS": "0"}, "SESSION_IDLE_SECONDS"),
+        ({"API_BODY_MAX_BYTES": "1000"}, "API_BODY_MAX_BYTES"),  # less than the largest payload
     ],
 )
 def test_a_bad_setting_stops_start_up_with_one_line_naming_it(env, variable):

@@ -134,7 +134,7 @@ def test_a_scheduler_stopped_inside_a_group_loses_its_rows_to_another_within_the
     [seen] = trigger(quick)
     wait_for(lambda: statuses([seen]) == ["succeeded"], timeout=30)
     # The slot's claim runs alone and commits; the next three run as one group, held open by the holder.
-    holder = make_definition("holder", "test.hold_once", every=3600, kwargs={"marker": str(marker), "seconds": 2})
+    holder = make_definition("holder", "test.hold_once", every=3600, kwargs={"marker": str(marker), "seconds": 3})
     with transaction.atomic():
         [alone, *grouped] = trigger(quick) + trigger(holder) + trigger(quick, 2)
     wait_for(marker.exists, timeout=30, interval=0.01)

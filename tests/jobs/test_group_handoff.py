@@ -148,8 +148,9 @@ def test_a_scheduler_stopped_inside_a_group_loses_its_rows_to_another_within_the
 
     ran = Occurrence.objects.filter(id__in=[o.id for o in grouped])
     assert set(ran.values_list("scheduler", flat=True)) == {"survivor"}
-    # Free once idle for the bound (4 s), claimed at the survivor's next wake-up (2 s): within the lease.
-    assert max(ran.values_list("started_at", flat=True)) - held_since < timedelta(seconds=6)
+    # Free once idle for the bound (4 s), claimed at the survivor's next wake-up (a renewal, every 2 s;
+    # nothing announces a cut), with a second to spare for a loaded machine: not the whole pause.
+    assert max(ran.values_list("started_at", flat=True)) - held_since < timedelta(seconds=7)
     wait_for(lambda: "transaction_cut" in actions(victim), timeout=30)
     survivor.terminate()
     [later] = trigger(quick)  # the victim carries on

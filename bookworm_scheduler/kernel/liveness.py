@@ -21,7 +21,7 @@ scheduler's is two renewals (stale_after): its last statement came at most a ren
 last renewal, so the locks are free before its lease runs out and another scheduler reaps its
 claims, and a live scheduler's own transactions never sit idle that long (a group is open for a
 fraction of a second; an atomic job's transaction waits on its job, which must not sit idle in
-it that long: see docs/reliability.md). A relay's is its lost_after, or its batch's longest wait
+it that long: README, and it fails if it does). A relay's is its lost_after, or its batch's longest wait
 for the broker (the confirms' timeout plus the blocked connection's, and a beat), if longer: a
 relay holds its batch's transaction open while the broker answers.
 

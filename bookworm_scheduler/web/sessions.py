@@ -18,6 +18,8 @@ class IdleSessionMiddleware:
 
     def __call__(self, request):
         response = self.get_response(request)
+        if response.status_code >= 500:  # a failed request (the database down, say) moves nothing
+            return response
         session = getattr(request, "session", None)
         if session is not None and SESSION_KEY in session and not request.headers.get("HX-Request"):
             session.modified = True  # SessionMiddleware saves it, with a new expiry, and sends the cookie again

@@ -1035,7 +1035,7 @@ class Soak:
         def during_faults(epoch: float) -> bool:
             return any(low <= epoch <= high for low, high in windows)
 
-        lags, fault_lags, calm_lags, late = [], [], [], []
+        lags, fault_lags, calm_lags, slow_lags, late = [], [], [], [], []
         for o in occurrences:
             history = attempts[o["id"]]
             if o["manual"] or not history or o["task_id"] not in self.definitions:
@@ -1046,6 +1046,13 @@ class Soak:
             lags.append(lag)
             if during_faults(o["scheduled_for"].timestamp()):
                 fault_lags.append(lag)
+                continue
+            if o["scheduled_for"] > cutoff:
+                continue  # settling: the schedulers are stopped one after another
+            if self.definitions[o["task_id"]]["job"] == "soak.slow":
+                # Its runs outlast its interval and fill the long-running slots: after a fault, its
+                # instants wait for a slot (capacity), which is not what this check is about.
+                slow_lags.append(lag)
                 continue
             calm_lags.append(lag)
             if lag > LATE_OUTSIDE_FAULTS_SECONDS:
@@ -1115,6 +1122,7 @@ class Soak:
                 "max": pct(calm_lags, 100),
                 "instants": len(calm_lags),
                 "late": len(late),
+                "soak_slow_max": pct(slow_lags, 100),
             },
             "event_latency_seconds": {"p50": pct(latencies, 50), "p99": pct(latencies, 99), "max": pct(latencies, 100)},
             "event_latency_max_during_faults_seconds": pct(fault_latencies, 100),
@@ -1229,7 +1237,7 @@ def report_text(report: dict) -> str:
         f"fire lag p50 {f['fire_lag_seconds']['p50']} s, p99 {f['fire_lag_seconds']['p99']} s, "
         f"worst while faults were active {f['fire_lag_max_during_faults_seconds']} s",
         "fire lag outside faults ({instants} instants): p50 {p50} s, p99 {p99} s, max {max} s; "
-        "{late} more than {limit} s late".format(
+        "{late} more than {limit} s late (soak.slow, waiting for slots, not checked: max {soak_slow_max} s)".format(
             **f["fire_lag_outside_faults_seconds"], limit=LATE_OUTSIDE_FAULTS_SECONDS
         ),
         f"event latency p50 {f['event_latency_seconds']['p50']} s, p99 {f['event_latency_seconds']['p99']} s, "

@@ -9,7 +9,6 @@ import os
 from urllib.parse import urlsplit
 
 from celery import Celery
-from celery.worker.consumer.consumer import CONNECTION_ERROR
 from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bookworm_scheduler.settings")
@@ -28,6 +27,10 @@ def job_queues(name: str) -> tuple[Queue, Queue]:
     )
 
 
+# How celery.worker.consumer.consumer.CONNECTION_ERROR begins (not imported: every process imports this module).
+CONNECTION_ERROR = "consumer: Cannot connect to %s: %s."
+
+
 class BrokerConnectionErrors(logging.Filter):
     """A worker's failed connection to the broker in one line that names RABBITMQ_URL and why, as the relay's.
 
@@ -37,7 +40,7 @@ class BrokerConnectionErrors(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg == CONNECTION_ERROR and isinstance(record.args, tuple) and len(record.args) == 3:
+        if str(record.msg).startswith(CONNECTION_ERROR) and isinstance(record.args, tuple) and len(record.args) == 3:
             from outbox.broker import describe
 
             uri, error, next_step = record.args

@@ -120,21 +120,22 @@ def pages(web: Web) -> dict[str, str]:
 def test_no_secret_in_any_output_of_any_process(tls_servers, accounts, case, tmp_path):
     env = case_env(tls_servers, case, tmp_path)
     queue = unique_queue()
-    run_manage(env, "jobs", "trigger", "ResendErrorEmailJob")  # for the scheduler to hand over, if it can
+    if case == "broker password wrong, database up":
+        run_manage(env, "jobs", "trigger", "ResendErrorEmailJob")  # for the scheduler to hand over
     processes = {
         "runscheduler": manage(dict(env, SCHEDULER_CELERY_QUEUE=queue), "runscheduler", "--instance-id", "secret"),
         "relay_outbox": manage(env, "relay_outbox"),
         "worker": worker(env, queue),
     }
+    migrate = manage(env, "migrate", "--noinput")
     web = Web(env)
     try:
-        outputs = {"migrate": run_manage(env, "migrate", "--noinput")}
-        outputs = {name: result.stdout + result.stderr for name, result in outputs.items()}
-        outputs.update(pages(web))
+        outputs = pages(web)
         for process in processes.values():
-            process.wait_for_any("ERROR", "CRITICAL", "configuration error")
+            process.wait_for_any("ERROR", "CRITICAL")
+        migrate.exit_code()
     finally:
-        outputs.update({name: process.stop() for name, process in processes.items()})
+        outputs.update({name: process.stop() for name, process in [*processes.items(), ("migrate", migrate)]})
         outputs["web"] = web.stop()
 
     leaks = {(name, secret) for name, output in outputs.items() for secret in SECRETS.values() if secret in output}

@@ -8,7 +8,7 @@ jobs.engine.schedules.validate_cron (the admin's forms, `jobs preview`, @job and
 next five instants of cron_instants (the form's live preview), get_zone (a definition's zone, the
 command line's --zone), jobs.engine.oneoff.check_payload (jobs.schedule, the API, the dashboard's
 Schedule a run), and an API body as the schedule endpoint reads it (json.loads, the ScheduleRequest
-schema, check_payload), at the largest size the API takes (API_BODY_MAX_BYTES). The cron and zone
+schema, check_payload, check_follow_ups), at the largest size the API takes (API_BODY_MAX_BYTES). The cron and zone
 inputs are made unique per run, so validate_cron's cache never answers. Each input's worst time of
 --runs (seconds, with its outcome: accepted, or the first words of its refusal) is printed, then
 the worst of all. No database is touched.
@@ -34,7 +34,7 @@ django.setup()
 from django.conf import settings  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from jobs.engine.oneoff import ScheduleError, check_payload  # noqa: E402
+from jobs.engine.oneoff import ScheduleError, check_follow_ups, check_payload  # noqa: E402
 from jobs.engine.schedules import InvalidSchedule, cron_instants, get_zone, next_instants, validate_cron  # noqa: E402
 from jobs.web.serializers import ScheduleRequest  # noqa: E402
 
@@ -123,6 +123,7 @@ def read_body(body: bytes):
     except ValidationError as exc:
         raise ValueError(ScheduleRequest.refusal(exc.errors())) from None
     check_payload(request.payload)
+    check_follow_ups([follow_up.model_dump() for follow_up in request.then])
 
 
 def main() -> None:

@@ -36,6 +36,9 @@ KEY_MAX_LENGTH = 200  # Occurrence.key
 # The deepest nesting of a payload's objects and lists: deeper ones are refused before json.dumps, which
 # (like every reader of the payload after it) recurses once per level.
 PAYLOAD_MAX_DEPTH = 32
+# The most follow-ups one run may have: a handful is the use (a run's children are read whole), and a crafted
+# list of thousands would make as many runs at its end.
+FOLLOW_UPS_MAX = 20
 
 
 class ScheduleError(ValueError):
@@ -90,8 +93,16 @@ class Run:
             priority=spec.policy.priority if self.priority is None else check_priority(self.priority),
             at=at,
             expires_at=expiry(self.expires, max(at, now)),
-            then=[made(FollowUp, f, "a follow-up").checked() for f in self.then] or None,
+            then=check_follow_ups(self.then),
         )
+
+
+def check_follow_ups(then: Iterable) -> list[dict] | None:
+    """Each follow-up as the parent's `then` keeps it, at most FOLLOW_UPS_MAX of them; None for none."""
+    then = list(then)
+    if len(then) > FOLLOW_UPS_MAX:
+        raise ScheduleError(f"a run has at most {FOLLOW_UPS_MAX} follow-ups, not {len(then)}")
+    return [made(FollowUp, f, "a follow-up").checked() for f in then] or None
 
 
 def schedule(

@@ -10,6 +10,7 @@ import pytest
 
 from jobs.engine.oneoff import PAYLOAD_MAX_DEPTH, PayloadError, check_payload
 from jobs.engine.schedules import InvalidSchedule, get_zone, validate_cron
+from jobs.models import Occurrence
 from tests.jobs.api_helpers import basic, staff
 
 DEADLINE = 30.0  # seconds: far beyond any refusal's time, short of a hang
@@ -192,3 +193,15 @@ def test_a_body_over_djangos_own_limit_is_a_413_too(client, settings):
 
     assert response.status_code == 413
     assert response.json()["error"]["message"] == "The body is more than DATA_UPLOAD_MAX_MEMORY_SIZE (50000)."
+
+
+@pytest.mark.django_db
+def test_a_run_with_more_follow_ups_than_the_limit_is_a_400_and_schedules_nothing(client):
+    staff("jobs.run_job")
+
+    response = post(client, json.dumps({"then": [{"job": "test.echo"}] * 21}))
+
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "a run has at most 20 follow-ups, not 21"
+    assert not Occurrence.objects.exists()
+    assert post(client, json.dumps({"then": [{"job": "test.echo"}] * 20})).status_code == 201

@@ -212,6 +212,17 @@ def test_unknown_tokens_lock_the_address_out_after_the_failure_limit_even_for_a_
     assert client.get(JOBS, **bearer(token)).status_code == 200
 
 
+def test_the_lockout_of_unknown_tokens_is_lifted_by_axes_reset_username(client):
+    staff(*RUNNER)
+    token = create("script")
+    for _ in range(5):
+        client.get(JOBS, **bearer(token[:-4] + "AAAA"))
+    assert client.get(JOBS, **bearer(token)).status_code == 429
+
+    call_command("axes_reset_username", "(API token)", stdout=io.StringIO())
+    assert client.get(JOBS, **bearer(token)).status_code == 200
+
+
 def test_revoked_tokens_are_refused_without_counting_as_guesses(client):
     staff(*RUNNER)
     old, good = create("script"), create("script")

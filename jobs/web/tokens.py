@@ -1,8 +1,9 @@
 """Who an `Authorization: Bearer <token>` header names (jobs.models.ApiToken), throttled as failed passwords are.
 
 django-axes counts a token that matches no issued token as a failed login of the made-up
-username TOKEN_USERNAME from the client's address: after AXES_FAILURE_LIMIT of them within
-AXES_COOLOFF_MINUTES, every token from that address is refused with the lockout's 429
+username TOKEN_USERNAME from the client's address (django-axes forgets the count once
+AXES_COOLOFF_MINUTES pass without a failure): after AXES_FAILURE_LIMIT of them, every token from that
+address is refused with the lockout's 429
 (basic_auth.lockout_response, Retry-After included) until the cool-off has passed, the right
 ones too, as a locked-out password is. A revoked or expired token is refused (401) but not
 counted: whoever sends it once held the real token, and a forgotten cron job that sends an

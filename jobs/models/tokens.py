@@ -9,6 +9,9 @@ password hasher, because the secret is random and long: nothing is gained by slo
 A token acts as its user, with the user's permissions at the time of the request; a read-only
 one may only read (jobs.web.tokens refuses it any other method). It may expire; revoked, it is
 kept (revoked_at) so the list and the audit log still say which one it was.
+
+A model of our own: the kept-up token libraries (django-rest-knox, djangorestframework-api-key) are
+built on Django REST framework, which the API does not use; django-ninja's HttpBearer reads the header.
 """
 
 import hashlib

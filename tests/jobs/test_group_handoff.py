@@ -36,6 +36,7 @@ def stopped(*loops):
         assert not loop.is_alive()
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_the_rows_after_a_slow_job_start_at_once_on_an_idle_scheduler_when_the_group_commits(
     no_seed_definitions, tmp_path

@@ -183,12 +183,8 @@ def lock_ready(*, now, limit: int, besides=()) -> list[Occurrence]:
 
 
 def announce_ready() -> None:
-    """Wake the schedulers at the commit of the current transaction: ready rows it locked are free again.
-
-    A group that leaves rows it locked (jobs.engine.groups) sends it: the other schedulers skipped
-    those rows while they were locked, and a ready time in the past is no wake-up time, so
-    without it they would wait for some scheduler's next wake-up. Delivered only if it commits.
-    """
+    """At the commit of the current transaction (a group's that leaves rows it locked), wake the schedulers:
+    they skipped those rows while locked, and a ready time in the past is no wake-up time."""
     notify(NOTIFY_CHANNEL, READY_AGAIN)
 
 

@@ -7,7 +7,7 @@ TEST_RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672/%2F
 # The soak's short run, part of `make test` (TEST_SOAK_SECONDS=0 leaves it out while developing).
 TEST_SOAK_SECONDS ?= 120
 
-.PHONY: run test test-unit screenshots services system-packages migrate bench-scheduler bench-oneoff bench-relay bench-dashboard bench-beat soak clean
+.PHONY: run test test-unit screenshots services system-packages migrate bench-scheduler bench-oneoff bench-inputs bench-relay bench-dashboard bench-beat soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -96,6 +96,10 @@ bench-scheduler: $(VENV)/.installed $(PEER_VENV)/.installed services
 # 10,000 due at one instant beside 1,000 cron definitions and Procrastinate's defer(schedule_at=...): about 6 minutes.
 bench-oneoff: $(VENV)/.installed $(PEER_VENV)/.installed services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/oneoff_runs.py $(BENCH_ONEOFF_ARGS)
+
+# Crafted cron expressions, zones, payloads and API bodies: how long each takes to be refused (no database).
+bench-inputs: $(VENV)/.installed
+	DEBUG=1 DATABASE_URL=sqlite://:memory: $(BIN)/python bench/hostile_inputs.py $(BENCH_INPUTS_ARGS)
 
 bench-relay: $(VENV)/.installed services
 	DATABASE_URL=$(TEST_DATABASE_URL) RABBITMQ_URL=$(TEST_RABBITMQ_URL) $(BIN)/python bench/relay_throughput.py

@@ -61,6 +61,9 @@ DEFAULT_EXCEPTION_REPORTER_FILTER = "bookworm_scheduler.web.error_reports.Secret
 SECRET_KEY = _secret("SECRET_KEY", "insecure-development-key-do-not-use-in-production" if DEBUG else None)
 if not SECRET_KEY:
     raise ImproperlyConfigured("SECRET_KEY: required when DEBUG is off (or SECRET_KEY_FILE; DEBUG=1 for development)")
+# Earlier keys, separated by spaces or newlines: what they signed (sessions) stays valid while they are listed, so
+# SECRET_KEY can be rotated without logging everyone out.
+SECRET_KEY_FALLBACKS = (_secret("SECRET_KEY_FALLBACKS") or "").split()
 ALLOWED_HOSTS = _read("list", "ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = _read("list", "CSRF_TRUSTED_ORIGINS", [])
 

@@ -7,7 +7,7 @@ from axes.models import AccessAttempt
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.cache import cache
-from django.test import Client
+from django.test import Client, override_settings
 
 from tests.bookworm_scheduler.test_deploy_settings import PRODUCTION, configuration_error, read_settings
 
@@ -33,6 +33,35 @@ def test_a_bad_setting_stops_start_up_with_one_line_naming_it(env, variable):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("configuration error: ") and variable in lines[0]
+
+
+# Rotating SECRET_KEY: the earlier keys keep what they signed valid.
+
+
+def test_the_earlier_secret_keys_come_from_secret_key_fallbacks_or_its_file(tmp_path):
+    assert read_settings(PRODUCTION, "SECRET_KEY_FALLBACKS") == {"SECRET_KEY_FALLBACKS": []}
+    env = {**PRODUCTION, "SECRET_KEY_FALLBACKS": "old-key-1 old-key-2"}
+    assert read_settings(env, "SECRET_KEY_FALLBACKS") == {"SECRET_KEY_FALLBACKS": ["old-key-1", "old-key-2"]}
+    (tmp_path / "fallbacks").write_text("old-key-1\nold-key-2\n")
+    env = {**PRODUCTION, "SECRET_KEY_FALLBACKS_FILE": str(tmp_path / "fallbacks")}
+    assert read_settings(env, "SECRET_KEY_FALLBACKS") == {"SECRET_KEY_FALLBACKS": ["old-key-1", "old-key-2"]}
+
+
+def logged_in_with_the_old_key() -> Client:
+    client = Client()
+    with override_settings(SECRET_KEY="the-old-key-" * 4):
+        assert client.post("/tickerq/login/", {"username": "admin", "password": "a-long-password"}).status_code == 302
+    return client
+
+
+@pytest.mark.django_db
+def test_a_session_signed_with_the_earlier_key_stays_open_while_it_is_a_fallback():
+    User.objects.create_superuser("admin", "admin@example.com", "a-long-password")
+    kept, dropped = logged_in_with_the_old_key(), logged_in_with_the_old_key()
+    with override_settings(SECRET_KEY="the-new-key-" * 4, SECRET_KEY_FALLBACKS=["the-old-key-" * 4]):
+        assert kept.get("/tickerq/").status_code == 200
+    with override_settings(SECRET_KEY="the-new-key-" * 4, SECRET_KEY_FALLBACKS=[]):
+        assert dropped.get("/tickerq/").status_code == 302  # to the login page
 
 
 # Secrets from files: EMAIL_URL holds the SMTP password, so it may come from EMAIL_URL_FILE.

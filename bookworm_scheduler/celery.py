@@ -8,7 +8,7 @@ import logging
 import os
 from urllib.parse import urlsplit
 
-from celery import Celery
+from celery import Celery, signals
 from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bookworm_scheduler.settings")
@@ -54,6 +54,17 @@ logging.getLogger("celery.worker.consumer.consumer").addFilter(BrokerConnectionE
 
 app = Celery("bookworm_scheduler")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+
+
+@signals.worker_init.connect
+def _bound_idle_transactions(**kwargs):
+    """A worker's sessions are ended once idle in a transaction past a scheduler's bound (kernel.liveness), as a
+    scheduler's are: a worker paused inside a job's transaction frees its locks. Set in the worker's main process,
+    before its pool's processes are forked (they inherit it)."""
+    from bookworm_scheduler.kernel.db import bound_idle_transactions
+    from bookworm_scheduler.kernel.liveness import scheduler_liveness
+
+    bound_idle_transactions(scheduler_liveness().idle_in_transaction)
 
 
 @app.on_after_configure.connect

@@ -14,10 +14,10 @@ OUTBOX_BLOCKED_TIMEOUT_SECONDS (60). A process marked lost that beats again is r
 
 A process paused while its transaction is open (SIGSTOP, a frozen VM, a long stall) would hold that
 transaction's row locks for the whole pause, whatever its lease says: the rows a group locked
-stay out of every other scheduler's reach. So a scheduler's and a relay's own sessions are ended
-by PostgreSQL once a transaction sits idle for idle_in_transaction (its
+stay out of every other scheduler's reach. So a scheduler's, a Celery worker's and a relay's own
+sessions are ended by PostgreSQL once a transaction sits idle for idle_in_transaction (its
 idle_in_transaction_session_timeout, set at their start: kernel.db.bound_idle_transactions). A
-scheduler's is two renewals (stale_after): its last statement came at most a renewal after its
+scheduler's (and a worker's, which runs the same jobs under the same lease) is two renewals (stale_after): its last statement came at most a renewal after its
 last renewal, so the locks are free before its lease runs out and another scheduler reaps its
 claims, and a live scheduler's own transactions never sit idle that long (a group is open for a
 fraction of a second; an atomic job's transaction waits on its job, which must not sit idle in

@@ -237,3 +237,12 @@ def nap(context: JobContext) -> dict:
         while time.monotonic() < deadline:
             time.sleep(0.02)
     return {"parent_status": None if context.parent is None else context.parent.status}
+
+
+@job("test.session_setting")
+def session_setting(context: JobContext) -> dict:
+    """Return the value of the setting payload["name"] in the session the job runs in."""
+    name = context.payload["name"]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting(%s)", [name])
+        return {name: cursor.fetchone()[0]}

@@ -54,3 +54,14 @@ def test_a_worker_creates_the_follow_ups_and_runs_them(scheduler_processes, cele
         "parent": {"id": parent.id, "status": "succeeded", "result": row(parent).result},
     }
     assert row(parent).result["payload"] == {"n": 1}
+
+
+def test_a_workers_sessions_have_the_schedulers_bound_on_an_idle_transaction(
+    scheduler_processes, celery_env, workers, no_seed_definitions
+):
+    workers()
+    scheduler_processes(env=celery_env, instance_id="hands-over")
+    occurrence = schedule("test.session_setting", payload={"name": "idle_in_transaction_session_timeout"})
+    wait_for(lambda: row(occurrence).status == "succeeded", timeout=30)
+    # Two thirds of the lease (SCHEDULER_LEASE_SECONDS=3 here), as a scheduler's own sessions (kernel.liveness).
+    assert row(occurrence).result == {"idle_in_transaction_session_timeout": "2s"}

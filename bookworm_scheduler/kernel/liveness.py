@@ -17,13 +17,14 @@ transaction's row locks for the whole pause, whatever its lease says: the rows a
 stay out of every other scheduler's reach. So a scheduler's, a Celery worker's and a relay's own
 sessions are ended by PostgreSQL once a transaction sits idle for idle_in_transaction (its
 idle_in_transaction_session_timeout, set at their start: kernel.db.bound_idle_transactions). A
-scheduler's (and a worker's, which runs the same jobs under the same lease) is two renewals (stale_after): its last statement came at most a renewal after its
-last renewal, so the locks are free before its lease runs out and another scheduler reaps its
-claims, and a live scheduler's own transactions never sit idle that long (a group is open for a
-fraction of a second; an atomic job's transaction waits on its job, which must not sit idle in
-it that long: README, and it fails if it does). A relay's is its lost_after, or its batch's longest wait
-for the broker (the confirms' timeout plus the blocked connection's, and a beat), if longer: a
-relay holds its batch's transaction open while the broker answers.
+scheduler's (and a worker's, which runs the same jobs under the same lease) is two renewals
+(stale_after): its last statement came at most a renewal after its last renewal, so the locks are
+free before its lease runs out and another scheduler reaps its claims, and a live scheduler's own
+transactions never sit idle that long (a group is open for a fraction of a second; an atomic
+job's transaction waits on its job, which must not sit idle in it that long: README, and it
+fails if it does). A relay's is its lost_after, or its batch's longest wait for the broker (the
+confirms' timeout plus the blocked connection's, and a beat), if longer: a relay holds its batch's
+transaction open while the broker answers.
 
 /health/ asks another question, whether any scheduler or relay is alive at all, and tolerates
 HEALTH_HEARTBEAT_MAX_AGE_SECONDS of silence from all of them (health_max_age): at least a lease,

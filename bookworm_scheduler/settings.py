@@ -423,10 +423,16 @@ LOGGING = {
             "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
         },
     },
+    "filters": {"database_unavailable": {"()": "bookworm_scheduler.web.database_down.DatabaseUnavailableRequests"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     # The relay logs one line per failed broker connection attempt, with its cause; pika's
     # own account of the same failure is seven ERROR lines.
     # django-axes logs every successful login at INFO.
-    "loggers": {"pika": {"level": "CRITICAL"}, "axes": {"level": "WARNING"}},
+    # A request the unreachable database failed is one line, not a traceback (bookworm_scheduler/web/database_down.py).
+    "loggers": {
+        "pika": {"level": "CRITICAL"},
+        "axes": {"level": "WARNING"},
+        "django.request": {"filters": ["database_unavailable"]},
+    },
 }

@@ -32,3 +32,6 @@ urlpatterns = [
     path("metrics", metrics_view, name="metrics"),
     path("favicon.ico", FaviconView.as_view(), name="favicon"),
 ]
+
+# An unreachable database is a 503 saying so, not a 500 (DEBUG off): bookworm_scheduler/web/database_down.py.
+handler500 = "bookworm_scheduler.web.database_down.server_error"

@@ -34,6 +34,7 @@ from bookworm_scheduler.kernel.clock import default_clock
 from bookworm_scheduler.kernel.liveness import relay_liveness, scheduler_liveness
 from bookworm_scheduler.web.basic_auth import authenticate_basic, basic_header, unauthorized
 from jobs.models import Occurrence, SchedulerInstance
+from jobs.web.tokens import bearer_refusal
 from outbox.models import OutboxMessage, RelayInstance
 
 logger = logging.getLogger(__name__)
@@ -161,13 +162,17 @@ database_registry.register(DatabaseCollector())
 @never_cache
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    """The database's metrics in Prometheus' text format, for a staff session or staff Basic credentials."""
+    """The database's metrics in Prometheus' text format, for a staff session, staff Basic credentials or a staff
+    user's API token (Authorization: Bearer; a read-only one will do)."""
+    refused = bearer_refusal(request)
+    if refused is not None:
+        return refused
     header = basic_header(request)
     if header:
         refusal = authenticate_basic(request, header)
         if refusal is not None:
             return refusal
     if not (request.user.is_active and request.user.is_staff):
-        return unauthorized(request, "Staff credentials required (HTTP Basic or a dashboard session).")
+        return unauthorized(request, "Staff credentials required (HTTP Basic, an API token or a dashboard session).")
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     return HttpResponse(encoder(database_registry), content_type=content_type)

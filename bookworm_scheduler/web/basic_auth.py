@@ -161,12 +161,13 @@ def _cached_user(key: str):
 def lockout_response(request: HttpRequest, original_response=None, credentials=None) -> HttpResponse:
     """django-axes' AXES_LOCKOUT_CALLABLE: the answer to a login refused by a lockout.
 
-    An API request gets the API's JSON error, another Basic request a line of text, a browser
-    the lockout page; each says how long to wait, and so does Retry-After. django-axes restarts
-    the cool-off at every attempt while locked (its default), so the wait is the whole cool-off.
+    An API request gets the API's JSON error, another request with credentials in its header (Basic, a
+    token) a line of text, a browser the lockout page; each says how long to wait, and so does
+    Retry-After. django-axes restarts the cool-off at every attempt while locked (its default), so the
+    wait is the whole cool-off.
     """
     minutes = int(get_cool_off(request).total_seconds() // 60)
-    if is_api(request) or basic_header(request):
+    if is_api(request) or request.headers.get("Authorization"):  # a script's credentials: Basic, or a token
         unit = "minute" if minutes == 1 else "minutes"
         response = refusal(request, 429, f"Account locked: too many failed logins. Try again in {minutes} {unit}.")
     else:

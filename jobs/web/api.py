@@ -170,19 +170,13 @@ def staff(permission: str = "") -> list[AuthBase]:
     return [BearerToken(permission), BasicCredentials(permission), SessionCookie(permission)]
 
 
-def bearer_token(request: HttpRequest) -> str | None:
-    """The token of the request's Authorization header when its scheme is Bearer."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token if scheme.lower() == "bearer" else None
-
-
 def refusing_in_json(view: Callable) -> Callable:
     """A plain view (not an endpoint's) answering only staff users, refusing in the API's error shape."""
 
     @wraps(view)
     def checked(request, *args, **kwargs):
         try:
-            token = bearer_token(request)
+            token = tokens.bearer_token(request)
             if token is not None:
                 tokens.token_user(request, token)
             check_staff(request)
@@ -439,6 +433,6 @@ def check_csrf(request: HttpRequest) -> None:
 def credentials_in_header(request: HttpRequest) -> bool:
     # The Basic middleware has already checked the header's credentials (or refused the request), and
     # BearerToken its token. A browser never sends a Bearer header on its own: no content type is needed.
-    if bearer_token(request) is not None:
+    if tokens.bearer_token(request) is not None:
         return True
     return basic_header(request) is not None and request.content_type == "application/json"

@@ -17,10 +17,11 @@ import logging
 
 from axes.handlers.proxy import AxesProxyHandler
 from django.contrib.auth.signals import user_login_failed
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from ninja.errors import AuthenticationError, AuthorizationError, HttpError
 
 from bookworm_scheduler.kernel.clock import default_clock
+from bookworm_scheduler.web.basic_auth import lockout_response, refusal
 from jobs.models import ApiToken
 
 logger = logging.getLogger(__name__)
@@ -68,3 +69,29 @@ def token_user(request: HttpRequest, token: str):
     request.user = row.user
     request.api_token = row
     return row.user
+
+
+def bearer_token(request: HttpRequest) -> str | None:
+    """The token of the request's Authorization header when its scheme is Bearer."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token if scheme.lower() == "bearer" else None
+
+
+def bearer_refusal(request: HttpRequest) -> HttpResponse | None:
+    """For a view outside the API (/metrics): a Bearer token's user made request.user (token_user), or the answer
+    that refuses it: the lockout's 429, 401 for an unknown, revoked or expired token, 403 for a read-only one acting.
+    None without a Bearer header."""
+    token = bearer_token(request)
+    if token is None:
+        return None
+    try:
+        token_user(request, token)
+    except TokensLocked:
+        return lockout_response(request)
+    except TokenRefused as exc:
+        response = refusal(request, 401, exc.message)
+        response["WWW-Authenticate"] = CHALLENGE
+        return response
+    except AuthorizationError as exc:
+        return refusal(request, 403, exc.message)
+    return None

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bookworm_scheduler import metrics
 from bookworm_scheduler.kernel import daemon_metrics
 from jobs.engine import scheduler_metrics, store
-from jobs.models import Occurrence, SchedulerInstance
+from jobs.models import ApiToken, Occurrence, SchedulerInstance
 from outbox import relay_metrics
 from outbox.models import OutboxMessage, RelayInstance
 from outbox.publishing import publish
@@ -105,6 +105,19 @@ def test_metrics_serve_staff_with_basic_credentials_or_a_session(client, staff):
     other = type(client)()
     other.force_login(staff)
     assert other.get("/metrics").status_code == 200
+
+
+@pytest.mark.django_db
+def test_metrics_serve_a_staff_users_api_token_read_only_or_not_and_refuse_a_revoked_one(client, staff):
+    now = timezone.now()
+    row, token = ApiToken.objects.issue(staff, name="prometheus", read_only=True, expires_days=None, now=now)
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert response.status_code == 200 and "bookworm_database_up 1.0" in response.content.decode()
+    row.revoked_at = now
+    row.save()
+    refused = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert (refused.status_code, refused["WWW-Authenticate"]) == (401, 'Bearer realm="BookWorm Scheduler"')
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer bws_000000000000_unknown").status_code == 401
 
 
 @pytest.mark.django_db

@@ -20,8 +20,10 @@ import pytest
 import yaml
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
+from jobs.models import ApiToken
 from tests.bookworm_scheduler.test_container import free_port
 from tests.jobs.helpers import MANAGE, make_definition, wait_for
 
@@ -66,16 +68,16 @@ def get_json(url: str) -> dict:
 class Prometheus:
     """Debian's Prometheus on a free port with deploy/prometheus/prometheus.yml, its targets made local."""
 
-    def __init__(self, folder: Path, targets: dict[str, str]):
+    def __init__(self, folder: Path, targets: dict[str, str], token: str):
         config = yaml.safe_load(CONFIG.read_text())
         config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
         config["rule_files"] = [str(CONFIG.parent / name) for name in config["rule_files"]]
         for job in config["scrape_configs"]:
             job.pop("dns_sd_configs", None)
             job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
-            if "basic_auth" in job:
-                (folder / "password").write_text(PASSWORD)
-                job["basic_auth"]["password_file"] = str(folder / "password")
+            if "authorization" in job:
+                (folder / "token").write_text(token)
+                job["authorization"]["credentials_file"] = str(folder / "token")
         (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
         port = free_port()
         self.base = f"http://127.0.0.1:{port}/api/v1"
@@ -133,7 +135,8 @@ def prometheus_env(subprocess_env):
 @pytest.mark.slow
 def test_a_real_prometheus_scrapes_every_process_and_raises_only_the_alerts_that_are_due(prometheus_env, tmp_path):
     PeriodicTask.objects.all().delete()  # the seed jobs' events would have no queue: unroutable
-    User.objects.create_user("prometheus", password=PASSWORD, is_staff=True)
+    scraper = User.objects.create_user("prometheus", is_staff=True)
+    _, token = ApiToken.objects.issue(scraper, name="prometheus", read_only=True, expires_days=None, now=timezone.now())
     User.objects.create_superuser("operator", password=PASSWORD)
     make_definition("NightlyReportJob", "test.fail", cron="0 3 1 1 *", max_retries=0)
     web_port, scheduler_port, relay_port = free_port(), free_port(), free_port()
@@ -165,6 +168,7 @@ def test_a_real_prometheus_scrapes_every_process_and_raises_only_the_alerts_that
             "scheduler": f"127.0.0.1:{scheduler_port}",
             "relay": f"127.0.0.1:{relay_port}",
         },
+        token,
     )
     try:
         # Every target is up, and the web app sees one live scheduler and one live relay.

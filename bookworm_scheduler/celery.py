@@ -52,6 +52,33 @@ class BrokerConnectionErrors(logging.Filter):
 
 logging.getLogger("celery.worker.consumer.consumer").addFilter(BrokerConnectionErrors())
 
+
+class BrokerRefusals(logging.Filter):
+    """A worker the broker refuses for good (a wrong password, a vhost it may not use) says so in one line.
+
+    Celery logs "Unrecoverable error: AccessRefused(...)" at CRITICAL with its traceback, then exits; here an
+    AMQP error becomes "worker: the broker refused it (RABBITMQ_URL): <outbox.broker.describe>; exiting", without
+    the traceback. Any other unrecoverable error is left as Celery logs it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if str(record.msg).startswith("Unrecoverable error") and _amqp_error(error):
+            from outbox.broker import describe
+
+            record.msg, record.args = "worker: the broker refused it (RABBITMQ_URL): %s; exiting", (describe(error),)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _amqp_error(error: BaseException | None) -> bool:
+    from amqp.exceptions import AMQPError
+
+    return isinstance(error, AMQPError)
+
+
+logging.getLogger("celery.worker").addFilter(BrokerRefusals())  # celery.worker.worker logs as celery.worker
+
 app = Celery("bookworm_scheduler")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 

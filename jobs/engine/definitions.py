@@ -181,9 +181,10 @@ class Definition:
     cursor: Cursor | None
     then: tuple[dict, ...] = ()  # its follow-ups (DefinitionFollowUp.as_then), copied onto each run's `then`
 
-    @property
+    @functools.cached_property
     def then_json(self) -> str | None:
-        """`then` as the planning statement writes it: JSON text, or None (SQL null) when it has none."""
+        """`then` as the planning statement writes it: JSON text, or None (SQL null) when it has none; once per
+        snapshot, however many of its instants are planned."""
         return json.dumps(list(self.then)) if self.then else None
 
     @classmethod

@@ -121,10 +121,9 @@ class GroupRunner(Runner):
         """
         runs: list[GroupRun] = []
         alone_next = False
-        began = time.monotonic()
+        began, began_cpu = time.monotonic(), time.thread_time()
         try:
             with transaction.atomic():
-                began, began_cpu = time.monotonic(), time.thread_time()
                 while len(runs) < self.group_runs and not alone_next and not (runs and self._full(began, began_cpu)):
                     wanted = min(self.group_lock, self.group_runs - len(runs), self._fitting(began_cpu))
                     ready = lock_ready(wanted, [run.occurrence.id for run in runs])

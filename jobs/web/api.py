@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field
 
 from bookworm_scheduler.kernel.clock import default_clock
 from bookworm_scheduler.web.audit_log import FROM_API
-from bookworm_scheduler.web.basic_auth import CHALLENGE, api_error, basic_header, lockout_response
+from bookworm_scheduler.web.basic_auth import CHALLENGE, api_error, basic_header
 from jobs.engine.oneoff import ScheduleError
 from jobs.models import Occurrence
 from jobs.web import tokens
@@ -206,12 +206,9 @@ api = NinjaAPI(
 
 @api.exception_handler(HttpError)
 def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
-    if isinstance(exc, tokens.TokensLocked):
-        return lockout_response(request)
-    if isinstance(exc, tokens.TokenRefused):
-        response = api_error(401, exc.message)
-        response["WWW-Authenticate"] = tokens.CHALLENGE
-        return response
+    refused = tokens.token_refused(request, exc)
+    if refused is not None:
+        return refused
     if isinstance(exc, AuthenticationError):
         response = api_error(401, UNAUTHENTICATED)
         response["WWW-Authenticate"] = CHALLENGE

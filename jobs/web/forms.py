@@ -289,15 +289,11 @@ class ScheduleRunForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.fields["then_job"].choices = job_choices("", empty="nothing")
 
-    def clean_then(self) -> list[oneoff.FollowUp]:
-        """The follow-up chosen, as jobs.schedule's `then`."""
-        job = self.cleaned_data.get("then_job")
-        when = self.cleaned_data.get("then_when") or FollowUpWhen.SUCCEEDED
-        return [oneoff.FollowUp(job, when=when)] if job else []
-
     def clean(self):
+        """Adds `then`: the follow-up chosen, as jobs.schedule's then (none without a job)."""
         cleaned = super().clean()
-        cleaned["then"] = self.clean_then()
+        job, when = cleaned.get("then_job"), cleaned.get("then_when") or FollowUpWhen.SUCCEEDED
+        cleaned["then"] = [oneoff.FollowUp(job, when=when)] if job else []
         return cleaned
 
     def clean_payload(self) -> dict | None:

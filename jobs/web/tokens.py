@@ -55,14 +55,14 @@ def token_user(request: HttpRequest, token: str):
             raise TokensLocked()
         raise TokenRefused(message="Unknown API token.")
     now = default_clock()
-    refusal = row.refusal(now)
-    if refusal is not None:
+    why = row.refusal(now)
+    if why is not None:
         logger.warning(
             "API token refused: %s",
             row.state(now),
             extra={"action": "api_token_refused", "token": row.key, "username": row.user.get_username()},
         )
-        raise TokenRefused(message=refusal)
+        raise TokenRefused(message=why)
     if row.read_only and request.method not in SAFE_METHODS:
         raise AuthorizationError(message="This API token is read-only: it may read, never act.")
     row.used(now)
@@ -86,12 +86,20 @@ def bearer_refusal(request: HttpRequest) -> HttpResponse | None:
         return None
     try:
         token_user(request, token)
-    except TokensLocked:
+    except (TokensLocked, TokenRefused) as exc:
+        return token_refused(request, exc)
+    except AuthorizationError as exc:
+        return refusal(request, 403, exc.message)
+    return None
+
+
+def token_refused(request: HttpRequest, exc: HttpError) -> HttpResponse | None:
+    """The answer to a token token_user refused (the lockout's 429; 401 with the Bearer challenge, in the API's
+    JSON shape under /tickerq/api/), for the API's error handler and bearer_refusal alike; None for another error."""
+    if isinstance(exc, TokensLocked):
         return lockout_response(request)
-    except TokenRefused as exc:
+    if isinstance(exc, TokenRefused):
         response = refusal(request, 401, exc.message)
         response["WWW-Authenticate"] = CHALLENGE
         return response
-    except AuthorizationError as exc:
-        return refusal(request, 403, exc.message)
     return None
